@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs eplb's dependencies (Debian 12 packages only), builds everything in
+# build/, and runs the main job on the shipped data.
+#   ./scripts/setup.sh            install + build + main job
+#   ./scripts/setup.sh --deps     install the dependencies only
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Why each package is here: see README.md, "Dependencies".
+PACKAGES=(
+  build-essential cmake ninja-build     # compiler, build system
+  nlohmann-json3-dev                    # JSON maps, SGLang dumps, --json output
+  libcli11-dev                          # command-line parsing
+  libgtest-dev libgmock-dev             # unit and integration tests
+  libbenchmark-dev                      # bench/ speed measurements
+)
+
+install_deps() {
+  local missing=()
+  for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+      missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "== installing: ${missing[*]}"
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+}
+
+install_deps
+[ "${1:-}" = "--deps" ] && exit 0
+
+echo "== building (build/)"
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build build
+
+echo "== main job: eplb inspect on DeepSeek-V3 prefill_in1024, EP32, 9 slots per rank"
+./build/bin/eplb inspect --load data/dsv3-sglang/prefill_in1024.json --ranks 32 --slots-per-rank 9

@@ -1,0 +1,375 @@
+// End-to-end tests of the eplb command line: every command runs as a real
+// process; exit codes, stdout and stderr are checked.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+
+namespace {
+
+namespace fs = std::filesystem;
+
+struct Result {
+  int exit_code = -1;
+  std::string out;
+  std::string err;
+};
+
+std::string Slurp(const fs::path& p) {
+  std::ifstream in(p);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+class CliTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    dir_ = fs::temp_directory_path() /
+           ("eplb_cli_" + std::to_string(::getpid()) + "_" + info->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  // Runs `eplb <args>` (args are shell words; quote as needed).
+  Result Run(const std::string& args) {
+    const fs::path out = dir_ / "stdout", err = dir_ / "stderr";
+    const std::string cmd = std::string(EPLB_CLI_PATH) + " " + args + " >" +
+                            out.string() + " 2>" + err.string() + " </dev/null";
+    const int raw = std::system(cmd.c_str());
+    Result r;
+    r.exit_code = WIFEXITED(raw) ? WEXITSTATUS(raw) : 128 + WTERMSIG(raw);
+    r.out = Slurp(out);
+    r.err = Slurp(err);
+    return r;
+  }
+
+  fs::path Write(const std::string& name, const std::string& text) {
+    const fs::path p = dir_ / name;
+    std::ofstream(p) << text;
+    return p;
+  }
+
+  static std::string Data(const std::string& rel) {
+    return std::string(EPLB_SOURCE_DIR) + "/" + rel;
+  }
+
+  // Parses stdout as exactly one JSON object on one line.
+  static nlohmann::json OneJsonObject(const Result& r) {
+    EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << r.out;
+    nlohmann::json j = nlohmann::json::parse(r.out, nullptr, false);
+    EXPECT_TRUE(j.is_object()) << r.out;
+    return j;
+  }
+
+  fs::path dir_;
+};
+
+const char kFixture[] = "tests/data/vllm_ascend_expert_map.json";
+const char kDsv3Prefill1024[] = "data/dsv3-sglang/prefill_in1024.json";
+
+TEST_F(CliTest, ValidateMapAcceptsTheVllmAscendFixture) {
+  Result r = Run("validate-map " + Data(kFixture));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find(
+                "valid: 1 layers, 2 devices x 5 slots, 8 experts, 2 redundant, "
+                "most replicated expert has 2 replicas"),
+            std::string::npos)
+      << r.out;
+  Result j =
+      Run("validate-map " + Data(kFixture) + " --json --ranks 2 --experts 8");
+  ASSERT_EQ(j.exit_code, 0) << j.err;
+  nlohmann::json o = OneJsonObject(j);
+  EXPECT_EQ(o["layers"], 1);
+  EXPECT_EQ(o["devices"], 2);
+  EXPECT_EQ(o["slots_per_device"], 5);
+  EXPECT_EQ(o["redundant"], 2);
+  EXPECT_EQ(o["max_replicas"], 2);
+}
+
+// Every broken variant of issue 2 is rejected with a message naming the place.
+TEST_F(CliTest, ValidateMapRejectsEveryBrokenVariant) {
+  auto layer = [](const std::string& devices, int id = 0, int count = 2) {
+    return "{\"layer_id\": " + std::to_string(id) +
+           ", \"device_count\": " + std::to_string(count) +
+           ", \"device_list\": [" + devices + "]}";
+  };
+  auto dev = [](int id, const std::string& experts) {
+    return "{\"device_id\": " + std::to_string(id) + ", \"device_expert\": [" +
+           experts + "]}";
+  };
+  auto map = [](const std::string& layers, int count = 1) {
+    return "{\"moe_layer_count\": " + std::to_string(count) +
+           ", \"layer_list\": [" + layers + "]}";
+  };
+  const std::string d0 = dev(0, "7, 2, 0, 3, 5"), d1 = dev(1, "6, 1, 4, 7, 2");
+  struct Case {
+    const char* name;
+    std::string text;
+    std::string flags;
+    std::string expected;  // Substring of stderr.
+  };
+  const Case cases[] = {
+      {"malformed", "{\"moe_layer_count\": 1,", "", "JSON"},
+      {"top_level_array", "[1, 2]", "", "object"},
+      {"layer_list_not_array", "{\"moe_layer_count\": 1, \"layer_list\": 3}",
+       "", "layer_list"},
+      {"missing_layer_list", "{\"moe_layer_count\": 1}", "", "layer_list"},
+      {"missing_device_expert", map(layer(d0 + ", {\"device_id\": 1}")), "",
+       "device_expert"},
+      {"layer_count_mismatch", map(layer(d0 + ", " + d1), 3), "",
+       "moe_layer_count"},
+      {"duplicate_layer_id",
+       map(layer(d0 + ", " + d1) + ", " + layer(d0 + ", " + d1), 2), "",
+       "layer id 0"},
+      {"missing_layer_id", map(layer(d0 + ", " + d1, 1)), "", "layer"},
+      {"duplicate_device_id", map(layer(d0 + ", " + dev(0, "6, 1, 4, 7, 2"))),
+       "", "device id 0"},
+      {"device_count_mismatch", map(layer(d0 + ", " + d1, 0, 3)), "",
+       "device_count"},
+      {"different_slot_counts", map(layer(d0 + ", " + dev(1, "6, 1, 4, 7"))),
+       "", "device 1"},
+      {"expert_out_of_range", map(layer(d0 + ", " + dev(1, "6, 1, 4, 7, 9"))),
+       "--experts 8", "device 1, slot 4"},
+      {"negative_expert", map(layer(d0 + ", " + dev(1, "6, 1, 4, 7, -2"))), "",
+       "device 1, slot 4"},
+      {"negative_device_id", map(layer(d0 + ", " + dev(-1, "6, 1, 4, 7, 2"))),
+       "", "-1"},
+      {"expert_twice_on_device",
+       map(layer(d0 + ", " + dev(1, "6, 1, 4, 6, 2"))), "", "device 1"},
+      {"expert_on_no_device", map(layer(d0 + ", " + dev(1, "6, 1, 4, 7, 2"))),
+       "--experts 9", "expert 8"},
+      {"other_ep_size", map(layer(d0 + ", " + d1)), "--ranks 4", "4"},
+      {"other_model", map(layer(d0 + ", " + d1)), "--experts 6", "expert 7"},
+      {"other_layer_count", map(layer(d0 + ", " + d1)), "--layers 58", "58"},
+      {"empty_file", "", "", "empty"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    const fs::path p = Write(std::string(c.name) + ".json", c.text);
+    Result r = Run("validate-map " + p.string() + " " + c.flags);
+    EXPECT_EQ(r.exit_code, 1) << r.out;
+    EXPECT_NE(r.err.find(c.expected), std::string::npos) << r.err;
+    EXPECT_TRUE(r.out.empty()) << r.out;
+  }
+}
+
+TEST_F(CliTest, ValidateMapPrintsOneLinePerProblem) {
+  const std::string text =
+      "{\"moe_layer_count\": 1, \"layer_list\": [{\"layer_id\": 0, "
+      "\"device_count\": 2, "
+      "\"device_list\": [{\"device_id\": 0, \"device_expert\": [7, 7, 0, 3, "
+      "5]}, "
+      "{\"device_id\": 1, \"device_expert\": [6, 1, 4, 7, 9]}]}]}";
+  Result r = Run("validate-map " + Write("multi.json", text).string() +
+                 " --experts 8");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_GE(std::count(r.err.begin(), r.err.end(), '\n'), 3) << r.err;
+  EXPECT_NE(r.err.find("device 0, slot 1"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("device 1, slot 4"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("expert 2"), std::string::npos) << r.err;
+}
+
+TEST_F(CliTest, MissingPathsAndDirectories) {
+  Result missing = Run("validate-map " + (dir_ / "nope.json").string());
+  EXPECT_EQ(missing.exit_code, 1);
+  EXPECT_NE(missing.err.find("nope.json"), std::string::npos) << missing.err;
+  Result directory = Run("validate-map " + dir_.string());
+  EXPECT_EQ(directory.exit_code, 1);
+  EXPECT_NE(directory.err.find("directory"), std::string::npos)
+      << directory.err;
+  Result load = Run("inspect --load " + (dir_ / "none.csv").string() +
+                    " --ranks 2 --slots-per-rank 4");
+  EXPECT_EQ(load.exit_code, 1);
+  EXPECT_NE(load.err.find("none.csv"), std::string::npos) << load.err;
+}
+
+// Issue 2, must show 3: the initial placement of DeepSeek-V3 at EP32 / 288
+// slots has a mean per-layer imbalance of ~2.02 on prefill_in1024.
+TEST_F(CliTest, InspectDeepSeekV3InitialPlacement) {
+  Result r = Run("inspect --load " + Data(kDsv3Prefill1024) +
+                 " --ranks 32 --slots-per-rank 9 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  nlohmann::json j = OneJsonObject(r);
+  EXPECT_EQ(j["layers"], 58);
+  EXPECT_EQ(j["ranks"], 32);
+  EXPECT_EQ(j["slots_per_rank"], 9);
+  EXPECT_NEAR(j["imbalance_mean"].get<double>(), 2.0184, 0.0005);
+  EXPECT_NEAR(j["imbalance_max"].get<double>(), 3.2114, 0.0005);
+  EXPECT_EQ(j["per_layer"].size(), 58u);
+  // --redundant 32 is the same layout.
+  Result n = Run("inspect --load " + Data(kDsv3Prefill1024) +
+                 " --ranks 32 --redundant 32 --json");
+  ASSERT_EQ(n.exit_code, 0) << n.err;
+  EXPECT_EQ(OneJsonObject(n)["per_layer"], j["per_layer"]);
+  // Human-readable table.
+  Result text = Run("inspect --load " + Data(kDsv3Prefill1024) +
+                    " --ranks 32 --slots-per-rank 9");
+  ASSERT_EQ(text.exit_code, 0) << text.err;
+  EXPECT_NE(text.out.find("mean 2.018"), std::string::npos) << text.out;
+}
+
+TEST_F(CliTest, InspectWithAMapAndATrace) {
+  // The fixture map under a 1-step trace over its 8 experts.
+  const fs::path csv =
+      Write("t.csv",
+            "step,layer,expert,count\n0,0,0,10\n0,0,2,4\n0,0,7,6\n"
+            "1,0,7,2\n");
+  Result r =
+      Run("inspect --load " + csv.string() +
+          " --ranks 2 --slots-per-rank 5 --map " + Data(kFixture) + " --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  nlohmann::json j = OneJsonObject(r);
+  // Rank 0: 7/2*8 + 2/2*4 + 10 = 4 + 2 + 10 = 16; rank 1: 4 + 2 = 6.
+  EXPECT_NEAR(j["imbalance_mean"].get<double>(), 16.0 / 11.0, 1e-9);
+  EXPECT_EQ(j["steps"], 2);
+  // A map for another EP size than the flags say.
+  Result bad = Run("inspect --load " + csv.string() +
+                   " --ranks 4 --redundant 0 --map " + Data(kFixture));
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_NE(bad.err.find("device_count"), std::string::npos) << bad.err;
+}
+
+TEST_F(CliTest, InspectRejectsBadTopologyAndBadCsv) {
+  struct Case {
+    std::string args;
+    int exit_code;
+    std::string expected;
+  };
+  const std::string load = "--load " + Data(kDsv3Prefill1024);
+  const Case cases[] = {
+      {load + " --ranks 32", 1, "one of --slots-per-rank and --redundant"},
+      {load + " --ranks 32 --slots-per-rank 9 --redundant 32", 2, "excludes"},
+      {load + " --ranks 32 --redundant 30", 1, "(256 + 30) % 32 = 30"},
+      {load + " --ranks 32 --slots-per-rank 7", 1,
+       "32 * 7 = 224 < experts = 256"},
+      {load + " --ranks abc --slots-per-rank 9", 2, "ranks"},
+      {load + " --ranks -3 --slots-per-rank 9", 2, "ranks"},
+      {load + " --ranks 32 --slots-per-rank 9 --ranks-per-node 5", 1,
+       "ranks_per_node = 5"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.args);
+    Result r = Run("inspect " + c.args);
+    EXPECT_EQ(r.exit_code, c.exit_code) << r.err;
+    EXPECT_NE(r.err.find(c.expected), std::string::npos) << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  }
+  const struct {
+    const char* name;
+    const char* text;
+    const char* expected;
+  } csvs[] = {
+      {"bad_header", "step,layer,count\n0,0,1\n", "header"},
+      {"non_numeric", "step,layer,expert,count\n0,0,1,abc\n", "line 2"},
+      {"negative", "step,layer,expert,count\n0,0,1,-4\n", "line 2"},
+      {"out_of_order", "step,layer,expert,count\n1,0,1,4\n0,0,1,4\n", "line 3"},
+  };
+  for (const auto& c : csvs) {
+    SCOPED_TRACE(c.name);
+    Result r = Run("inspect --load " +
+                   Write(std::string(c.name) + ".csv", c.text).string() +
+                   " --ranks 2 --redundant 0");
+    EXPECT_EQ(r.exit_code, 1);
+    EXPECT_NE(r.err.find(c.expected), std::string::npos) << r.err;
+  }
+}
+
+// Issue 2, must show 4.
+TEST_F(CliTest, ModelsJsonGivesDeepSeekV3Bytes) {
+  Result r = Run("models --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  nlohmann::json j = OneJsonObject(r);
+  ASSERT_EQ(j["models"].size(), 6u);
+  const nlohmann::json& v3 = j["models"][0];
+  EXPECT_EQ(v3["name"], "deepseek-v3");
+  EXPECT_EQ(v3["bytes_per_expert"]["bf16"], 88080384);
+  EXPECT_EQ(v3["bytes_per_expert"]["w8a8"], 44085248);
+  EXPECT_EQ(v3["bytes_per_expert"]["mxfp8"], 45416448);
+  EXPECT_EQ(v3["bytes_per_expert"]["mxfp4"], 23396352);
+  EXPECT_EQ(v3["tensors"]["w8a8"][1]["name"], "w13_weight_scale");
+  Result text = Run("models");
+  ASSERT_EQ(text.exit_code, 0);
+  EXPECT_NE(text.out.find("qwen3-235b-a22b"), std::string::npos);
+  EXPECT_NE(text.out.find("88080384"), std::string::npos);
+}
+
+TEST_F(CliTest, ConvertRoundTripsMapsAndLoads) {
+  const std::string ds = (dir_ / "ds.json").string();
+  const std::string sg = (dir_ / "sg.json").string();
+  const std::string back = (dir_ / "back.json").string();
+  ASSERT_EQ(Run("convert --in " + Data(kFixture) + " --to deepseek --out " + ds)
+                .exit_code,
+            0);
+  nlohmann::json triple = nlohmann::json::parse(Slurp(ds));
+  EXPECT_EQ(triple["phy2log"][0],
+            (nlohmann::json{7, 2, 0, 3, 5, 6, 1, 4, 7, 2}));
+  EXPECT_EQ(triple["logcnt"][0], (nlohmann::json{1, 1, 2, 1, 1, 1, 1, 2}));
+  Result need_ranks =
+      Run("convert --in " + ds + " --to sglang-map --out " + sg);
+  EXPECT_EQ(need_ranks.exit_code, 1);
+  EXPECT_NE(need_ranks.err.find("--ranks"), std::string::npos);
+  ASSERT_EQ(Run("convert --in " + ds + " --ranks 2 --to sglang-map --out " + sg)
+                .exit_code,
+            0);
+  ASSERT_EQ(Run("convert --in " + sg + " --ranks 2 --to vllm-map --out " + back)
+                .exit_code,
+            0);
+  Result v = Run("validate-map " + back);
+  EXPECT_EQ(v.exit_code, 0) << v.err;
+  EXPECT_EQ(nlohmann::json::parse(Slurp(back)),
+            nlohmann::json::parse(Slurp(Data(kFixture))));
+  // Loads: SGLang dump -> trace CSV -> SGLang dump.
+  const std::string csv = (dir_ / "load.csv").string();
+  const std::string dump = (dir_ / "dump.json").string();
+  ASSERT_EQ(Run("convert --in " + Data(kDsv3Prefill1024) +
+                " --to trace-csv --out " + csv)
+                .exit_code,
+            0);
+  ASSERT_EQ(
+      Run("convert --in " + csv + " --to sglang-count --out " + dump).exit_code,
+      0);
+  Result a =
+      Run("inspect --load " + dump + " --ranks 32 --redundant 32 --json");
+  Result b = Run("inspect --load " + Data(kDsv3Prefill1024) +
+                 " --ranks 32 --redundant 32 --json");
+  ASSERT_EQ(a.exit_code, 0) << a.err;
+  EXPECT_EQ(OneJsonObject(a)["per_layer"], OneJsonObject(b)["per_layer"]);
+  // A map cannot become a load.
+  Result cross =
+      Run("convert --in " + Data(kFixture) + " --to trace-csv --out " + csv);
+  EXPECT_EQ(cross.exit_code, 1);
+  EXPECT_NE(cross.err.find("cannot convert a map"), std::string::npos)
+      << cross.err;
+  Result bad_format =
+      Run("convert --in " + Data(kFixture) + " --to yaml --out " + csv);
+  EXPECT_EQ(bad_format.exit_code, 1);
+  EXPECT_NE(bad_format.err.find("--to = 'yaml'"), std::string::npos);
+}
+
+TEST_F(CliTest, HelpOnEveryCommandAndUsageErrors) {
+  for (const char* cmd :
+       {"", "inspect ", "validate-map ", "convert ", "models "}) {
+    SCOPED_TRACE(cmd);
+    Result r = Run(std::string(cmd) + "--help");
+    EXPECT_EQ(r.exit_code, 0);
+    EXPECT_NE(r.out.find("Usage"), std::string::npos) << r.out;
+  }
+  Result none = Run("");
+  EXPECT_EQ(none.exit_code, 2);
+  EXPECT_NE(none.err.find("subcommand"), std::string::npos) << none.err;
+  Result unknown = Run("frobnicate");
+  EXPECT_EQ(unknown.exit_code, 2);
+  EXPECT_EQ(std::count(unknown.err.begin(), unknown.err.end(), '\n'), 1)
+      << unknown.err;
+}
+
+}  // namespace

@@ -1,0 +1,49 @@
+// Plumbing shared by the eplb subcommands (not part of the library): error
+// reporting, topology flags, JSON output. Each command translates library
+// Status into its one-line stderr message here, in one place.
+#ifndef EPLB_TOOLS_EPLB_CLI_UTIL_H_
+#define EPLB_TOOLS_EPLB_CLI_UTIL_H_
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "eplb/status.h"
+#include "eplb/topology.h"
+
+namespace eplb::cli {
+
+// Exit codes: 0 success, 1 bad input or failed check, 2 bad command line.
+inline constexpr int kExitFailure = 1;
+inline constexpr int kExitUsage = 2;
+
+// Prints "eplb: <message>" on stderr and returns kExitFailure.
+int Fail(const Status& status);
+int Fail(const std::string& message);
+
+// Prints `j` as exactly one JSON object on one line of stdout.
+void PrintJson(const nlohmann::json& j);
+
+// The --ranks / --slots-per-rank / --redundant / --ranks-per-node flags.
+struct TopologyFlags {
+  int ranks = 0;
+  int slots_per_rank = 0;
+  int redundant = -1;  // -1: not given.
+  int ranks_per_node = 0;
+
+  // Registers the flags on `cmd`; `--ranks` is required when `require`.
+  void Register(CLI::App* cmd, bool require);
+  // Exactly one of --slots-per-rank and --redundant; builds and checks.
+  StatusOr<Topology> Make(int num_experts) const;
+};
+
+// The subcommands; each registers itself and returns the callback result
+// through `*exit_code`.
+void AddInspectCommand(CLI::App* app, int* exit_code);
+void AddValidateMapCommand(CLI::App* app, int* exit_code);
+void AddConvertCommand(CLI::App* app, int* exit_code);
+void AddModelsCommand(CLI::App* app, int* exit_code);
+
+}  // namespace eplb::cli
+
+#endif  // EPLB_TOOLS_EPLB_CLI_UTIL_H_
