@@ -147,7 +147,8 @@ TEST_F(CliTest, ValidateMapRejectsEveryBrokenVariant) {
        map(layer(d0 + ", " + dev(1, "6, 1, 4, 6, 2"))), "", "device 1"},
       {"expert_on_no_device", map(layer(d0 + ", " + dev(1, "6, 1, 4, 7, 2"))),
        "--experts 9", "expert 8"},
-      {"other_ep_size", map(layer(d0 + ", " + d1)), "--ranks 4", "4"},
+      {"other_ep_size", map(layer(d0 + ", " + d1)), "--ranks 4",
+       "EP size (num_ranks) is 4"},
       {"other_model", map(layer(d0 + ", " + d1)), "--experts 6", "expert 7"},
       {"other_layer_count", map(layer(d0 + ", " + d1)), "--layers 58", "58"},
       {"empty_file", "", "", "empty"},
@@ -235,7 +236,8 @@ TEST_F(CliTest, InspectWithAMapAndATrace) {
   Result bad = Run("inspect --load " + csv.string() +
                    " --ranks 4 --redundant 0 --map " + Data(kFixture));
   EXPECT_EQ(bad.exit_code, 1);
-  EXPECT_NE(bad.err.find("device_count"), std::string::npos) << bad.err;
+  EXPECT_NE(bad.err.find("EP size (num_ranks) is 4"), std::string::npos)
+      << bad.err;
 }
 
 TEST_F(CliTest, InspectRejectsBadTopologyAndBadCsv) {

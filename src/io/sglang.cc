@@ -1,0 +1,306 @@
+// SGLang's expert-distribution dump ({"logical_count": [L][E] or
+// [steps][L][E]}) and its {"physical_to_logical_map": [L][R*K]}, both read
+// with full validation and written deterministically. Also the [L][R*K]
+// row reader shared with the DeepSeek triple. Stateless: thread-safe.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "eplb/io.h"
+#include "io/json_util.h"
+
+namespace eplb {
+namespace {
+
+using internal::Json;
+
+constexpr char kLogicalCount[] = "logical_count";
+constexpr char kPhysicalToLogical[] = "physical_to_logical_map";
+
+std::string Index(std::string_view name, size_t i) {
+  return std::string(name) + "[" + std::to_string(i) + "]";
+}
+
+// Finds `key` in the top-level object of `root`.
+StatusOr<const Json*> TopMember(const Json& root, const char* key) {
+  if (!root.is_object()) {
+    return InvalidArgumentError("top level is " + internal::DescribeJson(root) +
+                                ", not an object");
+  }
+  const auto it = root.find(key);
+  if (it == root.end()) {
+    return InvalidArgumentError(std::string("missing key \"") + key + "\"");
+  }
+  return &*it;
+}
+
+// Checks that `value` is a non-empty array, naming it `name`.
+Status CheckArray(const Json& value, const std::string& name) {
+  if (!value.is_array()) {
+    return InvalidArgumentError(name + " is " + internal::DescribeJson(value) +
+                                ", not an array");
+  }
+  if (value.empty()) return InvalidArgumentError(name + " is empty");
+  return Status::Ok();
+}
+
+// Reads one finite, non-negative load value.
+Status ReadLoad(const Json& value, const std::string& name, double* out) {
+  if (!internal::GetDouble(value, out)) {
+    return InvalidArgumentError(name + ": " + internal::DescribeJson(value) +
+                                " is not a number");
+  }
+  if (!std::isfinite(*out)) return InvalidArgumentError(name + ": not finite");
+  if (*out < 0) {
+    return InvalidArgumentError(name + ": " + internal::DescribeJson(value) +
+                                " is negative");
+  }
+  return Status::Ok();
+}
+
+// Reads one [L][E] matrix named `name` into `out`. `*num_layers` and
+// `*num_experts` are the shape every matrix must have (0 = take this one's).
+Status ReadMatrix(const Json& matrix, const std::string& name, int* num_layers,
+                  int* num_experts, std::vector<double>* out) {
+  EPLB_RETURN_IF_ERROR(CheckArray(matrix, name));
+  if (*num_layers == 0) *num_layers = static_cast<int>(matrix.size());
+  if (matrix.size() != static_cast<size_t>(*num_layers)) {
+    return InvalidArgumentError(name + " has " + std::to_string(matrix.size()) +
+                                " layers but the first step has " +
+                                std::to_string(*num_layers));
+  }
+  for (size_t l = 0; l < matrix.size(); ++l) {
+    const Json& row = matrix[l];
+    const std::string row_name = Index(name, l);
+    EPLB_RETURN_IF_ERROR(CheckArray(row, row_name));
+    if (*num_experts == 0) *num_experts = static_cast<int>(row.size());
+    if (row.size() != static_cast<size_t>(*num_experts)) {
+      return InvalidArgumentError(
+          row_name + " has " + std::to_string(row.size()) +
+          " values but the first row has " + std::to_string(*num_experts));
+    }
+    for (size_t e = 0; e < row.size(); ++e) {
+      double value = 0;
+      EPLB_RETURN_IF_ERROR(ReadLoad(row[e], Index(row_name, e), &value));
+      out->push_back(value);
+    }
+  }
+  return Status::Ok();
+}
+
+// The number of leading layers that are zero in every step.
+int LeadingZeroLayers(const std::vector<double>& data, int num_steps,
+                      int num_layers, int num_experts) {
+  const size_t e_count = static_cast<size_t>(num_experts);
+  for (int l = 0; l < num_layers; ++l) {
+    for (int s = 0; s < num_steps; ++s) {
+      const size_t begin = (static_cast<size_t>(s) * num_layers + l) * e_count;
+      for (size_t e = 0; e < e_count; ++e) {
+        if (data[begin + e] != 0) return l;
+      }
+    }
+  }
+  return num_layers;
+}
+
+// Appends [L][E] rows of `trace`'s step `s`, one layer per line.
+void AppendStep(std::string* out, const LoadTrace& trace, int s,
+                std::string_view indent) {
+  *out += "[\n";
+  for (int l = 0; l < trace.num_layers(); ++l) {
+    *out += indent;
+    *out += "  ";
+    internal::AppendArray(out, trace.row(s, l));
+    *out += l + 1 < trace.num_layers() ? ",\n" : "\n";
+  }
+  *out += indent;
+  *out += ']';
+}
+
+// Reads the integer ids of `rows` ([L][R*K]); every problem is appended.
+std::vector<int64_t> ReadIdRows(const Json& rows, std::string_view key,
+                                int num_ranks, size_t* row_size,
+                                std::vector<std::string>* problems) {
+  std::vector<int64_t> ids;
+  *row_size = rows[0].is_array() ? rows[0].size() : 0;
+  if (*row_size == 0 || *row_size % static_cast<size_t>(num_ranks) != 0) {
+    problems->push_back(Index(key, 0) + " has " + std::to_string(*row_size) +
+                        " slots, not a positive multiple of " +
+                        std::to_string(num_ranks) + " ranks");
+    return ids;
+  }
+  for (size_t l = 0; l < rows.size(); ++l) {
+    const Json& row = rows[l];
+    if (!row.is_array() || row.size() != *row_size) {
+      problems->push_back(
+          Index(key, l) + " is " +
+          (row.is_array() ? "an array of " + std::to_string(row.size())
+                          : internal::DescribeJson(row)) +
+          ", expected an array of " + std::to_string(*row_size) + " ids");
+      continue;
+    }
+    for (size_t i = 0; i < row.size(); ++i) {
+      int64_t id = 0;
+      if (!internal::GetInt64(row[i], &id) ||
+          id < std::numeric_limits<int32_t>::min() ||
+          id >= std::numeric_limits<int32_t>::max()) {
+        problems->push_back(Index(Index(key, l), i) + ": " +
+                            internal::DescribeJson(row[i]) +
+                            " is not an expert id");
+      }
+      ids.push_back(id);
+    }
+  }
+  return ids;
+}
+
+}  // namespace
+
+namespace internal {
+
+StatusOr<Placement> PlacementFromPhysicalRows(const Json& rows,
+                                              std::string_view key,
+                                              int num_ranks, int num_experts) {
+  if (num_ranks <= 0 || num_experts < 0) {
+    return InvalidArgumentError(
+        "num_ranks must be positive and num_experts "
+        "non-negative, got " +
+        std::to_string(num_ranks) + " and " + std::to_string(num_experts));
+  }
+  EPLB_RETURN_IF_ERROR(CheckArray(rows, std::string(key)));
+  std::vector<std::string> problems;
+  size_t row_size = 0;
+  const std::vector<int64_t> ids =
+      ReadIdRows(rows, key, num_ranks, &row_size, &problems);
+  if (!problems.empty()) return ProblemsToStatus(problems, key);
+  int64_t max_id = -1;
+  for (const int64_t id : ids) max_id = std::max(max_id, id);
+  const int num_experts_used =
+      num_experts > 0 ? num_experts : static_cast<int>(max_id + 1);
+  if (num_experts_used <= 0) {
+    return InvalidArgumentError(std::string(key) + ": no expert ids >= 0");
+  }
+  // Also keeps CheckPlacement's [E] tables small when a huge id sets E.
+  if (static_cast<size_t>(num_experts_used) > row_size) {
+    return InvalidArgumentError(std::string(key) + ": " +
+                                std::to_string(num_experts_used) +
+                                " experts do not fit in " +
+                                std::to_string(row_size) + " slots per layer");
+  }
+  const int num_layers = static_cast<int>(rows.size());
+  const int slots_per_rank = static_cast<int>(row_size) / num_ranks;
+  Placement placement(num_layers, num_ranks, slots_per_rank, num_experts_used);
+  for (int l = 0; l < num_layers; ++l) {
+    std::span<int32_t> layer = placement.mutable_layer(l);
+    for (size_t i = 0; i < row_size; ++i) {
+      layer[i] = static_cast<int32_t>(ids[l * row_size + i]);
+    }
+  }
+  for (const Violation& violation : CheckPlacement(placement)) {
+    problems.push_back(violation.ToString());
+  }
+  if (!problems.empty()) return ProblemsToStatus(problems, key);
+  return placement;
+}
+
+void AppendPhysicalRows(std::string* out, const Placement& placement,
+                        std::string_view indent) {
+  *out += "[\n";
+  for (int l = 0; l < placement.num_layers(); ++l) {
+    *out += indent;
+    *out += "  ";
+    AppendArray(out, placement.layer(l));
+    *out += l + 1 < placement.num_layers() ? ",\n" : "\n";
+  }
+  *out += indent;
+  *out += ']';
+}
+
+}  // namespace internal
+
+StatusOr<LoadTrace> ParseSglangLogicalCount(std::string_view text) {
+  Json root;
+  EPLB_RETURN_IF_ERROR(internal::ParseJson(text, &root));
+  EPLB_ASSIGN_OR_RETURN(const Json* counts, TopMember(root, kLogicalCount));
+  EPLB_RETURN_IF_ERROR(CheckArray(*counts, kLogicalCount));
+  // [S][L][E] when the first row's first value is itself an array.
+  const Json& first = (*counts)[0];
+  const bool by_step =
+      first.is_array() && !first.empty() && first[0].is_array();
+  int num_layers = 0;
+  int num_experts = 0;
+  std::vector<double> data;
+  const size_t num_steps = by_step ? counts->size() : 1;
+  for (size_t s = 0; s < num_steps; ++s) {
+    const Json& matrix = by_step ? (*counts)[s] : *counts;
+    const std::string name = by_step ? Index(kLogicalCount, s) : kLogicalCount;
+    EPLB_RETURN_IF_ERROR(
+        ReadMatrix(matrix, name, &num_layers, &num_experts, &data));
+  }
+  const int steps = static_cast<int>(num_steps);
+  const int dense = LeadingZeroLayers(data, steps, num_layers, num_experts);
+  if (dense == num_layers) {
+    return InvalidArgumentError("logical_count: all " +
+                                std::to_string(num_layers) +
+                                " layers are zero (no MoE load)");
+  }
+  LoadTrace trace(steps, num_layers - dense, num_experts);
+  for (int s = 0; s < steps; ++s) {
+    for (int l = dense; l < num_layers; ++l) {
+      const size_t begin =
+          (static_cast<size_t>(s) * num_layers + l) * num_experts;
+      for (int e = 0; e < num_experts; ++e) {
+        trace.at(s, l - dense, e) = data[begin + e];
+      }
+    }
+  }
+  return trace;
+}
+
+StatusOr<LoadTrace> ReadSglangLogicalCount(const std::string& path) {
+  EPLB_ASSIGN_OR_RETURN(const std::string text, ReadFileToString(path));
+  StatusOr<LoadTrace> trace = ParseSglangLogicalCount(text);
+  if (!trace.ok()) return trace.status().WithPrefix(path);
+  return trace;
+}
+
+std::string SglangLogicalCountToJson(const LoadTrace& trace) {
+  std::string out = "{\"logical_count\": ";
+  if (trace.num_steps() == 1) {
+    AppendStep(&out, trace, 0, "");
+  } else {
+    out += "[\n";
+    for (int s = 0; s < trace.num_steps(); ++s) {
+      out += "  ";
+      AppendStep(&out, trace, s, "  ");
+      out += s + 1 < trace.num_steps() ? ",\n" : "\n";
+    }
+    out += ']';
+  }
+  out += "}\n";
+  return out;
+}
+
+StatusOr<Placement> ParseSglangPhysicalToLogical(std::string_view text,
+                                                 int num_ranks,
+                                                 int num_experts) {
+  Json root;
+  EPLB_RETURN_IF_ERROR(internal::ParseJson(text, &root));
+  EPLB_ASSIGN_OR_RETURN(const Json* rows, TopMember(root, kPhysicalToLogical));
+  return internal::PlacementFromPhysicalRows(*rows, kPhysicalToLogical,
+                                             num_ranks, num_experts);
+}
+
+std::string SglangPhysicalToLogicalToJson(const Placement& placement) {
+  std::string out = "{\"physical_to_logical_map\": ";
+  internal::AppendPhysicalRows(&out, placement, "");
+  out += "}\n";
+  return out;
+}
+
+}  // namespace eplb
