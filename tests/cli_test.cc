@@ -357,9 +357,93 @@ TEST_F(CliTest, ConvertRoundTripsMapsAndLoads) {
   EXPECT_NE(bad_format.err.find("--to = 'yaml'"), std::string::npos);
 }
 
+TEST_F(CliTest, PlanWritesAValidMapAndReportsTheFigures) {
+  const std::string out = (dir_ / "plan.json").string();
+  Result r =
+      Run("plan --load " + Data(kDsv3Prefill1024) +
+          " --ranks 32 --slots-per-rank 9 --policy best --json --out " + out);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  nlohmann::json j = OneJsonObject(r);
+  for (const char* key :
+       {"policy", "layers", "ranks", "slots_per_rank", "plan_ms",
+        "imbalance_mean", "imbalance_max", "moved_experts", "changed_layers",
+        "imbalance_lower_bound"}) {
+    EXPECT_TRUE(j.contains(key)) << key;
+  }
+  EXPECT_EQ(j["policy"], "best");
+  EXPECT_EQ(j["layers"], 58);
+  EXPECT_LE(j["imbalance_mean"].get<double>(), 1.001);
+  EXPECT_EQ(j["imbalance_lower_bound"].size(), 58u);
+  EXPECT_EQ(Run("validate-map " + out + " --ranks 32 --experts 256 --layers 58")
+                .exit_code,
+            0);
+  // The written map, inspected, has the predicted imbalance.
+  Result inspect = Run("inspect --load " + Data(kDsv3Prefill1024) +
+                       " --ranks 32 --slots-per-rank 9 --json --map " + out);
+  ASSERT_EQ(inspect.exit_code, 0) << inspect.err;
+  EXPECT_NEAR(OneJsonObject(inspect)["imbalance_mean"].get<double>(),
+              j["imbalance_mean"].get<double>(), 1e-9);
+  // Re-planning from it with swift moves nothing: it is already balanced.
+  Result again =
+      Run("plan --load " + Data(kDsv3Prefill1024) +
+          " --ranks 32 --slots-per-rank 9 --policy 2 --json --current " + out);
+  ASSERT_EQ(again.exit_code, 0) << again.err;
+  EXPECT_EQ(OneJsonObject(again)["moved_experts"], 0);
+}
+
+TEST_F(CliTest, PlanOnATraceWindowAndNodes) {
+  Result r =
+      Run("plan --load " + Data("data/dsv2lite-puffin/prefill_by_prompt.csv") +
+          " --ranks 8 --redundant 8 --ranks-per-node 4 --window 16 --policy "
+          "flashlb --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  nlohmann::json j = OneJsonObject(r);
+  EXPECT_EQ(j["steps"], 16);
+  EXPECT_EQ(j["layers"], 26);
+  EXPECT_EQ(
+      j["moved_experts"].get<int>(),
+      j["intra_node_moves"].get<int>() + j["inter_node_moves"].get<int>());
+  EXPECT_LT(j["imbalance_mean"].get<double>(),
+            j["current_imbalance_mean"].get<double>());
+}
+
+TEST_F(CliTest, PlanRejectsBadInput) {
+  const std::string load = "--load " + Data(kDsv3Prefill1024);
+  struct Case {
+    std::string args;
+    int exit_code;
+    std::string expected;
+  };
+  const Case cases[] = {
+      {load + " --ranks 32 --slots-per-rank 9 --policy greedy", 1,
+       "unknown policy 'greedy'"},
+      {load + " --ranks 32 --slots-per-rank 9 --window -1", 2, "window"},
+      {load + " --ranks 32 --slots-per-rank 9 --current " + Data(kFixture), 1,
+       "moe_layer_count is 1 but the model has 58 MoE layers"},
+      {load + " --ranks 32 --redundant 31", 1, "(256 + 31) % 32 = 31"},
+      {"--load " + Data(kFixture) + " --ranks 2 --slots-per-rank 5", 1,
+       "logical_count"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.args);
+    Result r = Run("plan " + c.args);
+    EXPECT_EQ(r.exit_code, c.exit_code) << r.err;
+    EXPECT_NE(r.err.find(c.expected), std::string::npos) << r.err;
+  }
+  // Groups that do not divide the experts: falls back to global and says so.
+  Result fallback =
+      Run("plan " + load +
+          " --ranks 32 --slots-per-rank 9 --ranks-per-node 8 --groups 7 "
+          "--policy default");
+  EXPECT_EQ(fallback.exit_code, 0) << fallback.err;
+  EXPECT_NE(fallback.err.find("falling back to the global policy"),
+            std::string::npos)
+      << fallback.err;
+}
+
 TEST_F(CliTest, HelpOnEveryCommandAndUsageErrors) {
   for (const char* cmd :
-       {"", "inspect ", "validate-map ", "convert ", "models "}) {
+       {"", "inspect ", "validate-map ", "convert ", "models ", "plan "}) {
     SCOPED_TRACE(cmd);
     Result r = Run(std::string(cmd) + "--help");
     EXPECT_EQ(r.exit_code, 0);

@@ -43,6 +43,7 @@ void AddInspectCommand(CLI::App* app, int* exit_code);
 void AddValidateMapCommand(CLI::App* app, int* exit_code);
 void AddConvertCommand(CLI::App* app, int* exit_code);
 void AddModelsCommand(CLI::App* app, int* exit_code);
+void AddPlanCommand(CLI::App* app, int* exit_code);
 
 }  // namespace eplb::cli
 

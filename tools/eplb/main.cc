@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
   eplb::cli::AddInspectCommand(&app, &exit_code);
   eplb::cli::AddValidateMapCommand(&app, &exit_code);
   eplb::cli::AddConvertCommand(&app, &exit_code);
+  eplb::cli::AddPlanCommand(&app, &exit_code);
   eplb::cli::AddModelsCommand(&app, &exit_code);
   try {
     app.parse(argc, argv);

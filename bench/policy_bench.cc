@@ -1,0 +1,87 @@
+// Plan time of every policy on the full DeepSeek-V3 model (58 layers x 256
+// experts, prefill_in1024), single-threaded: BM_Plan_<policy>_<layout>.
+#include <benchmark/benchmark.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <string>
+
+#include "eplb/io.h"
+#include "eplb/policy.h"
+
+namespace {
+
+const eplb::LoadTrace& Dsv3() {
+  static const eplb::LoadTrace* const trace = [] {
+    auto t = eplb::ReadSglangLogicalCount(
+        EPLB_SOURCE_DIR "/data/dsv3-sglang/prefill_in1024.json");
+    if (!t.ok()) {
+      std::fprintf(stderr, "%s\n", t.status().ToString().c_str());
+      std::exit(1);
+    }
+    return new eplb::LoadTrace(*std::move(t));
+  }();
+  return *trace;
+}
+
+// 64 samples: the aggregate split over 64 steps with a deterministic
+// per-step skew, for FlashLB.
+const eplb::LoadTrace& Dsv3Samples() {
+  static const eplb::LoadTrace* const trace = [] {
+    const eplb::LoadTrace& agg = Dsv3();
+    auto* t = new eplb::LoadTrace(64, agg.num_layers(), agg.num_experts());
+    uint64_t x = 12345;
+    for (int s = 0; s < 64; ++s) {
+      for (int l = 0; l < agg.num_layers(); ++l) {
+        for (int e = 0; e < agg.num_experts(); ++e) {
+          x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+          const double noise =
+              0.5 + static_cast<double>(x >> 11) / 9007199254740992.0;
+          t->at(s, l, e) = agg.at(0, l, e) / 64 * noise;
+        }
+      }
+    }
+    return t;
+  }();
+  return *trace;
+}
+
+void BM_Plan(benchmark::State& state, const char* policy_name, int ranks,
+             int slots, int ranks_per_node, int groups, bool samples) {
+  const eplb::LoadTrace& trace = samples ? Dsv3Samples() : Dsv3();
+  const eplb::LoadMatrix load = trace.Aggregate();
+  const eplb::Topology t =
+      *eplb::MakeTopology(load.num_experts(), ranks, slots, ranks_per_node);
+  const eplb::Placement initial =
+      eplb::Placement::Initial(load.num_layers(), load.num_experts(), t);
+  eplb::PolicyOptions options;
+  options.num_groups = groups;
+  for (auto _ : state) {
+    // A fresh policy each time: FlashLB keeps state between calls.
+    std::unique_ptr<eplb::Policy> policy = *eplb::CreatePolicy(policy_name);
+    auto plan = policy->Rebalance({&initial, &load, &trace, t}, options);
+    if (!plan.ok()) state.SkipWithError(plan.status().ToString().c_str());
+    benchmark::DoNotOptimize(plan);
+  }
+}
+
+#define EPLB_PLAN_BENCH(policy, name)                                          \
+  BENCHMARK_CAPTURE(BM_Plan, policy##_EP32x9, name, 32, 9, 32, 1, false)       \
+      ->Unit(benchmark::kMillisecond);                                         \
+  BENCHMARK_CAPTURE(BM_Plan, policy##_EP32x9_4nodes, name, 32, 9, 8, 8, false) \
+      ->Unit(benchmark::kMillisecond);                                         \
+  BENCHMARK_CAPTURE(BM_Plan, policy##_EP64x5, name, 64, 5, 64, 1, false)       \
+      ->Unit(benchmark::kMillisecond)
+
+EPLB_PLAN_BENCH(Default, "default");
+EPLB_PLAN_BENCH(Swift, "swift");
+EPLB_PLAN_BENCH(Best, "best");
+EPLB_PLAN_BENCH(FlashLb, "flashlb");
+BENCHMARK_CAPTURE(BM_Plan, FlashLb_EP32x9_64samples, "flashlb", 32, 9, 32, 1,
+                  true)
+    ->Unit(benchmark::kMillisecond);
+
+}  // namespace
+
+BENCHMARK_MAIN();

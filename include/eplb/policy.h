@@ -1,0 +1,76 @@
+// Balancing policies (spec §6): from the current placement and a load to a
+// new placement with redundant replicas of hot experts.
+//
+// A Policy is a pure function of its inputs (plus, for FlashLB, the state it
+// keeps between calls): the same inputs give a bit-identical plan on every
+// rank and every run. Ties go to the lower id; comparisons are exactly
+// ordered. Every plan passes spec §3.4's invariants before it is returned: a
+// layer a policy would break keeps its current placement, and the plan says
+// so in `notes`.
+//
+// Policies are thread-compatible: one object must not be used from two
+// threads at once; distinct objects may run concurrently.
+#ifndef EPLB_POLICY_H_
+#define EPLB_POLICY_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "eplb/load.h"
+#include "eplb/placement.h"
+#include "eplb/status.h"
+#include "eplb/topology.h"
+
+namespace eplb {
+
+struct PolicyInput {
+  const Placement* current = nullptr;  // [L][R][K]: what serves now.
+  const LoadMatrix* load = nullptr;    // [L][E]: the window's aggregate.
+  const LoadTrace* samples = nullptr;  // [T][L][E]: per-step samples
+                                       // (FlashLB); may be null.
+  Topology topology;                   // Must match `current`.
+};
+
+struct PolicyOptions {
+  int num_groups = 1;             // Expert groups (hierarchical DefaultEplb).
+  uint64_t seed = 0;              // Random policy.
+  int max_receives_per_rank = 0;  // Per layer; 0 = K (no limit).
+};
+
+// What a plan did to one layer.
+struct LayerPlan {
+  bool changed = false;
+  double current_imbalance = 1.0;    // max/mean of `current` under the load.
+  double predicted_imbalance = 1.0;  // max/mean of the plan under the load.
+  double lower_bound = 1.0;          // No placement with these slots beats it.
+  int moved_experts = 0;             // Slots whose expert is new to the rank.
+  int intra_node_moves = 0;          // Moves with a source on the same node.
+  int inter_node_moves = 0;          // Moves that cross nodes.
+};
+
+struct Plan {
+  Placement placement;
+  std::vector<LayerPlan> layers;  // [L]
+  std::vector<std::string>
+      notes;  // Fallbacks and rejected layers, one line each.
+};
+
+class Policy {
+ public:
+  virtual ~Policy() = default;
+  virtual std::string_view name() const = 0;
+  // Plans every layer. InvalidArgument for inputs that disagree in shape or
+  // hold negative / non-finite loads. All-zero layers keep their placement.
+  virtual StatusOr<Plan> Rebalance(const PolicyInput& input,
+                                   const PolicyOptions& options) = 0;
+};
+
+// By number (0-3) or name: random, default, swift, flashlb, best.
+StatusOr<std::unique_ptr<Policy>> CreatePolicy(std::string_view name_or_number);
+
+}  // namespace eplb
+
+#endif  // EPLB_POLICY_H_

@@ -1,0 +1,43 @@
+// "best": the project's own policy for static maps. Replica counts that
+// minimise the largest share, a greedy LPT placement that never co-locates,
+// then pairwise-swap local search until no swap lowers the peak; finally the
+// ranks are relabelled to keep as many experts in place as possible (minimal
+// redeploy). Keeps the current layer when the plan is not better.
+#include <vector>
+
+#include "policy/algorithms.h"
+#include "policy/layer_policy.h"
+#include "policy/policies.h"
+
+namespace eplb::policy {
+namespace {
+
+class BestPolicy final : public LayerPolicy {
+ public:
+  std::string_view name() const override { return "best"; }
+
+ protected:
+  std::vector<int32_t> PlanLayer(const LayerContext& ctx) override {
+    const int r = ctx.topology->num_ranks;
+    const int k = ctx.topology->slots_per_rank;
+    const std::vector<int32_t> count = MinMaxReplicaCounts(ctx.load, r * k, r);
+    std::vector<int32_t> layer = PlaceLpt(ctx.load, count, r, k);
+    double total = 0.0;
+    for (double v : ctx.load) total += v;
+    // Stop once a swap gains less than 1e-9 of the mean rank load.
+    RefineBySwaps(layer, ctx.load, r, k, /*max_swaps=*/64 * r,
+                  1e-9 * total / r);
+    MatchRanksToCurrent(ctx.current, layer, r, k);
+    if (LayerImbalance(layer, ctx.load, r, k) >= ctx.current_imbalance)
+      return {};
+    return layer;
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Policy> NewBestPolicy() {
+  return std::make_unique<BestPolicy>();
+}
+
+}  // namespace eplb::policy

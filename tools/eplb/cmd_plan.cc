@@ -1,0 +1,184 @@
+// eplb plan: run a balancing policy on a load and write the planned map.
+#include <chrono>
+#include <cstdio>
+#include <memory>
+
+#include "cli_util.h"
+#include "eplb/io.h"
+#include "eplb/policy.h"
+
+namespace eplb::cli {
+namespace {
+
+struct PlanFlags {
+  std::string load_path;
+  std::string current_path;
+  std::string out_path;
+  std::string policy = "swift";
+  TopologyFlags topology;
+  int groups = 1;
+  int window = 0;  // 0: every step.
+  uint64_t seed = 0;
+  bool json = false;
+};
+
+struct Summary {
+  double mean = 1.0, max = 1.0, current_mean = 1.0, bound_mean = 1.0;
+  int moved = 0, intra = 0, inter = 0, changed = 0;
+};
+
+Summary Summarise(const Plan& plan) {
+  Summary s;
+  const double n = static_cast<double>(plan.layers.size());
+  if (plan.layers.empty()) return s;
+  s.mean = s.current_mean = s.bound_mean = 0.0;
+  s.max = 0.0;
+  for (const LayerPlan& l : plan.layers) {
+    s.mean += l.predicted_imbalance / n;
+    s.current_mean += l.current_imbalance / n;
+    s.bound_mean += l.lower_bound / n;
+    s.max = std::max(s.max, l.predicted_imbalance);
+    s.moved += l.moved_experts;
+    s.intra += l.intra_node_moves;
+    s.inter += l.inter_node_moves;
+    s.changed += l.changed ? 1 : 0;
+  }
+  return s;
+}
+
+int RunPlan(const PlanFlags& f) {
+  StatusOr<LoadTrace> trace = ReadLoadFile(f.load_path);
+  if (!trace.ok()) return Fail(trace.status());
+  if (f.window < 0)
+    return Fail("--window = " + std::to_string(f.window) + ": must be >= 0");
+  const int end = trace->num_steps();
+  const int begin = f.window > 0 ? std::max(0, end - f.window) : 0;
+  const LoadMatrix load = trace->Aggregate(begin, end);
+  // Samples of the window, for FlashLB.
+  LoadTrace samples(end - begin, trace->num_layers(), trace->num_experts());
+  for (int s = begin; s < end; ++s) {
+    for (int l = 0; l < trace->num_layers(); ++l) {
+      for (int e = 0; e < trace->num_experts(); ++e) {
+        samples.at(s - begin, l, e) = trace->at(s, l, e);
+      }
+    }
+  }
+  StatusOr<Topology> topology = f.topology.Make(load.num_experts());
+  if (!topology.ok()) return Fail(topology.status());
+  StatusOr<std::unique_ptr<Policy>> policy = CreatePolicy(f.policy);
+  if (!policy.ok()) return Fail(policy.status());
+  Placement current;
+  if (f.current_path.empty()) {
+    current =
+        Placement::Initial(load.num_layers(), load.num_experts(), *topology);
+  } else {
+    StatusOr<Placement> map = ReadExpertMapJson(
+        f.current_path,
+        MapExpectations{.num_layers = load.num_layers(),
+                        .num_ranks = topology->num_ranks,
+                        .num_experts = load.num_experts(),
+                        .slots_per_rank = topology->slots_per_rank});
+    if (!map.ok()) return Fail(map.status());
+    current = *std::move(map);
+  }
+  PolicyOptions options;
+  options.num_groups = f.groups;
+  options.seed = f.seed;
+  const auto start = std::chrono::steady_clock::now();
+  StatusOr<Plan> plan =
+      (*policy)->Rebalance({&current, &load, &samples, *topology}, options);
+  const double plan_ms = std::chrono::duration<double, std::milli>(
+                             std::chrono::steady_clock::now() - start)
+                             .count();
+  if (!plan.ok()) return Fail(plan.status());
+  if (!f.out_path.empty()) {
+    Status written = WriteExpertMapJson(f.out_path, plan->placement);
+    if (!written.ok()) return Fail(written);
+  }
+  for (const std::string& note : plan->notes) {
+    std::fprintf(stderr, "eplb: note: %s\n", note.c_str());
+  }
+  const Summary s = Summarise(*plan);
+  if (f.json) {
+    nlohmann::json per_layer = nlohmann::json::array();
+    nlohmann::json bounds = nlohmann::json::array();
+    for (size_t l = 0; l < plan->layers.size(); ++l) {
+      const LayerPlan& p = plan->layers[l];
+      per_layer.push_back({{"layer", l},
+                           {"changed", p.changed},
+                           {"current_imbalance", p.current_imbalance},
+                           {"predicted_imbalance", p.predicted_imbalance},
+                           {"lower_bound", p.lower_bound},
+                           {"moved_experts", p.moved_experts}});
+      bounds.push_back(p.lower_bound);
+    }
+    PrintJson({{"policy", std::string((*policy)->name())},
+               {"load", f.load_path},
+               {"steps", end - begin},
+               {"layers", load.num_layers()},
+               {"experts", load.num_experts()},
+               {"ranks", topology->num_ranks},
+               {"ranks_per_node", topology->ranks_per_node},
+               {"slots_per_rank", topology->slots_per_rank},
+               {"plan_ms", plan_ms},
+               {"current_imbalance_mean", s.current_mean},
+               {"imbalance_mean", s.mean},
+               {"imbalance_max", s.max},
+               {"imbalance_lower_bound_mean", s.bound_mean},
+               {"imbalance_lower_bound", bounds},
+               {"moved_experts", s.moved},
+               {"intra_node_moves", s.intra},
+               {"inter_node_moves", s.inter},
+               {"changed_layers", s.changed},
+               {"notes", plan->notes},
+               {"per_layer", per_layer}});
+    return 0;
+  }
+  std::printf(
+      "policy %s on %s (%d steps), %d layers x %d experts, %d ranks x %d "
+      "slots\n",
+      std::string((*policy)->name()).c_str(), f.load_path.c_str(), end - begin,
+      load.num_layers(), load.num_experts(), topology->num_ranks,
+      topology->slots_per_rank);
+  std::printf(
+      "imbalance (max/mean): current %.4f -> planned %.4f mean, %.4f worst "
+      "layer"
+      " (lower bound %.4f mean)\n",
+      s.current_mean, s.mean, s.max, s.bound_mean);
+  std::printf(
+      "changed layers %d, moved experts %d (intra-node %d, inter-node %d), "
+      "plan %.2f ms\n",
+      s.changed, s.moved, s.intra, s.inter, plan_ms);
+  if (!f.out_path.empty()) std::printf("wrote %s\n", f.out_path.c_str());
+  return 0;
+}
+
+}  // namespace
+
+void AddPlanCommand(CLI::App* app, int* exit_code) {
+  auto f = std::make_shared<PlanFlags>();
+  CLI::App* cmd =
+      app->add_subcommand("plan", "Plan a balanced placement with a policy");
+  cmd->add_option("--load", f->load_path,
+                  "Load file: trace CSV or SGLang logical_count JSON")
+      ->required();
+  f->topology.Register(cmd, /*require=*/true);
+  cmd->add_option("--groups", f->groups,
+                  "Expert groups (hierarchical default policy when nodes > 1)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option(
+      "--policy", f->policy,
+      "0 random, 1 default, 2 swift, 3 flashlb, or best (default: swift)");
+  cmd->add_option("--current", f->current_path,
+                  "Map serving now (default: the initial placement)");
+  cmd->add_option("--window", f->window,
+                  "Plan on the last STEPS steps (default: all)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--seed", f->seed, "Seed of the random policy");
+  cmd->add_option("--out", f->out_path,
+                  "Write the planned map here (atomically)");
+  cmd->add_flag("--json", f->json, "Print one JSON object");
+  cmd->callback([f, exit_code] { *exit_code = RunPlan(*f); });
+}
+
+}  // namespace eplb::cli
