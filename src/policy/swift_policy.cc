@@ -105,9 +105,11 @@ class SwiftLayer {
     int* end = list + num_holders_[e]--;
     std::copy(std::find(list, end, r) + 1, end, std::find(list, end, r));
   }
-  // A slot of a replicated expert, with its rank's load without it.
+  // A slot of a replicated expert, with the bounds of a re-point's gain.
   struct Candidate {
-    double base;
+    double base;    // Load of its rank without it.
+    double f_rise;  // Rise of its expert's share if it goes.
+    double others;  // Max new load of the expert's other holders.
     int phy, expert, rank;
   };
   std::vector<Candidate> repointable_;
@@ -177,12 +179,13 @@ void SwiftLayer::ConsiderRepoints(int h, double min_gain, Step* best) const {
     // The hot rank's load falls by e_drop at most.
     if (e_drop < min_gain || e_drop < best->score) continue;
     for (const Candidate& c : repointable_) {
-      // r's new load bounds the gain.
+      // r's new load, and f's other holders' (less e_drop if they hold e
+      // too), bound the gain from below.
       double worst = c.base + e_new;
-      if (peak - worst < best->score) continue;
+      if (peak - std::max(worst, c.others - e_drop) < best->score) continue;
       const int f = c.expert, r = c.rank, pb = c.phy;
       if (f == e || Holds(r, e)) continue;
-      const double f_rise = load_[f] / (count_[f] - 1) - Share(f);
+      const double f_rise = c.f_rise;
       // New loads of the other affected ranks: e's holders lose e_drop, f's
       // other holders gain f_rise.
       for (int q : Holders(e)) {
@@ -290,8 +293,14 @@ std::vector<int32_t> SwiftLayer::Run() {
     for (int phy = 0; phy < static_cast<int>(layer_.size()); ++phy) {
       const int e = layer_[phy];
       if (count_[e] >= 2) {
+        const int r = rank_of_[phy];
+        const double rise = load_[e] / (count_[e] - 1) - Share(e);
+        double others = 0.0;
+        for (int q : Holders(e)) {
+          if (q != r) others = std::max(others, rank_load_[q] + rise);
+        }
         repointable_.push_back(
-            {rank_load_[rank_of_[phy]] - Share(e), phy, e, rank_of_[phy]});
+            {rank_load_[r] - Share(e), rise, others, phy, e, r});
       }
       double& m = min_share_[rank_of_[phy]];
       m = std::min(m, Share(e));
