@@ -54,6 +54,7 @@ class SwiftLayer {
     int source = -1;     // Re-point: rank sending the new replica.
     bool repoint = false;
     bool same_node = false;  // Re-point source on the receiver's node.
+    int order = 0;           // Tie-break among equal scores (lower first).
   };
   bool Holds(int r, int e) const {
     return holds_[static_cast<size_t>(r) * n_ + e];
@@ -113,10 +114,8 @@ class SwiftLayer {
     int phy, expert, rank;
   };
   std::vector<Candidate> repointable_;
-  std::vector<int> by_load_;       // Ranks by ascending load.
   std::vector<double> min_share_;  // [R]: lightest share per rank.
   std::vector<int> rank_of_;       // [R*K]: phy / K without a division.
-  std::vector<std::pair<double, int>> keyed_;  // Sort scratch.
   double mean_ = 0.0;
   // With nodes, a cross-node move must gain this much more than an
   // intra-node one (1% of the mean rank load) to be preferred.
@@ -140,6 +139,7 @@ SwiftLayer::SwiftLayer(const LayerContext& ctx)
       num_holders_(n_, 0),
       min_share_(num_ranks_),
       rank_of_(layer_.size()) {
+  repointable_.reserve(layer_.size());
   for (int phy = 0; phy < static_cast<int>(layer_.size()); ++phy)
     rank_of_[phy] = phy / k_;
   for (int32_t e : layer_) ++count_[e];
@@ -201,9 +201,14 @@ void SwiftLayer::ConsiderRepoints(int h, double min_gain, Step* best) const {
       const int src = SourceFor(e, r, &same_node);
       if (src < 0) continue;
       const double score = same_node ? gain : gain - cross_node_penalty_;
+      // Ties: an intra-node source, then the lower slot on h, then the
+      // lower slot re-pointed; independent of the scan order.
+      const int order = sa * static_cast<int>(layer_.size()) + pb;
       if (score > best->score ||
-          (score == best->score && same_node && !best->same_node)) {
-        *best = Step{score, e, pb, src, true, same_node};
+          (score == best->score &&
+           (same_node > best->same_node ||
+            (same_node == best->same_node && order < best->order)))) {
+        *best = Step{score, e, pb, src, true, same_node, order};
       }
     }
   }
@@ -212,11 +217,10 @@ void SwiftLayer::ConsiderRepoints(int h, double min_gain, Step* best) const {
 void SwiftLayer::ConsiderSwaps(int h, double min_gain, Step* best) const {
   if (swaps_ >= kMaxSwaps) return;
   const double peak = rank_load_[h];
-  for (int r : by_load_) {
-    // A swap gains min(d, peak - load_r - d) <= (peak - load_r) / 2; ranks
-    // come in ascending load, so the bound only shrinks.
+  for (int r = 0; r < num_ranks_; ++r) {
+    // A swap gains min(d, peak - load_r - d) <= (peak - load_r) / 2.
     const double room = peak - rank_load_[r];
-    if (room < 2 * min_gain || room / 4 <= best->score) break;
+    if (room < 2 * min_gain || room / 4 <= best->score) continue;
     if (r == h || !PairFree(h, r) || !PairFree(r, h)) continue;
     const bool cross = t_.NodeOf(r) != t_.NodeOf(h);
     for (int sa = 0; sa < k_; ++sa) {
@@ -305,12 +309,10 @@ std::vector<int32_t> SwiftLayer::Run() {
       double& m = min_share_[rank_of_[phy]];
       m = std::min(m, Share(e));
     }
-    keyed_.clear();
-    for (int r = 0; r < num_ranks_; ++r) keyed_.emplace_back(rank_load_[r], r);
-    std::sort(keyed_.begin(), keyed_.end());
-    by_load_.clear();
-    for (const auto& [key, r] : keyed_) by_load_.push_back(r);
-    const int h = by_load_.back();
+    int h = 0;  // Most loaded rank; the highest id on ties.
+    for (int r = 1; r < num_ranks_; ++r) {
+      if (rank_load_[r] >= rank_load_[h]) h = r;
+    }
     Step best;
     ConsiderRepoints(h, min_gain, &best);
     ConsiderSwaps(h, min_gain, &best);
