@@ -44,6 +44,7 @@ void AddValidateMapCommand(CLI::App* app, int* exit_code);
 void AddConvertCommand(CLI::App* app, int* exit_code);
 void AddModelsCommand(CLI::App* app, int* exit_code);
 void AddPlanCommand(CLI::App* app, int* exit_code);
+void AddReplayCommand(CLI::App* app, int* exit_code);
 
 }  // namespace eplb::cli
 

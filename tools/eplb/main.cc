@@ -11,6 +11,7 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", "eplb 0.1.0");
   app.require_subcommand(1);
   int exit_code = 0;
+  eplb::cli::AddReplayCommand(&app, &exit_code);
   eplb::cli::AddInspectCommand(&app, &exit_code);
   eplb::cli::AddValidateMapCommand(&app, &exit_code);
   eplb::cli::AddConvertCommand(&app, &exit_code);

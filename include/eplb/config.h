@@ -1,0 +1,93 @@
+// The eplb_config object (spec §2): modes, intervals, policy and the
+// environment guard. Parsed and validated at the edge (start-up); nothing in
+// the library reads the environment itself (ReadConfigEnv is the one place).
+//
+// Value types and pure functions: thread-safe.
+#ifndef EPLB_CONFIG_H_
+#define EPLB_CONFIG_H_
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "eplb/status.h"
+
+namespace eplb {
+
+enum class EplbMode {
+  kDisabled,   // No map, no balancing: the initial placement serves.
+  kStatic,     // expert_map_path: a recorded map serves, never changes.
+  kDynamic,    // dynamic_eplb: rebalance while serving.
+  kRecording,  // expert_map_record_path: dynamic, and write the applied map.
+};
+std::string_view EplbModeName(EplbMode mode);  // "disabled", "static", ...
+
+// Which steps count as heat (spec §4): prefill steps have more than
+// max_num_reqs tokens, decode steps at most that.
+enum class HeatStage { kAll, kPrefill, kDecode };
+std::string_view HeatStageName(HeatStage stage);  // "all", "prefill", "decode"
+
+struct EplbConfig {
+  bool dynamic_eplb = false;
+  std::optional<std::string> expert_map_path = std::nullopt;
+  std::optional<std::string> expert_map_record_path = std::nullopt;
+  int expert_heat_collection_interval = 600;  // H, steps.
+  int algorithm_execution_interval = 50;      // A, steps.
+  int num_redundant_experts = 0;              // N.
+  int eplb_policy_type = 2;                   // 0 Random .. 3 FlashLB.
+  HeatStage eplb_heat_collection_stage = HeatStage::kAll;
+
+  // kRecording when a record path is set (it forces dynamic), else kDynamic
+  // when dynamic_eplb, else kStatic when a map path is set, else kDisabled.
+  // A recording or dynamic run that also names expert_map_path starts from
+  // that map.
+  EplbMode mode() const;
+};
+
+// The guard variables, as read from the environment (unset = nullopt).
+struct ConfigEnv {
+  std::optional<std::string> dynamic_eplb = std::nullopt;  // DYNAMIC_EPLB
+  std::optional<std::string> expert_map_record =
+      std::nullopt;  // EXPERT_MAP_RECORD
+};
+// Reads DYNAMIC_EPLB and EXPERT_MAP_RECORD with getenv.
+ConfigEnv ReadConfigEnv();
+
+struct ParsedConfig {
+  EplbConfig config;
+  std::vector<std::string> warnings;  // e.g. algorithm_execution_interval < 30.
+};
+
+// Parses `json_text`: either an eplb_config object, or a whole
+// --additional-config object holding one under "eplb_config" (other keys of
+// the outer object are ignored). Checks, each failure an InvalidArgument
+// naming the key, the value and the fix:
+//  - JSON well-formed and an object; unknown key (lists the valid keys);
+//    wrong type (bool / string / integer; 3.0 is not an integer);
+//  - intervals >= 1; num_redundant_experts >= 0; eplb_policy_type in 0..3;
+//    eplb_heat_collection_stage in all / prefill / decode;
+//  - expert_map_path and expert_map_record_path end in ".json";
+//  - the environment guard: dynamic and recording modes need DYNAMIC_EPLB or
+//    EXPERT_MAP_RECORD set to true or 1 (case-insensitive); the error names
+//    the variable to set. Static mode needs none.
+// Warns (does not fail) when algorithm_execution_interval < 30.
+StatusOr<ParsedConfig> ParseEplbConfig(std::string_view json_text,
+                                       const ConfigEnv& env);
+
+// Reads and parses a config file (ReadFileToString + ParseEplbConfig).
+StatusOr<ParsedConfig> ReadEplbConfig(const std::string& path,
+                                      const ConfigEnv& env);
+
+// Checks the config against the model and the EP group: (E + N) % R == 0
+// (the error shows the arithmetic), N not so large that a rank would need
+// two copies of one expert ((E + N) / R > E), and, when expert_map_path is
+// set, that the map exists, is readable and passes validation for
+// `num_layers` x `num_experts` on `num_ranks` ranks (the error names the path
+// and the problem). Returns the slots per rank.
+StatusOr<int> ValidateConfigForModel(const EplbConfig& config, int num_layers,
+                                     int num_experts, int num_ranks);
+
+}  // namespace eplb
+
+#endif  // EPLB_CONFIG_H_

@@ -1,0 +1,136 @@
+// Controller: the dynamic EPLB cycle of spec §5, counted in forward steps.
+//
+//   steps 0 .. H-1       collect heat (HeatRecorder)
+//   end of step H-1      snapshot the window; hand it to the planner thread
+//   steps H .. H+A-1     serve normally while the policy runs
+//   end of step H+A-1    take the plan if it is ready; if it is late, keep
+//                        serving on the current map and skip the cycle
+//   next L' steps        migrate one changed layer per step: its transfers
+//                        start before the step's forward and the layer
+//                        commits (weights verified, then the routing table
+//                        switches atomically) after it
+//   then                 (recording mode) write the map; clear the heat
+//
+// Threads: the serving thread calls BeforeForward / AfterForward and the
+// recorder; it never waits on the planner (a lock-free handshake: an atomic
+// state and a semaphore) and, unless sync_migration is set, never waits on a
+// transfer. The planner runs on its own thread, started by Start();
+// Shutdown() is idempotent and joins it. A plan that throws, fails or breaks
+// spec §3.4 is logged and counted, and the current map keeps serving.
+#ifndef EPLB_CONTROLLER_H_
+#define EPLB_CONTROLLER_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "eplb/clock.h"
+#include "eplb/config.h"
+#include "eplb/migration.h"
+#include "eplb/placement.h"
+#include "eplb/policy.h"
+#include "eplb/recorder.h"
+#include "eplb/status.h"
+#include "eplb/topology.h"
+#include "eplb/transport.h"
+
+namespace eplb {
+
+struct ControllerOptions {
+  EplbConfig config;  // Validated (ParseEplbConfig); mode and intervals.
+  Topology topology;
+  int num_layers = 0;
+  int num_experts = 0;
+  Placement initial;  // The map serving at step 0.
+  std::unique_ptr<Policy>
+      policy;  // Null: CreatePolicy(config.eplb_policy_type).
+  PolicyOptions policy_options;
+  Transport* transport = nullptr;  // Not owned.
+  Clock* clock = nullptr;          // Not owned; SystemClock() when null.
+  int64_t real_expert_bytes = 1;   // Bytes of one expert (model, quant).
+  int64_t memory_budget_bytes = 256 << 20;  // Weight buffers, all ranks.
+  int64_t transfer_timeout_nanos = 10'000'000'000;
+  int max_num_reqs = 256;       // Prefill / decode split of the stage filter.
+  int ring_steps = 64;          // Per-step samples kept for FlashLB.
+  bool sync_migration = false;  // Stop the world: migrate every layer at once.
+  // Called on the serving thread when a layer commits: the step from which
+  // it serves, and the committed placement.
+  std::function<void(int64_t step, int layer, const Placement& placement)>
+      on_commit;
+  // Where problems are logged (one line each); stderr when null.
+  std::function<void(std::string_view line)> log;
+};
+
+struct ControllerStats {
+  int64_t steps = 0;
+  int64_t cycles = 0;          // Cycles whose plan was taken.
+  int64_t rebalances = 0;      // Cycles that committed at least one layer.
+  int64_t cycles_late = 0;     // Plan not ready when needed: cycle skipped.
+  int64_t plans_failed = 0;    // Policy threw or returned an error.
+  int64_t plans_rejected = 0;  // Plan broke an invariant.
+  int64_t layers_committed = 0;
+  int64_t layers_aborted = 0;
+  int64_t experts_moved = 0;
+  int64_t bytes_moved = 0;   // Real expert sizes.
+  int64_t maps_written = 0;  // Recording mode.
+  int64_t max_stall_nanos =
+      0;  // Longest the serving thread waited on migration.
+  int64_t total_stall_nanos = 0;
+  int64_t max_plan_nanos = 0;  // Planner thread, per plan.
+};
+
+class Controller {
+ public:
+  // Checks the options (shapes agree, config mode is dynamic or recording or
+  // static). InvalidArgument names the problem.
+  static StatusOr<std::unique_ptr<Controller>> Create(
+      ControllerOptions options);
+  ~Controller();  // Shutdown().
+  Controller(const Controller&) = delete;
+  Controller& operator=(const Controller&) = delete;
+
+  void Start();     // Starts the planner thread (static mode: nothing).
+  void Shutdown();  // Idempotent; waits for the planner's current plan.
+
+  // --- Serving thread. ---
+  HeatRecorder& recorder() { return *recorder_; }
+  void BeforeForward();
+  void AfterForward(int64_t num_tokens);
+
+  // --- Any thread. ---
+  const RoutingTable& routing() const { return *routing_; }
+  // Serving thread only: the committed placement.
+  const Placement& placement() const { return migration_->placement(); }
+  const WeightStore& weights() const { return migration_->store(); }
+  ControllerStats stats() const;
+  int64_t step() const { return step_; }
+
+ private:
+  struct Planner;
+  Controller() = default;
+  void Log(const std::string& line);
+  void EndCollect();
+  void TakePlan();
+  void MigrateStep(bool before);
+  void EndCycle();
+
+  ControllerOptions options_;
+  std::unique_ptr<HeatRecorder> recorder_;
+  std::unique_ptr<RoutingTable> routing_;
+  std::unique_ptr<MigrationEngine> migration_;
+  std::unique_ptr<Planner> planner_;
+  ControllerStats stats_;
+  int64_t step_ = 0;        // Steps served.
+  int64_t cycle_step_ = 0;  // Steps since the cycle started.
+  enum class Phase { kCollect, kPlan, kMigrate } phase_ = Phase::kCollect;
+  Placement plan_;           // The plan being migrated.
+  std::vector<int> layers_;  // Changed layers, in migration order.
+  size_t next_layer_ = 0;
+  bool committed_this_cycle_ = false;
+};
+
+}  // namespace eplb
+
+#endif  // EPLB_CONTROLLER_H_

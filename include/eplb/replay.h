@@ -1,0 +1,104 @@
+// Replay: feeds a recorded trace, step by step, through the real recorder,
+// controller and migration engine over R virtual ranks, while a step loop
+// plays the forward passes; measures the realized balance and, through the
+// cost model, the serving impact, with and without balancing.
+//
+// Each replay step takes `batch_steps` consecutive trace steps. In a step,
+// every expert's tokens go to its replicas under the routing in force at
+// that step, split by the default dispatch (spec §3.1: whole tokens, round
+// robin over replicas in physical-id order); a rank's load is the tokens its
+// slots received, and the realized imbalance of a (step, layer) is max / mean
+// rank load. Steps with no tokens in a layer are not scored.
+#ifndef EPLB_REPLAY_H_
+#define EPLB_REPLAY_H_
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "eplb/config.h"
+#include "eplb/cost_model.h"
+#include "eplb/load.h"
+#include "eplb/model.h"
+#include "eplb/placement.h"
+#include "eplb/status.h"
+#include "eplb/topology.h"
+
+namespace eplb {
+
+struct ReplayOptions {
+  ModelSpec model;
+  QuantType quant = QuantType::kBf16;
+  HardwareProfile hardware;
+  Topology topology;
+  EplbConfig config;            // Mode, intervals, policy, paths.
+  std::string policy;           // Overrides config.eplb_policy_type when set.
+  int batch_steps = 1;          // Trace steps per replay step.
+  bool sync_migration = false;  // Stop-the-world migration.
+  // Each step lasts at least its modelled time in wall-clock time, so the
+  // planner thread and the copies race the forward passes as they would in
+  // an engine. Off: steps run back to back and plans are often late.
+  bool pace = true;
+  int64_t memory_budget_bytes = 256 << 20;
+  int max_num_reqs = 256;
+  // Called once per replay step (for a progress bar), on the replay thread.
+  std::function<void(int64_t step, int64_t steps)> progress;
+  // JSON-lines placement log (docs/formats.md); empty: none.
+  std::string placement_log_path;
+  // Set from a signal handler to stop early; the result covers the steps
+  // replayed, and every file written is whole.
+  const std::atomic<bool>* interrupt = nullptr;
+  std::function<void(std::string_view line)> log;  // Controller problems.
+};
+
+struct Distribution {
+  double median = 1, p90 = 1, p99 = 1, mean = 1, max = 1;
+};
+
+struct ReplayResult {
+  int64_t steps = 0;  // Replay steps run.
+  bool interrupted = false;
+  std::string policy;
+  std::string mode;
+  Distribution imbalance;                  // Realized, with balancing.
+  Distribution baseline_imbalance;         // Realized, initial map throughout.
+  std::vector<double> imbalance_per_step;  // Mean over layers.
+  std::vector<double> baseline_imbalance_per_step;  // Mean over layers.
+  int64_t rebalances = 0;
+  int64_t cycles_late = 0;
+  int64_t plans_failed = 0;
+  int64_t layers_committed = 0;
+  int64_t layers_aborted = 0;
+  int64_t experts_moved = 0;
+  int64_t bytes_moved = 0;         // Real expert sizes.
+  double moved_per_rebalance = 0;  // Experts moved / rebalance / (L*R*K).
+  double max_stall_ms = 0;  // Wall clock: serving thread waiting on migration.
+  double wall_ms = 0;
+  int64_t weight_scale = 1;  // Real bytes / stored bytes per expert.
+  // Cost model.
+  double ttft_p99_ms = 0, tpot_avg_ms = 0, utilization = 0;
+  double baseline_ttft_p99_ms = 0, baseline_tpot_avg_ms = 0,
+         baseline_utilization = 0;
+  int64_t maps_written = 0;
+};
+
+// Replays `trace` (its layers and experts must match the model and the map).
+// InvalidArgument for shape mismatches and bad options; NotFound for a
+// static map that does not exist.
+StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
+                                 const ReplayOptions& options);
+
+// Realized per-rank loads of one layer [R] under a placement's replicas and
+// the default dispatch. `counts` [E] integer token counts.
+std::vector<double> DispatchRankLoads(const LayerRouting& routing,
+                                      std::span<const double> counts);
+// The same as per-slot counts [R*K].
+void DispatchSlotCounts(const LayerRouting& routing,
+                        std::span<const double> counts,
+                        std::span<int64_t> slot_counts);
+
+}  // namespace eplb
+
+#endif  // EPLB_REPLAY_H_

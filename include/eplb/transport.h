@@ -1,0 +1,93 @@
+// Transport: moves expert weights between ranks (spec §7). The migration
+// engine plans what to copy; a Transport copies it. In-process (threads
+// copying between rank buffers) now; MPI / HCCL / NCCL point-to-point later,
+// which is why every transfer names ranks and slots rather than pointers, and
+// why both sides of a rank pair enumerate a layer's transfers in the same
+// order.
+//
+// Transports are thread-safe: Start() is called from the serving thread,
+// copies run on the transport's own threads.
+#ifndef EPLB_TRANSPORT_H_
+#define EPLB_TRANSPORT_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+
+#include "eplb/status.h"
+
+namespace eplb {
+
+// One expert copied from a live slot to a staging buffer (or, when
+// src_rank == dst_rank, a local copy).
+struct Transfer {
+  int32_t layer = 0;
+  int32_t expert = 0;
+  int32_t src_rank = 0;
+  int32_t src_slot = 0;
+  int32_t dst_rank = 0;
+  int32_t dst_slot = 0;    // Where it lands at commit.
+  int32_t staging = 0;     // Staging buffer index on dst_rank.
+  bool local = false;      // src_rank == dst_rank.
+  int64_t real_bytes = 0;  // Bytes at the model's real size (reported).
+
+  friend bool operator==(const Transfer&, const Transfer&) = default;
+};
+
+// Where the bytes are: implemented by the weight store of the ranks this
+// process hosts.
+class BufferResolver {
+ public:
+  virtual ~BufferResolver() = default;
+  // Live weights of (rank, layer, slot); read-only while a layer migrates.
+  virtual std::span<const std::byte> Slot(int rank, int layer,
+                                          int slot) const = 0;
+  // Staging buffer `index` of `rank`.
+  virtual std::span<std::byte> Staging(int rank, int index) = 0;
+};
+
+// The progress of one started batch of transfers.
+class TransferBatch {
+ public:
+  virtual ~TransferBatch() = default;
+  // Non-blocking: true once every transfer finished (or failed).
+  virtual bool Done() const = 0;
+  // Blocks until Done(). For stop-the-world migration and shutdown only.
+  virtual void Wait() = 0;
+  // OK when all transfers completed; the first failure otherwise
+  // (Unavailable, DeadlineExceeded, DataLoss, ...). Valid once Done().
+  virtual Status result() const = 0;
+};
+
+class Transport {
+ public:
+  virtual ~Transport() = default;
+  // Starts `transfers` (copied) without blocking. `buffers` must outlive the
+  // batch.
+  virtual StatusOr<std::unique_ptr<TransferBatch>> Start(
+      std::span<const Transfer> transfers, BufferResolver* buffers) = 0;
+};
+
+struct InProcessTransportOptions {
+  int num_threads = 1;  // Copy threads.
+};
+// Copies between buffers of one process on its own threads.
+StatusOr<std::unique_ptr<Transport>> CreateInProcessTransport(
+    const InProcessTransportOptions& options);
+
+// Wraps a transport to inject faults (tests): every `fail_every`-th transfer
+// (0 = never) fails with Unavailable, every `corrupt_every`-th has one byte
+// flipped after the copy, and every batch takes at least `delay_nanos` of
+// real time before it reports Done.
+struct FaultOptions {
+  int fail_every = 0;
+  int corrupt_every = 0;
+  int64_t delay_nanos = 0;
+};
+std::unique_ptr<Transport> WrapWithFaults(std::unique_ptr<Transport> inner,
+                                          const FaultOptions& faults);
+
+}  // namespace eplb
+
+#endif  // EPLB_TRANSPORT_H_

@@ -1,0 +1,340 @@
+#include "eplb/replay.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <thread>
+
+#include "eplb/controller.h"
+#include "eplb/io.h"
+#include "eplb/migration.h"
+#include "eplb/transport.h"
+
+namespace eplb {
+
+void DispatchSlotCounts(const LayerRouting& routing,
+                        std::span<const double> counts,
+                        std::span<int64_t> slot_counts) {
+  std::fill(slot_counts.begin(), slot_counts.end(), 0);
+  for (int e = 0; e < routing.num_experts; ++e) {
+    const int64_t n = std::llround(counts[e]);
+    std::span<const int32_t> reps = routing.ReplicasOf(e);
+    if (n <= 0 || reps.empty()) continue;
+    const int64_t c = static_cast<int64_t>(reps.size());
+    // Token i goes to replica i mod c: replica j gets n / c, plus one for the
+    // first n % c replicas.
+    for (int64_t j = 0; j < c; ++j) {
+      slot_counts[reps[j]] += n / c + (j < n % c ? 1 : 0);
+    }
+  }
+}
+
+std::vector<double> DispatchRankLoads(const LayerRouting& routing,
+                                      std::span<const double> counts) {
+  std::vector<int64_t> slots(static_cast<size_t>(routing.num_ranks) *
+                             routing.slots_per_rank);
+  DispatchSlotCounts(routing, counts, slots);
+  std::vector<double> ranks(routing.num_ranks, 0.0);
+  for (size_t phy = 0; phy < slots.size(); ++phy) {
+    ranks[phy / routing.slots_per_rank] += static_cast<double>(slots[phy]);
+  }
+  return ranks;
+}
+
+namespace {
+
+Distribution Summarise(std::vector<double> v) {
+  Distribution d;
+  if (v.empty()) return d;
+  std::sort(v.begin(), v.end());
+  // Nearest-rank percentiles.
+  auto pct = [&](double p) {
+    const size_t i =
+        static_cast<size_t>(std::ceil(p * static_cast<double>(v.size())));
+    return v[std::clamp<size_t>(i, 1, v.size()) - 1];
+  };
+  d.median = pct(0.5);
+  d.p90 = pct(0.9);
+  d.p99 = pct(0.99);
+  d.max = v.back();
+  double sum = 0;
+  for (double x : v) sum += x;
+  d.mean = sum / static_cast<double>(v.size());
+  return d;
+}
+
+// Imbalance of rank loads; 0 when the layer had no tokens (not scored).
+double Imbalance(std::span<const double> ranks) {
+  double peak = 0, total = 0;
+  for (double x : ranks) {
+    peak = std::max(peak, x);
+    total += x;
+  }
+  return total > 0 ? peak / (total / static_cast<double>(ranks.size())) : 0.0;
+}
+
+std::string PlacementLine(int64_t step, int layer, const Placement& p) {
+  std::string s = "{\"step\": " + std::to_string(step) +
+                  ", \"layer\": " + std::to_string(layer) +
+                  ", \"placement\": [";
+  for (int r = 0; r < p.num_ranks(); ++r) {
+    s += r ? ", [" : "[";
+    for (int k = 0; k < p.slots_per_rank(); ++k) {
+      if (k) s += ", ";
+      s += std::to_string(p.at(layer, r, k));
+    }
+    s += "]";
+  }
+  s += "]}\n";
+  return s;
+}
+
+// One scored side of the replay (with or without balancing).
+struct Side {
+  std::vector<double> imbalance;  // Per scored (step, layer).
+  std::vector<double> per_step;   // Mean over layers.
+  std::vector<double> step_seconds;
+  double utilization_sum = 0;
+  int64_t utilization_n = 0;
+};
+
+}  // namespace
+
+StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
+                                 const ReplayOptions& o) {
+  const Topology& t = o.topology;
+  const int num_layers = trace.num_layers();
+  const int num_experts = trace.num_experts();
+  if (num_experts != o.model.num_experts) {
+    return InvalidArgumentError("the trace has " + std::to_string(num_experts) +
+                                " experts but model " + o.model.name + " has " +
+                                std::to_string(o.model.num_experts));
+  }
+  if (num_layers != o.model.num_moe_layers) {
+    return InvalidArgumentError("the trace has " + std::to_string(num_layers) +
+                                " MoE layers but model " + o.model.name +
+                                " has " +
+                                std::to_string(o.model.num_moe_layers));
+  }
+  if (o.batch_steps < 1) {
+    return InvalidArgumentError(
+        "batch_steps = " + std::to_string(o.batch_steps) + ": must be >= 1");
+  }
+  EPLB_RETURN_IF_ERROR(ValidateLoad(trace));
+  EPLB_ASSIGN_OR_RETURN(Topology checked,
+                        MakeTopology(num_experts, t.num_ranks, t.slots_per_rank,
+                                     t.ranks_per_node));
+  (void)checked;
+  const EplbMode mode = o.config.mode();
+  Placement initial = Placement::Initial(num_layers, num_experts, t);
+  if (o.config.expert_map_path.has_value()) {
+    EPLB_ASSIGN_OR_RETURN(
+        initial,
+        ReadExpertMapJson(*o.config.expert_map_path,
+                          MapExpectations{.num_layers = num_layers,
+                                          .num_ranks = t.num_ranks,
+                                          .num_experts = num_experts,
+                                          .slots_per_rank = t.slots_per_rank}));
+  }
+  const std::string policy_name =
+      o.policy.empty() ? std::to_string(o.config.eplb_policy_type) : o.policy;
+  EPLB_ASSIGN_OR_RETURN(std::unique_ptr<Policy> policy,
+                        CreatePolicy(policy_name));
+  ReplayResult result;
+  result.policy = std::string(policy->name());
+  result.mode = std::string(EplbModeName(mode));
+
+  // The placement log: checked before the first step.
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> log_file(nullptr,
+                                                           &std::fclose);
+  if (!o.placement_log_path.empty()) {
+    const std::filesystem::path dir =
+        std::filesystem::path(o.placement_log_path).parent_path();
+    if (!dir.empty() && !std::filesystem::is_directory(dir)) {
+      return NotFoundError("placement log " + o.placement_log_path +
+                           ": directory " + dir.string() + " does not exist");
+    }
+    log_file.reset(std::fopen(o.placement_log_path.c_str(), "w"));
+    if (log_file == nullptr) {
+      return InvalidArgumentError("placement log " + o.placement_log_path +
+                                  ": cannot open for writing");
+    }
+  }
+  auto write_line = [&](const std::string& line) {
+    if (log_file == nullptr) return;
+    std::fwrite(line.data(), 1, line.size(),
+                log_file.get());  // One whole line.
+    std::fflush(log_file.get());
+  };
+  for (int l = 0; l < num_layers; ++l) write_line(PlacementLine(0, l, initial));
+
+  EPLB_ASSIGN_OR_RETURN(std::unique_ptr<Transport> transport,
+                        CreateInProcessTransport({.num_threads = 1}));
+  ControllerOptions copts;
+  copts.config = o.config;
+  copts.topology = t;
+  copts.num_layers = num_layers;
+  copts.num_experts = num_experts;
+  copts.initial = initial;
+  copts.policy = std::move(policy);
+  copts.transport = transport.get();
+  copts.real_expert_bytes = ExpertBytes(o.model, o.quant);
+  copts.memory_budget_bytes = o.memory_budget_bytes;
+  copts.max_num_reqs = o.max_num_reqs;
+  copts.ring_steps = std::max(1, o.config.expert_heat_collection_interval);
+  copts.sync_migration = o.sync_migration;
+  copts.log = o.log;
+  copts.on_commit = [&](int64_t step, int layer, const Placement& p) {
+    write_line(PlacementLine(step, layer, p));
+  };
+  EPLB_ASSIGN_OR_RETURN(std::unique_ptr<Controller> controller,
+                        Controller::Create(std::move(copts)));
+  controller->Start();
+  result.weight_scale = controller->weights().scale();
+
+  const int64_t steps = (trace.num_steps() + o.batch_steps - 1) / o.batch_steps;
+  if ((mode == EplbMode::kDynamic || mode == EplbMode::kRecording) &&
+      o.config.expert_heat_collection_interval +
+              o.config.algorithm_execution_interval >=
+          steps &&
+      o.log) {
+    o.log("heat interval " +
+          std::to_string(o.config.expert_heat_collection_interval) +
+          " + algorithm interval " +
+          std::to_string(o.config.algorithm_execution_interval) + " >= the " +
+          std::to_string(steps) +
+          " replay steps: no rebalance can complete; replaying without "
+          "balancing");
+  }
+  std::vector<LayerRouting> baseline_routing;
+  for (int l = 0; l < num_layers; ++l) {
+    baseline_routing.push_back(
+        BuildLayerRouting(initial.layer(l), num_experts, t));
+  }
+  Side with, without;
+  std::vector<double> counts(num_experts);
+  std::vector<int64_t> slot_counts(t.num_slots());
+  std::vector<double> ranks(t.num_ranks);
+  const double dense_s = o.hardware.dense_us_per_layer * 1e-6 * num_layers;
+  const auto wall_start = std::chrono::steady_clock::now();
+  int64_t bytes_before = 0;
+  for (int64_t s = 0; s < steps; ++s) {
+    if (o.interrupt != nullptr && o.interrupt->load()) {
+      result.interrupted = true;
+      break;
+    }
+    const auto step_start = std::chrono::steady_clock::now();
+    controller->BeforeForward();
+    double step_with = dense_s, step_without = dense_s;
+    double sum_with = 0, sum_without = 0;
+    int scored = 0;
+    int64_t tokens = 0;
+    for (int l = 0; l < num_layers; ++l) {
+      std::fill(counts.begin(), counts.end(), 0.0);
+      const int end = static_cast<int>(
+          std::min<int64_t>(trace.num_steps(), (s + 1) * o.batch_steps));
+      for (int ts = static_cast<int>(s * o.batch_steps); ts < end; ++ts) {
+        std::span<const double> row = trace.row(ts, l);
+        for (int e = 0; e < num_experts; ++e) counts[e] += row[e];
+      }
+      if (l == 0) {
+        double assignments = 0;
+        for (double c : counts) assignments += c;
+        tokens = std::llround(assignments / std::max(1, o.model.top_k));
+      }
+      // With balancing: the routing in force at this step.
+      std::shared_ptr<const LayerRouting> routing =
+          controller->routing().Get(l);
+      DispatchSlotCounts(*routing, counts, slot_counts);
+      controller->recorder().RecordSlotCounts(l, slot_counts);
+      std::fill(ranks.begin(), ranks.end(), 0.0);
+      for (int phy = 0; phy < t.num_slots(); ++phy) {
+        ranks[phy / t.slots_per_rank] += static_cast<double>(slot_counts[phy]);
+      }
+      double util = 1;
+      step_with += MoeLayerSeconds(o.hardware, o.model, ranks, &util);
+      const double x = Imbalance(ranks);
+      // Without: the initial map throughout.
+      std::vector<double> base = DispatchRankLoads(baseline_routing[l], counts);
+      double base_util = 1;
+      step_without += MoeLayerSeconds(o.hardware, o.model, base, &base_util);
+      const double y = Imbalance(base);
+      if (x > 0) {
+        with.imbalance.push_back(x);
+        without.imbalance.push_back(y);
+        with.utilization_sum += util;
+        without.utilization_sum += base_util;
+        ++with.utilization_n;
+        ++without.utilization_n;
+        sum_with += x;
+        sum_without += y;
+        ++scored;
+      }
+    }
+    if (o.pace) {
+      // The forward pass: the step lasts its modelled time.
+      std::this_thread::sleep_until(
+          step_start +
+          std::chrono::nanoseconds(static_cast<int64_t>(step_with * 1e9)));
+    }
+    controller->AfterForward(tokens);
+    // Migration traffic of this step: stop-the-world stalls the step; async
+    // copies overlap the forward and only cost what exceeds it.
+    const int64_t bytes_now = controller->stats().bytes_moved;
+    const double copy_s = TransferSeconds(
+        o.hardware,
+        static_cast<double>(bytes_now - bytes_before) / t.num_ranks);
+    bytes_before = bytes_now;
+    step_with += o.sync_migration ? copy_s : std::max(0.0, copy_s - step_with);
+    with.step_seconds.push_back(step_with);
+    without.step_seconds.push_back(step_without);
+    with.per_step.push_back(scored ? sum_with / scored : 1.0);
+    without.per_step.push_back(scored ? sum_without / scored : 1.0);
+    ++result.steps;
+    if (o.progress) o.progress(s + 1, steps);
+  }
+  controller->Shutdown();
+  result.wall_ms = std::chrono::duration<double, std::milli>(
+                       std::chrono::steady_clock::now() - wall_start)
+                       .count();
+  const ControllerStats cs = controller->stats();
+  result.imbalance = Summarise(with.imbalance);
+  result.baseline_imbalance = Summarise(without.imbalance);
+  result.imbalance_per_step = std::move(with.per_step);
+  result.baseline_imbalance_per_step = std::move(without.per_step);
+  result.rebalances = cs.rebalances;
+  result.cycles_late = cs.cycles_late;
+  result.plans_failed = cs.plans_failed + cs.plans_rejected;
+  result.layers_committed = cs.layers_committed;
+  result.layers_aborted = cs.layers_aborted;
+  result.experts_moved = cs.experts_moved;
+  result.bytes_moved = cs.bytes_moved;
+  result.maps_written = cs.maps_written;
+  if (cs.rebalances > 0) {
+    result.moved_per_rebalance =
+        static_cast<double>(cs.experts_moved) /
+        static_cast<double>(cs.rebalances) /
+        (static_cast<double>(num_layers) * t.num_slots());
+  }
+  result.max_stall_ms = static_cast<double>(cs.max_stall_nanos) / 1e6;
+  const Distribution tw = Summarise(with.step_seconds);
+  const Distribution tb = Summarise(without.step_seconds);
+  result.ttft_p99_ms = tw.p99 * 1e3;
+  result.tpot_avg_ms = tw.mean * 1e3;
+  result.baseline_ttft_p99_ms = tb.p99 * 1e3;
+  result.baseline_tpot_avg_ms = tb.mean * 1e3;
+  result.utilization =
+      with.utilization_n
+          ? with.utilization_sum / static_cast<double>(with.utilization_n)
+          : 1;
+  result.baseline_utilization =
+      without.utilization_n
+          ? without.utilization_sum / static_cast<double>(without.utilization_n)
+          : 1;
+  return result;
+}
+
+}  // namespace eplb

@@ -1,0 +1,366 @@
+// eplb replay: the main job. Replays a real trace through the recorder,
+// controller and migration engine, and reports balance, migration and
+// (modelled) serving impact, with and without balancing.
+#include <unistd.h>
+
+#include <atomic>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+
+#include "cli_util.h"
+#include "eplb/config.h"
+#include "eplb/io.h"
+#include "eplb/replay.h"
+
+namespace eplb::cli {
+namespace {
+
+std::atomic<bool> g_interrupted{false};
+extern "C" void OnSigint(int) { g_interrupted.store(true); }
+
+struct ReplayFlags {
+  std::string trace;
+  std::string model;
+  std::string quant = "bf16";
+  std::string hardware = "a2";
+  int ranks = 0;
+  int redundant = -1;
+  int ranks_per_node = 0;
+  std::string policy;
+  std::string config_path;
+  int heat_interval = 0;
+  int algo_interval = 0;
+  int batch_steps = 0;
+  bool sync = false;
+  bool no_pace = false;
+  std::string placement_log;
+  std::string report;
+  bool json = false;
+};
+
+// The trace shipped in data/: found next to the sources (build tree) or the
+// installed share directory.
+std::string EmbeddedTrace() {
+  const char* rel = "dsv2lite-puffin/prefill_by_prompt.csv";
+  for (const std::string& dir :
+       {std::string(EPLB_DATA_DIR), std::string(EPLB_INSTALL_DATA_DIR)}) {
+    const std::string p = dir + "/" + rel;
+    if (std::filesystem::is_regular_file(p)) return p;
+  }
+  return std::string(EPLB_DATA_DIR) + "/" + rel;
+}
+
+// The preset whose shape matches the trace, else a custom spec of that shape.
+ModelSpec ModelFor(const LoadTrace& trace, std::string* note) {
+  for (const ModelSpec& m : ModelPresets()) {
+    if (m.num_moe_layers == trace.num_layers() &&
+        m.num_experts == trace.num_experts()) {
+      return m;
+    }
+  }
+  ModelSpec m = *FindModelPreset("deepseek-v2-lite");
+  m.name = "custom";
+  m.num_moe_layers = trace.num_layers();
+  m.num_experts = trace.num_experts();
+  m.top_k = std::min(m.top_k, m.num_experts);
+  *note =
+      "no model preset has " + std::to_string(trace.num_layers()) +
+      " layers x " + std::to_string(trace.num_experts()) +
+      " experts; using DeepSeek-V2-Lite's expert size (give --model to choose)";
+  return m;
+}
+
+std::string Bytes(double b) {
+  char buf[64];
+  const char* units[] = {"B", "KB", "MB", "GB", "TB"};
+  int u = 0;
+  while (b >= 1000 && u < 4) {
+    b /= 1000;
+    ++u;
+  }
+  std::snprintf(buf, sizeof buf, "%.1f %s", b, units[u]);
+  return buf;
+}
+
+std::string Html(const ReplayResult& r, const std::string& title) {
+  auto polyline = [&](const std::vector<double>& v, double lo, double hi) {
+    std::string pts;
+    const double w = 900, h = 300;
+    for (size_t i = 0; i < v.size(); ++i) {
+      const double x = v.size() > 1 ? w * static_cast<double>(i) /
+                                          static_cast<double>(v.size() - 1)
+                                    : 0;
+      const double y = h - h * (std::clamp(v[i], lo, hi) - lo) / (hi - lo);
+      pts += std::to_string(x + 50) + "," + std::to_string(y + 20) + " ";
+    }
+    return pts;
+  };
+  double hi = 1.1;
+  for (double x : r.baseline_imbalance_per_step) hi = std::max(hi, x);
+  for (double x : r.imbalance_per_step) hi = std::max(hi, x);
+  char summary[1024];
+  std::snprintf(
+      summary, sizeof summary,
+      "<tr><td>imbalance median / p90</td><td>%.3f / %.3f</td><td>%.3f / "
+      "%.3f</td></tr>"
+      "<tr><td>TTFT p99 (model)</td><td>%.2f ms</td><td>%.2f ms</td></tr>"
+      "<tr><td>TPOT avg (model)</td><td>%.2f ms</td><td>%.2f ms</td></tr>"
+      "<tr><td>experts moved</td><td>0</td><td>%lld</td></tr>",
+      r.baseline_imbalance.median, r.baseline_imbalance.p90, r.imbalance.median,
+      r.imbalance.p90, r.baseline_ttft_p99_ms, r.ttft_p99_ms,
+      r.baseline_tpot_avg_ms, r.tpot_avg_ms,
+      static_cast<long long>(r.experts_moved));
+  return "<!doctype html><html><head><meta charset=\"utf-8\"><title>eplb "
+         "replay</title>"
+         "<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 12px}"
+         "</style></head><body><h1>eplb replay</h1><p>" +
+         title + "</p><table><tr><th></th><th>no balancing</th><th>" +
+         r.policy + "</th></tr>" + summary +
+         "</table><h2>Realized imbalance per step (max/mean rank load, mean "
+         "over layers)"
+         "</h2><svg width=\"1000\" height=\"360\" "
+         "xmlns=\"http://www.w3.org/2000/svg\">"
+         "<rect x=\"50\" y=\"20\" width=\"900\" height=\"300\" fill=\"none\" "
+         "stroke=\"#999\"/><text x=\"5\" y=\"25\">" +
+         std::to_string(hi).substr(0, 4) +
+         "</text><text x=\"5\" y=\"320\">1.0</text><polyline fill=\"none\" "
+         "stroke=\"#c33\" stroke-width=\"1.5\" points=\"" +
+         polyline(r.baseline_imbalance_per_step, 1.0, hi) +
+         "\"/><polyline fill=\"none\" stroke=\"#36c\" stroke-width=\"1.5\" "
+         "points=\"" +
+         polyline(r.imbalance_per_step, 1.0, hi) +
+         "\"/><text x=\"60\" y=\"350\" fill=\"#c33\">no balancing</text><text "
+         "x=\"200\" "
+         "y=\"350\" fill=\"#36c\">" +
+         r.policy + "</text></svg></body></html>\n";
+}
+
+int RunReplayCommand(const ReplayFlags& f) {
+  const bool embedded = f.trace.empty();
+  const std::string trace_path = embedded ? EmbeddedTrace() : f.trace;
+  StatusOr<LoadTrace> trace = ReadLoadFile(trace_path);
+  if (!trace.ok()) return Fail(trace.status());
+  std::string note;
+  ModelSpec model;
+  if (!f.model.empty()) {
+    StatusOr<ModelSpec> m = FindModelPreset(f.model);
+    if (!m.ok()) return Fail(m.status().WithPrefix("--model"));
+    model = *m;
+  } else {
+    model = ModelFor(*trace, &note);
+  }
+  StatusOr<QuantType> quant = ParseQuantType(f.quant);
+  if (!quant.ok()) return Fail(quant.status().WithPrefix("--quant"));
+  StatusOr<HardwareProfile> hw = FindHardwareProfile(f.hardware);
+  if (!hw.ok()) return Fail(hw.status().WithPrefix("--hardware"));
+
+  // The config: a file (validated like an engine's, environment guard
+  // included) or a dynamic default; flags override it.
+  EplbConfig config;
+  config.dynamic_eplb = true;
+  config.expert_heat_collection_interval = 8;
+  config.algorithm_execution_interval = 1;
+  config.num_redundant_experts = embedded ? 16 : 8;
+  std::vector<std::string> warnings;
+  if (!f.config_path.empty()) {
+    StatusOr<ParsedConfig> parsed =
+        ReadEplbConfig(f.config_path, ReadConfigEnv());
+    if (!parsed.ok()) return Fail(parsed.status());
+    config = parsed->config;
+    warnings = parsed->warnings;
+  }
+  if (f.heat_interval > 0)
+    config.expert_heat_collection_interval = f.heat_interval;
+  if (f.algo_interval > 0)
+    config.algorithm_execution_interval = f.algo_interval;
+  if (f.redundant >= 0) config.num_redundant_experts = f.redundant;
+  const int ranks = f.ranks > 0 ? f.ranks : (embedded ? 16 : 8);
+  StatusOr<int> slots = ValidateConfigForModel(config, trace->num_layers(),
+                                               trace->num_experts(), ranks);
+  if (!slots.ok()) return Fail(slots.status());
+  StatusOr<Topology> topology =
+      MakeTopology(trace->num_experts(), ranks, *slots, f.ranks_per_node);
+  if (!topology.ok()) return Fail(topology.status());
+
+  ReplayOptions o;
+  o.model = model;
+  o.quant = *quant;
+  o.hardware = *hw;
+  o.topology = *topology;
+  o.config = config;
+  o.policy = f.policy;
+  o.batch_steps = f.batch_steps > 0 ? f.batch_steps : (embedded ? 16 : 1);
+  o.sync_migration = f.sync;
+  o.pace = !f.no_pace;
+  o.placement_log_path = f.placement_log;
+  o.interrupt = &g_interrupted;
+  o.log = [](std::string_view line) {
+    std::fprintf(stderr, "eplb: %.*s\n", static_cast<int>(line.size()),
+                 line.data());
+  };
+  for (const std::string& w : warnings)
+    std::fprintf(stderr, "eplb: warning: %s\n", w.c_str());
+  if (!note.empty()) std::fprintf(stderr, "eplb: note: %s\n", note.c_str());
+  const bool bar = !f.json && isatty(STDERR_FILENO);
+  if (bar) {
+    o.progress = [](int64_t step, int64_t steps) {
+      const int width = 40;
+      const int done =
+          static_cast<int>(width * step / std::max<int64_t>(1, steps));
+      std::fprintf(stderr, "\r[%s%s] step %lld/%lld",
+                   std::string(done, '#').c_str(),
+                   std::string(width - done, ' ').c_str(),
+                   static_cast<long long>(step), static_cast<long long>(steps));
+      if (step == steps) std::fprintf(stderr, "\n");
+    };
+  }
+  std::signal(SIGINT, OnSigint);
+  StatusOr<ReplayResult> r = RunReplay(*trace, o);
+  std::signal(SIGINT, SIG_DFL);
+  if (!r.ok()) return Fail(r.status());
+  if (r->interrupted)
+    std::fprintf(stderr, "\neplb: interrupted after %lld steps\n",
+                 static_cast<long long>(r->steps));
+  const double real_expert = static_cast<double>(ExpertBytes(model, *quant));
+  char title[512];
+  std::snprintf(
+      title, sizeof title,
+      "%s: %lld steps of %d trace steps, %d layers x %d experts; %s %s "
+      "(%s per expert), %d ranks x %d slots (%d redundant), policy %s, "
+      "H=%d A=%d, %s migration, hardware %s",
+      trace_path.c_str(), static_cast<long long>(r->steps), o.batch_steps,
+      trace->num_layers(), trace->num_experts(), model.name.c_str(),
+      f.quant.c_str(), Bytes(real_expert).c_str(), topology->num_ranks,
+      topology->slots_per_rank, config.num_redundant_experts, r->policy.c_str(),
+      config.expert_heat_collection_interval,
+      config.algorithm_execution_interval, f.sync ? "stop-the-world" : "async",
+      hw->name.c_str());
+  if (!f.report.empty()) {
+    Status s = WriteFileAtomic(f.report, Html(*r, title));
+    if (!s.ok()) return Fail(s);
+  }
+  auto dist = [](const Distribution& d) {
+    return nlohmann::json{{"median", d.median},
+                          {"p90", d.p90},
+                          {"p99", d.p99},
+                          {"mean", d.mean},
+                          {"max", d.max}};
+  };
+  if (f.json) {
+    PrintJson({{"trace", trace_path},
+               {"model", model.name},
+               {"quant", f.quant},
+               {"hardware", hw->name},
+               {"mode", r->mode},
+               {"steps", r->steps},
+               {"batch_steps", o.batch_steps},
+               {"layers", trace->num_layers()},
+               {"experts", trace->num_experts()},
+               {"ranks", topology->num_ranks},
+               {"slots_per_rank", topology->slots_per_rank},
+               {"redundant", config.num_redundant_experts},
+               {"policy", r->policy},
+               {"heat_interval", config.expert_heat_collection_interval},
+               {"algo_interval", config.algorithm_execution_interval},
+               {"sync_migration", f.sync},
+               {"imbalance", dist(r->imbalance)},
+               {"baseline_imbalance", dist(r->baseline_imbalance)},
+               {"rebalances", r->rebalances},
+               {"cycles_late", r->cycles_late},
+               {"plans_failed", r->plans_failed},
+               {"layers_committed", r->layers_committed},
+               {"layers_aborted", r->layers_aborted},
+               {"experts_moved", r->experts_moved},
+               {"bytes_moved", r->bytes_moved},
+               {"moved_per_rebalance", r->moved_per_rebalance},
+               {"max_stall_ms", r->max_stall_ms},
+               {"ttft_p99_ms", r->ttft_p99_ms},
+               {"tpot_avg_ms", r->tpot_avg_ms},
+               {"utilization", r->utilization},
+               {"baseline_ttft_p99_ms", r->baseline_ttft_p99_ms},
+               {"baseline_tpot_avg_ms", r->baseline_tpot_avg_ms},
+               {"baseline_utilization", r->baseline_utilization},
+               {"maps_written", r->maps_written},
+               {"weight_scale", r->weight_scale},
+               {"interrupted", r->interrupted},
+               {"wall_ms", r->wall_ms}});
+    return r->interrupted ? 130 : 0;
+  }
+  std::printf("%s\n\n", title);
+  std::printf("%-28s %14s %14s\n", "", "no balancing", r->policy.c_str());
+  std::printf("%-28s %14.3f %14.3f\n", "imbalance median",
+              r->baseline_imbalance.median, r->imbalance.median);
+  std::printf("%-28s %14.3f %14.3f\n", "imbalance p90",
+              r->baseline_imbalance.p90, r->imbalance.p90);
+  std::printf("%-28s %14s %14lld\n", "rebalances", "-",
+              static_cast<long long>(r->rebalances));
+  std::printf("%-28s %14s %14lld\n", "experts moved", "0",
+              static_cast<long long>(r->experts_moved));
+  std::printf("%-28s %14s %14s\n", "bytes moved (real size)", "0",
+              Bytes(static_cast<double>(r->bytes_moved)).c_str());
+  std::printf("%-28s %14s %13.1f%%\n", "slots moved per rebalance", "-",
+              100 * r->moved_per_rebalance);
+  std::printf("%-28s %14s %11.2f ms\n", "max stall (wall clock)", "-",
+              r->max_stall_ms);
+  std::printf("%-28s %11.2f ms %11.2f ms\n", "TTFT p99 (cost model)",
+              r->baseline_ttft_p99_ms, r->ttft_p99_ms);
+  std::printf("%-28s %11.2f ms %11.2f ms\n", "TPOT avg (cost model)",
+              r->baseline_tpot_avg_ms, r->tpot_avg_ms);
+  std::printf("%-28s %13.1f%% %13.1f%%\n", "device utilization",
+              100 * r->baseline_utilization, 100 * r->utilization);
+  if (!f.report.empty()) std::printf("\nreport: %s\n", f.report.c_str());
+  return r->interrupted ? 130 : 0;
+}
+
+}  // namespace
+
+void AddReplayCommand(CLI::App* app, int* exit_code) {
+  auto f = std::make_shared<ReplayFlags>();
+  CLI::App* cmd = app->add_subcommand(
+      "replay",
+      "Replay a real trace through the dynamic balancer (the main job)");
+  cmd->add_option(
+      "--trace", f->trace,
+      "Trace CSV or SGLang dump (default: the shipped DeepSeek-V2-Lite trace)");
+  cmd->add_option("--model", f->model,
+                  "Model preset (default: the one matching the trace)");
+  cmd->add_option("--quant", f->quant, "Expert quant type (default bf16)");
+  cmd->add_option("--hardware", f->hardware,
+                  "Cost-model profile: a2, a3, h100 (default a2)");
+  cmd->add_option("--ranks", f->ranks,
+                  "Ranks (default 16 on the shipped trace, else 8)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--redundant", f->redundant,
+                  "Redundant experts (default 16 on the shipped trace, else 8)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--ranks-per-node", f->ranks_per_node, "Ranks per node")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--policy", f->policy,
+                  "Policy name or number (default: the config's, else swift)");
+  cmd->add_option(
+      "--config", f->config_path,
+      "eplb_config JSON (needs DYNAMIC_EPLB=true for dynamic modes)");
+  cmd->add_option("--heat-interval", f->heat_interval,
+                  "Steps of heat per cycle (default 8)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--algo-interval", f->algo_interval,
+                  "Steps the planner may take (default 1)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--batch-steps", f->batch_steps,
+                  "Trace steps per replay step (default 16 on the shipped "
+                  "trace, else 1)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_flag("--sync-migration", f->sync,
+                "Stop-the-world migration, for comparison");
+  cmd->add_flag("--no-pace", f->no_pace,
+                "Run steps back to back instead of at their modelled duration");
+  cmd->add_option("--placement-log", f->placement_log,
+                  "Write every placement change as JSON lines");
+  cmd->add_option("--report", f->report, "Write a self-contained HTML report");
+  cmd->add_flag("--json", f->json, "Print one JSON object");
+  cmd->callback([f, exit_code] { *exit_code = RunReplayCommand(*f); });
+}
+
+}  // namespace eplb::cli
