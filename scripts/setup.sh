@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs eplb's dependencies (Debian 12 packages only), builds everything in
-# build/, and runs the main job on the shipped data.
+# build/, and runs the main job (eplb replay) on the shipped trace.
 #   ./scripts/setup.sh            install + build + main job
 #   ./scripts/setup.sh --deps     install the dependencies only
 set -euo pipefail
@@ -37,5 +37,5 @@ echo "== building (build/)"
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build
 
-echo "== main job: eplb inspect on DeepSeek-V3 prefill_in1024, EP32, 9 slots per rank"
-./build/bin/eplb inspect --load data/dsv3-sglang/prefill_in1024.json --ranks 32 --slots-per-rank 9
+echo "== main job: eplb replay of the shipped DeepSeek-V2-Lite trace (EP16 + 16 redundant, SwiftBalancer)"
+./build/bin/eplb replay

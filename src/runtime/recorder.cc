@@ -5,12 +5,14 @@
 // counts [L][S] and, for large calls, kLanes interleaved per-expert counter
 // arrays. Interleaving matters because routed ids are skewed: with one array,
 // consecutive tokens of a hot expert increment the same counter and every add
-// waits for the previous store (store-to-load forwarding, ~4-5 cycles); with
-// kLanes arrays consecutive ids hit different addresses. Counting per logical
-// expert (not per slot) also saves the log2phy lookup per id: a call has one
-// log2phy row, so the [E] expert counts are mapped to slots once at the end of
-// the call. Out-of-range ids are clamped (one unsigned compare and a cmov) to
-// the extra column E, which counts dropped ids.
+// waits for the previous store (store-to-load forwarding); with kLanes arrays
+// consecutive ids hit different addresses. Counting per logical expert (not
+// per slot) also saves the log2phy lookup per id: a call has one log2phy row,
+// so the expert counts are mapped to slots once, when the call ends. Ids are
+// not compared one by one either: they index the lanes through a mask (P - 1,
+// P = bit_ceil(E); columns [E, P] count as dropped), and the OR of all ids
+// shows afterwards whether any id had bits outside the mask; such a block
+// (rare: a bad id is a caller bug) is undone and counted again with a clamp.
 //
 // Published state (window, ring, counters) is std::atomic<int64_t> written by
 // EndStep() under a sequence counter: odd while a step is being published.
@@ -108,9 +110,8 @@ bool CountMasked(const int32_t* ids, size_t n, uint32_t mask,
       std::memcpy(&pair, ids + i + 2 * k, sizeof(pair));
       seen |= pair;
       Bump<kUndo>(lane[k][static_cast<uint32_t>(pair) & mask]);
-      Bump<kUndo>(
-          lane[(k + kLanes / 2) % kLanes][static_cast<uint32_t>(pair >> 32) &
-                                          mask]);
+      Bump<kUndo>(lane[(k + kLanes / 2) % kLanes]
+                      [static_cast<uint32_t>(pair >> 32) & mask]);
     }
   }
   for (; i < n; ++i) {
@@ -182,6 +183,7 @@ struct HeatRecorder::Impl {
         min_ids_for_lanes(2 * lane_stride),
         step(cells, 0),
         lanes(kLanes * lane_stride, 0),
+        totals(lane_stride, 0),
         window(cells),
         ring(static_cast<size_t>(ring_steps) * cells) {}
 
@@ -207,6 +209,7 @@ struct HeatRecorder::Impl {
   std::vector<int64_t> step;      // [L][S]: this step's counts.
   int64_t step_dropped = 0;       // This step's dropped ids.
   std::vector<uint32_t> lanes;    // [kLanes][P + 1]: zero between calls.
+  std::vector<uint32_t> totals;   // [P + 1]: lanes summed, at a fold.
   int64_t samples_written_w = 0;  // Writer's copy of samples_written.
 
   // --- Published (seqlock). ---
@@ -264,23 +267,25 @@ void HeatRecorder::Impl::CountTopk(int layer, std::span<const Id> ids,
     p += chunk;
     n -= chunk;
 
-    // Fold: lanes -> per-expert totals -> slots through log2phy.
+    // Fold: lanes -> per-expert totals (a vectorized sum) -> slots through
+    // log2phy. Columns [E, P] are dropped ids.
+    uint32_t* total = totals.data();
     for (size_t x = 0; x < lane_stride; ++x) {
-      uint64_t total = 0;
-      for (int k = 0; k < kLanes; ++k) {
-        total += lane[k][x];
-        lane[k][x] = 0;
-      }
-      if (total == 0) continue;
-      const uint32_t slot = x < static_cast<size_t>(num_experts)
-                                ? static_cast<uint32_t>(map[x])
-                                : s;
+      uint32_t sum = 0;
+      for (int k = 0; k < kLanes; ++k) sum += lane[k][x];
+      total[x] = sum;
+    }
+    std::fill(lanes.begin(), lanes.end(), 0u);
+    const auto experts = static_cast<size_t>(num_experts);
+    for (size_t x = 0; x < experts; ++x) {
+      const auto slot = static_cast<uint32_t>(map[x]);
       if (slot < s) {
-        row[slot] += static_cast<int64_t>(total);
+        row[slot] += total[x];
       } else {
-        step_dropped += static_cast<int64_t>(total);
+        step_dropped += total[x];
       }
     }
+    for (size_t x = experts; x < lane_stride; ++x) step_dropped += total[x];
   }
 }
 

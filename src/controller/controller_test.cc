@@ -1,0 +1,209 @@
+#include "eplb/controller.h"
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <filesystem>
+#include <stdexcept>
+#include <thread>
+
+#include "eplb/io.h"
+
+namespace eplb {
+namespace {
+
+constexpr int kLayers = 3, kExperts = 16, kRanks = 4, kSlots = 5;
+
+// A policy that misbehaves on purpose.
+class BadPolicy final : public Policy {
+ public:
+  enum class Mode { kThrow, kSleep, kInvalid };
+  explicit BadPolicy(Mode mode) : mode_(mode) {}
+  std::string_view name() const override { return "bad"; }
+  StatusOr<Plan> Rebalance(const PolicyInput& in,
+                           const PolicyOptions&) override {
+    if (mode_ == Mode::kThrow) throw std::runtime_error("boom");
+    if (mode_ == Mode::kSleep)
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    Plan p{*in.current, std::vector<LayerPlan>(in.current->num_layers()), {}};
+    p.placement.set(0, 0, 0,
+                    p.placement.at(0, 0, 1));  // A duplicate on rank 0.
+    return p;
+  }
+
+ private:
+  Mode mode_;
+};
+
+struct Rig {
+  Topology topology = *MakeTopology(kExperts, kRanks, kSlots);
+  std::unique_ptr<Transport> transport = *CreateInProcessTransport({});
+  std::unique_ptr<Controller> controller;
+  std::vector<std::pair<int64_t, int>> commits;
+  std::vector<std::string> logs;
+
+  Rig(EplbConfig config, std::unique_ptr<Policy> policy = nullptr,
+      bool sync = false, Placement initial = Placement()) {
+    ControllerOptions o;
+    o.config = config;
+    o.topology = topology;
+    o.num_layers = kLayers;
+    o.num_experts = kExperts;
+    o.initial = initial.num_layers()
+                    ? initial
+                    : Placement::Initial(kLayers, kExperts, topology);
+    o.policy = std::move(policy);
+    o.transport = transport.get();
+    o.real_expert_bytes = 1 << 20;
+    o.memory_budget_bytes = 4 << 20;
+    o.sync_migration = sync;
+    o.on_commit = [this](int64_t step, int layer, const Placement&) {
+      commits.emplace_back(step, layer);
+    };
+    o.log = [this](std::string_view line) { logs.emplace_back(line); };
+    controller = *Controller::Create(std::move(o));
+    controller->Start();
+  }
+
+  // One step with skewed per-slot load (expert 0 very hot), routed through
+  // the current tables. Returns how long the controller calls took.
+  std::chrono::nanoseconds Step() {
+    const auto start = std::chrono::steady_clock::now();
+    controller->BeforeForward();
+    const auto mid = std::chrono::steady_clock::now();
+    std::vector<int64_t> slots(topology.num_slots(), 0);
+    for (int l = 0; l < kLayers; ++l) {
+      std::fill(slots.begin(), slots.end(), 0);
+      std::shared_ptr<const LayerRouting> r = controller->routing().Get(l);
+      for (int e = 0; e < kExperts; ++e) {
+        const int64_t n = e == 0 ? 400 : (e < 3 ? 100 : 10);
+        std::span<const int32_t> reps = r->ReplicasOf(e);
+        for (size_t j = 0; j < reps.size(); ++j) {
+          slots[reps[j]] += n / static_cast<int64_t>(reps.size());
+        }
+      }
+      controller->recorder().RecordSlotCounts(l, slots);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));  // The forward.
+    const auto before_after = std::chrono::steady_clock::now();
+    controller->AfterForward(512);
+    return (mid - start) + (std::chrono::steady_clock::now() - before_after);
+  }
+};
+
+EplbConfig Dynamic(int heat, int algo) {
+  EplbConfig c;
+  c.dynamic_eplb = true;
+  c.expert_heat_collection_interval = heat;
+  c.algorithm_execution_interval = algo;
+  c.num_redundant_experts = kRanks * kSlots - kExperts;
+  return c;
+}
+
+TEST(ControllerTest, CycleCommitsOneLayerPerStep) {
+  // A = 10 steps of 2 ms: ample for a plan of microseconds, even on a
+  // loaded machine.
+  Rig rig(Dynamic(4, 10));
+  const Placement initial = rig.controller->placement();
+  for (int i = 0; i < 4 + 10 + kLayers + 2; ++i) rig.Step();
+  const ControllerStats s = rig.controller->stats();
+  EXPECT_EQ(s.rebalances, 1);
+  EXPECT_EQ(s.cycles_late, 0);
+  ASSERT_EQ(static_cast<int>(rig.commits.size()), kLayers);
+  // The first layer commits after the step following the plan (step H+A),
+  // then one per step; each from the next step on.
+  for (int i = 0; i < kLayers; ++i)
+    EXPECT_EQ(rig.commits[i].first, 4 + 10 + 1 + i);
+  EXPECT_NE(rig.controller->placement(), initial);
+  EXPECT_TRUE(
+      rig.controller->weights().Verify(rig.controller->placement()).ok());
+  // The routing serves the committed placement.
+  for (int l = 0; l < kLayers; ++l) {
+    LayerRouting expect = BuildLayerRouting(
+        rig.controller->placement().layer(l), kExperts, rig.topology);
+    EXPECT_EQ(rig.controller->routing().Get(l)->log2phy, expect.log2phy);
+  }
+}
+
+TEST(ControllerTest, ThrowingPlannerLeavesServingUnaffected) {
+  Rig rig(Dynamic(3, 2), std::make_unique<BadPolicy>(BadPolicy::Mode::kThrow));
+  const Placement initial = rig.controller->placement();
+  for (int i = 0; i < 30; ++i) rig.Step();
+  const ControllerStats s = rig.controller->stats();
+  EXPECT_EQ(s.steps, 30);
+  EXPECT_GE(s.plans_failed, 5);
+  EXPECT_EQ(s.layers_committed, 0);
+  EXPECT_EQ(rig.controller->placement(), initial);
+  ASSERT_FALSE(rig.logs.empty());
+  EXPECT_NE(rig.logs[0].find("policy threw: boom"), std::string::npos)
+      << rig.logs[0];
+}
+
+TEST(ControllerTest, SlowPlannerNeverBlocksTheServingThread) {
+  Rig rig(Dynamic(3, 1), std::make_unique<BadPolicy>(BadPolicy::Mode::kSleep));
+  std::chrono::nanoseconds worst{0};
+  for (int i = 0; i < 40; ++i) worst = std::max(worst, rig.Step());
+  const ControllerStats s = rig.controller->stats();
+  EXPECT_GE(s.cycles_late, 2);
+  EXPECT_EQ(s.layers_committed, 0);
+  // The planner sleeps 300 ms per plan; no controller call came near that.
+  EXPECT_LT(worst, std::chrono::milliseconds(100));
+  EXPECT_NE(rig.logs[0].find("not ready"), std::string::npos) << rig.logs[0];
+}
+
+TEST(ControllerTest, InvalidPlanIsRejected) {
+  Rig rig(Dynamic(3, 2),
+          std::make_unique<BadPolicy>(BadPolicy::Mode::kInvalid));
+  const Placement initial = rig.controller->placement();
+  for (int i = 0; i < 12; ++i) rig.Step();
+  EXPECT_GE(rig.controller->stats().plans_rejected, 1);
+  EXPECT_EQ(rig.controller->placement(), initial);
+  EXPECT_NE(rig.logs[0].find("plan rejected"), std::string::npos)
+      << rig.logs[0];
+}
+
+TEST(ControllerTest, SyncMigrationStallsAsyncDoesNot) {
+  Rig async(Dynamic(4, 10));
+  Rig sync(Dynamic(4, 10), nullptr, /*sync=*/true);
+  for (int i = 0; i < 4 + 10 + kLayers + 2; ++i) {
+    async.Step();
+    sync.Step();
+  }
+  EXPECT_EQ(async.controller->stats().rebalances, 1);
+  EXPECT_EQ(sync.controller->stats().rebalances, 1);
+  EXPECT_EQ(async.controller->stats().max_stall_nanos, 0);
+  EXPECT_GT(sync.controller->stats().max_stall_nanos, 0);
+  EXPECT_EQ(async.controller->placement(), sync.controller->placement());
+}
+
+TEST(ControllerTest, RecordThenStatic) {
+  const std::string path =
+      (std::filesystem::temp_directory_path() /
+       ("eplb_record_" + std::to_string(::getpid()) + ".json"))
+          .string();
+  EplbConfig rec = Dynamic(4, 10);
+  rec.expert_map_record_path = path;
+  Placement recorded;
+  {
+    Rig rig(rec);
+    for (int i = 0; i < 4 + 10 + kLayers + 2; ++i) rig.Step();
+    EXPECT_EQ(rig.controller->stats().maps_written, 1);
+    recorded = rig.controller->placement();
+  }
+  StatusOr<Placement> map = ReadExpertMapJson(
+      path, MapExpectations{kLayers, kRanks, kExperts, kSlots});
+  ASSERT_TRUE(map.ok()) << map.status().ToString();
+  EXPECT_EQ(*map, recorded);
+  // Static: the recorded map serves from step 0 and never changes.
+  EplbConfig stat;
+  stat.expert_map_path = path;
+  Rig rig(stat, nullptr, false, *map);
+  for (int i = 0; i < 20; ++i) rig.Step();
+  EXPECT_EQ(rig.controller->placement(), recorded);
+  EXPECT_EQ(rig.controller->stats().cycles, 0);
+  EXPECT_TRUE(rig.commits.empty());
+  std::filesystem::remove(path);
+}
+
+}  // namespace
+}  // namespace eplb
