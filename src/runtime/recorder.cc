@@ -103,15 +103,16 @@ bool CountMasked(const int32_t* ids, size_t n, uint32_t mask,
   uint32_t* lane[kLanes];
   for (int k = 0; k < kLanes; ++k) lane[k] = lanes[k];
   uint64_t seen = 0;  // OR of all ids: bits outside the mask flag a bad id.
+  const uint64_t pair_mask = uint64_t{mask} << 32 | mask;
   size_t i = 0;
   for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
     for (int k = 0; k < kLanes; ++k) {
       uint64_t pair;
       std::memcpy(&pair, ids + i + 2 * k, sizeof(pair));
       seen |= pair;
-      Bump<kUndo>(lane[k][static_cast<uint32_t>(pair) & mask]);
-      Bump<kUndo>(lane[(k + kLanes / 2) % kLanes]
-                      [static_cast<uint32_t>(pair >> 32) & mask]);
+      pair &= pair_mask;  // One AND masks both ids.
+      Bump<kUndo>(lane[k][static_cast<uint32_t>(pair)]);
+      Bump<kUndo>(lane[(k + kLanes / 2) % kLanes][pair >> 32]);
     }
   }
   for (; i < n; ++i) {
@@ -119,8 +120,7 @@ bool CountMasked(const int32_t* ids, size_t n, uint32_t mask,
     seen |= u;
     Bump<kUndo>(lane[0][u & mask]);
   }
-  const uint64_t in_mask = uint64_t{mask} << 32 | mask;
-  return (seen & ~in_mask) == 0;
+  return (seen & ~pair_mask) == 0;
 }
 
 template <bool kUndo>
