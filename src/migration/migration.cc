@@ -4,6 +4,8 @@
 #include <cstring>
 #include <string>
 
+#include "core/splitmix.h"
+
 namespace eplb {
 
 std::vector<Transfer> PlanLayerTransfers(int layer,
@@ -63,17 +65,6 @@ std::vector<Transfer> PlanLayerTransfers(int layer,
 }
 
 // ---------------------------------------------------------------- WeightStore
-
-namespace {
-
-uint64_t SplitMix(uint64_t* x) {
-  uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
-
-}  // namespace
 
 StatusOr<std::unique_ptr<WeightStore>> WeightStore::Create(
     const WeightStoreOptions& o, const Placement& initial) {
@@ -164,7 +155,7 @@ void WeightStore::Fill(std::span<std::byte> buffer, int layer,
   uint64_t x = (static_cast<uint64_t>(layer) << 32) ^
                static_cast<uint64_t>(expert) ^ 0x2545f4914f6cdd1dULL;
   for (size_t i = 0; i + 8 <= buffer.size(); i += 8) {
-    const uint64_t w = SplitMix(&x);
+    const uint64_t w = internal::SplitMix64(&x);
     std::memcpy(buffer.data() + i, &w, 8);
   }
 }

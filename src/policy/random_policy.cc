@@ -5,18 +5,12 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/splitmix.h"
 #include "policy/layer_policy.h"
 #include "policy/policies.h"
 
 namespace eplb::policy {
 namespace {
-
-uint64_t SplitMix64(uint64_t* state) {
-  uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
 
 bool RankHolds(std::span<const int32_t> layer, int rank, int k, int32_t e) {
   for (int s = 0; s < k; ++s) {
@@ -39,10 +33,10 @@ class RandomPolicy final : public LayerPolicy {
     std::vector<int32_t> layer(ctx.current.begin(), ctx.current.end());
     // A few tries; a layer where no valid swap is found stays as it is.
     for (int attempt = 0; attempt < 64; ++attempt) {
-      const int a =
-          static_cast<int>(SplitMix64(&state) % static_cast<uint64_t>(r * k));
-      const int b =
-          static_cast<int>(SplitMix64(&state) % static_cast<uint64_t>(r * k));
+      const int a = static_cast<int>(internal::SplitMix64(&state) %
+                                     static_cast<uint64_t>(r * k));
+      const int b = static_cast<int>(internal::SplitMix64(&state) %
+                                     static_cast<uint64_t>(r * k));
       const int ra = a / k, rb = b / k;
       if (ra == rb || layer[a] == layer[b]) continue;
       if (RankHolds(layer, rb, k, layer[a]) ||

@@ -73,6 +73,8 @@ constexpr int kLanes = 4;
 constexpr size_t kMaxIdsPerFold = size_t{1} << 30;
 // Bound on the published counters (ring and window), 32 GiB of int64.
 constexpr int64_t kMaxCounters = int64_t{1} << 32;
+// Bound on E, far above any MoE model: the lanes take 16 * bit_ceil(E) bytes.
+constexpr int kMaxExperts = 1 << 20;
 
 // Ids per block of the large-call path: a block with a bad id is counted
 // again (undone, then clamped) while it is still in L1.
@@ -336,6 +338,11 @@ StatusOr<std::unique_ptr<HeatRecorder>> HeatRecorder::Create(
     const HeatRecorderOptions& options) {
   EPLB_RETURN_IF_ERROR(CheckAtLeast("num_layers", options.num_layers, 1));
   EPLB_RETURN_IF_ERROR(CheckAtLeast("num_experts", options.num_experts, 1));
+  if (options.num_experts > kMaxExperts) {
+    return InvalidArgumentError("HeatRecorderOptions.num_experts must be <= " +
+                                std::to_string(kMaxExperts) + ", got " +
+                                std::to_string(options.num_experts));
+  }
   EPLB_RETURN_IF_ERROR(CheckAtLeast("num_slots", options.num_slots, 1));
   EPLB_RETURN_IF_ERROR(CheckAtLeast("ring_steps", options.ring_steps, 1));
   EPLB_RETURN_IF_ERROR(CheckAtLeast("max_num_reqs", options.max_num_reqs, 0));

@@ -131,6 +131,12 @@ TEST(HeatRecorderTest, CreateRejectsBadOptions) {
   o.num_experts = -3;
   cases.push_back({"num_experts", o, "got -3"});
   o = FixtureOptions();
+  o.num_experts = (1 << 20) + 1;
+  cases.push_back({"num_experts", o, "got 1048577"});
+  o = FixtureOptions();
+  o.ring_steps = 1 << 30;  // (2^30 + 1) * 1 * 10 counters: too many.
+  cases.push_back({"ring_steps", o, "1073741824"});
+  o = FixtureOptions();
   o.num_slots = 0;
   cases.push_back({"num_slots", o, "got 0"});
   o = FixtureOptions();
@@ -420,7 +426,7 @@ TEST(HeatRecorderTest, ConcurrentSnapshotsAreConsistent) {
   constexpr int kExperts = 16;
   constexpr int kRing = 8;
   constexpr int kIdsPerLayer = 64;  // Above the lane threshold (2 * 17).
-  constexpr int kSteps = 20000;
+  constexpr int kSnapshots = 20000;
   HeatRecorderOptions options;
   options.num_layers = kLayers;
   options.num_experts = kExperts;
@@ -432,19 +438,19 @@ TEST(HeatRecorderTest, ConcurrentSnapshotsAreConsistent) {
   std::vector<std::vector<int32_t>> ids_of_step;  // Step k: all ids k % E.
   for (int e = 0; e < kExperts; ++e) ids_of_step.emplace_back(kIdsPerLayer, e);
 
-  std::atomic<bool> reader_started{false};
-  std::atomic<bool> writer_done{false};
+  // The writer runs until the reader is done; the reader starts after the
+  // writer's first step and goes on until both did enough, so they overlap.
+  constexpr int64_t kMinSteps = 2000;
+  std::atomic<bool> stop{false};
+  std::atomic<int64_t> steps{0};
   std::thread writer([&] {
-    while (!reader_started.load(std::memory_order_acquire)) {
-      std::this_thread::yield();
-    }
-    for (int k = 0; k < kSteps; ++k) {
+    for (int64_t k = 0; !stop.load(std::memory_order_relaxed); ++k) {
       for (int l = 0; l < kLayers; ++l) {
         recorder->RecordTopk(l, ids_of_step[k % kExperts], identity);
       }
       recorder->EndStep(kIdsPerLayer);
+      steps.store(k + 1, std::memory_order_relaxed);
     }
-    writer_done.store(true, std::memory_order_release);
   });
 
   int64_t snapshots = 0;
@@ -484,16 +490,18 @@ TEST(HeatRecorderTest, ConcurrentSnapshotsAreConsistent) {
                     << ", num_samples " << snap.num_samples;
     }
   };
-  reader_started.store(true, std::memory_order_release);
-  while (!writer_done.load(std::memory_order_acquire)) {
+  while (steps.load(std::memory_order_relaxed) == 0) std::this_thread::yield();
+  for (; snapshots < kSnapshots ||
+         steps.load(std::memory_order_relaxed) < kMinSteps;
+       ++snapshots) {
     check(recorder->Snapshot());
-    if (++snapshots % 50 == 0) recorder->Clear();
+    if (snapshots % 50 == 49) recorder->Clear();
   }
+  stop.store(true, std::memory_order_relaxed);
   writer.join();
   const HeatSnapshot last = recorder->Snapshot();
   check(last);
-  EXPECT_GT(last.steps_counted, 0);
-  EXPECT_GT(snapshots, 0);
+  EXPECT_GE(steps.load(), kMinSteps);
   EXPECT_EQ(failures, 0);
 }
 

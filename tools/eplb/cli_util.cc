@@ -3,6 +3,8 @@
 #include <cstdio>
 #include <iostream>
 
+#include "eplb/io.h"
+
 namespace eplb::cli {
 
 int Fail(const Status& status) { return Fail(status.message()); }
@@ -43,6 +45,17 @@ StatusOr<Topology> TopologyFlags::Make(int num_experts) const {
   }
   return InvalidArgumentError(
       "one of --slots-per-rank and --redundant is required");
+}
+
+StatusOr<Placement> MapOrInitial(const std::string& path, int num_layers,
+                                 int num_experts, const Topology& topology) {
+  if (path.empty())
+    return Placement::Initial(num_layers, num_experts, topology);
+  return ReadExpertMapJson(
+      path, MapExpectations{.num_layers = num_layers,
+                            .num_ranks = topology.num_ranks,
+                            .num_experts = num_experts,
+                            .slots_per_rank = topology.slots_per_rank});
 }
 
 }  // namespace eplb::cli

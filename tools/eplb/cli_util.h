@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "eplb/placement.h"
 #include "eplb/status.h"
 #include "eplb/topology.h"
 
@@ -36,6 +37,11 @@ struct TopologyFlags {
   // Exactly one of --slots-per-rank and --redundant; builds and checks.
   StatusOr<Topology> Make(int num_experts) const;
 };
+
+// The map at `path` checked against the load's layers and experts and the
+// topology, or the initial placement (spec §3.2) when `path` is empty.
+StatusOr<Placement> MapOrInitial(const std::string& path, int num_layers,
+                                 int num_experts, const Topology& topology);
 
 // The subcommands; each registers itself and returns the callback result
 // through `*exit_code`.

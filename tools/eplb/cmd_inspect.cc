@@ -24,21 +24,10 @@ int RunInspect(const InspectFlags& f) {
   const LoadMatrix load = trace->Aggregate();
   StatusOr<Topology> topology = f.topology.Make(load.num_experts());
   if (!topology.ok()) return Fail(topology.status());
-  Placement placement;
-  if (f.map_path.empty()) {
-    placement =
-        Placement::Initial(load.num_layers(), load.num_experts(), *topology);
-  } else {
-    StatusOr<Placement> map = ReadExpertMapJson(
-        f.map_path,
-        MapExpectations{.num_layers = load.num_layers(),
-                        .num_ranks = topology->num_ranks,
-                        .num_experts = load.num_experts(),
-                        .slots_per_rank = topology->slots_per_rank});
-    if (!map.ok()) return Fail(map.status());
-    placement = *std::move(map);
-  }
-  StatusOr<ImbalanceReport> report = ComputeImbalance(placement, load);
+  StatusOr<Placement> placement = MapOrInitial(f.map_path, load.num_layers(),
+                                               load.num_experts(), *topology);
+  if (!placement.ok()) return Fail(placement.status());
+  StatusOr<ImbalanceReport> report = ComputeImbalance(*placement, load);
   if (!report.ok()) return Fail(report.status());
   const int redundant = topology->NumRedundant(load.num_experts());
   if (f.json) {

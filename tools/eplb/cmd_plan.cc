@@ -67,20 +67,10 @@ int RunPlan(const PlanFlags& f) {
   if (!topology.ok()) return Fail(topology.status());
   StatusOr<std::unique_ptr<Policy>> policy = CreatePolicy(f.policy);
   if (!policy.ok()) return Fail(policy.status());
-  Placement current;
-  if (f.current_path.empty()) {
-    current =
-        Placement::Initial(load.num_layers(), load.num_experts(), *topology);
-  } else {
-    StatusOr<Placement> map = ReadExpertMapJson(
-        f.current_path,
-        MapExpectations{.num_layers = load.num_layers(),
-                        .num_ranks = topology->num_ranks,
-                        .num_experts = load.num_experts(),
-                        .slots_per_rank = topology->slots_per_rank});
-    if (!map.ok()) return Fail(map.status());
-    current = *std::move(map);
-  }
+  StatusOr<Placement> current_map = MapOrInitial(
+      f.current_path, load.num_layers(), load.num_experts(), *topology);
+  if (!current_map.ok()) return Fail(current_map.status());
+  const Placement& current = *current_map;
   PolicyOptions options;
   options.num_groups = f.groups;
   options.seed = f.seed;
