@@ -247,6 +247,7 @@ void Controller::TakePlan() {
 void Controller::MigrateStep(bool before) {
   auto commit = [&](int layer) {
     routing_->Publish(layer, migration_->placement().layer(layer));
+    if (!committed_this_cycle_) ++stats_.rebalances;  // Counted at its first commit.
     committed_this_cycle_ = true;
     if (options_.on_commit)
       options_.on_commit(step_, layer, migration_->placement());
@@ -298,7 +299,6 @@ void Controller::MigrateStep(bool before) {
 
 void Controller::EndCycle() {
   if (phase_ == Phase::kMigrate && committed_this_cycle_) {
-    ++stats_.rebalances;
     if (options_.config.mode() == EplbMode::kRecording) {
       Status s = WriteExpertMapJson(*options_.config.expert_map_record_path,
                                     migration_->placement());
