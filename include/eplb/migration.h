@@ -21,6 +21,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <vector>
 
@@ -166,27 +167,30 @@ class MigrationEngine {
 // Per-layer routing readable from any thread while commits happen (spec §5:
 // readers see the old or the new tables, never a mix). Get() returns a
 // reference-counted snapshot the reader may keep as long as it likes; a
-// commit publishes a new table with one atomic store. (libstdc++ implements
-// std::atomic<std::shared_ptr> with a brief internal spin on the pointer, no
-// mutex; the serving thread reads a layer's table once per step, not per
-// token.) Publish() is for one thread at a time.
+// commit builds the new table first and then swaps one pointer. Both hold a
+// per-layer mutex only for that pointer copy or swap (tens of nanoseconds);
+// the serving thread reads a layer's table once per step, not per token.
+// (std::atomic<std::shared_ptr> would avoid the mutex, but libstdc++ 12's
+// implementation is a data race under ThreadSanitizer.) Thread-safe.
 class RoutingTable {
  public:
   RoutingTable(const Placement& initial, const Topology& topology);
   RoutingTable(const RoutingTable&) = delete;
   RoutingTable& operator=(const RoutingTable&) = delete;
 
-  std::shared_ptr<const LayerRouting> Get(int layer) const {
-    return current_[layer].load(std::memory_order_acquire);
-  }
+  std::shared_ptr<const LayerRouting> Get(int layer) const;
   // Builds the routing of `layer` [R*K] and switches readers to it.
   void Publish(int layer, std::span<const int32_t> layer_placement);
-  int num_layers() const { return static_cast<int>(current_.size()); }
+  int num_layers() const { return static_cast<int>(layers_.size()); }
 
  private:
+  struct Slot {
+    mutable std::mutex mu;
+    std::shared_ptr<const LayerRouting> routing;
+  };
   Topology topology_;
   int num_experts_;
-  std::vector<std::atomic<std::shared_ptr<const LayerRouting>>> current_;
+  std::vector<Slot> layers_;
 };
 
 }  // namespace eplb

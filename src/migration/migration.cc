@@ -346,15 +346,23 @@ MigrationEngine::State MigrationEngine::Finish() {
 RoutingTable::RoutingTable(const Placement& initial, const Topology& topology)
     : topology_(topology),
       num_experts_(initial.num_experts()),
-      current_(initial.num_layers()) {
+      layers_(initial.num_layers()) {
   for (int l = 0; l < initial.num_layers(); ++l) Publish(l, initial.layer(l));
+}
+
+std::shared_ptr<const LayerRouting> RoutingTable::Get(int layer) const {
+  const Slot& slot = layers_[layer];
+  std::lock_guard<std::mutex> lock(slot.mu);
+  return slot.routing;
 }
 
 void RoutingTable::Publish(int layer,
                            std::span<const int32_t> layer_placement) {
-  current_[layer].store(std::make_shared<const LayerRouting>(BuildLayerRouting(
-                            layer_placement, num_experts_, topology_)),
-                        std::memory_order_release);
+  auto next = std::make_shared<const LayerRouting>(
+      BuildLayerRouting(layer_placement, num_experts_, topology_));
+  Slot& slot = layers_[layer];
+  std::lock_guard<std::mutex> lock(slot.mu);
+  slot.routing.swap(next);  // The old table is released outside readers' view.
 }
 
 }  // namespace eplb

@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <limits>
@@ -217,14 +218,19 @@ TEST(HeatRecorderTest, OutOfRangeAndUnmappedIdsAreDropped) {
             (std::vector<int64_t>{1, 0, 1, 0, 0, 0, 0, 0, 0, 0}));
 }
 
-// Differential test: calls large enough for the interleaved-lane path (and
-// small ones below it) against a one-line reference count.
+// Differential test against a one-line reference count: call sizes around
+// the lane threshold (2 * (bit_ceil(E) + 1)) and the 4096-id block, clean ids
+// (the fast path), mixed ids (blocks undone and clamped) and clean ids with
+// one bad id in the last block; E a power of two and not (ids in
+// [E, bit_ceil(E)) are dropped).
 TEST(HeatRecorderTest, MatchesReferenceCountAtEverySize) {
   struct Shape {
     int num_experts;
     int num_slots;
   };
-  for (const Shape shape : {Shape{8, 10}, Shape{256, 288}}) {
+  enum class Ids { kClean, kMixed, kLastBad };
+  for (const Shape shape :
+       {Shape{8, 10}, Shape{5, 7}, Shape{256, 288}, Shape{160, 180}}) {
     const uint64_t seed = 20240611u + static_cast<uint64_t>(shape.num_experts);
     SCOPED_TRACE("E=" + std::to_string(shape.num_experts) +
                  " seed=" + std::to_string(seed));
@@ -233,6 +239,7 @@ TEST(HeatRecorderTest, MatchesReferenceCountAtEverySize) {
     options.num_layers = 2;
     options.num_experts = shape.num_experts;
     options.num_slots = shape.num_slots;
+    options.ring_steps = 1;
     auto recorder = MakeRecorder(options);
     // log2phy: a random slot per expert, one unmapped, one past the slots.
     std::vector<int32_t> log2phy(shape.num_experts);
@@ -241,33 +248,49 @@ TEST(HeatRecorderTest, MatchesReferenceCountAtEverySize) {
     log2phy[1] = -1;
     log2phy[2] = shape.num_slots;
 
-    std::vector<int64_t> expected(static_cast<size_t>(shape.num_slots), 0);
-    int64_t expected_dropped = 0;
-    std::uniform_int_distribution<int64_t> id_dist(-3, shape.num_experts + 2);
-    for (const size_t n : {0, 1, 7, 17, 18, 19, 513, 514, 515, 1000, 4099}) {
-      std::vector<int64_t> ids64(n);
-      for (int64_t& id : ids64) id = id_dist(rng);
-      std::vector<int32_t> ids32(ids64.begin(), ids64.end());
-      for (int pass = 0; pass < 2; ++pass) {
+    std::uniform_int_distribution<int64_t> clean_dist(0, shape.num_experts - 1);
+    std::uniform_int_distribution<int64_t> mixed_dist(
+        -3, 2 * shape.num_experts + 2);
+    int64_t total_steps = 0;
+    for (const size_t n : {0, 1, 7, 13, 14, 15, 17, 18, 19, 513, 514, 515, 1000,
+                           4096, 4099, 10000}) {
+      for (const Ids kind : {Ids::kClean, Ids::kMixed, Ids::kLastBad}) {
+        SCOPED_TRACE("n=" + std::to_string(n) +
+                     " kind=" + std::to_string(static_cast<int>(kind)));
+        std::vector<int64_t> ids64(n);
+        for (int64_t& id : ids64) {
+          id = kind == Ids::kMixed ? mixed_dist(rng) : clean_dist(rng);
+        }
+        if (kind == Ids::kLastBad && n > 1) {
+          ids64[n - 1] = int64_t{1} << 20;
+          ids64[n / 2] = -1;
+        }
+        std::vector<int32_t> ids32(ids64.begin(), ids64.end());
+        std::vector<int64_t> expected(static_cast<size_t>(shape.num_slots), 0);
+        int64_t expected_dropped = 0;
         for (const int64_t id : ids64) {
           const bool mapped = id >= 0 && id < shape.num_experts &&
                               log2phy[id] >= 0 && log2phy[id] < shape.num_slots;
           if (mapped) {
-            ++expected[log2phy[id]];
+            expected[log2phy[id]] += 2;  // Counted as int32 and as int64.
           } else {
-            ++expected_dropped;
+            expected_dropped += 2;
           }
         }
+        const int64_t dropped_before = recorder->Snapshot().dropped_ids;
+        recorder->RecordTopk(1, ids32, log2phy);
+        recorder->RecordTopk(1, ids64, log2phy);
+        recorder->EndStep(1);
+        ++total_steps;
+        HeatSnapshot snap = recorder->Snapshot();
+        ASSERT_EQ(snap.num_samples, 1);
+        EXPECT_EQ(SampleRow(snap, 0, 1), expected);
+        EXPECT_EQ(SampleRow(snap, 0, 0),
+                  std::vector<int64_t>(expected.size(), 0));
+        EXPECT_EQ(snap.dropped_ids - dropped_before, expected_dropped);
+        EXPECT_EQ(snap.steps_counted, total_steps);
       }
-      recorder->RecordTopk(1, ids32, log2phy);
-      recorder->RecordTopk(1, ids64, log2phy);
     }
-    recorder->EndStep(1);
-    HeatSnapshot snap = recorder->Snapshot();
-    EXPECT_EQ(WindowRow(snap, 1), expected);
-    EXPECT_EQ(WindowRow(snap, 0),
-              std::vector<int64_t>(static_cast<size_t>(shape.num_slots), 0));
-    EXPECT_EQ(snap.dropped_ids, expected_dropped);
   }
 }
 
@@ -491,7 +514,11 @@ TEST(HeatRecorderTest, ConcurrentSnapshotsAreConsistent) {
     }
   };
   while (steps.load(std::memory_order_relaxed) == 0) std::this_thread::yield();
-  for (; snapshots < kSnapshots ||
+  // Sanitizers slow snapshots down: stop early after a second.
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::seconds(1);
+  for (; (snapshots < kSnapshots &&
+          std::chrono::steady_clock::now() < deadline) ||
          steps.load(std::memory_order_relaxed) < kMinSteps;
        ++snapshots) {
     check(recorder->Snapshot());
@@ -517,7 +544,11 @@ TEST(HeatRecorderTest, HotPathDoesNotAllocate) {
   std::vector<int32_t> log2phy(256);
   std::iota(log2phy.begin(), log2phy.end(), 0);
   std::vector<int32_t> small_ids = {1, 2, 300, -1};
-  std::vector<int32_t> ids32(8192);
+  std::vector<int32_t> clean_ids(8192);  // The fast path.
+  for (size_t i = 0; i < clean_ids.size(); ++i) {
+    clean_ids[i] = static_cast<int32_t>(i * 5 % 256);
+  }
+  std::vector<int32_t> ids32(8192);  // Some out of range: the clamped path.
   std::vector<int64_t> ids64(8192);
   for (size_t i = 0; i < ids32.size(); ++i) {
     ids32[i] = static_cast<int32_t>(i * 7 % 260);
@@ -529,6 +560,7 @@ TEST(HeatRecorderTest, HotPathDoesNotAllocate) {
   for (int step = 0; step < 6; ++step) {
     for (int l = 0; l < 3; ++l) {
       recorder->RecordTopk(l, small_ids, log2phy);
+      recorder->RecordTopk(l, clean_ids, log2phy);
       recorder->RecordTopk(l, ids32, log2phy);
       recorder->RecordTopk(l, ids64, log2phy);
       recorder->RecordSlotCounts(l, slot_counts);
