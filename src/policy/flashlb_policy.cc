@@ -32,11 +32,44 @@
 //    falls to about 1.0002.
 // 7. Minimal redeploy: planned ranks are matched to current ranks by maximum
 //    overlap (Hungarian); the frame keeps the overlapping experts in place.
-//    The layer is adopted only when its shot score beats the current one.
+// 8. Choice. The first plan of a layer (a static map, or the first cycle of
+//    the dynamic mode) is for balance alone: the plan of steps 3-7 is
+//    adopted when its shot score beats the current layer's. A re-plan (the
+//    project's addition) also pays for what it moves: a candidate costs its
+//    shot score + 0.5 x the fraction of the layer's slots whose expert is
+//    new to the rank (kMovePenalty): moving every slot must buy 0.5 of score,
+//    moving one expert of 72 slots 0.007. The candidates are, in this order,
+//    the current layer, an incremental layer and the plan of steps 3-7; a
+//    later one must cost less (by more than rounding) to win, so ties keep
+//    the layer that moves less. No score is below 1, so a re-plan moves
+//    fewer than 2 x (current score - 1) of the slots. The incremental layer
+//    starts from the current one with the replica counts of step 5: every
+//    expert keeps min(old, new) of its replicas (surplus ones leave the most
+//    loaded rank first), the missing ones go into the freed slots by the
+//    greedy of step 4 (when every rank with room holds the expert, an expert
+//    of another rank moves into the room to make way), then up to R swaps
+//    scored on the shots: each time the hot rank (the peak in the most
+//    shots) and one of the 4 ranks with the most room below its peaks
+//    (kSwapPartners) trade the pair of experts that most lowers the cost,
+//    moves counted against the current layer, while the cost falls.
+//    Candidates over max_receives_per_rank are passed over (one is returned
+//    only when nothing else beats the current layer, so that the frame says
+//    why the layer was kept).
+//
+// Why re-plans are move-aware: on a short window, a plan for balance alone
+// fits the window's noise and reshuffles most of the layer each cycle. In
+// the replay of the DeepSeek-V2-Lite trace at EP8 with 8 redundant slots and
+// 16-step windows, full re-plans moved 57% of the slots per rebalance for a
+// realized median / p90 imbalance of about 1.48 / 1.94; the incremental ones
+// keep what earlier windows placed well and fix the hot ranks: 18% moved,
+// 1.44 / 1.86. A re-plan costs the full search plus the incremental layer
+// (about 1.3x a first plan on DeepSeek-V3 at EP32 when every layer
+// re-plans).
 //
 // Unlike the reference, replica counts are capped at R, layers that do not
-// improve are never migrated, and every layer is scored on the windowed
-// shots. Deterministic: fixed loop orders, ties to the lower id.
+// improve are never migrated, every layer is scored on the windowed shots,
+// and re-plans weigh balance against moved experts. Deterministic: fixed
+// loop orders, ties to the lower id.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -191,6 +224,10 @@ constexpr double kZ = 0.6745;  // 75th percentile of the standard normal.
 constexpr int kMaxShots = 64;
 constexpr int kDepth = 4;  // FlashTree groups.
 constexpr int kWidth = 8;  // Replicas a group may gain or lose.
+// Re-plans (step 8): the cost of moving every slot of a layer, in shot
+// score, and the partners of the hot rank that the swaps try.
+constexpr double kMovePenalty = 0.5;
+constexpr int kSwapPartners = 4;
 // A plan must beat the current score by more than rounding (rank sums in a
 // different slot order) to count as a gain.
 constexpr double kMinRelativeGain = 1e-12;
@@ -211,6 +248,23 @@ class LayerModel {
   double Score(std::span<const int32_t> layer);
   // The FlashTree search plus swap refinement: the best-scoring layer.
   std::vector<int32_t> Search();
+  // From `current`, a layer with replica counts `count` that moves few
+  // experts: keeps min(old, new) replicas of every expert (surplus ones
+  // leave the most loaded rank first) and puts the missing replicas into the
+  // freed slots with the risk-aware greedy (step 8); with max_receives > 0,
+  // ranks below it free slots first. Needs ComputeSpread.
+  // False when a replica finds no rank even by making way (not seen in
+  // practice).
+  bool Incremental(std::span<const int32_t> current,
+                   std::span<const int32_t> count, int max_receives,
+                   std::vector<int32_t>* layer);
+  // Pairwise swaps scored on the shots: up to max_swaps times, the swap
+  // between the hot rank and a partner that most lowers score + move_cost x
+  // (slots whose expert is new to the rank against `current`), while it
+  // lowers it; a swap never takes a rank's new slots above max_receives
+  // (> 0). Returns the number of swaps made.
+  int SwapOnShots(std::span<const int32_t> current, double move_cost,
+                  int max_swaps, int max_receives, std::vector<int32_t>* layer);
 
  private:
   struct Key {  // An expert's place in the LPT order.
@@ -226,6 +280,11 @@ class LayerModel {
   // R), the giving side's expert whose share after the loss is smallest
   // loses one. False when either side has no candidate.
   bool Shift(std::vector<int32_t>* count, int g, int dir) const;
+  // The best swap between hot rank h and one of its partners, on
+  // SwapOnShots' state: where one lowers the cost change below *best, sets
+  // *best and the two slots.
+  void BestSwap(std::span<const int32_t> lay, int h, double move_cost,
+                double* best, int* best_a, int* best_b);
 
   int e_ = 0;
   int r_ = 0;
@@ -251,6 +310,21 @@ class LayerModel {
   std::vector<double> rank_var_;   // [R]
   std::vector<double> rank_cov_;   // [R][E]: Cov(rank load, x_e).
   std::vector<char> holds_;        // [R][E]
+  std::vector<int> freed_;         // [R]: Incremental's freed slots.
+  // SwapOnShots, over the loaded shots S' only; loads in units of the
+  // shot's mean rank load.
+  std::vector<char> cur_holds_;    // [R][E]: the current layer.
+  std::vector<double> slot_val_;   // [R*K][S']: each slot's load.
+  std::vector<double> shot_load_;  // [R][S']
+  std::vector<double> peak_;       // [S']
+  std::vector<int> peak_rank_;     // [S']: lowest id on ties.
+  std::vector<double> other_;      // [S']: peak without h and a partner.
+  std::vector<int> hot_count_;     // [R]: shots where the rank peaks.
+  std::vector<double> room_;       // [R]: room below the hot rank's peaks.
+  std::vector<int> partners_;      // [R]
+  std::vector<double> gain_b_;     // [K]: bound on a partner slot's gain.
+  std::vector<int> receives_;      // [R]: slots new to the rank.
+  int max_receives_ = 0;           // 0: no limit.
 };
 
 void LayerModel::Load(const LayerContext& ctx) {
@@ -473,6 +547,340 @@ std::vector<int32_t> LayerModel::Search() {
   return best;
 }
 
+bool LayerModel::Incremental(std::span<const int32_t> current,
+                             std::span<const int32_t> count, int max_receives,
+                             std::vector<int32_t>* layer) {
+  const int slots = r_ * k_;
+  std::vector<int32_t>& lay = *layer;
+  lay.assign(current.begin(), current.end());
+  share_.resize(e_);
+  for (int e = 0; e < e_; ++e) share_[e] = mean_[e] / count[e];
+  count_.assign(e_, 0);
+  for (int32_t e : current) ++count_[e];
+  rank_mean_.assign(r_, 0.0);
+  for (int p = 0; p < slots; ++p) rank_mean_[p / k_] += share_[lay[p]];
+  // Surplus replicas leave the most loaded rank first (the larger share,
+  // then the lower slot, on ties). Every freed slot receives an expert: with
+  // a receive limit, ranks below it free slots first.
+  freed_.assign(r_, 0);
+  auto below = [&](int p) {
+    return max_receives <= 0 || freed_[p / k_] < max_receives;
+  };
+  for (;;) {
+    int drop = -1;
+    for (int p = 0; p < slots; ++p) {
+      const int32_t e = lay[p];
+      if (e < 0 || count_[e] <= count[e]) continue;
+      if (drop < 0) {
+        drop = p;
+        continue;
+      }
+      const double a = rank_mean_[p / k_];
+      const double b = rank_mean_[drop / k_];
+      if (below(p) != below(drop)) {
+        if (below(p)) drop = p;
+      } else if (a > b || (a == b && share_[e] > share_[lay[drop]])) {
+        drop = p;
+      }
+    }
+    if (drop < 0) break;
+    rank_mean_[drop / k_] -= share_[lay[drop]];
+    --count_[lay[drop]];
+    ++freed_[drop / k_];
+    lay[drop] = -1;
+  }
+  // The kept replicas, as Place would have added them.
+  used_.assign(r_, 0);
+  rank_mean_.assign(r_, 0.0);
+  holds_.assign(static_cast<size_t>(r_) * e_, 0);
+  if (spread_) {
+    rank_var_.assign(r_, 0.0);
+    rank_cov_.assign(static_cast<size_t>(r_) * e_, 0.0);
+  }
+  auto add = [&](int r, int32_t e) {
+    const double inv = 1.0 / count[e];
+    ++used_[r];
+    holds_[static_cast<size_t>(r) * e_ + e] = 1;
+    rank_mean_[r] += share_[e];
+    if (spread_) {
+      double* acc = rank_cov_.data() + static_cast<size_t>(r) * e_;
+      rank_var_[r] += var_[e] * inv * inv + 2.0 * acc[e] * inv;
+      const double* col = cov_.data() + static_cast<size_t>(e) * e_;
+      for (int s = 0; s < e_; ++s) acc[s] += col[s] * inv;
+    }
+  };
+  auto remove = [&](int r, int32_t e) {
+    const double inv = 1.0 / count[e];
+    --used_[r];
+    holds_[static_cast<size_t>(r) * e_ + e] = 0;
+    rank_mean_[r] -= share_[e];
+    if (spread_) {
+      double* acc = rank_cov_.data() + static_cast<size_t>(r) * e_;
+      const double* col = cov_.data() + static_cast<size_t>(e) * e_;
+      for (int s = 0; s < e_; ++s) acc[s] -= col[s] * inv;
+      rank_var_[r] -= var_[e] * inv * inv + 2.0 * acc[e] * inv;
+    }
+  };
+  for (int p = 0; p < slots; ++p) {
+    if (lay[p] >= 0) add(p / k_, lay[p]);
+  }
+  keys_.clear();
+  for (int e = 0; e < e_; ++e) {
+    if (count_[e] < count[e]) keys_.push_back({share_[e], e});
+  }
+  std::sort(keys_.begin(), keys_.end(), [](const Key& a, const Key& b) {
+    return a.share > b.share || (a.share == b.share && a.expert < b.expert);
+  });
+  for (const Key& key : keys_) {
+    const int32_t e = key.expert;
+    const double inv = 1.0 / count[e];
+    const double var_e = var_[e] * inv * inv;
+    for (int rep = count_[e]; rep < count[e]; ++rep) {
+      int best = -1;
+      double best_cost = 0.0;
+      for (int r = 0; r < r_; ++r) {
+        if (used_[r] == k_ || holds_[static_cast<size_t>(r) * e_ + e]) continue;
+        double cost = rank_mean_[r] + key.share;
+        if (spread_ && !(best >= 0 && cost >= best_cost)) {
+          const double v =
+              rank_var_[r] + var_e +
+              2.0 * rank_cov_[static_cast<size_t>(r) * e_ + e] * inv;
+          cost += kZ * std::sqrt(std::max(0.0, v));
+        }
+        if (best < 0 || cost < best_cost) {
+          best = r;
+          best_cost = cost;
+        }
+      }
+      if (best < 0) {
+        // Every rank with room holds e: some expert f of a rank q without e
+        // moves into the room (rank r), and e takes f's slot.
+        int r = 0;
+        while (used_[r] == k_) ++r;
+        int from = -1;
+        for (int p = 0; p < slots && from < 0; ++p) {
+          const int q = p / k_;
+          const int32_t f = lay[p];
+          if (f >= 0 && !holds_[static_cast<size_t>(q) * e_ + e] &&
+              !holds_[static_cast<size_t>(r) * e_ + f]) {
+            from = p;
+          }
+        }
+        if (from < 0) return false;
+        const int32_t f = lay[from];
+        remove(from / k_, f);
+        int32_t* room = lay.data() + static_cast<size_t>(r) * k_;
+        *std::find(room, room + k_, -1) = f;
+        add(r, f);
+        lay[from] = e;
+        add(from / k_, e);
+        continue;
+      }
+      int32_t* slot = lay.data() + static_cast<size_t>(best) * k_;
+      *std::find(slot, slot + k_, -1) = e;
+      add(best, e);
+    }
+  }
+  return true;
+}
+
+void LayerModel::BestSwap(std::span<const int32_t> lay, int h, double move_cost,
+                          double* best, int* best_a, int* best_b) {
+  const int n = static_cast<int>(peak_.size());
+  auto is_new = [&](int r, int32_t e) {
+    return cur_holds_[static_cast<size_t>(r) * e_ + e] ? 0 : 1;
+  };
+  // Partners: the ranks with the most room below h's peaks.
+  for (int q = 0; q < r_; ++q) {
+    double room = 0.0;
+    const double* load = shot_load_.data() + static_cast<size_t>(q) * n;
+    for (int i = 0; i < n; ++i) {
+      if (peak_rank_[i] == h) room += peak_[i] - load[i];
+    }
+    room_[q] = room;
+  }
+  partners_.clear();
+  for (int q = 0; q < r_; ++q) {
+    if (q != h) partners_.push_back(q);
+  }
+  const int num_partners =
+      std::min(static_cast<int>(partners_.size()), kSwapPartners);
+  std::partial_sort(partners_.begin(), partners_.begin() + num_partners,
+                    partners_.end(), [&](int a, int b) {
+                      return room_[a] > room_[b] ||
+                             (room_[a] == room_[b] && a < b);
+                    });
+  const double* lh = shot_load_.data() + static_cast<size_t>(h) * n;
+  for (int j = 0; j < num_partners; ++j) {
+    const int q = partners_[j];
+    const double* lq = shot_load_.data() + static_cast<size_t>(q) * n;
+    // Per shot, the peak over the ranks other than h and q.
+    for (int i = 0; i < n; ++i) {
+      if (peak_rank_[i] != h && peak_rank_[i] != q) {
+        other_[i] = peak_[i];
+        continue;
+      }
+      double o = 0.0;
+      for (int r = 0; r < r_; ++r) {
+        if (r != h && r != q) {
+          o = std::max(o, shot_load_[static_cast<size_t>(r) * n + i]);
+        }
+      }
+      other_[i] = o;
+    }
+    // Bounds on the gain: a shot's peak falls only where h or q holds it,
+    // by at most the gap to the other ranks and the load that leaves.
+    for (int sb = 0; sb < k_; ++sb) {
+      const double* vb =
+          slot_val_.data() + static_cast<size_t>(q * k_ + sb) * n;
+      double g = 0.0;
+      for (int i = 0; i < n; ++i) {
+        if (peak_rank_[i] == q) g += std::min(vb[i], peak_[i] - other_[i]);
+      }
+      gain_b_[sb] = g / s_;
+    }
+    for (int sa = 0; sa < k_; ++sa) {
+      const int pa = h * k_ + sa;
+      const int32_t ea = lay[pa];
+      if (holds_[static_cast<size_t>(q) * e_ + ea]) continue;
+      const double* va = slot_val_.data() + static_cast<size_t>(pa) * n;
+      double gain_a = 0.0;
+      for (int i = 0; i < n; ++i) {
+        if (peak_rank_[i] == h) gain_a += std::min(va[i], peak_[i] - other_[i]);
+      }
+      gain_a /= s_;
+      for (int sb = 0; sb < k_; ++sb) {
+        const int pb = q * k_ + sb;
+        const int32_t eb = lay[pb];
+        if (holds_[static_cast<size_t>(h) * e_ + eb]) continue;
+        const int to_h = is_new(h, eb) - is_new(h, ea);
+        const int to_q = is_new(q, ea) - is_new(q, eb);
+        if (max_receives_ > 0 &&
+            ((to_h > 0 && receives_[h] + to_h > max_receives_) ||
+             (to_q > 0 && receives_[q] + to_q > max_receives_))) {
+          continue;
+        }
+        const int moved = to_h + to_q;
+        if (move_cost * moved - gain_a - gain_b_[sb] >= *best) continue;
+        const double* vb = slot_val_.data() + static_cast<size_t>(pb) * n;
+        double sum = 0.0;
+        for (int i = 0; i < n; ++i) {
+          const double d = va[i] - vb[i];
+          sum += std::max(other_[i], std::max(lh[i] - d, lq[i] + d)) - peak_[i];
+        }
+        const double delta = sum / s_ + move_cost * moved;
+        if (delta < *best) {
+          *best = delta;
+          *best_a = pa;
+          *best_b = pb;
+        }
+      }
+    }
+  }
+}
+
+int LayerModel::SwapOnShots(std::span<const int32_t> current, double move_cost,
+                            int max_swaps, int max_receives,
+                            std::vector<int32_t>* layer) {
+  std::vector<int32_t>& lay = *layer;
+  const int slots = r_ * k_;
+  count_.assign(e_, 0);
+  for (int32_t e : lay) ++count_[e];
+  inv_count_.resize(e_);
+  for (int e = 0; e < e_; ++e) {
+    inv_count_[e] = count_[e] > 0 ? 1.0 / count_[e] : 0.0;
+  }
+  holds_.assign(static_cast<size_t>(r_) * e_, 0);
+  cur_holds_.assign(static_cast<size_t>(r_) * e_, 0);
+  for (int p = 0; p < slots; ++p) {
+    holds_[static_cast<size_t>(p / k_) * e_ + lay[p]] = 1;
+    cur_holds_[static_cast<size_t>(p / k_) * e_ + current[p]] = 1;
+  }
+  max_receives_ = max_receives;
+  receives_.assign(r_, 0);
+  for (int p = 0; p < slots; ++p) {
+    receives_[p / k_] +=
+        cur_holds_[static_cast<size_t>(p / k_) * e_ + lay[p]] ? 0 : 1;
+  }
+  // Per slot and per rank, the load in each loaded shot, in units of the
+  // shot's mean rank load ([P][S'] and [R][S'], shots without load left
+  // out: their score term is constant).
+  int n = 0;
+  for (int t = 0; t < s_; ++t) n += inv_avg_[t] > 0.0 ? 1 : 0;
+  if (n == 0) return 0;
+  slot_val_.assign(static_cast<size_t>(slots) * n, 0.0);
+  shot_load_.assign(static_cast<size_t>(r_) * n, 0.0);
+  for (int p = 0; p < slots; ++p) {
+    double* v = slot_val_.data() + static_cast<size_t>(p) * n;
+    double* load = shot_load_.data() + static_cast<size_t>(p / k_) * n;
+    const int32_t e = lay[p];
+    for (int t = 0, i = 0; t < s_; ++t) {
+      if (inv_avg_[t] == 0.0) continue;
+      v[i] =
+          shots_[static_cast<size_t>(t) * e_ + e] * inv_count_[e] * inv_avg_[t];
+      load[i] += v[i];
+      ++i;
+    }
+  }
+  peak_.resize(n);
+  gain_b_.resize(k_);
+  peak_rank_.resize(n);
+  other_.resize(n);
+  room_.resize(r_);
+  int swaps = 0;
+  for (; swaps < max_swaps; ++swaps) {
+    hot_count_.assign(r_, 0);
+    for (int i = 0; i < n; ++i) {
+      int top = 0;
+      for (int r = 1; r < r_; ++r) {
+        if (shot_load_[static_cast<size_t>(r) * n + i] >
+            shot_load_[static_cast<size_t>(top) * n + i]) {
+          top = r;
+        }
+      }
+      peak_[i] = shot_load_[static_cast<size_t>(top) * n + i];
+      peak_rank_[i] = top;
+      ++hot_count_[top];
+    }
+    // The hot rank: the peak in the most shots (lower id on ties).
+    const int hot = static_cast<int>(
+        std::max_element(hot_count_.begin(), hot_count_.end()) -
+        hot_count_.begin());
+    double best = 0.0;
+    int best_a = -1;
+    int best_b = -1;
+    BestSwap(lay, hot, move_cost, &best, &best_a, &best_b);
+    // Scores are about 1: a swap must gain more than rounding.
+    if (best_a < 0 || !(best < -kMinRelativeGain)) break;
+    const int h = best_a / k_;
+    const int q = best_b / k_;
+    const int32_t ea = lay[best_a];
+    const int32_t eb = lay[best_b];
+    double* va = slot_val_.data() + static_cast<size_t>(best_a) * n;
+    double* vb = slot_val_.data() + static_cast<size_t>(best_b) * n;
+    double* load_h = shot_load_.data() + static_cast<size_t>(h) * n;
+    double* load_q = shot_load_.data() + static_cast<size_t>(q) * n;
+    for (int i = 0; i < n; ++i) {
+      const double d = va[i] - vb[i];
+      load_h[i] -= d;
+      load_q[i] += d;
+      std::swap(va[i], vb[i]);
+    }
+    const auto is_new = [&](int rank, int32_t e) {
+      return cur_holds_[static_cast<size_t>(rank) * e_ + e] ? 0 : 1;
+    };
+    receives_[h] += is_new(h, eb) - is_new(h, ea);
+    receives_[q] += is_new(q, ea) - is_new(q, eb);
+    holds_[static_cast<size_t>(h) * e_ + ea] = 0;
+    holds_[static_cast<size_t>(q) * e_ + eb] = 0;
+    holds_[static_cast<size_t>(h) * e_ + eb] = 1;
+    holds_[static_cast<size_t>(q) * e_ + ea] = 1;
+    lay[best_a] = eb;
+    lay[best_b] = ea;
+  }
+  return swaps;
+}
+
 // mean/max rank load ("balancedness"); 1 for a layer without load.
 double Ratio(std::span<const int32_t> layer, std::span<const double> load,
              int num_ranks, int slots_per_rank) {
@@ -544,20 +952,52 @@ std::vector<int32_t> FlashLbPolicy::PlanLayer(const LayerContext& ctx) {
     }
   }
   model_.ComputeSpread();
-  const double current_score = model_.Score(ctx.current);
-  std::vector<int32_t> layer = model_.Search();
-  if (!(model_.Score(layer) < current_score * (1.0 - kMinRelativeGain))) {
-    last = current_ratio;  // No gain: the current layer keeps serving.
-    return {};
-  }
-  MatchRanksToCurrent(ctx.current, layer, r, k);
   const int limit = ctx.options->max_receives_per_rank;
-  // A plan over the receive limit is rejected by the frame (with a note), so
-  // the current layer is what serves.
-  last = limit > 0 && MaxReceives(ctx.current, layer, r, k) > limit
-             ? current_ratio
-             : Ratio(layer, model_.mean(), r, k);
-  return layer;
+  // A layer never planned before is planned for balance alone (a static map,
+  // or the first cycle); a re-plan pays for the experts it moves.
+  const double move_cost =
+      last < 0.0 ? 0.0 : kMovePenalty / (static_cast<double>(r) * k);
+  struct Candidate {
+    std::vector<int32_t> layer;
+    double cost = 0.0;  // Shot score + move_cost x moved experts.
+  };
+  // The current layer, then the incremental and the full candidate: a later
+  // one must cost less (with the rounding margin) to replace an earlier one,
+  // so ties keep the layer that moves less. A candidate over the receive
+  // limit would be rejected by the frame: it is passed over, and returned
+  // only when nothing else beats the current layer, so that the frame says
+  // why the layer kept its placement.
+  Candidate chosen{{}, model_.Score(ctx.current) * (1.0 - kMinRelativeGain)};
+  std::vector<int32_t> over_limit;
+  auto consider = [&](std::vector<int32_t>* layer) {
+    const double cost = model_.Score(*layer) +
+                        move_cost * MovedExperts(ctx.current, *layer, r, k);
+    if (!(cost < chosen.cost)) return;
+    if (limit > 0 && MaxReceives(ctx.current, *layer, r, k) > limit) {
+      if (over_limit.empty()) over_limit = std::move(*layer);
+      return;
+    }
+    chosen = {std::move(*layer), cost};
+  };
+  std::vector<int32_t> full = model_.Search();
+  MatchRanksToCurrent(ctx.current, full, r, k);
+  if (move_cost > 0.0) {
+    std::vector<int32_t> count(ctx.num_experts, 0);
+    for (int32_t e : full) ++count[e];
+    std::vector<int32_t> incremental;
+    if (model_.Incremental(ctx.current, count, limit, &incremental)) {
+      model_.SwapOnShots(ctx.current, move_cost, /*max_swaps=*/r, limit,
+                         &incremental);
+      consider(&incremental);
+    }
+  }
+  consider(&full);
+  if (chosen.layer.empty()) {
+    last = current_ratio;  // No gain: the current layer keeps serving.
+    return over_limit;
+  }
+  last = Ratio(chosen.layer, model_.mean(), r, k);
+  return std::move(chosen.layer);
 }
 
 }  // namespace

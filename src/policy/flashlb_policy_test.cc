@@ -1,6 +1,7 @@
 // Tests of policy 3, FlashLB (spec §6.3): the shot statistics, plan validity,
 // the replica cap, determinism, the update trigger, covariance-aware
-// placement, and quality and plan time on the real DeepSeek-V3 data.
+// placement, move-aware re-plans, and quality and plan time on the real
+// DeepSeek-V3 data.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -467,6 +468,170 @@ TEST(FlashLbTest, PairsAntiCorrelatedExperts) {
 }
 
 // ----------------------------------------------------------------------------
+// Move-aware re-plans.
+
+// The shot score of a layer of `placement` on `samples` (at most 64 steps, so
+// each step is one shot): the mean over steps of max / mean rank load, a step
+// without load counting 1.
+double ShotScore(const Placement& placement, int layer,
+                 const LoadTrace& samples) {
+  double sum = 0.0;
+  for (int t = 0; t < samples.num_steps(); ++t) {
+    sum += LayerImbalance(placement.layer(layer), samples.row(t, layer),
+                          placement.num_ranks(), placement.slots_per_rank());
+  }
+  return sum / samples.num_steps();
+}
+
+// `agg` with, in every layer, the loads of the `n` most loaded experts (lower
+// id on ties) scaled by `factor`.
+LoadMatrix HeatUp(const LoadMatrix& agg, int n, double factor) {
+  LoadMatrix out = agg;
+  for (int l = 0; l < agg.num_layers(); ++l) {
+    std::vector<int> order(agg.num_experts());
+    for (int e = 0; e < agg.num_experts(); ++e) order[e] = e;
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int a, int b) { return agg.at(l, a) > agg.at(l, b); });
+    for (int i = 0; i < n; ++i) {
+      out.at(l, order[i]) = std::round(agg.at(l, order[i]) * factor);
+    }
+  }
+  return out;
+}
+
+// A re-plan (the layer was planned before) must lower the shot score by
+// 0.5 x the fraction of the layer's slots it moves. Since no score is below
+// 1, a re-plan moves fewer than 2 x (score - 1) of the slots, whatever it
+// finds; in practice it moves far fewer, as the incremental candidate keeps
+// every replica that is still wanted.
+
+TEST(FlashLbTest, ReplanOfAPerturbedLoadMovesFew) {
+  // The replay's shape (64 experts, EP8, 72 slots) with 16-step windows.
+  StatusOr<Topology> topology = MakeTopology(64, 8, 9);
+  ASSERT_TRUE(topology.ok());
+  const int layers = 4;
+  const int slots = 72;
+  const LoadMatrix load = RandomLoad(layers, 64, 31);
+  const LoadTrace window = NoisySamples(load, 16, 32);
+  const Placement initial = Placement::Initial(layers, 64, *topology);
+  // The next window: the 4 hottest experts of each layer double.
+  const LoadTrace next = NoisySamples(HeatUp(load, 4, 2.0), 16, 33);
+  const LoadMatrix next_agg = next.Aggregate();
+  std::unique_ptr<Policy> policy = NewFlashLb();
+  const Plan first =
+      MustRebalance(*policy, initial, window.Aggregate(), &window, *topology);
+  const Plan second =
+      MustRebalance(*policy, first.placement, next_agg, &next, *topology);
+  ExpectValid(first.placement, second, *topology);
+  // A fresh policy plans the same window for balance alone: it reshuffles
+  // most of the layer.
+  const Plan fresh =
+      MustRebalance(*NewFlashLb(), first.placement, next_agg, &next, *topology);
+  int changed = 0;
+  for (int l = 0; l < layers; ++l) {
+    SCOPED_TRACE("layer " + std::to_string(l));
+    const LayerPlan& info = second.layers[l];
+    if (!info.changed) {
+      // The trigger did not fire: the layer held its balance.
+      EXPECT_LT(info.current_imbalance, 1.1);
+      continue;
+    }
+    ++changed;
+    const double before = ShotScore(first.placement, l, next);
+    const double after = ShotScore(second.placement, l, next);
+    const double fresh_after = ShotScore(fresh.placement, l, next);
+    const int fresh_moved = fresh.layers[l].moved_experts;
+    std::printf(
+        "[flashlb] re-plan of layer %d: shot score %.4f -> %.4f, %d experts "
+        "moved (balance alone: %.4f, %d moved)\n",
+        l, before, after, info.moved_experts, fresh_after, fresh_moved);
+    EXPECT_LT(after, before);
+    EXPECT_LT(info.moved_experts, 2.0 * (before - 1.0) * slots);
+    // A quarter of the slots at most, and a third of a plan for balance
+    // alone (which moves about 2/3 of the slots), for a balance within 0.05
+    // of it.
+    EXPECT_GE(fresh_moved, slots / 2);
+    EXPECT_LE(info.moved_experts, slots / 4);
+    EXPECT_LE(3 * info.moved_experts, fresh_moved);
+    EXPECT_LE(after, fresh_after + 0.05);
+  }
+  EXPECT_GE(changed, 3);
+
+  // Under a receive limit that plans for balance alone break (they send 7
+  // experts to some rank), the re-plan still goes ahead: its incremental
+  // layer fits.
+  PolicyOptions limited;
+  limited.max_receives_per_rank = 2;
+  std::unique_ptr<Policy> bounded = NewFlashLb();
+  const Plan bounded_first =
+      MustRebalance(*bounded, initial, window.Aggregate(), &window, *topology);
+  const Plan bounded_second = MustRebalance(
+      *bounded, bounded_first.placement, next_agg, &next, *topology, limited);
+  ExpectValid(bounded_first.placement, bounded_second, *topology, 2);
+  int bounded_changed = 0;
+  for (const LayerPlan& info : bounded_second.layers) {
+    bounded_changed += info.changed ? 1 : 0;
+  }
+  EXPECT_EQ(bounded_changed, changed);
+  const Plan fresh_limited = MustRebalance(*NewFlashLb(), first.placement,
+                                           next_agg, &next, *topology, limited);
+  EXPECT_FALSE(fresh_limited.notes.empty());
+
+  // Re-plans are deterministic too.
+  std::unique_ptr<Policy> twin = NewFlashLb();
+  const Plan twin_first =
+      MustRebalance(*twin, initial, window.Aggregate(), &window, *topology);
+  const Plan twin_second =
+      MustRebalance(*twin, twin_first.placement, next_agg, &next, *topology);
+  EXPECT_EQ(twin_second.placement, second.placement);
+  for (int l = 0; l < layers; ++l) {
+    EXPECT_EQ(twin_second.layers[l].moved_experts,
+              second.layers[l].moved_experts);
+  }
+}
+
+TEST(FlashLbTest, ReplanOfAStronglyChangedLoad) {
+  StatusOr<Topology> topology = MakeTopology(64, 8, 9);
+  ASSERT_TRUE(topology.ok());
+  const int layers = 4;
+  const LoadMatrix load = RandomLoad(layers, 64, 41);
+  const LoadTrace window = NoisySamples(load, 16, 42);
+  const Placement initial = Placement::Initial(layers, 64, *topology);
+  std::unique_ptr<Policy> policy = NewFlashLb();
+  const Plan first =
+      MustRebalance(*policy, initial, window.Aggregate(), &window, *topology);
+  // The hot experts move elsewhere.
+  LoadMatrix shifted = load;
+  for (int l = 0; l < layers; ++l) {
+    for (int e = 0; e < 64; ++e) shifted.at(l, e) = load.at(l, (e + 17) % 64);
+  }
+  const LoadTrace next = NoisySamples(shifted, 16, 43);
+  const LoadMatrix next_agg = next.Aggregate();
+  const Plan second =
+      MustRebalance(*policy, first.placement, next_agg, &next, *topology);
+  ExpectValid(first.placement, second, *topology);
+  const Plan fresh =
+      MustRebalance(*NewFlashLb(), first.placement, next_agg, &next, *topology);
+  for (int l = 0; l < layers; ++l) {
+    SCOPED_TRACE("layer " + std::to_string(l));
+    const LayerPlan& info = second.layers[l];
+    ASSERT_TRUE(info.changed);
+    const double before = ShotScore(first.placement, l, next);
+    const double after = ShotScore(second.placement, l, next);
+    const double fresh_after = ShotScore(fresh.placement, l, next);
+    std::printf(
+        "[flashlb] re-plan of shifted layer %d: shot score %.4f -> %.4f, %d "
+        "experts moved (balance alone: %.4f, %d moved)\n",
+        l, before, after, info.moved_experts, fresh_after,
+        fresh.layers[l].moved_experts);
+    // Most of the gain of a plan for balance alone, for under half its
+    // moves.
+    EXPECT_GE(before - after, 0.8 * (before - fresh_after));
+    EXPECT_LE(2 * info.moved_experts, fresh.layers[l].moved_experts);
+  }
+}
+
+// ----------------------------------------------------------------------------
 // The real DeepSeek-V3 data (SGLang prefill dump, 58 layers x 256 experts),
 // EP32 with 9 slots per rank (288 slots).
 
@@ -553,6 +718,53 @@ TEST(FlashLbTest, RealDataWith64NoisySamples) {
       changed, plan.layers.size(), mean, worst, ms);
   EXPECT_EQ(changed, static_cast<int>(plan.layers.size()));
   EXPECT_LT(mean, 1.05);
+}
+
+TEST(FlashLbTest, RealDataReplanAfterAShift) {
+  StatusOr<LoadTrace> trace = ReadSglangLogicalCount(
+      EPLB_SOURCE_DIR "/data/dsv3-sglang/prefill_in1024.json");
+  ASSERT_TRUE(trace.ok()) << trace.status().ToString();
+  StatusOr<Topology> topology = MakeTopology(256, 32, 9);
+  ASSERT_TRUE(topology.ok());
+  const LoadMatrix agg = trace->Aggregate();
+  const LoadTrace samples = NoisySamples(agg, 64, 99);
+  const int layers = agg.num_layers();
+  const Placement initial = Placement::Initial(layers, 256, *topology);
+  std::unique_ptr<Policy> policy = NewFlashLb();
+  const Plan first =
+      MustRebalance(*policy, initial, samples.Aggregate(), &samples, *topology);
+  // Every expert takes its neighbour's load: the balance of every layer is
+  // lost.
+  LoadMatrix shifted = agg;
+  for (int l = 0; l < layers; ++l) {
+    for (int e = 0; e < 256; ++e) shifted.at(l, e) = agg.at(l, (e + 3) % 256);
+  }
+  const LoadTrace next = NoisySamples(shifted, 64, 100);
+  const auto start = std::chrono::steady_clock::now();
+  const Plan second = MustRebalance(*policy, first.placement, next.Aggregate(),
+                                    &next, *topology);
+  const double ms = MillisecondsSince(start);
+  ExpectValid(first.placement, second, *topology);
+  double before = 0.0;
+  double after = 0.0;
+  int moved = 0;
+  int changed = 0;
+  for (const LayerPlan& info : second.layers) {
+    before += info.current_imbalance;
+    after += info.predicted_imbalance;
+    moved += info.moved_experts;
+    changed += info.changed ? 1 : 0;
+  }
+  const int slots = layers * 288;
+  std::printf(
+      "[flashlb] prefill_in1024 shifted, 64 noisy samples EP32/288 re-plan: "
+      "%d of %d layers changed, imbalance on the aggregate mean %.4f -> "
+      "%.4f, %d experts moved (%.1f%% of the slots), plan %.1f ms\n",
+      changed, layers, before / layers, after / layers, moved,
+      100.0 * moved / slots, ms);
+  EXPECT_EQ(changed, layers);
+  EXPECT_LT(after / layers, 1.1);
+  EXPECT_LT(moved, slots / 4);
 }
 
 }  // namespace
