@@ -52,8 +52,12 @@ struct ControllerOptions {
   int64_t real_expert_bytes = 1;   // Bytes of one expert (model, quant).
   int64_t memory_budget_bytes = 256 << 20;  // Weight buffers, all ranks.
   int64_t transfer_timeout_nanos = 10'000'000'000;
-  int max_num_reqs = 256;       // Prefill / decode split of the stage filter.
-  int ring_steps = 64;          // Per-step samples kept for FlashLB.
+  int max_num_reqs = 256;  // Prefill / decode split of the stage filter.
+  // Per-step logical loads kept for FlashLB across cycles (at least H): a
+  // sliding window of the last `sample_history` collected steps. Each window
+  // is converted to logical experts under the placement it was collected
+  // with, so history survives migrations.
+  int sample_history = 64;
   bool sync_migration = false;  // Stop the world: migrate every layer at once.
   // Called on the serving thread when a layer commits: the step from which
   // it serves, and the committed placement.
@@ -125,7 +129,9 @@ class Controller {
   int64_t step_ = 0;        // Steps served.
   int64_t cycle_step_ = 0;  // Steps since the cycle started.
   enum class Phase { kCollect, kPlan, kMigrate } phase_ = Phase::kCollect;
-  Placement plan_;           // The plan being migrated.
+  Placement plan_;               // The plan being migrated.
+  std::vector<double> history_;  // [steps][L][E] logical samples, oldest first.
+  int history_steps_ = 0;
   std::vector<int> layers_;  // Changed layers, in migration order.
   size_t next_layer_ = 0;
   bool committed_this_cycle_ = false;

@@ -77,14 +77,15 @@ StatusOr<std::unique_ptr<Controller>> Controller::Create(ControllerOptions o) {
         o.policy, CreatePolicy(std::to_string(o.config.eplb_policy_type)));
   }
   auto c = std::unique_ptr<Controller>(new Controller());
-  EPLB_ASSIGN_OR_RETURN(c->recorder_,
-                        HeatRecorder::Create(HeatRecorderOptions{
-                            .num_layers = o.num_layers,
-                            .num_experts = o.num_experts,
-                            .num_slots = t.num_slots(),
-                            .ring_steps = o.ring_steps,
-                            .stage = o.config.eplb_heat_collection_stage,
-                            .max_num_reqs = o.max_num_reqs}));
+  EPLB_ASSIGN_OR_RETURN(
+      c->recorder_,
+      HeatRecorder::Create(HeatRecorderOptions{
+          .num_layers = o.num_layers,
+          .num_experts = o.num_experts,
+          .num_slots = t.num_slots(),
+          .ring_steps = std::max(1, o.config.expert_heat_collection_interval),
+          .stage = o.config.eplb_heat_collection_stage,
+          .max_num_reqs = o.max_num_reqs}));
   c->routing_ = std::make_unique<RoutingTable>(o.initial, t);
   EPLB_ASSIGN_OR_RETURN(
       c->migration_,
@@ -184,7 +185,32 @@ void Controller::EndCollect() {
   job.id = step_;
   job.current = migration_->placement();
   job.load = snap.LogicalLoad(job.current);
-  job.samples = snap.LogicalSamples(job.current);
+  // Append the window's samples to the history and keep the newest ones.
+  const LoadTrace window = snap.LogicalSamples(job.current);
+  const size_t cells =
+      static_cast<size_t>(options_.num_layers) * options_.num_experts;
+  history_.insert(history_.end(), window.data().begin(), window.data().end());
+  history_steps_ += window.num_steps();
+  const int keep = std::max(options_.sample_history,
+                            options_.config.expert_heat_collection_interval);
+  if (history_steps_ > keep) {
+    history_.erase(history_.begin(),
+                   history_.begin() +
+                       static_cast<ptrdiff_t>((history_steps_ - keep) * cells));
+    history_steps_ = keep;
+  }
+  job.samples =
+      LoadTrace(history_steps_, options_.num_layers, options_.num_experts);
+  for (int st = 0; st < history_steps_; ++st) {
+    for (int l = 0; l < options_.num_layers; ++l) {
+      for (int e = 0; e < options_.num_experts; ++e) {
+        job.samples.at(st, l, e) =
+            history_[(static_cast<size_t>(st) * options_.num_layers + l) *
+                         options_.num_experts +
+                     e];
+      }
+    }
+  }
   planner_->state.store(Planner::kRunning, std::memory_order_release);
   planner_->wake.release();
   phase_ = Phase::kPlan;
@@ -247,7 +273,8 @@ void Controller::TakePlan() {
 void Controller::MigrateStep(bool before) {
   auto commit = [&](int layer) {
     routing_->Publish(layer, migration_->placement().layer(layer));
-    if (!committed_this_cycle_) ++stats_.rebalances;  // Counted at its first commit.
+    if (!committed_this_cycle_)
+      ++stats_.rebalances;  // Counted at its first commit.
     committed_this_cycle_ = true;
     if (options_.on_commit)
       options_.on_commit(step_, layer, migration_->placement());

@@ -184,7 +184,7 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
   copts.real_expert_bytes = ExpertBytes(o.model, o.quant);
   copts.memory_budget_bytes = o.memory_budget_bytes;
   copts.max_num_reqs = o.max_num_reqs;
-  copts.ring_steps = std::max(1, o.config.expert_heat_collection_interval);
+  copts.sample_history = o.sample_history;
   copts.sync_migration = o.sync_migration;
   copts.log = o.log;
   copts.on_commit = [&](int64_t step, int layer, const Placement& p) {
