@@ -205,5 +205,41 @@ TEST(ControllerTest, RecordThenStatic) {
   std::filesystem::remove(path);
 }
 
+// Records how many per-step samples each plan saw.
+class SpyPolicy final : public Policy {
+ public:
+  explicit SpyPolicy(std::vector<int>* seen) : seen_(seen) {}
+  std::string_view name() const override { return "spy"; }
+  StatusOr<Plan> Rebalance(const PolicyInput& in,
+                           const PolicyOptions&) override {
+    seen_->push_back(in.samples->num_steps());
+    // The samples are logical loads: every step of the rig routes 400 + 2 *
+    // 100 + 13 * 10 tokens in every layer.
+    for (int st = 0; st < in.samples->num_steps(); ++st) {
+      double total = 0;
+      for (double v : in.samples->row(st, 0)) total += v;
+      EXPECT_NEAR(total, 400 + 200 + 130, 4) << "step " << st;
+    }
+    return Plan{
+        *in.current, std::vector<LayerPlan>(in.current->num_layers()), {}};
+  }
+
+ private:
+  std::vector<int>* seen_;
+};
+
+TEST(ControllerTest, PlannerSeesASlidingHistoryOfSamples) {
+  std::vector<int> seen;
+  Rig rig(Dynamic(4, 10), std::make_unique<SpyPolicy>(&seen));
+  for (int i = 0; i < 20 * 14; ++i) rig.Step();
+  ASSERT_GE(seen.size(), 17u);
+  // H = 4 new samples a cycle (no layer changes, so a cycle is H + A steps),
+  // kept up to the default history of 64 steps.
+  for (size_t i = 0; i < seen.size(); ++i) {
+    EXPECT_EQ(seen[i], std::min<int>(4 * static_cast<int>(i + 1), 64))
+        << "plan " << i;
+  }
+}
+
 }  // namespace
 }  // namespace eplb
