@@ -74,6 +74,8 @@ void BM_Plan(benchmark::State& state, const char* policy_name, int ranks,
   BENCHMARK_CAPTURE(BM_Plan, policy##_EP64x5, name, 64, 5, 64, 1, false)       \
       ->Unit(benchmark::kMillisecond)
 
+BENCHMARK_CAPTURE(BM_Plan, Random_EP32x9, "random", 32, 9, 32, 1, false)
+    ->Unit(benchmark::kMillisecond);
 EPLB_PLAN_BENCH(Default, "default");
 EPLB_PLAN_BENCH(Swift, "swift");
 EPLB_PLAN_BENCH(Best, "best");

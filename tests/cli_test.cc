@@ -442,7 +442,9 @@ TEST_F(CliTest, PlanRejectsBadInput) {
 }
 
 TEST_F(CliTest, ReplayTheShippedTrace) {
-  Result r = Run("replay --json");
+  // A = 4 steps (~30 ms) gives the planner room even on a loaded or
+  // sanitized build; the default A = 1 is ~8 ms.
+  Result r = Run("replay --algo-interval 4 --json");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   nlohmann::json j = OneJsonObject(r);
   for (const char* key :
@@ -473,7 +475,7 @@ TEST_F(CliTest, ReplayTheShippedTrace) {
 }
 
 TEST_F(CliTest, ReplayStopTheWorldShowsTheStall) {
-  Result r = Run("replay --sync-migration --json");
+  Result r = Run("replay --algo-interval 4 --sync-migration --json");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   nlohmann::json j = OneJsonObject(r);
   EXPECT_GT(j["max_stall_ms"].get<double>(), 0.0);
@@ -544,7 +546,7 @@ TEST_F(CliTest, ReplayRecordThenStatic) {
       Write("rec.json", "{\"expert_map_record_path\": \"" + map +
                             "\", \"num_redundant_experts\": 16, "
                             "\"expert_heat_collection_interval\": 8, "
-                            "\"algorithm_execution_interval\": 1}")
+                            "\"algorithm_execution_interval\": 4}")
           .string();
   const std::string stat =
       Write("stat.json", "{\"expert_map_path\": \"" + map +

@@ -114,10 +114,8 @@ class SwiftLayer {
     int phy, expert, rank;
   };
   std::vector<Candidate> repointable_;
-  std::vector<double> min_share_;    // [R]: lightest share per rank.
-  std::vector<int> rank_of_;         // [R*K]: phy / K without a division.
-  std::vector<double> top1_, top2_;  // [E]: loads of the two busiest holders.
-  std::vector<int> top1_rank_;       // [E]: the busiest holder.
+  std::vector<double> min_share_;  // [R]: lightest share per rank.
+  std::vector<int> rank_of_;       // [R*K]: phy / K without a division.
   double mean_ = 0.0;
   // With nodes, a cross-node move must gain this much more than an
   // intra-node one (1% of the mean rank load) to be preferred.
@@ -140,10 +138,7 @@ SwiftLayer::SwiftLayer(const LayerContext& ctx)
       holders_(static_cast<size_t>(n_) * num_ranks_),
       num_holders_(n_, 0),
       min_share_(num_ranks_),
-      rank_of_(layer_.size()),
-      top1_(n_),
-      top2_(n_),
-      top1_rank_(n_) {
+      rank_of_(layer_.size()) {
   repointable_.reserve(layer_.size());
   for (int phy = 0; phy < static_cast<int>(layer_.size()); ++phy)
     rank_of_[phy] = phy / k_;
@@ -299,31 +294,20 @@ std::vector<int32_t> SwiftLayer::Run() {
   for (int steps = 0; steps < static_cast<int>(layer_.size()); ++steps) {
     repointable_.clear();
     std::fill(min_share_.begin(), min_share_.end(), 1e300);
-    // The two most loaded holders of every expert, for the bound below.
-    std::fill(top1_.begin(), top1_.end(), 0.0);
-    std::fill(top2_.begin(), top2_.end(), 0.0);
     for (int phy = 0; phy < static_cast<int>(layer_.size()); ++phy) {
       const int e = layer_[phy];
-      const int r = rank_of_[phy];
-      const double load = rank_load_[r];
-      if (load > top1_[e]) {
-        top2_[e] = top1_[e];
-        top1_[e] = load;
-        top1_rank_[e] = r;
-      } else if (load > top2_[e]) {
-        top2_[e] = load;
+      if (count_[e] >= 2) {
+        const int r = rank_of_[phy];
+        const double rise = load_[e] / (count_[e] - 1) - Share(e);
+        double others = 0.0;
+        for (int q : Holders(e)) {
+          if (q != r) others = std::max(others, rank_load_[q] + rise);
+        }
+        repointable_.push_back(
+            {rank_load_[r] - Share(e), rise, others, phy, e, r});
       }
-      double& m = min_share_[r];
+      double& m = min_share_[rank_of_[phy]];
       m = std::min(m, Share(e));
-    }
-    for (int phy = 0; phy < static_cast<int>(layer_.size()); ++phy) {
-      const int e = layer_[phy];
-      if (count_[e] < 2) continue;
-      const int r = rank_of_[phy];
-      const double rise = load_[e] / (count_[e] - 1) - Share(e);
-      const double others = (top1_rank_[e] == r ? top2_[e] : top1_[e]) + rise;
-      repointable_.push_back(
-          {rank_load_[r] - Share(e), rise, others, phy, e, r});
     }
     int h = 0;  // Most loaded rank; the highest id on ties.
     for (int r = 1; r < num_ranks_; ++r) {

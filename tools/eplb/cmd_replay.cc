@@ -230,10 +230,12 @@ int RunReplayCommand(const ReplayFlags& f) {
       "%s: %lld steps of %d trace steps, %d layers x %d experts; %s %s "
       "(%s per expert), %d ranks x %d slots (%d redundant), policy %s, "
       "H=%d A=%d, %s migration, hardware %s",
-      trace_path.c_str(), static_cast<long long>(r->steps), o.batch_steps,
-      trace->num_layers(), trace->num_experts(), model.name.c_str(),
-      f.quant.c_str(), Bytes(real_expert).c_str(), topology->num_ranks,
-      topology->slots_per_rank, config.num_redundant_experts, r->policy.c_str(),
+      embedded ? "shipped trace dsv2lite-puffin/prefill_by_prompt.csv"
+               : trace_path.c_str(),
+      static_cast<long long>(r->steps), o.batch_steps, trace->num_layers(),
+      trace->num_experts(), model.name.c_str(), f.quant.c_str(),
+      Bytes(real_expert).c_str(), topology->num_ranks, topology->slots_per_rank,
+      config.num_redundant_experts, r->policy.c_str(),
       config.expert_heat_collection_interval,
       config.algorithm_execution_interval, f.sync ? "stop-the-world" : "async",
       hw->name.c_str());
