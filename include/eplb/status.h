@@ -147,9 +147,11 @@ namespace internal {
 #define EPLB_ASSIGN_OR_RETURN(lhs, expr)                                   \
   EPLB_ASSIGN_OR_RETURN_IMPL(EPLB_STATUS_CONCAT(eplb_statusor_, __LINE__), \
                              lhs, expr)
+// NOLINTBEGIN(bugprone-macro-parentheses): `lhs` is a declaration.
 #define EPLB_ASSIGN_OR_RETURN_IMPL(tmp, lhs, expr) \
   auto tmp = (expr);                               \
   if (!tmp.ok()) return tmp.status();              \
   lhs = std::move(tmp).value()
+// NOLINTEND(bugprone-macro-parentheses)
 
 #endif  // EPLB_STATUS_H_

@@ -95,7 +95,7 @@ class TraceCsvReader {
   StatusOr<LoadTrace> Read();
 
  private:
-  Status Error(std::string message) const {
+  Status Error(const std::string& message) const {
     return InvalidArgumentError(path_ + ": " + message);
   }
   Status LineError(int64_t line, const std::string& message) const {

@@ -43,7 +43,7 @@ constexpr int kMaxSwaps = 100;
 // Mutable state of one layer during the walk.
 class SwiftLayer {
  public:
-  SwiftLayer(const LayerContext& ctx);
+  explicit SwiftLayer(const LayerContext& ctx);
   std::vector<int32_t> Run();
 
  private:

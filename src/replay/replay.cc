@@ -210,6 +210,7 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
           "balancing");
   }
   std::vector<LayerRouting> baseline_routing;
+  baseline_routing.reserve(num_layers);
   for (int l = 0; l < num_layers; ++l) {
     baseline_routing.push_back(
         BuildLayerRouting(initial.layer(l), num_experts, t));

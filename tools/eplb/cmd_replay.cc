@@ -46,7 +46,7 @@ std::string EmbeddedTrace() {
   const char* rel = "dsv2lite-puffin/prefill_by_prompt.csv";
   for (const std::string& dir :
        {std::string(EPLB_DATA_DIR), std::string(EPLB_INSTALL_DATA_DIR)}) {
-    const std::string p = dir + "/" + rel;
+    std::string p = dir + "/" + rel;
     if (std::filesystem::is_regular_file(p)) return p;
   }
   return std::string(EPLB_DATA_DIR) + "/" + rel;
