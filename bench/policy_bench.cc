@@ -66,6 +66,36 @@ void BM_Plan(benchmark::State& state, const char* policy_name, int ranks,
   }
 }
 
+// Re-planning: from the same policy's plan of another workload
+// (prefill_in512) to prefill_in1024, the case a running system meets.
+void BM_Replan(benchmark::State& state, const char* policy_name) {
+  const eplb::LoadMatrix load = Dsv3().Aggregate();
+  auto other = eplb::ReadSglangLogicalCount(
+      EPLB_SOURCE_DIR "/data/dsv3-sglang/prefill_in512.json");
+  if (!other.ok()) {
+    state.SkipWithError(other.status().ToString().c_str());
+    return;
+  }
+  const eplb::LoadMatrix other_load = other->Aggregate();
+  const eplb::Topology t = *eplb::MakeTopology(load.num_experts(), 32, 9);
+  const eplb::Placement initial =
+      eplb::Placement::Initial(load.num_layers(), load.num_experts(), t);
+  const eplb::Placement start =
+      (*eplb::CreatePolicy(policy_name))
+          ->Rebalance({&initial, &other_load, nullptr, t}, {})
+          ->placement;
+  for (auto _ : state) {
+    std::unique_ptr<eplb::Policy> policy = *eplb::CreatePolicy(policy_name);
+    auto plan = policy->Rebalance({&start, &load, nullptr, t}, {});
+    if (!plan.ok()) state.SkipWithError(plan.status().ToString().c_str());
+    benchmark::DoNotOptimize(plan);
+  }
+}
+BENCHMARK_CAPTURE(BM_Replan, Default_EP32x9, "default")
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_Replan, Swift_EP32x9, "swift")
+    ->Unit(benchmark::kMillisecond);
+
 #define EPLB_PLAN_BENCH(policy, name)                                          \
   BENCHMARK_CAPTURE(BM_Plan, policy##_EP32x9, name, 32, 9, 32, 1, false)       \
       ->Unit(benchmark::kMillisecond);                                         \
