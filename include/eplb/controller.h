@@ -29,6 +29,7 @@
 #include "eplb/clock.h"
 #include "eplb/config.h"
 #include "eplb/migration.h"
+#include "eplb/model.h"
 #include "eplb/placement.h"
 #include "eplb/policy.h"
 #include "eplb/recorder.h"
@@ -50,7 +51,8 @@ struct ControllerOptions {
   Transport* transport = nullptr;  // Not owned.
   Clock* clock = nullptr;          // Not owned; SystemClock() when null.
   int64_t real_expert_bytes = 1;   // Bytes of one expert (model, quant).
-  int64_t memory_budget_bytes = 256 << 20;  // Weight buffers, all ranks.
+  std::vector<ExpertTensor> expert_tensors = {};  // Its tensors (may be empty).
+  int64_t memory_budget_bytes = 256 << 20;        // Weight buffers, all ranks.
   int64_t transfer_timeout_nanos = 10'000'000'000;
   int max_num_reqs = 256;  // Prefill / decode split of the stage filter.
   // Per-step logical loads kept for FlashLB across cycles (at least H): a

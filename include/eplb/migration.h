@@ -23,9 +23,11 @@
 #include <memory>
 #include <mutex>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "eplb/clock.h"
+#include "eplb/model.h"
 #include "eplb/placement.h"
 #include "eplb/status.h"
 #include "eplb/topology.h"
@@ -53,6 +55,9 @@ struct WeightStoreOptions {
   int num_layers = 0;
   int num_experts = 0;
   int64_t real_expert_bytes = 0;  // Bytes of one expert (model, quant).
+  // The expert's tensors (ExpertTensors(model, quant)); their real sizes must
+  // add up to real_expert_bytes. Empty: one tensor named "expert".
+  std::vector<ExpertTensor> tensors = {};
   int64_t memory_budget_bytes = 256 << 20;  // All slot + staging buffers.
   int staging_per_rank = 0;                 // 0: slots_per_rank.
 };
@@ -68,6 +73,17 @@ class WeightStore final : public BufferResolver {
   // rounded up; 1 when the real size fits).
   int64_t stored_expert_bytes() const { return stored_bytes_; }
   int64_t scale() const { return scale_; }
+
+  // Where each tensor of an expert lies in its buffer: every tensor is
+  // scaled down by the same factor (at least 8 bytes, 8-byte aligned), so a
+  // migration moves every tensor, weights and scales alike.
+  struct StoredTensor {
+    std::string name;
+    int64_t offset = 0;
+    int64_t stored_bytes = 0;
+    int64_t real_bytes = 0;
+  };
+  const std::vector<StoredTensor>& tensors() const { return tensors_; }
   int staging_per_rank() const { return staging_per_rank_; }
 
   std::span<const std::byte> Slot(int rank, int layer, int slot) const override;
@@ -93,6 +109,7 @@ class WeightStore final : public BufferResolver {
   int num_experts_ = 0;
   int64_t stored_bytes_ = 0;
   int64_t scale_ = 1;
+  std::vector<StoredTensor> tensors_;
   int staging_per_rank_ = 0;
   std::unique_ptr<std::byte[]> pool_;
   std::vector<int32_t> slot_buffer_;        // [R][L][K] -> buffer id.
@@ -105,6 +122,7 @@ struct MigrationOptions {
   int num_layers = 0;
   int num_experts = 0;
   int64_t real_expert_bytes = 0;
+  std::vector<ExpertTensor> tensors = {};  // See WeightStoreOptions.
   int64_t memory_budget_bytes = 256 << 20;
   Transport* transport = nullptr;  // Not owned; outlives the engine.
   Clock* clock = nullptr;          // Not owned; SystemClock() when null.

@@ -94,6 +94,7 @@ StatusOr<std::unique_ptr<Controller>> Controller::Create(ControllerOptions o) {
                            .num_layers = o.num_layers,
                            .num_experts = o.num_experts,
                            .real_expert_bytes = o.real_expert_bytes,
+                           .tensors = o.expert_tensors,
                            .memory_budget_bytes = o.memory_budget_bytes,
                            .transport = o.transport,
                            .clock = o.clock,

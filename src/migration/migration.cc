@@ -100,9 +100,42 @@ StatusOr<std::unique_ptr<WeightStore>> WeightStore::Create(
                                 " bytes for " + std::to_string(buffers) +
                                 " expert buffers leaves under 64 bytes each");
   }
-  store->stored_bytes_ = std::min(fit, (o.real_expert_bytes + 7) / 8 * 8);
-  store->scale_ =
-      (o.real_expert_bytes + store->stored_bytes_ - 1) / store->stored_bytes_;
+  // One scale for every tensor; rounding each up to 8 bytes may overflow the
+  // fit, in which case the scale grows until the layout fits.
+  std::vector<ExpertTensor> tensors = o.tensors;
+  if (tensors.empty()) {
+    tensors.push_back(
+        ExpertTensor{"expert", DType::kBf16, {}, o.real_expert_bytes});
+  }
+  if (static_cast<int64_t>(tensors.size()) * 8 > fit) {
+    return InvalidArgumentError(
+        "weight store: " + std::to_string(tensors.size()) +
+        " tensors do not fit in " + std::to_string(fit) +
+        " bytes per expert buffer");
+  }
+  int64_t real_total = 0;
+  for (const ExpertTensor& x : tensors) real_total += x.num_bytes;
+  if (real_total != o.real_expert_bytes) {
+    return InvalidArgumentError("weight store: tensors add up to " +
+                                std::to_string(real_total) + " bytes, not " +
+                                std::to_string(o.real_expert_bytes));
+  }
+  for (int64_t scale = std::max<int64_t>(1, (real_total + fit - 1) / fit);;
+       ++scale) {
+    store->tensors_.clear();
+    int64_t offset = 0;
+    for (const ExpertTensor& x : tensors) {
+      const int64_t stored =
+          std::max<int64_t>(8, ((x.num_bytes + scale - 1) / scale + 7) / 8 * 8);
+      store->tensors_.push_back({x.name, offset, stored, x.num_bytes});
+      offset += stored;
+    }
+    if (offset <= fit) {
+      store->stored_bytes_ = offset;
+      store->scale_ = scale;
+      break;
+    }
+  }
   store->pool_.reset(
       new std::byte[static_cast<size_t>(buffers * store->stored_bytes_)]);
   store->slot_buffer_.resize(static_cast<size_t>(t.num_ranks) * o.num_layers *
@@ -229,6 +262,7 @@ StatusOr<std::unique_ptr<MigrationEngine>> MigrationEngine::Create(
                              .num_layers = o.num_layers,
                              .num_experts = o.num_experts,
                              .real_expert_bytes = o.real_expert_bytes,
+                             .tensors = o.tensors,
                              .memory_budget_bytes = o.memory_budget_bytes},
           initial));
   return engine;

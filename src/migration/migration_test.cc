@@ -157,6 +157,50 @@ TEST(MigrationTest, RejectsInvalidTargets) {
   EXPECT_NE(s.message().find("layer 1"), std::string::npos) << s.message();
 }
 
+TEST(WeightStoreTest, EveryTensorScaledAlike) {
+  const ModelSpec v3 = *FindModelPreset("deepseek-v3");
+  const Topology t = *MakeTopology(8, 2, 5);
+  const std::vector<ExpertTensor> tensors =
+      ExpertTensors(v3, QuantType::kMxfp4);
+  std::unique_ptr<WeightStore> store = *WeightStore::Create(
+      WeightStoreOptions{
+          .topology = t,
+          .num_layers = 2,
+          .num_experts = 8,
+          .real_expert_bytes = ExpertBytes(v3, QuantType::kMxfp4),
+          .tensors = tensors,
+          .memory_budget_bytes = 4 << 20},
+      Placement::Initial(2, 8, t));
+  ASSERT_EQ(store->tensors().size(), tensors.size());
+  int64_t offset = 0, real = 0;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const WeightStore::StoredTensor& x = store->tensors()[i];
+    EXPECT_EQ(x.name, tensors[i].name);
+    EXPECT_EQ(x.offset, offset);
+    EXPECT_EQ(x.real_bytes, tensors[i].num_bytes);
+    EXPECT_EQ(x.offset % 8, 0);
+    // Scaled by the store's factor, rounded up to 8 bytes.
+    EXPECT_GE(x.stored_bytes * store->scale(), x.real_bytes);
+    EXPECT_LT((x.stored_bytes - 8) * store->scale(), x.real_bytes);
+    offset += x.stored_bytes;
+    real += x.real_bytes;
+  }
+  EXPECT_EQ(offset, store->stored_expert_bytes());
+  EXPECT_EQ(real, 23396352);
+  // 2 ranks x (2 layers x 5 slots + 5 staging) buffers within 4 MiB.
+  EXPECT_LE(store->stored_expert_bytes() * 30, 4 << 20);
+  // Tensors that do not add up to the expert are refused.
+  EXPECT_EQ(WeightStore::Create(WeightStoreOptions{.topology = t,
+                                                   .num_layers = 2,
+                                                   .num_experts = 8,
+                                                   .real_expert_bytes = 1000,
+                                                   .tensors = tensors},
+                                Placement::Initial(2, 8, t))
+                .status()
+                .code(),
+            StatusCode::kInvalidArgument);
+}
+
 TEST(RoutingTableTest, ReadersSeeWholeTables) {
   const Topology t = *MakeTopology(8, 2, 5);
   const Placement a = Placement::Initial(1, 8, t);

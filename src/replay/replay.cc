@@ -182,6 +182,7 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
   copts.policy = std::move(policy);
   copts.transport = transport.get();
   copts.real_expert_bytes = ExpertBytes(o.model, o.quant);
+  copts.expert_tensors = ExpertTensors(o.model, o.quant);
   copts.memory_budget_bytes = o.memory_budget_bytes;
   copts.max_num_reqs = o.max_num_reqs;
   copts.sample_history = o.sample_history;
