@@ -39,6 +39,7 @@ namespace {
 constexpr double kSkipBelow = 1.01;
 constexpr double kMinGain = 0.01;  // Of the mean rank load.
 constexpr int kMaxSwaps = 100;
+constexpr int kLightRanks = 8;
 
 // Mutable state of one layer during the walk.
 class SwiftLayer {
@@ -114,6 +115,8 @@ class SwiftLayer {
     int phy, expert, rank;
   };
   std::vector<Candidate> repointable_;
+  std::vector<int> light_;         // Ranks, the lightest first (partially).
+  std::vector<char> is_light_;     // [R]: among the kLightRanks lightest.
   std::vector<double> min_share_;  // [R]: lightest share per rank.
   std::vector<int> rank_of_;       // [R*K]: phy / K without a division.
   double mean_ = 0.0;
@@ -140,6 +143,7 @@ SwiftLayer::SwiftLayer(const LayerContext& ctx)
       min_share_(num_ranks_),
       rank_of_(layer_.size()) {
   repointable_.reserve(layer_.size());
+  is_light_.resize(num_ranks_);
   for (int phy = 0; phy < static_cast<int>(layer_.size()); ++phy)
     rank_of_[phy] = phy / k_;
   for (int32_t e : layer_) ++count_[e];
@@ -218,6 +222,7 @@ void SwiftLayer::ConsiderSwaps(int h, double min_gain, Step* best) const {
   if (swaps_ >= kMaxSwaps) return;
   const double peak = rank_load_[h];
   for (int r = 0; r < num_ranks_; ++r) {
+    if (!is_light_[r]) continue;
     // A swap gains min(d, peak - load_r - d) <= (peak - load_r) / 2.
     const double room = peak - rank_load_[r];
     if (room < 2 * min_gain || room / 4 <= best->score) continue;
@@ -291,13 +296,29 @@ void SwiftLayer::Apply(const Step& s, int h) {
 
 std::vector<int32_t> SwiftLayer::Run() {
   const double min_gain = kMinGain * mean_;
+  bool widen = false;  // This step searches every rank.
   for (int steps = 0; steps < static_cast<int>(layer_.size()); ++steps) {
+    // Only the lightest ranks take new replicas or trade experts with the hot
+    // rank (the reference tries only the lightest one); when that finds no
+    // step, the same step searches every rank before the walk ends.
+    light_.resize(num_ranks_);
+    std::iota(light_.begin(), light_.end(), 0);
+    const int num_light =
+        widen ? num_ranks_ : std::min(num_ranks_, kLightRanks);
+    std::partial_sort(light_.begin(), light_.begin() + num_light, light_.end(),
+                      [&](int a, int b) {
+                        return rank_load_[a] < rank_load_[b] ||
+                               (rank_load_[a] == rank_load_[b] && a < b);
+                      });
+    std::fill(is_light_.begin(), is_light_.end(), 0);
+    for (int i = 0; i < num_light; ++i) is_light_[light_[i]] = 1;
     repointable_.clear();
     std::fill(min_share_.begin(), min_share_.end(), 1e300);
     for (int phy = 0; phy < static_cast<int>(layer_.size()); ++phy) {
       const int e = layer_[phy];
+      const int r = rank_of_[phy];
+      if (!is_light_[r]) continue;
       if (count_[e] >= 2) {
-        const int r = rank_of_[phy];
         const double rise = load_[e] / (count_[e] - 1) - Share(e);
         double others = 0.0;
         for (int q : Holders(e)) {
@@ -306,7 +327,7 @@ std::vector<int32_t> SwiftLayer::Run() {
         repointable_.push_back(
             {rank_load_[r] - Share(e), rise, others, phy, e, r});
       }
-      double& m = min_share_[rank_of_[phy]];
+      double& m = min_share_[r];
       m = std::min(m, Share(e));
     }
     int h = 0;  // Most loaded rank; the highest id on ties.
@@ -316,7 +337,13 @@ std::vector<int32_t> SwiftLayer::Run() {
     Step best;
     ConsiderRepoints(h, min_gain, &best);
     ConsiderSwaps(h, min_gain, &best);
-    if (best.a < 0) break;
+    if (best.a < 0) {
+      if (widen || kLightRanks >= num_ranks_) break;
+      widen = true;  // Retry this step over every rank.
+      --steps;
+      continue;
+    }
+    widen = false;
     Apply(best, h);
   }
   return layer_;
