@@ -275,6 +275,10 @@ class LayerModel {
   // Risk-aware LPT for the given counts; false when some replica finds no
   // rank (all ranks with room hold its expert).
   bool Place(std::span<const int32_t> count, std::vector<int32_t>* layer);
+  // The rank with a free slot, not holding e, whose 75th-percentile load
+  // after taking a replica of e (mean `share`, variance `var_e`, 1/count
+  // `inv`) is lowest; -1 when none. Lowest rank on ties.
+  int BestRank(int e, double share, double var_e, double inv) const;
   // Moves one replica into group g (dir > 0) or out of it (dir < 0): the
   // receiving side's expert with the largest risk share gains one (below
   // R), the giving side's expert whose share after the loss is smallest
@@ -402,6 +406,27 @@ double LayerModel::Score(std::span<const int32_t> layer) {
   return total / s_;
 }
 
+int LayerModel::BestRank(int e, double share, double var_e, double inv) const {
+  int best = -1;
+  double best_cost = 0.0;
+  for (int r = 0; r < r_; ++r) {
+    if (used_[r] == k_ || holds_[static_cast<size_t>(r) * e_ + e]) continue;
+    double cost = rank_mean_[r] + share;
+    // The spread term is >= 0: skip its square root when the mean part alone
+    // cannot win.
+    if (spread_ && !(best >= 0 && cost >= best_cost)) {
+      const double v = rank_var_[r] + var_e +
+                       2.0 * rank_cov_[static_cast<size_t>(r) * e_ + e] * inv;
+      cost += kZ * std::sqrt(std::max(0.0, v));
+    }
+    if (best < 0 || cost < best_cost) {
+      best = r;
+      best_cost = cost;
+    }
+  }
+  return best;
+}
+
 bool LayerModel::Place(std::span<const int32_t> count,
                        std::vector<int32_t>* layer) {
   layer->assign(static_cast<size_t>(r_) * k_, -1);
@@ -425,24 +450,7 @@ bool LayerModel::Place(std::span<const int32_t> count,
     const double share = share_[e];
     const double var_e = var_[e] * inv * inv;
     for (int rep = 0; rep < count[e]; ++rep) {
-      int best = -1;
-      double best_cost = 0.0;
-      for (int r = 0; r < r_; ++r) {
-        if (used_[r] == k_ || holds_[static_cast<size_t>(r) * e_ + e]) continue;
-        double cost = rank_mean_[r] + share;
-        // The spread term is >= 0: skip its square root when the mean part
-        // alone cannot win.
-        if (spread_ && !(best >= 0 && cost >= best_cost)) {
-          const double v =
-              rank_var_[r] + var_e +
-              2.0 * rank_cov_[static_cast<size_t>(r) * e_ + e] * inv;
-          cost += kZ * std::sqrt(std::max(0.0, v));
-        }
-        if (best < 0 || cost < best_cost) {
-          best = r;
-          best_cost = cost;
-        }
-      }
+      const int best = BestRank(e, share, var_e, inv);
       if (best < 0) return false;
       (*layer)[static_cast<size_t>(best) * k_ + used_[best]++] = e;
       holds_[static_cast<size_t>(best) * e_ + e] = 1;
@@ -636,22 +644,7 @@ bool LayerModel::Incremental(std::span<const int32_t> current,
     const double inv = 1.0 / count[e];
     const double var_e = var_[e] * inv * inv;
     for (int rep = count_[e]; rep < count[e]; ++rep) {
-      int best = -1;
-      double best_cost = 0.0;
-      for (int r = 0; r < r_; ++r) {
-        if (used_[r] == k_ || holds_[static_cast<size_t>(r) * e_ + e]) continue;
-        double cost = rank_mean_[r] + key.share;
-        if (spread_ && !(best >= 0 && cost >= best_cost)) {
-          const double v =
-              rank_var_[r] + var_e +
-              2.0 * rank_cov_[static_cast<size_t>(r) * e_ + e] * inv;
-          cost += kZ * std::sqrt(std::max(0.0, v));
-        }
-        if (best < 0 || cost < best_cost) {
-          best = r;
-          best_cost = cost;
-        }
-      }
+      const int best = BestRank(e, key.share, var_e, inv);
       if (best < 0) {
         // Every rank with room holds e: some expert f of a rank q without e
         // moves into the room (rank r), and e takes f's slot.
