@@ -69,6 +69,8 @@ class LayerModel {
   // The best swap between hot rank h and one of its partners, on
   // SwapOnShots' state: where one lowers the cost change below *best, sets
   // *best and the two slots.
+  double PeakChange(const double* va, const double* vb, const double* lh,
+                    const double* lq, int n) const;
   void BestSwap(std::span<const int32_t> lay, int h, double move_cost,
                 double* best, int* best_a, int* best_b);
 

@@ -271,6 +271,7 @@ int RunReplayCommand(const ReplayFlags& f) {
                {"baseline_imbalance", dist(r->baseline_imbalance)},
                {"rebalances", r->rebalances},
                {"cycles_late", r->cycles_late},
+               {"max_plan_ms", r->max_plan_ms},
                {"plans_failed", r->plans_failed},
                {"layers_committed", r->layers_committed},
                {"layers_aborted", r->layers_aborted},
@@ -298,6 +299,9 @@ int RunReplayCommand(const ReplayFlags& f) {
               r->baseline_imbalance.p90, r->imbalance.p90);
   std::printf("%-28s %14s %14lld\n", "rebalances", "-",
               static_cast<long long>(r->rebalances));
+  std::printf("%-28s %14s %14lld\n", "cycles skipped (plan late)", "-",
+              static_cast<long long>(r->cycles_late));
+  std::printf("%-28s %14s %11.2f ms\n", "slowest plan", "-", r->max_plan_ms);
   std::printf("%-28s %14s %14lld\n", "experts moved", "0",
               static_cast<long long>(r->experts_moved));
   std::printf("%-28s %14s %14s\n", "bytes moved (real size)", "0",
