@@ -90,12 +90,12 @@ void BM_RecordTopk(benchmark::State& state) {
 void BM_RecordTopk_Int32(benchmark::State& state) {
   BM_RecordTopk<int32_t>(state);
 }
-BENCHMARK(BM_RecordTopk_Int32)->ArgName("tokens")->Arg(8192)->Arg(256);
+BENCHMARK(BM_RecordTopk_Int32)->ArgName("tokens")->Arg(65536)->Arg(8192)->Arg(256);
 
 void BM_RecordTopk_Int64(benchmark::State& state) {
   BM_RecordTopk<int64_t>(state);
 }
-BENCHMARK(BM_RecordTopk_Int64)->ArgName("tokens")->Arg(8192)->Arg(256);
+BENCHMARK(BM_RecordTopk_Int64)->ArgName("tokens")->Arg(65536)->Arg(8192)->Arg(256);
 
 // Copies tokens * kTopK * id_bytes bytes: the bytes RecordTopk reads.
 void BM_Memcpy_SameBytes(benchmark::State& state) {
@@ -112,6 +112,8 @@ void BM_Memcpy_SameBytes(benchmark::State& state) {
 }
 BENCHMARK(BM_Memcpy_SameBytes)
     ->ArgNames({"tokens", "id_bytes"})
+    ->Args({65536, 4})
+    ->Args({65536, 8})
     ->Args({8192, 4})
     ->Args({8192, 8})
     ->Args({256, 4})

@@ -474,6 +474,27 @@ TEST_F(CliTest, ReplayTheShippedTrace) {
   EXPECT_NE(html.find("<polyline"), std::string::npos);
 }
 
+TEST_F(CliTest, ReplayWithoutPacingIsTheSameOnEveryRun) {
+  // The lockstep simulation: plans taken at their due step, layers
+  // committed within their step, whatever the machine's speed. A = 1 step
+  // would often be too short for a paced run under a sanitizer.
+  const std::string args =
+      "replay --policy flashlb --heat-interval 8 --algo-interval 1 --no-pace "
+      "--json";
+  Result a = Run(args);
+  Result b = Run(args);
+  ASSERT_EQ(a.exit_code, 0) << a.err;
+  ASSERT_EQ(b.exit_code, 0) << b.err;
+  nlohmann::json ja = OneJsonObject(a);
+  nlohmann::json jb = OneJsonObject(b);
+  EXPECT_EQ(ja["cycles_late"], 0);
+  EXPECT_GE(ja["rebalances"].get<int>(), 2);
+  for (const char* key : {"imbalance", "rebalances", "experts_moved",
+                          "bytes_moved", "layers_committed"}) {
+    EXPECT_EQ(ja[key], jb[key]) << key;
+  }
+}
+
 TEST_F(CliTest, ReplayStopTheWorldShowsTheStall) {
   Result r = Run("replay --algo-interval 4 --sync-migration --json");
   ASSERT_EQ(r.exit_code, 0) << r.err;

@@ -61,6 +61,11 @@ struct ControllerOptions {
   // with, so history survives migrations.
   int sample_history = 64;
   bool sync_migration = false;  // Stop the world: migrate every layer at once.
+  // Simulation only, never for serving: the serving thread waits for the
+  // plan at the step it is due and for each layer's transfers at the end of
+  // its step, so that a replay's figures do not depend on the machine's
+  // speed (no cycle is late; commits land on the step they start).
+  bool lockstep = false;
   // Called on the serving thread when a layer commits: the step from which
   // it serves, and the committed placement.
   std::function<void(int64_t step, int layer, const Placement& placement)>

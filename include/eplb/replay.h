@@ -39,7 +39,9 @@ struct ReplayOptions {
   bool sync_migration = false;  // Stop-the-world migration.
   // Each step lasts at least its modelled time in wall-clock time, so the
   // planner thread and the copies race the forward passes as they would in
-  // an engine. Off: steps run back to back and plans are often late.
+  // an engine. Off: a simulation in lockstep (ControllerOptions::lockstep):
+  // steps run back to back, plans are taken at their due step and layers
+  // commit at the end of the step they start, on any machine alike.
   bool pace = true;
   int64_t memory_budget_bytes = 256 << 20;
   int max_num_reqs = 256;

@@ -218,6 +218,11 @@ void Controller::EndCollect() {
 }
 
 void Controller::TakePlan() {
+  if (options_.lockstep) {
+    while (planner_->state.load(std::memory_order_acquire) != Planner::kDone) {
+      std::this_thread::yield();
+    }
+  }
   if (planner_->state.load(std::memory_order_acquire) != Planner::kDone) {
     ++stats_.cycles_late;
     Log("cycle skipped: the plan was not ready after "
@@ -320,7 +325,9 @@ void Controller::MigrateStep(bool before) {
     return;
   }
   const int layer = migration_->in_flight_layer();
-  if (layer >= 0) finish(migration_->Poll(), layer);
+  if (layer >= 0) {
+    finish(options_.lockstep ? migration_->Wait() : migration_->Poll(), layer);
+  }
   if (migration_->in_flight_layer() < 0 && next_layer_ >= layers_.size())
     EndCycle();
 }

@@ -187,6 +187,7 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
   copts.max_num_reqs = o.max_num_reqs;
   copts.sample_history = o.sample_history;
   copts.sync_migration = o.sync_migration;
+  copts.lockstep = !o.pace;
   copts.log = o.log;
   copts.on_commit = [&](int64_t step, int layer, const Placement& p) {
     write_line(PlacementLine(step, layer, p));

@@ -361,7 +361,9 @@ void AddReplayCommand(CLI::App* app, int* exit_code) {
   cmd->add_flag("--sync-migration", f->sync,
                 "Stop-the-world migration, for comparison");
   cmd->add_flag("--no-pace", f->no_pace,
-                "Run steps back to back instead of at their modelled duration");
+                "Simulate: steps back to back, each plan waited for at its due "
+                "step and each layer's transfers within its step (figures do "
+                "not depend on the machine's speed)");
   cmd->add_option("--placement-log", f->placement_log,
                   "Write every placement change as JSON lines");
   cmd->add_option("--report", f->report, "Write a self-contained HTML report");
