@@ -74,40 +74,22 @@ class LayerModel {
   void BestSwap(std::span<const int32_t> lay, int h, double move_cost,
                 double* best, int* best_a, int* best_b);
 
-  // Replica counts (count_, inv_count_) and each slot's place among its
-  // expert's replicas in physical-id order (ordinal_) of `layer`.
+  // Replica counts (count_, inv_count_) of `layer`.
   void CountReplicas(std::span<const int32_t> layer);
-  // The load a slot holding the ordinal-th replica of e takes of the n
-  // tokens of a shot: by the default dispatch (spec §3.1: the i-th token to
-  // replica i mod c, so floor(n/c) + (ordinal < n mod c)) when exact_, else
-  // the even share n/c. Needs CountReplicas.
-  double SlotShare(double n, int32_t e, int ordinal) const {
-    const int32_t c = count_[e];
-    if (c == 1) return n;
-    if (!exact_) return n * inv_count_[e];
-    const auto tokens = static_cast<int64_t>(n);
-    return static_cast<double>(tokens / c + (ordinal < tokens % c ? 1 : 0));
-  }
   // SwapOnShots' slot_val_ and shot_load_ for `lay` over the n loaded shots.
   void FillSlotValues(std::span<const int32_t> lay, int n);
-  // After a swap that moved a replicated expert: the ordinals, slot values
-  // and rank loads of the slots holding ea or eb, anew.
-  void RefillExperts(std::span<const int32_t> lay, int32_t ea, int32_t eb,
-                     int n);
 
   int e_ = 0;
   int r_ = 0;
   int k_ = 0;
-  int s_ = 0;                     // Shots.
-  std::vector<double> shots_;     // [S][E]
-  std::vector<double> inv_avg_;   // [S]: R / shot total (0: no load).
-  std::vector<double> mean_;      // [E]
-  std::vector<double> var_;       // [E]
-  std::vector<double> risk_;      // [E]: μ + zσ.
-  std::vector<double> cov_;       // [E][E], when spread_.
-  bool spread_ = false;           // Some expert varies over the shots.
-  bool exact_ = false;            // Shots are single steps of whole tokens.
-  std::vector<int32_t> ordinal_;  // [R*K]: see CountReplicas.
+  int s_ = 0;                    // Shots.
+  std::vector<double> shots_;    // [S][E]
+  std::vector<double> inv_avg_;  // [S]: R / shot total (0: no load).
+  std::vector<double> mean_;     // [E]
+  std::vector<double> var_;      // [E]
+  std::vector<double> risk_;     // [E]: μ + zσ.
+  std::vector<double> cov_;      // [E][E], when spread_.
+  bool spread_ = false;          // Some expert varies over the shots.
   ShotStats stats_;
   // Scratch.
   std::vector<int32_t> group_;     // [E]: FlashTree group.

@@ -249,12 +249,6 @@ void LayerModel::Load(const LayerContext& ctx) {
     shots_.assign(ctx.load.begin(), ctx.load.end());
   }
   s_ = static_cast<int>(shots_.size() / static_cast<size_t>(e_));
-  // One step per shot, whole token counts: the score can follow the default
-  // dispatch exactly (see SlotShare).
-  exact_ = ctx.samples != nullptr && ctx.samples->num_steps() == s_ &&
-           std::all_of(shots_.begin(), shots_.end(), [](double v) {
-             return v == std::floor(v) && v < 9.0e15;
-           });
   mean_.assign(e_, 0.0);
   inv_avg_.assign(s_, 0.0);
   for (int t = 0; t < s_; ++t) {
@@ -292,8 +286,7 @@ void LayerModel::ComputeSpread() {
 
 void LayerModel::CountReplicas(std::span<const int32_t> layer) {
   count_.assign(e_, 0);
-  ordinal_.resize(layer.size());
-  for (size_t p = 0; p < layer.size(); ++p) ordinal_[p] = count_[layer[p]]++;
+  for (int32_t e : layer) ++count_[e];
   inv_count_.resize(e_);
   for (int e = 0; e < e_; ++e) {
     inv_count_[e] = count_[e] > 0 ? 1.0 / count_[e] : 0.0;
@@ -314,7 +307,7 @@ double LayerModel::Score(std::span<const int32_t> layer) {
       const int32_t* slots = layer.data() + static_cast<size_t>(r) * k_;
       double sum = 0.0;
       for (int s = 0; s < k_; ++s) {
-        sum += SlotShare(x[slots[s]], slots[s], ordinal_[r * k_ + s]);
+        sum += x[slots[s]] * inv_count_[slots[s]];
       }
       peak = std::max(peak, sum);
     }
@@ -723,32 +716,8 @@ void LayerModel::FillSlotValues(std::span<const int32_t> lay, int n) {
     for (int t = 0, i = 0; t < s_; ++t) {
       if (inv_avg_[t] == 0.0) continue;
       v[i] =
-          SlotShare(shots_[static_cast<size_t>(t) * e_ + e], e, ordinal_[p]) *
-          inv_avg_[t];
+          shots_[static_cast<size_t>(t) * e_ + e] * inv_count_[e] * inv_avg_[t];
       load[i] += v[i];
-      ++i;
-    }
-  }
-}
-
-void LayerModel::RefillExperts(std::span<const int32_t> lay, int32_t ea,
-                               int32_t eb, int n) {
-  const int slots = r_ * k_;
-  int seen_a = 0;
-  int seen_b = 0;
-  for (int p = 0; p < slots; ++p) {
-    const int32_t e = lay[p];
-    if (e != ea && e != eb) continue;
-    ordinal_[p] = e == ea ? seen_a++ : seen_b++;
-    double* v = slot_val_.data() + static_cast<size_t>(p) * n;
-    double* load = shot_load_.data() + static_cast<size_t>(p / k_) * n;
-    for (int t = 0, i = 0; t < s_; ++t) {
-      if (inv_avg_[t] == 0.0) continue;
-      const double value =
-          SlotShare(shots_[static_cast<size_t>(t) * e_ + e], e, ordinal_[p]) *
-          inv_avg_[t];
-      load[i] += value - v[i];
-      v[i] = value;
       ++i;
     }
   }
@@ -813,14 +782,11 @@ int LayerModel::SwapOnShots(std::span<const int32_t> current, double move_cost,
     double* vb = slot_val_.data() + static_cast<size_t>(best_b) * n;
     double* load_h = shot_load_.data() + static_cast<size_t>(h) * n;
     double* load_q = shot_load_.data() + static_cast<size_t>(q) * n;
-    const bool reorders = exact_ && (count_[ea] > 1 || count_[eb] > 1);
-    if (!reorders) {
-      for (int i = 0; i < n; ++i) {
-        const double d = va[i] - vb[i];
-        load_h[i] -= d;
-        load_q[i] += d;
-        std::swap(va[i], vb[i]);
-      }
+    for (int i = 0; i < n; ++i) {
+      const double d = va[i] - vb[i];
+      load_h[i] -= d;
+      load_q[i] += d;
+      std::swap(va[i], vb[i]);
     }
     const auto is_new = [&](int rank, int32_t e) {
       return cur_holds_[static_cast<size_t>(rank) * e_ + e] ? 0 : 1;
@@ -833,9 +799,6 @@ int LayerModel::SwapOnShots(std::span<const int32_t> current, double move_cost,
     holds_[static_cast<size_t>(q) * e_ + ea] = 1;
     lay[best_a] = eb;
     lay[best_b] = ea;
-    // A replicated expert that changed rank may have changed its place in
-    // the dispatch order, and with it the share of its other replicas.
-    if (reorders) RefillExperts(lay, ea, eb, n);
   }
   return swaps;
 }

@@ -25,8 +25,8 @@
 // meets: two experts that are hot in the same steps double their rank's peak
 // although their means balance. So the walk's layer is then refined by up to
 // R swaps scored on the samples (FlashLB's SwapOnShots: the mean over steps
-// of each step's peak / mean rank load, with replicas splitting whole tokens
-// as the default dispatch does), each paying 0.5 / (R*K) per moved expert;
+// of each step's peak / mean rank load, replicas sharing load evenly), each
+// paying 0.5 / (R*K) per moved expert;
 // the walk's layer, the refined one and the current layer compete on that
 // cost and the cheapest serves (ties keep the one that moves less). On the
 // DeepSeek-V2-Lite trace at EP8 + 8 with H = 16 this lowers the realized
