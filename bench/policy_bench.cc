@@ -25,31 +25,34 @@ const eplb::LoadTrace& Dsv3() {
   return *trace;
 }
 
-// 64 samples: the aggregate split over 64 steps with a deterministic
-// per-step skew, for FlashLB.
-const eplb::LoadTrace& Dsv3Samples() {
-  static const eplb::LoadTrace* const trace = [] {
-    const eplb::LoadTrace& agg = Dsv3();
-    auto* t = new eplb::LoadTrace(64, agg.num_layers(), agg.num_experts());
-    uint64_t x = 12345;
-    for (int s = 0; s < 64; ++s) {
-      for (int l = 0; l < agg.num_layers(); ++l) {
-        for (int e = 0; e < agg.num_experts(); ++e) {
-          x = x * 6364136223846793005ULL + 1442695040888963407ULL;
-          const double noise =
-              0.5 + static_cast<double>(x >> 11) / 9007199254740992.0;
-          t->at(s, l, e) = agg.at(0, l, e) / 64 * noise;
-        }
+// `steps` samples: the aggregate split over the steps with a deterministic
+// per-step skew, as the dynamic cycle's history of per-step loads.
+eplb::LoadTrace* MakeDsv3Samples(int steps) {
+  const eplb::LoadTrace& agg = Dsv3();
+  auto* t = new eplb::LoadTrace(steps, agg.num_layers(), agg.num_experts());
+  uint64_t x = 12345;
+  for (int s = 0; s < steps; ++s) {
+    for (int l = 0; l < agg.num_layers(); ++l) {
+      for (int e = 0; e < agg.num_experts(); ++e) {
+        x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+        const double noise =
+            0.5 + static_cast<double>(x >> 11) / 9007199254740992.0;
+        t->at(s, l, e) = agg.at(0, l, e) / steps * noise;
       }
     }
-    return t;
-  }();
-  return *trace;
+  }
+  return t;
+}
+
+const eplb::LoadTrace& Dsv3Samples(int steps) {
+  static const eplb::LoadTrace* const t64 = MakeDsv3Samples(64);
+  static const eplb::LoadTrace* const t128 = MakeDsv3Samples(128);
+  return steps == 64 ? *t64 : *t128;
 }
 
 void BM_Plan(benchmark::State& state, const char* policy_name, int ranks,
-             int slots, int ranks_per_node, int groups, bool samples) {
-  const eplb::LoadTrace& trace = samples ? Dsv3Samples() : Dsv3();
+             int slots, int ranks_per_node, int groups, int samples) {
+  const eplb::LoadTrace& trace = samples > 0 ? Dsv3Samples(samples) : Dsv3();
   const eplb::LoadMatrix load = trace.Aggregate();
   const eplb::Topology t =
       *eplb::MakeTopology(load.num_experts(), ranks, slots, ranks_per_node);
@@ -96,22 +99,29 @@ BENCHMARK_CAPTURE(BM_Replan, Default_EP32x9, "default")
 BENCHMARK_CAPTURE(BM_Replan, Swift_EP32x9, "swift")
     ->Unit(benchmark::kMillisecond);
 
-#define EPLB_PLAN_BENCH(policy, name)                                          \
-  BENCHMARK_CAPTURE(BM_Plan, policy##_EP32x9, name, 32, 9, 32, 1, false)       \
-      ->Unit(benchmark::kMillisecond);                                         \
-  BENCHMARK_CAPTURE(BM_Plan, policy##_EP32x9_4nodes, name, 32, 9, 8, 8, false) \
-      ->Unit(benchmark::kMillisecond);                                         \
-  BENCHMARK_CAPTURE(BM_Plan, policy##_EP64x5, name, 64, 5, 64, 1, false)       \
+#define EPLB_PLAN_BENCH(policy, name)                                      \
+  BENCHMARK_CAPTURE(BM_Plan, policy##_EP32x9, name, 32, 9, 32, 1, 0)       \
+      ->Unit(benchmark::kMillisecond);                                     \
+  BENCHMARK_CAPTURE(BM_Plan, policy##_EP32x9_4nodes, name, 32, 9, 8, 8, 0) \
+      ->Unit(benchmark::kMillisecond);                                     \
+  BENCHMARK_CAPTURE(BM_Plan, policy##_EP64x5, name, 64, 5, 64, 1, 0)       \
       ->Unit(benchmark::kMillisecond)
 
-BENCHMARK_CAPTURE(BM_Plan, Random_EP32x9, "random", 32, 9, 32, 1, false)
+BENCHMARK_CAPTURE(BM_Plan, Random_EP32x9, "random", 32, 9, 32, 1, 0)
     ->Unit(benchmark::kMillisecond);
 EPLB_PLAN_BENCH(Default, "default");
 EPLB_PLAN_BENCH(Swift, "swift");
 EPLB_PLAN_BENCH(Best, "best");
 EPLB_PLAN_BENCH(FlashLb, "flashlb");
 BENCHMARK_CAPTURE(BM_Plan, FlashLb_EP32x9_64samples, "flashlb", 32, 9, 32, 1,
-                  true)
+                  64)
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_Plan, FlashLb_EP32x9_128samples, "flashlb", 32, 9, 32, 1,
+                  128)
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_Plan, Swift_EP32x9_64samples, "swift", 32, 9, 32, 1, 64)
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_Plan, Swift_EP32x9_128samples, "swift", 32, 9, 32, 1, 128)
     ->Unit(benchmark::kMillisecond);
 
 }  // namespace

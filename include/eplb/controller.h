@@ -59,7 +59,7 @@ struct ControllerOptions {
   // sliding window of the last `sample_history` collected steps. Each window
   // is converted to logical experts under the placement it was collected
   // with, so history survives migrations.
-  int sample_history = 64;
+  int sample_history = 128;
   bool sync_migration = false;  // Stop the world: migrate every layer at once.
   // Simulation only, never for serving: the serving thread waits for the
   // plan at the step it is due and for each layer's transfers at the end of

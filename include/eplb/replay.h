@@ -45,7 +45,7 @@ struct ReplayOptions {
   bool pace = true;
   int64_t memory_budget_bytes = 256 << 20;
   int max_num_reqs = 256;
-  int sample_history = 64;  // Steps of per-step samples FlashLB sees.
+  int sample_history = 128;  // Steps of per-step samples policies see.
   // Called once per replay step (for a progress bar), on the replay thread.
   std::function<void(int64_t step, int64_t steps)> progress;
   // JSON-lines placement log (docs/formats.md); empty: none.

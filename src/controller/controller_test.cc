@@ -265,12 +265,12 @@ class SpyPolicy final : public Policy {
 TEST(ControllerTest, PlannerSeesASlidingHistoryOfSamples) {
   std::vector<int> seen;
   Rig rig(Dynamic(4, 10), std::make_unique<SpyPolicy>(&seen));
-  for (int i = 0; i < 20 * 14; ++i) rig.Step();
-  ASSERT_GE(seen.size(), 17u);
+  for (int i = 0; i < 40 * 14; ++i) rig.Step();
+  ASSERT_GE(seen.size(), 33u);
   // H = 4 new samples a cycle (no layer changes, so a cycle is H + A steps),
-  // kept up to the default history of 64 steps.
+  // kept up to the default history of 128 steps.
   for (size_t i = 0; i < seen.size(); ++i) {
-    EXPECT_EQ(seen[i], std::min<int>(4 * static_cast<int>(i + 1), 64))
+    EXPECT_EQ(seen[i], std::min<int>(4 * static_cast<int>(i + 1), 128))
         << "plan " << i;
   }
 }

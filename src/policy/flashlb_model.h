@@ -69,8 +69,6 @@ class LayerModel {
   // The best swap between hot rank h and one of its partners, on
   // SwapOnShots' state: where one lowers the cost change below *best, sets
   // *best and the two slots.
-  double PeakChange(const double* va, const double* vb, const double* lh,
-                    const double* lq, int n) const;
   void BestSwap(std::span<const int32_t> lay, int h, double move_cost,
                 double* best, int* best_a, int* best_b);
 
@@ -112,6 +110,8 @@ class LayerModel {
   std::vector<double> peak_;       // [S']
   std::vector<int> peak_rank_;     // [S']: lowest id on ties.
   std::vector<double> other_;      // [S']: peak without h and a partner.
+  std::vector<double> gap_h_;      // [S']: peak - other_ where h peaks, or 0.
+  std::vector<double> gap_q_;      // [S']: the same where the partner peaks.
   std::vector<int> hot_count_;     // [R]: shots where the rank peaks.
   std::vector<double> room_;       // [R]: room below the hot rank's peaks.
   std::vector<int> partners_;      // [R]

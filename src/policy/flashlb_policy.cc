@@ -2,14 +2,17 @@
 // rather than on one aggregate.
 //
 // Per layer:
-// 1. Shots. The window's per-step samples are grouped into at most 64 shots
+// 1. Shots. The window's per-step samples are grouped into at most 128 shots
 //    of consecutive steps (a layer with no samples, or with all-zero
 //    samples, is one shot: the aggregate). Over the shots: mean μ, variance
 //    σ² and covariance C of every expert's load (ShotStats).
 // 2. Trigger. A layer planned before is re-planned only when its balance
 //    degraded: the current placement's mean/max rank load on μ fell below
 //    0.9 x the ratio after the last plan, or below 0.85 (0.95 and 0.9 with
-//    fewer than 32 ranks). Layers that hold their balance are left alone.
+//    fewer than 32 ranks). A layer that holds its balance on μ is not
+//    re-planned, but still gets the shot-scored swaps of step 8 from its
+//    current placement (kept only when they pay for their moves): the means
+//    hide experts that are hot in the same steps.
 // 3. Replica counts. The risk-aware load μ + zσ (z = 0.6745, the 75th
 //    percentile of a normal) is shared by an expert's replicas; counts
 //    minimise the largest risk share (MinMaxReplicaCounts, capped at R).
@@ -32,22 +35,23 @@
 //    falls to about 1.0002.
 // 7. Minimal redeploy: planned ranks are matched to current ranks by maximum
 //    overlap (Hungarian); the frame keeps the overlapping experts in place.
+//    Then up to 2R shot-scored swaps (step 8's, with its move cost).
 // 8. Choice. The first plan of a layer (a static map, or the first cycle of
 //    the dynamic mode) is for balance alone: the plan of steps 3-7 is
 //    adopted when its shot score beats the current layer's. A re-plan (the
 //    project's addition) also pays for what it moves: a candidate costs its
-//    shot score + 0.5 x the fraction of the layer's slots whose expert is
-//    new to the rank (kMovePenalty): moving every slot must buy 0.5 of score,
-//    moving one expert of 72 slots 0.007. The candidates are, in this order,
-//    the current layer, an incremental layer and the plan of steps 3-7; a
-//    later one must cost less (by more than rounding) to win, so ties keep
+//    shot score + 0.25 x the fraction of the layer's slots whose expert is
+//    new to the rank (kMovePenalty): moving every slot must buy 0.25 of
+//    score, moving one expert of 72 slots 0.0035. The candidates are, in this
+//    order, the current layer, an incremental layer and the plan of steps 3-7;
+//    a later one must cost less (by more than rounding) to win, so ties keep
 //    the layer that moves less. No score is below 1, so a re-plan moves
-//    fewer than 2 x (current score - 1) of the slots. The incremental layer
+//    fewer than 4 x (current score - 1) of the slots. The incremental layer
 //    starts from the current one with the replica counts of step 5: every
 //    expert keeps min(old, new) of its replicas (surplus ones leave the most
 //    loaded rank first), the missing ones go into the freed slots by the
 //    greedy of step 4 (when every rank with room holds the expert, an expert
-//    of another rank moves into the room to make way), then up to R swaps
+//    of another rank moves into the room to make way), then up to 2R swaps
 //    scored on the shots: each time the hot rank (the peak in the most
 //    shots) and one of the 4 ranks with the most room below its peaks
 //    (kSwapPartners) trade the pair of experts that most lowers the cost,
@@ -62,9 +66,12 @@
 // 16-step windows, full re-plans moved 57% of the slots per rebalance for a
 // realized median / p90 imbalance of about 1.48 / 1.94; the incremental ones
 // keep what earlier windows placed well and fix the hot ranks: 18% moved,
-// 1.44 / 1.86. A re-plan costs the full search plus the incremental layer
-// (about 1.3x a first plan on DeepSeek-V3 at EP32 when every layer
-// re-plans).
+// 1.44 / 1.86. With 128 steps of history, a move cost of 0.25 and the swaps
+// of steps 2 and 7 the same replay reaches 1.39 / 1.74 with about 5% of the
+// slots moved per rebalance (a move cost of 0.5 and 64 steps: 1.41 / 1.78;
+// the replay in --no-pace mode compares settings exactly). A re-plan costs
+// the full search plus the incremental layer (about 1.3x a first plan on
+// DeepSeek-V3 at EP32 when every layer re-plans).
 //
 // Unlike the reference, replica counts are capped at R, layers that do not
 // improve are never migrated, every layer is scored on the windowed shots,
@@ -86,6 +93,15 @@
 #include "policy/flashlb_stats.h"
 #include "policy/layer_policy.h"
 #include "policy/policies.h"
+
+// Hot loops of the shot-scored swaps get an AVX2 clone besides the baseline
+// one, picked at load time (GCC and Clang on x86-64 with glibc). Both clones
+// add the same terms in the same order: results are bit-identical.
+#if defined(__x86_64__) && defined(__GLIBC__) && !defined(__SANITIZE_THREAD__)
+#define EPLB_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define EPLB_VECTOR_CLONES
+#endif
 
 namespace eplb::policy {
 
@@ -222,12 +238,12 @@ void ShotStats::CovarianceMatrix(std::vector<double>* out) const {
 namespace {
 
 constexpr double kZ = 0.6745;  // 75th percentile of the standard normal.
-constexpr int kMaxShots = 64;
+constexpr int kMaxShots = 128;
 constexpr int kDepth = 4;  // FlashTree groups.
 constexpr int kWidth = 8;  // Replicas a group may gain or lose.
 // Re-plans (step 8): the cost of moving every slot of a layer, in shot
 // score, and the partners of the hot rank that the swaps try.
-constexpr double kMovePenalty = 0.5;
+constexpr double kMovePenalty = 0.25;
 constexpr int kSwapPartners = 4;
 // A plan must beat the current score by more than rounding (rank sums in a
 // different slot order) to count as a gain.
@@ -587,28 +603,47 @@ bool LayerModel::Incremental(std::span<const int32_t> current,
   return true;
 }
 
-// Σ over shots of the peak's change when slot values va and vb trade
-// ranks h (loads lh) and q (loads lq); other_ and peak_ as in BestSwap. Four
-// partial sums (a fixed order, so the result is the same on every run) let
-// the compiler use vector instructions.
-double LayerModel::PeakChange(const double* va, const double* vb,
-                              const double* lh, const double* lq, int n) const {
+namespace {
+
+// Σ min(v[i], cap[i]) in four partial sums (vectorizable, fixed order).
+EPLB_VECTOR_CLONES
+double SumMin(const double* v, const double* cap, int n) {
+  double part[4] = {0.0, 0.0, 0.0, 0.0};
+  int i = 0;
+  for (; i + 4 <= n; i += 4) {
+    for (int k = 0; k < 4; ++k) part[k] += std::min(v[i + k], cap[i + k]);
+  }
+  for (; i < n; ++i) part[0] += std::min(v[i], cap[i]);
+  return (part[0] + part[1]) + (part[2] + part[3]);
+}
+
+// Σ over shots of the peak's change when slot values va and vb trade ranks
+// h (loads lh) and q (loads lq): the new peak is the largest of the other
+// ranks' peak `other`, h's and q's new loads; `peak` is the old one. Four
+// partial sums (a fixed order, so the result is the same on every run and
+// with every instruction set) let the compiler use vector instructions.
+EPLB_VECTOR_CLONES
+double PeakChange(const double* va, const double* vb, const double* lh,
+                  const double* lq, const double* other, const double* peak,
+                  int n) {
   double part[4] = {0.0, 0.0, 0.0, 0.0};
   int i = 0;
   for (; i + 4 <= n; i += 4) {
     for (int k = 0; k < 4; ++k) {
       const double d = va[i + k] - vb[i + k];
       part[k] +=
-          std::max(other_[i + k], std::max(lh[i + k] - d, lq[i + k] + d)) -
-          peak_[i + k];
+          std::max(other[i + k], std::max(lh[i + k] - d, lq[i + k] + d)) -
+          peak[i + k];
     }
   }
   for (; i < n; ++i) {
     const double d = va[i] - vb[i];
-    part[0] += std::max(other_[i], std::max(lh[i] - d, lq[i] + d)) - peak_[i];
+    part[0] += std::max(other[i], std::max(lh[i] - d, lq[i] + d)) - peak[i];
   }
   return (part[0] + part[1]) + (part[2] + part[3]);
 }
+
+}  // namespace
 
 void LayerModel::BestSwap(std::span<const int32_t> lay, int h, double move_cost,
                           double* best, int* best_a, int* best_b) {
@@ -655,26 +690,24 @@ void LayerModel::BestSwap(std::span<const int32_t> lay, int h, double move_cost,
       other_[i] = o;
     }
     // Bounds on the gain: a shot's peak falls only where h or q holds it,
-    // by at most the gap to the other ranks and the load that leaves.
+    // by at most the gap to the other ranks and the load that leaves. The
+    // gaps are 0 in the other shots, where min(load >= 0, 0) adds nothing.
+    for (int i = 0; i < n; ++i) {
+      const double gap = peak_[i] - other_[i];
+      gap_h_[i] = peak_rank_[i] == h ? gap : 0.0;
+      gap_q_[i] = peak_rank_[i] == q ? gap : 0.0;
+    }
     for (int sb = 0; sb < k_; ++sb) {
       const double* vb =
           slot_val_.data() + static_cast<size_t>(q * k_ + sb) * n;
-      double g = 0.0;
-      for (int i = 0; i < n; ++i) {
-        if (peak_rank_[i] == q) g += std::min(vb[i], peak_[i] - other_[i]);
-      }
-      gain_b_[sb] = g / s_;
+      gain_b_[sb] = SumMin(vb, gap_q_.data(), n) / s_;
     }
     for (int sa = 0; sa < k_; ++sa) {
       const int pa = h * k_ + sa;
       const int32_t ea = lay[pa];
       if (holds_[static_cast<size_t>(q) * e_ + ea]) continue;
       const double* va = slot_val_.data() + static_cast<size_t>(pa) * n;
-      double gain_a = 0.0;
-      for (int i = 0; i < n; ++i) {
-        if (peak_rank_[i] == h) gain_a += std::min(va[i], peak_[i] - other_[i]);
-      }
-      gain_a /= s_;
+      const double gain_a = SumMin(va, gap_h_.data(), n) / s_;
       for (int sb = 0; sb < k_; ++sb) {
         const int pb = q * k_ + sb;
         const int32_t eb = lay[pb];
@@ -689,7 +722,8 @@ void LayerModel::BestSwap(std::span<const int32_t> lay, int h, double move_cost,
         const int moved = to_h + to_q;
         if (move_cost * moved - gain_a - gain_b_[sb] >= *best) continue;
         const double* vb = slot_val_.data() + static_cast<size_t>(pb) * n;
-        const double sum = PeakChange(va, vb, lh, lq, n);
+        const double sum =
+            PeakChange(va, vb, lh, lq, other_.data(), peak_.data(), n);
         const double delta = sum / s_ + move_cost * moved;
         if (delta < *best) {
           *best = delta;
@@ -748,6 +782,8 @@ int LayerModel::SwapOnShots(std::span<const int32_t> current, double move_cost,
   gain_b_.resize(k_);
   peak_rank_.resize(n);
   other_.resize(n);
+  gap_h_.resize(n);
+  gap_q_.resize(n);
   room_.resize(r_);
   int swaps = 0;
   for (; swaps < max_swaps; ++swaps) {
@@ -872,7 +908,19 @@ std::vector<int32_t> FlashLbPolicy::PlanLayer(const LayerContext& ctx) {
     const double relative = r < 32 ? 0.95 : 0.9;
     const double absolute = r < 32 ? 0.9 : 0.85;
     if (!(current_ratio < relative * last || current_ratio < absolute)) {
-      return {};
+      // Balanced on the means: no full re-plan, but a few swaps scored on
+      // the shots may still pay for their moves.
+      const double move_cost = kMovePenalty / (static_cast<double>(r) * k);
+      std::vector<int32_t> layer(ctx.current.begin(), ctx.current.end());
+      if (model_.SwapOnShots(ctx.current, move_cost, /*max_swaps=*/2 * r,
+                             ctx.options->max_receives_per_rank, &layer) == 0) {
+        return {};
+      }
+      const double keep = model_.Score(ctx.current) * (1.0 - kMinRelativeGain);
+      const double swapped = model_.Score(layer) +
+                             move_cost * MovedExperts(ctx.current, layer, r, k);
+      if (!(swapped < keep)) return {};
+      return layer;
     }
   }
   model_.ComputeSpread();
@@ -905,12 +953,13 @@ std::vector<int32_t> FlashLbPolicy::PlanLayer(const LayerContext& ctx) {
   };
   std::vector<int32_t> full = model_.Search();
   MatchRanksToCurrent(ctx.current, full, r, k);
+  model_.SwapOnShots(ctx.current, move_cost, /*max_swaps=*/2 * r, limit, &full);
   if (move_cost > 0.0) {
     std::vector<int32_t> count(ctx.num_experts, 0);
     for (int32_t e : full) ++count[e];
     std::vector<int32_t> incremental;
     if (model_.Incremental(ctx.current, count, limit, &incremental)) {
-      model_.SwapOnShots(ctx.current, move_cost, /*max_swaps=*/r, limit,
+      model_.SwapOnShots(ctx.current, move_cost, /*max_swaps=*/2 * r, limit,
                          &incremental);
       consider(&incremental);
     }
