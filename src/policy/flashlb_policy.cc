@@ -53,7 +53,7 @@
 //    greedy of step 4 (when every rank with room holds the expert, an expert
 //    of another rank moves into the room to make way), then up to 2R swaps
 //    scored on the shots: each time the hot rank (the peak in the most
-//    shots) and one of the 4 ranks with the most room below its peaks
+//    shots) and one of the 2 ranks with the most room below its peaks
 //    (kSwapPartners) trade the pair of experts that most lowers the cost,
 //    moves counted against the current layer, while the cost falls.
 //    Candidates over max_receives_per_rank are passed over (one is returned
@@ -97,7 +97,16 @@
 // Hot loops of the shot-scored swaps get an AVX2 clone besides the baseline
 // one, picked at load time (GCC and Clang on x86-64 with glibc). Both clones
 // add the same terms in the same order: results are bit-identical.
-#if defined(__x86_64__) && defined(__GLIBC__) && !defined(__SANITIZE_THREAD__)
+// ThreadSanitizer builds keep one clone: their runtime is not ready when
+// the ifunc resolvers run.
+#if defined(__SANITIZE_THREAD__)
+#define EPLB_NO_CLONES 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define EPLB_NO_CLONES 1
+#endif
+#endif
+#if defined(__x86_64__) && defined(__GLIBC__) && !defined(EPLB_NO_CLONES)
 #define EPLB_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
 #else
 #define EPLB_VECTOR_CLONES
@@ -244,7 +253,7 @@ constexpr int kWidth = 8;  // Replicas a group may gain or lose.
 // Re-plans (step 8): the cost of moving every slot of a layer, in shot
 // score, and the partners of the hot rank that the swaps try.
 constexpr double kMovePenalty = 0.25;
-constexpr int kSwapPartners = 4;
+constexpr int kSwapPartners = 2;
 // A plan must beat the current score by more than rounding (rank sums in a
 // different slot order) to count as a gain.
 constexpr double kMinRelativeGain = 1e-12;

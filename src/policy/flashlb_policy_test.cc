@@ -548,12 +548,13 @@ TEST(FlashLbTest, ReplanOfAPerturbedLoadMovesFew) {
     EXPECT_LT(after, before);
     EXPECT_LT(info.moved_experts, 2.0 * (before - 1.0) * slots);
     // A quarter of the slots at most, and a third of a plan for balance
-    // alone (which moves about 2/3 of the slots), for a balance within 0.05
-    // of it.
+    // alone (which moves about 2/3 of the slots), for a balance within 0.07
+    // of it (each moved expert costs 0.25 / 72 of score: 50 more moves must
+    // buy 0.17).
     EXPECT_GE(fresh_moved, slots / 2);
     EXPECT_LE(info.moved_experts, slots / 4);
     EXPECT_LE(3 * info.moved_experts, fresh_moved);
-    EXPECT_LE(after, fresh_after + 0.05);
+    EXPECT_LE(after, fresh_after + 0.07);
   }
   EXPECT_GE(changed, 3);
 

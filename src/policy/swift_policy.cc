@@ -30,7 +30,7 @@
 // and the current layer compete on that cost and the cheapest serves (ties
 // keep the one that moves less). On the DeepSeek-V2-Lite trace at EP8 + 8
 // with H = 16 this lowers the realized median / p90 imbalance from
-// 1.50 / 1.98 to 1.39 / 1.74 and moves 5% of the slots per rebalance instead
+// 1.50 / 1.98 to 1.39 / 1.75 and moves 4% of the slots per rebalance instead
 // of 14%. Without samples (a static plan from an aggregate) the walk alone
 // decides, as described above.
 //
