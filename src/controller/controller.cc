@@ -151,11 +151,6 @@ void Controller::AfterForward(int64_t num_tokens) {
   recorder_->EndStep(num_tokens);
   ++step_;
   stats_.steps = step_;
-  // A plan that came back after its cycle was skipped is dropped here.
-  if (phase_ != Phase::kPlan &&
-      planner_->state.load(std::memory_order_acquire) == Planner::kDone) {
-    planner_->state.store(Planner::kIdle, std::memory_order_release);
-  }
   if (!planner_->thread.joinable()) return;  // Static or disabled: serve only.
   const int64_t h = options_.config.expert_heat_collection_interval;
   const int64_t a = options_.config.algorithm_execution_interval;
@@ -174,7 +169,17 @@ void Controller::AfterForward(int64_t num_tokens) {
 }
 
 void Controller::EndCollect() {
-  if (planner_->state.load(std::memory_order_acquire) != Planner::kIdle) {
+  const int state = planner_->state.load(std::memory_order_acquire);
+  if (state == Planner::kDone) {
+    // A plan that missed its cycle came back since: it was planned on the
+    // placement that still serves (nothing migrates without a plan), so it
+    // is taken now rather than thrown away; the next cycle plans afresh.
+    Log("taking the late plan of the previous cycle");
+    phase_ = Phase::kPlan;
+    TakePlan();
+    return;
+  }
+  if (state != Planner::kIdle) {
     // The previous (late) plan is still running: this cycle cannot plan.
     ++stats_.cycles_late;
     Log("cycle skipped: the planner is still busy with a late plan");

@@ -74,6 +74,8 @@ class LayerModel {
 
   // Replica counts (count_, inv_count_) of `layer`.
   void CountReplicas(std::span<const int32_t> layer);
+  // The slots (in slot order) with the kSwapSlots largest gains, or all.
+  void TopSlots(const std::vector<double>& gain, std::vector<int>* top) const;
   // SwapOnShots' slot_val_ and shot_load_ for `lay` over the n loaded shots.
   void FillSlotValues(std::span<const int32_t> lay, int n);
 
@@ -115,7 +117,10 @@ class LayerModel {
   std::vector<int> hot_count_;     // [R]: shots where the rank peaks.
   std::vector<double> room_;       // [R]: room below the hot rank's peaks.
   std::vector<int> partners_;      // [R]
+  std::vector<double> gain_a_;     // [K]: bound on a hot-rank slot's gain.
   std::vector<double> gain_b_;     // [K]: bound on a partner slot's gain.
+  std::vector<int> top_a_;         // Slots of h and of the partner that a
+  std::vector<int> top_b_;         // swap search tries (see TopSlots).
   std::vector<int> receives_;      // [R]: slots new to the rank.
   int max_receives_ = 0;           // 0: no limit.
 };

@@ -2,7 +2,8 @@
 // rather than on one aggregate.
 //
 // Per layer:
-// 1. Shots. The window's per-step samples are grouped into at most 128 shots
+// 1. Shots. The window's per-step samples are grouped into at most
+//    clamp(2^20 / E², 8, 128) shots (128 for 64 experts, 16 for 256)
 //    of consecutive steps (a layer with no samples, or with all-zero
 //    samples, is one shot: the aggregate). Over the shots: mean μ, variance
 //    σ² and covariance C of every expert's load (ShotStats).
@@ -254,6 +255,13 @@ constexpr int kWidth = 8;  // Replicas a group may gain or lose.
 // score, and the partners of the hot rank that the swaps try.
 constexpr double kMovePenalty = 0.25;
 constexpr int kSwapPartners = 2;
+// Slots of each side that a swap search tries (all when K is at most this).
+constexpr int kSwapSlots = 12;
+// Work bound of the statistics: a layer keeps at most kShotBudget / E² shots
+// (covariances cost S·E²), and never fewer than kMinShots nor more than
+// kMaxShots: 128 shots for 64 experts, 64 for 128, 16 for 256.
+constexpr int kShotBudget = 1 << 20;
+constexpr int kMinShots = 8;
 // A plan must beat the current score by more than rounding (rank sums in a
 // different slot order) to count as a gain.
 constexpr double kMinRelativeGain = 1e-12;
@@ -266,7 +274,9 @@ void LayerModel::Load(const LayerContext& ctx) {
   k_ = ctx.topology->slots_per_rank;
   shots_.clear();
   if (ctx.samples != nullptr) {
-    shots_ = GroupIntoShots(*ctx.samples, ctx.layer, kMaxShots);
+    const int budget = kShotBudget / std::max(1, e_ * e_);
+    shots_ = GroupIntoShots(*ctx.samples, ctx.layer,
+                            std::clamp(budget, kMinShots, kMaxShots));
   }
   if (std::all_of(shots_.begin(), shots_.end(),
                   [](double v) { return v == 0.0; })) {
@@ -706,18 +716,24 @@ void LayerModel::BestSwap(std::span<const int32_t> lay, int h, double move_cost,
       gap_h_[i] = peak_rank_[i] == h ? gap : 0.0;
       gap_q_[i] = peak_rank_[i] == q ? gap : 0.0;
     }
-    for (int sb = 0; sb < k_; ++sb) {
-      const double* vb =
-          slot_val_.data() + static_cast<size_t>(q * k_ + sb) * n;
-      gain_b_[sb] = SumMin(vb, gap_q_.data(), n) / s_;
+    for (int s = 0; s < k_; ++s) {
+      const double* va = slot_val_.data() + static_cast<size_t>(h * k_ + s) * n;
+      const double* vb = slot_val_.data() + static_cast<size_t>(q * k_ + s) * n;
+      gain_a_[s] = SumMin(va, gap_h_.data(), n) / s_;
+      gain_b_[s] = SumMin(vb, gap_q_.data(), n) / s_;
     }
-    for (int sa = 0; sa < k_; ++sa) {
+    // With many slots per rank, only the kSwapSlots slots of each side with
+    // the largest bound on their gain take part (ties to the lower slot), so
+    // that a search costs O(kSwapSlots² · shots) whatever K is.
+    TopSlots(gain_a_, &top_a_);
+    TopSlots(gain_b_, &top_b_);
+    for (int sa : top_a_) {
       const int pa = h * k_ + sa;
       const int32_t ea = lay[pa];
       if (holds_[static_cast<size_t>(q) * e_ + ea]) continue;
       const double* va = slot_val_.data() + static_cast<size_t>(pa) * n;
-      const double gain_a = SumMin(va, gap_h_.data(), n) / s_;
-      for (int sb = 0; sb < k_; ++sb) {
+      const double gain_a = gain_a_[sa];
+      for (int sb : top_b_) {
         const int pb = q * k_ + sb;
         const int32_t eb = lay[pb];
         if (holds_[static_cast<size_t>(h) * e_ + eb]) continue;
@@ -742,6 +758,19 @@ void LayerModel::BestSwap(std::span<const int32_t> lay, int h, double move_cost,
       }
     }
   }
+}
+
+void LayerModel::TopSlots(const std::vector<double>& gain,
+                          std::vector<int>* top) const {
+  top->resize(k_);
+  std::iota(top->begin(), top->end(), 0);
+  if (k_ <= kSwapSlots) return;
+  std::partial_sort(top->begin(), top->begin() + kSwapSlots, top->end(),
+                    [&](int a, int b) {
+                      return gain[a] > gain[b] || (gain[a] == gain[b] && a < b);
+                    });
+  top->resize(kSwapSlots);
+  std::sort(top->begin(), top->end());  // Slot order, as a full scan.
 }
 
 void LayerModel::FillSlotValues(std::span<const int32_t> lay, int n) {
@@ -788,6 +817,7 @@ int LayerModel::SwapOnShots(std::span<const int32_t> current, double move_cost,
   if (n == 0) return 0;
   FillSlotValues(lay, n);
   peak_.resize(n);
+  gain_a_.resize(k_);
   gain_b_.resize(k_);
   peak_rank_.resize(n);
   other_.resize(n);
