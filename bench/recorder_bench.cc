@@ -9,6 +9,8 @@
 // of RecordTopk with bytes/s of the memcpy of equal size, in the same run.
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -90,12 +92,20 @@ void BM_RecordTopk(benchmark::State& state) {
 void BM_RecordTopk_Int32(benchmark::State& state) {
   BM_RecordTopk<int32_t>(state);
 }
-BENCHMARK(BM_RecordTopk_Int32)->ArgName("tokens")->Arg(65536)->Arg(8192)->Arg(256);
+BENCHMARK(BM_RecordTopk_Int32)
+    ->ArgName("tokens")
+    ->Arg(65536)
+    ->Arg(8192)
+    ->Arg(256);
 
 void BM_RecordTopk_Int64(benchmark::State& state) {
   BM_RecordTopk<int64_t>(state);
 }
-BENCHMARK(BM_RecordTopk_Int64)->ArgName("tokens")->Arg(65536)->Arg(8192)->Arg(256);
+BENCHMARK(BM_RecordTopk_Int64)
+    ->ArgName("tokens")
+    ->Arg(65536)
+    ->Arg(8192)
+    ->Arg(256);
 
 // Copies tokens * kTopK * id_bytes bytes: the bytes RecordTopk reads.
 void BM_Memcpy_SameBytes(benchmark::State& state) {
@@ -118,6 +128,59 @@ BENCHMARK(BM_Memcpy_SameBytes)
     ->Args({8192, 8})
     ->Args({256, 4})
     ->Args({256, 8});
+
+// The ratio itself, robust to the clock and cache drifts of a shared
+// machine: each iteration times a batch of memcpy calls and a batch of
+// RecordTopk calls over the same bytes back to back, and the counter
+// `count_vs_memcpy` is the median over iterations of memcpy time / count
+// time (the fraction of memcpy throughput that counting reaches).
+template <typename Id>
+void BM_CountVsMemcpy(benchmark::State& state) {
+  const std::vector<Id> ids = SkewedTopkIds<Id>(state.range(0));
+  const std::vector<int32_t> log2phy = Rank0Log2Phy();
+  auto recorder = MakeRecorder();
+  const size_t bytes = ids.size() * sizeof(Id);
+  std::vector<char> dst(bytes, 0);
+  const int batch = static_cast<int>(
+      std::max<int64_t>(1, (int64_t{1} << 22) / static_cast<int64_t>(bytes)));
+  std::vector<double> ratios;
+  using Clock = std::chrono::steady_clock;
+  for (auto _ : state) {
+    const auto t0 = Clock::now();
+    for (int b = 0; b < batch; ++b) {
+      std::memcpy(dst.data(), ids.data(), bytes);
+      benchmark::DoNotOptimize(dst.data());
+      benchmark::ClobberMemory();
+    }
+    const auto t1 = Clock::now();
+    for (int b = 0; b < batch; ++b) {
+      recorder->RecordTopk(b % kLayers, std::span<const Id>(ids), log2phy);
+    }
+    const auto t2 = Clock::now();
+    ratios.push_back(std::chrono::duration<double>(t1 - t0).count() /
+                     std::chrono::duration<double>(t2 - t1).count());
+  }
+  std::sort(ratios.begin(), ratios.end());
+  state.counters["count_vs_memcpy"] = ratios[ratios.size() / 2];
+}
+void BM_CountVsMemcpy_Int32(benchmark::State& state) {
+  BM_CountVsMemcpy<int32_t>(state);
+}
+BENCHMARK(BM_CountVsMemcpy_Int32)
+    ->ArgName("tokens")
+    ->Arg(65536)
+    ->Arg(8192)
+    ->Arg(256)
+    ->Iterations(101);
+void BM_CountVsMemcpy_Int64(benchmark::State& state) {
+  BM_CountVsMemcpy<int64_t>(state);
+}
+BENCHMARK(BM_CountVsMemcpy_Int64)
+    ->ArgName("tokens")
+    ->Arg(65536)
+    ->Arg(8192)
+    ->Arg(256)
+    ->Iterations(101);
 
 // One step of all 58 layers published (window + ring row under the seqlock).
 void BM_EndStep(benchmark::State& state) {

@@ -104,19 +104,23 @@ bool CountMasked(const int32_t* ids, size_t n, uint32_t mask,
                  uint32_t* const* lanes) {
   uint32_t* lane[kLanes];
   for (int k = 0; k < kLanes; ++k) lane[k] = lanes[k];
-  uint64_t seen = 0;  // OR of all ids: bits outside the mask flag a bad id.
+  // OR of all ids, one per lane (no chain of dependent ORs): bits outside
+  // the mask flag a bad id.
+  uint64_t seen_by_lane[kLanes] = {};
   const uint64_t pair_mask = uint64_t{mask} << 32 | mask;
   size_t i = 0;
   for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
     for (int k = 0; k < kLanes; ++k) {
       uint64_t pair;
       std::memcpy(&pair, ids + i + 2 * k, sizeof(pair));
-      seen |= pair;
+      seen_by_lane[k] |= pair;
       pair &= pair_mask;  // One AND masks both ids.
       Bump<kUndo>(lane[k][static_cast<uint32_t>(pair)]);
       Bump<kUndo>(lane[(k + kLanes / 2) % kLanes][pair >> 32]);
     }
   }
+  uint64_t seen = 0;
+  for (uint64_t s : seen_by_lane) seen |= s;
   for (; i < n; ++i) {
     const auto u = static_cast<uint32_t>(ids[i]);
     seen |= u;
