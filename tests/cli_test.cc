@@ -405,6 +405,24 @@ TEST_F(CliTest, PlanOnATraceWindowAndNodes) {
       j["intra_node_moves"].get<int>() + j["inter_node_moves"].get<int>());
   EXPECT_LT(j["imbalance_mean"].get<double>(),
             j["current_imbalance_mean"].get<double>());
+  // Several steps: the step-by-step balance is reported too, and it is what
+  // the sample-aware policies improve.
+  for (const char* policy : {"flashlb", "swift"}) {
+    Result w = Run(
+        "plan --load " + Data("data/dsv2lite-puffin/prefill_by_prompt.csv") +
+        " --ranks 8 --redundant 8 --window 64 --json --policy " + policy);
+    ASSERT_EQ(w.exit_code, 0) << w.err;
+    nlohmann::json k = OneJsonObject(w);
+    ASSERT_TRUE(k.contains("step_imbalance_mean")) << policy;
+    EXPECT_LT(k["step_imbalance_mean"].get<double>(),
+              k["current_step_imbalance_mean"].get<double>())
+        << policy;
+  }
+  // One aggregate: no steps to score one by one.
+  Result agg = Run("plan --load " + Data(kDsv3Prefill1024) +
+                   " --ranks 32 --slots-per-rank 9 --json");
+  ASSERT_EQ(agg.exit_code, 0) << agg.err;
+  EXPECT_FALSE(OneJsonObject(agg).contains("step_imbalance_mean"));
 }
 
 TEST_F(CliTest, PlanRejectsBadInput) {

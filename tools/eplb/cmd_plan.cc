@@ -46,6 +46,22 @@ Summary Summarise(const Plan& plan) {
   return s;
 }
 
+// Mean over layers of the mean over steps of each step's max / mean rank load
+// (a step without load counting 1): the balance the steps meet one by one,
+// which Swift and FlashLB plan for when given per-step samples.
+double StepImbalanceMean(const Placement& p, const LoadTrace& samples) {
+  double total = 0.0;
+  for (int l = 0; l < p.num_layers(); ++l) {
+    double sum = 0.0;
+    for (int t = 0; t < samples.num_steps(); ++t) {
+      sum += LayerImbalance(p.layer(l), samples.row(t, l), p.num_ranks(),
+                            p.slots_per_rank());
+    }
+    total += sum / samples.num_steps();
+  }
+  return total / p.num_layers();
+}
+
 int RunPlan(const PlanFlags& f) {
   StatusOr<LoadTrace> trace = ReadLoadFile(f.load_path);
   if (!trace.ok()) return Fail(trace.status());
@@ -89,6 +105,11 @@ int RunPlan(const PlanFlags& f) {
     std::fprintf(stderr, "eplb: note: %s\n", note.c_str());
   }
   const Summary s = Summarise(*plan);
+  const bool stepwise = samples.num_steps() >= 2;
+  const double current_steps =
+      stepwise ? StepImbalanceMean(current, samples) : 0.0;
+  const double planned_steps =
+      stepwise ? StepImbalanceMean(plan->placement, samples) : 0.0;
   if (f.json) {
     nlohmann::json per_layer = nlohmann::json::array();
     nlohmann::json bounds = nlohmann::json::array();
@@ -102,26 +123,31 @@ int RunPlan(const PlanFlags& f) {
                            {"moved_experts", p.moved_experts}});
       bounds.push_back(p.lower_bound);
     }
-    PrintJson({{"policy", std::string((*policy)->name())},
-               {"load", f.load_path},
-               {"steps", end - begin},
-               {"layers", load.num_layers()},
-               {"experts", load.num_experts()},
-               {"ranks", topology->num_ranks},
-               {"ranks_per_node", topology->ranks_per_node},
-               {"slots_per_rank", topology->slots_per_rank},
-               {"plan_ms", plan_ms},
-               {"current_imbalance_mean", s.current_mean},
-               {"imbalance_mean", s.mean},
-               {"imbalance_max", s.max},
-               {"imbalance_lower_bound_mean", s.bound_mean},
-               {"imbalance_lower_bound", bounds},
-               {"moved_experts", s.moved},
-               {"intra_node_moves", s.intra},
-               {"inter_node_moves", s.inter},
-               {"changed_layers", s.changed},
-               {"notes", plan->notes},
-               {"per_layer", per_layer}});
+    nlohmann::json out = {{"policy", std::string((*policy)->name())},
+                          {"load", f.load_path},
+                          {"steps", end - begin},
+                          {"layers", load.num_layers()},
+                          {"experts", load.num_experts()},
+                          {"ranks", topology->num_ranks},
+                          {"ranks_per_node", topology->ranks_per_node},
+                          {"slots_per_rank", topology->slots_per_rank},
+                          {"plan_ms", plan_ms},
+                          {"current_imbalance_mean", s.current_mean},
+                          {"imbalance_mean", s.mean},
+                          {"imbalance_max", s.max},
+                          {"imbalance_lower_bound_mean", s.bound_mean},
+                          {"imbalance_lower_bound", bounds},
+                          {"moved_experts", s.moved},
+                          {"intra_node_moves", s.intra},
+                          {"inter_node_moves", s.inter},
+                          {"changed_layers", s.changed},
+                          {"notes", plan->notes},
+                          {"per_layer", per_layer}};
+    if (stepwise) {
+      out["current_step_imbalance_mean"] = current_steps;
+      out["step_imbalance_mean"] = planned_steps;
+    }
+    PrintJson(out);
     return 0;
   }
   std::printf(
@@ -135,6 +161,12 @@ int RunPlan(const PlanFlags& f) {
       "layer"
       " (lower bound %.4f mean)\n",
       s.current_mean, s.mean, s.max, s.bound_mean);
+  if (stepwise) {
+    std::printf(
+        "step by step (mean over steps of each step's max/mean): current "
+        "%.4f -> planned %.4f\n",
+        current_steps, planned_steps);
+  }
   std::printf(
       "changed layers %d, moved experts %d (intra-node %d, inter-node %d), "
       "plan %.2f ms\n",
