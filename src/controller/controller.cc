@@ -225,7 +225,7 @@ void Controller::EndCollect() {
 void Controller::TakePlan() {
   if (options_.lockstep) {
     while (planner_->state.load(std::memory_order_acquire) != Planner::kDone) {
-      std::this_thread::yield();
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
   }
   if (planner_->state.load(std::memory_order_acquire) != Planner::kDone) {
