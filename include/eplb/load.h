@@ -124,6 +124,13 @@ struct ImbalanceReport {
 StatusOr<ImbalanceReport> ComputeImbalance(const Placement& placement,
                                            const LoadMatrix& load);
 
+// The balance one layer meets step by step: the mean over the steps of
+// `samples` of LayerImbalance under each step's load (a step without load
+// counts 1); 1.0 without steps. What Swift and FlashLB plan for when they are
+// given per-step samples. Precondition: shapes agree.
+double StepImbalance(const Placement& placement, int layer,
+                     const LoadTrace& samples);
+
 }  // namespace eplb
 
 #endif  // EPLB_LOAD_H_

@@ -107,6 +107,17 @@ double LayerImbalance(std::span<const int32_t> layer,
   return peak / (total / num_ranks);
 }
 
+double StepImbalance(const Placement& placement, int layer,
+                     const LoadTrace& samples) {
+  if (samples.num_steps() == 0) return 1.0;
+  double sum = 0.0;
+  for (int t = 0; t < samples.num_steps(); ++t) {
+    sum += LayerImbalance(placement.layer(layer), samples.row(t, layer),
+                          placement.num_ranks(), placement.slots_per_rank());
+  }
+  return sum / samples.num_steps();
+}
+
 StatusOr<ImbalanceReport> ComputeImbalance(const Placement& placement,
                                            const LoadMatrix& load) {
   if (placement.num_layers() != load.num_layers() ||

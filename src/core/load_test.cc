@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -22,6 +23,21 @@ TEST(LoadTest, AllZeroLayerIsBalanced) {
   std::vector<int32_t> layer = {0, 1, 2, 3};
   std::vector<double> load(4, 0.0);
   EXPECT_EQ(LayerImbalance(layer, load, 2, 2), 1.0);
+}
+
+TEST(LoadTest, StepImbalanceIsTheMeanOverSteps) {
+  // 1 layer, 2 ranks x 2 slots, experts {0, 1} on rank 0 and {2, 3} on 1.
+  Placement p(1, 2, 2, 4);
+  const std::vector<int32_t> layer = {0, 1, 2, 3};
+  std::copy(layer.begin(), layer.end(), p.mutable_layer(0).begin());
+  LoadTrace samples(3, 1, 4);
+  samples.at(0, 0, 0) = 3.0;  // Rank loads 3 and 1: 3 / 2.
+  samples.at(0, 0, 2) = 1.0;
+  samples.at(1, 0, 1) = 2.0;  // 2 and 2: 1.
+  samples.at(1, 0, 3) = 2.0;
+  // Step 2 has no load: it counts 1.
+  EXPECT_DOUBLE_EQ(StepImbalance(p, 0, samples), (1.5 + 1.0 + 1.0) / 3);
+  EXPECT_DOUBLE_EQ(StepImbalance(p, 0, LoadTrace(0, 1, 4)), 1.0);
 }
 
 TEST(LoadTest, ComputeImbalanceReportsAllMeasures) {

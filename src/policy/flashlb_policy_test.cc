@@ -470,19 +470,6 @@ TEST(FlashLbTest, PairsAntiCorrelatedExperts) {
 // ----------------------------------------------------------------------------
 // Move-aware re-plans.
 
-// The shot score of a layer of `placement` on `samples` (at most 64 steps, so
-// each step is one shot): the mean over steps of max / mean rank load, a step
-// without load counting 1.
-double ShotScore(const Placement& placement, int layer,
-                 const LoadTrace& samples) {
-  double sum = 0.0;
-  for (int t = 0; t < samples.num_steps(); ++t) {
-    sum += LayerImbalance(placement.layer(layer), samples.row(t, layer),
-                          placement.num_ranks(), placement.slots_per_rank());
-  }
-  return sum / samples.num_steps();
-}
-
 // `agg` with, in every layer, the loads of the `n` most loaded experts (lower
 // id on ties) scaled by `factor`.
 LoadMatrix HeatUp(const LoadMatrix& agg, int n, double factor) {
@@ -537,9 +524,9 @@ TEST(FlashLbTest, ReplanOfAPerturbedLoadMovesFew) {
       continue;
     }
     ++changed;
-    const double before = ShotScore(first.placement, l, next);
-    const double after = ShotScore(second.placement, l, next);
-    const double fresh_after = ShotScore(fresh.placement, l, next);
+    const double before = StepImbalance(first.placement, l, next);
+    const double after = StepImbalance(second.placement, l, next);
+    const double fresh_after = StepImbalance(fresh.placement, l, next);
     const int fresh_moved = fresh.layers[l].moved_experts;
     std::printf(
         "[flashlb] re-plan of layer %d: shot score %.4f -> %.4f, %d experts "
@@ -617,9 +604,9 @@ TEST(FlashLbTest, ReplanOfAStronglyChangedLoad) {
     SCOPED_TRACE("layer " + std::to_string(l));
     const LayerPlan& info = second.layers[l];
     ASSERT_TRUE(info.changed);
-    const double before = ShotScore(first.placement, l, next);
-    const double after = ShotScore(second.placement, l, next);
-    const double fresh_after = ShotScore(fresh.placement, l, next);
+    const double before = StepImbalance(first.placement, l, next);
+    const double after = StepImbalance(second.placement, l, next);
+    const double fresh_after = StepImbalance(fresh.placement, l, next);
     std::printf(
         "[flashlb] re-plan of shifted layer %d: shot score %.4f -> %.4f, %d "
         "experts moved (balance alone: %.4f, %d moved)\n",

@@ -46,18 +46,11 @@ Summary Summarise(const Plan& plan) {
   return s;
 }
 
-// Mean over layers of the mean over steps of each step's max / mean rank load
-// (a step without load counting 1): the balance the steps meet one by one,
-// which Swift and FlashLB plan for when given per-step samples.
+// Mean over layers of StepImbalance.
 double StepImbalanceMean(const Placement& p, const LoadTrace& samples) {
   double total = 0.0;
   for (int l = 0; l < p.num_layers(); ++l) {
-    double sum = 0.0;
-    for (int t = 0; t < samples.num_steps(); ++t) {
-      sum += LayerImbalance(p.layer(l), samples.row(t, l), p.num_ranks(),
-                            p.slots_per_rank());
-    }
-    total += sum / samples.num_steps();
+    total += StepImbalance(p, l, samples);
   }
   return total / p.num_layers();
 }
