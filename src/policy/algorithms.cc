@@ -130,6 +130,20 @@ std::vector<int32_t> PlaceLpt(std::span<const double> load,
   return fill.Take();
 }
 
+void SwapSlots(std::span<int32_t> layer, std::span<char> holds, int num_experts,
+               int slots_per_rank, int a, int b) {
+  const size_t ra = static_cast<size_t>(a / slots_per_rank) * num_experts;
+  const size_t rb = static_cast<size_t>(b / slots_per_rank) * num_experts;
+  const int32_t ea = layer[a];
+  const int32_t eb = layer[b];
+  holds[ra + ea] = 0;
+  holds[rb + eb] = 0;
+  holds[ra + eb] = 1;
+  holds[rb + ea] = 1;
+  layer[a] = eb;
+  layer[b] = ea;
+}
+
 int RefineBySwaps(std::span<int32_t> layer, std::span<const double> load,
                   int num_ranks, int slots_per_rank, int max_swaps,
                   double min_gain, std::span<const char> frozen) {
@@ -187,12 +201,7 @@ int RefineBySwaps(std::span<int32_t> layer, std::span<const double> load,
     const double d = share[ea] - share[eb];
     rank_load[h] -= d;
     rank_load[r] += d;
-    holds[static_cast<size_t>(h) * n + ea] = 0;
-    holds[static_cast<size_t>(r) * n + eb] = 0;
-    holds[static_cast<size_t>(h) * n + eb] = 1;
-    holds[static_cast<size_t>(r) * n + ea] = 1;
-    layer[best_a] = eb;
-    layer[best_b] = ea;
+    SwapSlots(layer, holds, n, k, best_a, best_b);
     ++swaps;
   }
   return swaps;

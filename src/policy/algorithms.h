@@ -36,6 +36,11 @@ int RefineBySwaps(std::span<int32_t> layer, std::span<const double> load,
                   int num_ranks, int slots_per_rank, int max_swaps,
                   double min_gain, std::span<const char> frozen = {});
 
+// Trades the experts of slots a and b (on different ranks) of `layer` [R*K]
+// and updates `holds` [R][E] (non-zero where a rank holds an expert) to match.
+void SwapSlots(std::span<int32_t> layer, std::span<char> holds, int num_experts,
+               int slots_per_rank, int a, int b);
+
 // Relabels the ranks of `plan` [R*K] so that each keeps as many experts of a
 // current rank as possible: a minimum-cost assignment (Hungarian, integer
 // costs K - overlap) of planned ranks to current ranks. O(R^3 + R*K).

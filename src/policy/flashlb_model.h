@@ -54,6 +54,9 @@ class LayerModel {
     int32_t expert;
   };
 
+  // Empty ranks for the greedy placement: used_, rank_mean_, holds_ and,
+  // with spread, rank_var_ and rank_cov_.
+  void ClearRanks();
   // Risk-aware LPT for the given counts; false when some replica finds no
   // rank (all ranks with room hold its expert).
   bool Place(std::span<const int32_t> count, std::vector<int32_t>* layer);

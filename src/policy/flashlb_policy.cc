@@ -372,6 +372,16 @@ int LayerModel::BestRank(int e, double share, double var_e, double inv) const {
   return best;
 }
 
+void LayerModel::ClearRanks() {
+  used_.assign(r_, 0);
+  rank_mean_.assign(r_, 0.0);
+  holds_.assign(static_cast<size_t>(r_) * e_, 0);
+  if (spread_) {
+    rank_var_.assign(r_, 0.0);
+    rank_cov_.assign(static_cast<size_t>(r_) * e_, 0.0);
+  }
+}
+
 bool LayerModel::Place(std::span<const int32_t> count,
                        std::vector<int32_t>* layer) {
   layer->assign(static_cast<size_t>(r_) * k_, -1);
@@ -382,13 +392,7 @@ bool LayerModel::Place(std::span<const int32_t> count,
   std::sort(keys_.begin(), keys_.end(), [](const Key& a, const Key& b) {
     return a.share > b.share || (a.share == b.share && a.expert < b.expert);
   });
-  used_.assign(r_, 0);
-  rank_mean_.assign(r_, 0.0);
-  holds_.assign(static_cast<size_t>(r_) * e_, 0);
-  if (spread_) {
-    rank_var_.assign(r_, 0.0);
-    rank_cov_.assign(static_cast<size_t>(r_) * e_, 0.0);
-  }
+  ClearRanks();
   for (const Key& key : keys_) {
     const int32_t e = key.expert;
     const double inv = 1.0 / count[e];
@@ -543,13 +547,7 @@ bool LayerModel::Incremental(std::span<const int32_t> current,
     lay[drop] = -1;
   }
   // The kept replicas, as Place would have added them.
-  used_.assign(r_, 0);
-  rank_mean_.assign(r_, 0.0);
-  holds_.assign(static_cast<size_t>(r_) * e_, 0);
-  if (spread_) {
-    rank_var_.assign(r_, 0.0);
-    rank_cov_.assign(static_cast<size_t>(r_) * e_, 0.0);
-  }
+  ClearRanks();
   auto add = [&](int r, int32_t e) {
     const double inv = 1.0 / count[e];
     ++used_[r];
@@ -868,12 +866,7 @@ int LayerModel::SwapOnShots(std::span<const int32_t> current, double move_cost,
     };
     receives_[h] += is_new(h, eb) - is_new(h, ea);
     receives_[q] += is_new(q, ea) - is_new(q, eb);
-    holds_[static_cast<size_t>(h) * e_ + ea] = 0;
-    holds_[static_cast<size_t>(q) * e_ + eb] = 0;
-    holds_[static_cast<size_t>(h) * e_ + eb] = 1;
-    holds_[static_cast<size_t>(q) * e_ + ea] = 1;
-    lay[best_a] = eb;
-    lay[best_b] = ea;
+    SwapSlots(lay, holds_, e_, k_, best_a, best_b);
   }
   return swaps;
 }

@@ -296,16 +296,11 @@ void SwiftLayer::Apply(const Step& s, int h) {
   const double d = Share(ea) - Share(eb);
   rank_load_[h] -= d;
   rank_load_[r] += d;
-  SetHolds(h, ea, false);
-  SetHolds(r, eb, false);
-  SetHolds(h, eb, true);
-  SetHolds(r, ea, true);
+  SwapSlots(layer_, holds_, n_, k_, s.a, s.b);
   RemoveHolder(ea, h);
   AddHolder(ea, r);
   RemoveHolder(eb, r);
   AddHolder(eb, h);
-  layer_[s.a] = eb;
-  layer_[s.b] = ea;
   pair_used_[static_cast<size_t>(h) * num_ranks_ + r] = 1;
   pair_used_[static_cast<size_t>(r) * num_ranks_ + h] = 1;
   ++swaps_;
