@@ -122,6 +122,8 @@ class Controller {
   struct Planner;
   Controller() = default;
   void Log(const std::string& line);
+  // Appends a collected window to history_, keeping the newest steps.
+  void AppendToHistory(const LoadTrace& window);
   void EndCollect();
   void TakePlan();
   void MigrateStep(bool before);

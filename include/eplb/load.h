@@ -72,6 +72,8 @@ class LoadTrace {
             static_cast<size_t>(num_experts_)};
   }
   const std::vector<double>& data() const { return data_; }
+  // [steps][layers][experts], row-major, as data().
+  std::span<double> mutable_data() { return data_; }
 
   // Sum over steps [begin, end) (clamped to the trace).
   LoadMatrix Aggregate(int begin_step, int end_step) const;

@@ -169,6 +169,11 @@ void Controller::AfterForward(int64_t num_tokens) {
 }
 
 void Controller::EndCollect() {
+  // Every collected window joins the history, whether or not it is planned
+  // on now.
+  const HeatSnapshot snap = recorder_->Snapshot();
+  const Placement& serving = migration_->placement();
+  AppendToHistory(snap.LogicalSamples(serving));
   const int state = planner_->state.load(std::memory_order_acquire);
   if (state == Planner::kDone) {
     // A plan that missed its cycle came back since: it was planned on the
@@ -186,13 +191,21 @@ void Controller::EndCollect() {
     EndCycle();
     return;
   }
-  const HeatSnapshot snap = recorder_->Snapshot();
   Planner::Job& job = planner_->job;
   job.id = step_;
-  job.current = migration_->placement();
-  job.load = snap.LogicalLoad(job.current);
-  // Append the window's samples to the history and keep the newest ones.
-  const LoadTrace window = snap.LogicalSamples(job.current);
+  job.current = serving;
+  job.load = snap.LogicalLoad(serving);
+  job.samples =
+      LoadTrace(history_steps_, options_.num_layers, options_.num_experts);
+  std::copy(history_.begin(), history_.end(),
+            job.samples.mutable_data().begin());
+  planner_->state.store(Planner::kRunning, std::memory_order_release);
+  planner_->wake.release();
+  phase_ = Phase::kPlan;
+}
+
+void Controller::AppendToHistory(const LoadTrace& window) {
+  // Keep the newest max(sample_history, H) steps.
   const size_t cells =
       static_cast<size_t>(options_.num_layers) * options_.num_experts;
   history_.insert(history_.end(), window.data().begin(), window.data().end());
@@ -205,21 +218,6 @@ void Controller::EndCollect() {
                        static_cast<ptrdiff_t>((history_steps_ - keep) * cells));
     history_steps_ = keep;
   }
-  job.samples =
-      LoadTrace(history_steps_, options_.num_layers, options_.num_experts);
-  for (int st = 0; st < history_steps_; ++st) {
-    for (int l = 0; l < options_.num_layers; ++l) {
-      for (int e = 0; e < options_.num_experts; ++e) {
-        job.samples.at(st, l, e) =
-            history_[(static_cast<size_t>(st) * options_.num_layers + l) *
-                         options_.num_experts +
-                     e];
-      }
-    }
-  }
-  planner_->state.store(Planner::kRunning, std::memory_order_release);
-  planner_->wake.release();
-  phase_ = Phase::kPlan;
 }
 
 void Controller::TakePlan() {

@@ -260,11 +260,14 @@ TEST(ControllerTest, RecordThenStatic) {
 // Records how many per-step samples each plan saw.
 class SpyPolicy final : public Policy {
  public:
-  explicit SpyPolicy(std::vector<int>* seen) : seen_(seen) {}
+  explicit SpyPolicy(std::vector<int>* seen,
+                     std::chrono::milliseconds delay = {})
+      : seen_(seen), delay_(delay) {}
   std::string_view name() const override { return "spy"; }
   StatusOr<Plan> Rebalance(const PolicyInput& in,
                            const PolicyOptions&) override {
     seen_->push_back(in.samples->num_steps());
+    std::this_thread::sleep_for(delay_);
     // The samples are logical loads: every step of the rig routes 400 + 2 *
     // 100 + 13 * 10 tokens in every layer.
     for (int st = 0; st < in.samples->num_steps(); ++st) {
@@ -278,6 +281,7 @@ class SpyPolicy final : public Policy {
 
  private:
   std::vector<int>* seen_;
+  std::chrono::milliseconds delay_;
 };
 
 TEST(ControllerTest, PlannerSeesASlidingHistoryOfSamples) {
@@ -291,6 +295,20 @@ TEST(ControllerTest, PlannerSeesASlidingHistoryOfSamples) {
     EXPECT_EQ(seen[i], std::min<int>(4 * static_cast<int>(i + 1), 128))
         << "plan " << i;
   }
+}
+
+TEST(ControllerTest, WindowsOfSkippedCyclesJoinTheHistory) {
+  // Each plan takes 30 ms against A = 1 step of about 2 ms, so cycles are
+  // skipped while it runs; their windows still join the history, so the
+  // second plan sees more than two windows.
+  std::vector<int> seen;
+  Rig rig(Dynamic(4, 1),
+          std::make_unique<SpyPolicy>(&seen, std::chrono::milliseconds(30)));
+  for (int i = 0; i < 80 && seen.size() < 2; ++i) rig.Step();
+  ASSERT_GE(seen.size(), 2u);
+  EXPECT_EQ(seen[0], 4);
+  EXPECT_GT(seen[1], 8);
+  EXPECT_GE(rig.controller->stats().cycles_late, 1);
 }
 
 }  // namespace
