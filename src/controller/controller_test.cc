@@ -288,6 +288,7 @@ TEST(ControllerTest, PlannerSeesASlidingHistoryOfSamples) {
   std::vector<int> seen;
   Rig rig(Dynamic(4, 10), std::make_unique<SpyPolicy>(&seen));
   for (int i = 0; i < 40 * 14; ++i) rig.Step();
+  rig.controller->Shutdown();  // `seen` is the planner's until it stops.
   ASSERT_GE(seen.size(), 33u);
   // H = 4 new samples a cycle (no layer changes, so a cycle is H + A steps),
   // kept up to the default history of 128 steps.
@@ -304,7 +305,8 @@ TEST(ControllerTest, WindowsOfSkippedCyclesJoinTheHistory) {
   std::vector<int> seen;
   Rig rig(Dynamic(4, 1),
           std::make_unique<SpyPolicy>(&seen, std::chrono::milliseconds(30)));
-  for (int i = 0; i < 80 && seen.size() < 2; ++i) rig.Step();
+  for (int i = 0; i < 80; ++i) rig.Step();
+  rig.controller->Shutdown();  // `seen` is the planner's until it stops.
   ASSERT_GE(seen.size(), 2u);
   EXPECT_EQ(seen[0], 4);
   EXPECT_GT(seen[1], 8);
