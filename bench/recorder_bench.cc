@@ -1,7 +1,14 @@
 // Heat recorder hot-path speed (spec §4) in the DeepSeek-V3 shape: 58 MoE
 // layers, E = 256 experts, 288 slots (32 ranks x 9), top-8 routing. Router
-// ids come from a fixed-seed generator with a few hot experts (about a third
-// of the picks go to 4 experts), as real traces are skewed.
+// ids come from fixed-seed generators:
+// - "real" (the default cases): each token picks 8 distinct experts, one
+//   after another, with probability proportional to a real layer's expert
+//   loads (the most skewed layer of DeepSeek-V3's prefill_in1024, hottest
+//   expert about 8x the mean). Hot experts come early in a token, as in the
+//   router's score-sorted top-k.
+// - "stress" (BM_*_Stress): a third of the picks go to 4 experts (each about
+//   22x the mean), far more skewed than real routing; hot counters are then
+//   read and written back to back, the hard case for counting.
 //
 // BM_RecordTopk_* counts one layer's ids per iteration; BM_Memcpy_SameBytes
 // copies the same number of bytes (tokens * 8 * id_bytes), the yardstick for
@@ -12,11 +19,14 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <random>
 #include <vector>
 
+#include "eplb/io.h"
 #include "eplb/placement.h"
 #include "eplb/recorder.h"
 #include "eplb/topology.h"
@@ -29,9 +39,10 @@ constexpr int kRanks = 32;
 constexpr int kSlotsPerRank = 9;  // 288 slots: 32 redundant.
 constexpr int kTopK = 8;
 
-// [tokens][kTopK] router output: distinct experts per token, skewed.
+// [tokens][kTopK] router output: distinct experts per token, a third of the
+// picks on 4 experts.
 template <typename Id>
-std::vector<Id> SkewedTopkIds(int64_t tokens) {
+std::vector<Id> StressTopkIds(int64_t tokens) {
   std::mt19937_64 rng(42);
   const int hot[] = {3, 17, 42, 200};
   std::uniform_int_distribution<int> any(0, kExperts - 1);
@@ -46,6 +57,63 @@ std::vector<Id> SkewedTopkIds(int64_t tokens) {
       bool seen = false;
       for (size_t i = begin; i < ids.size(); ++i) seen = seen || ids[i] == e;
       if (!seen) ids.push_back(e);
+    }
+  }
+  return ids;
+}
+
+// Expert loads of the most skewed layer (largest max / mean) of the shipped
+// DeepSeek-V3 prefill_in1024 aggregate.
+std::vector<double> RealLayerLoads() {
+  auto trace = eplb::ReadSglangLogicalCount(
+      EPLB_SOURCE_DIR "/data/dsv3-sglang/prefill_in1024.json");
+  if (!trace.ok() || trace->num_experts() != kExperts) {
+    std::fprintf(stderr, "recorder bench: cannot read prefill_in1024: %s\n",
+                 trace.status().ToString().c_str());
+    std::exit(1);
+  }
+  std::vector<double> best;
+  double best_skew = 0;
+  for (int l = 0; l < trace->num_layers(); ++l) {
+    std::vector<double> loads(kExperts);
+    double sum = 0, max = 0;
+    for (int e = 0; e < kExperts; ++e) {
+      loads[e] = trace->at(0, l, e);
+      sum += loads[e];
+      max = std::max(max, loads[e]);
+    }
+    if (sum > 0 && max * kExperts / sum > best_skew) {
+      best_skew = max * kExperts / sum;
+      best = loads;
+    }
+  }
+  return best;
+}
+
+// [tokens][kTopK] router output: per token, 8 distinct experts drawn one
+// after another in proportion to a real layer's loads.
+template <typename Id>
+std::vector<Id> RealTopkIds(int64_t tokens) {
+  static const std::vector<double> loads = RealLayerLoads();
+  std::mt19937_64 rng(42);
+  std::vector<Id> ids;
+  ids.reserve(static_cast<size_t>(tokens) * kTopK);
+  std::uniform_real_distribution<double> unit(0.0, 1.0);
+  std::vector<double> weights;
+  for (int64_t t = 0; t < tokens; ++t) {
+    weights = loads;
+    double total = 0;
+    for (double w : weights) total += w;
+    for (int k = 0; k < kTopK; ++k) {
+      double r = unit(rng) * total;
+      int e = 0;
+      while (e + 1 < kExperts && (r >= weights[e] || weights[e] == 0)) {
+        r -= weights[e];
+        ++e;
+      }
+      total -= weights[e];
+      weights[e] = 0;
+      ids.push_back(static_cast<Id>(e));
     }
   }
   return ids;
@@ -73,9 +141,9 @@ std::unique_ptr<eplb::HeatRecorder> MakeRecorder(
   return std::move(eplb::HeatRecorder::Create(options)).value();
 }
 
-template <typename Id>
+template <typename Id, std::vector<Id> (*Ids)(int64_t)>
 void BM_RecordTopk(benchmark::State& state) {
-  const std::vector<Id> ids = SkewedTopkIds<Id>(state.range(0));
+  const std::vector<Id> ids = Ids(state.range(0));
   const std::vector<int32_t> log2phy = Rank0Log2Phy();
   auto recorder = MakeRecorder();
   int layer = 0;
@@ -90,7 +158,7 @@ void BM_RecordTopk(benchmark::State& state) {
 }
 
 void BM_RecordTopk_Int32(benchmark::State& state) {
-  BM_RecordTopk<int32_t>(state);
+  BM_RecordTopk<int32_t, RealTopkIds<int32_t>>(state);
 }
 BENCHMARK(BM_RecordTopk_Int32)
     ->ArgName("tokens")
@@ -99,9 +167,18 @@ BENCHMARK(BM_RecordTopk_Int32)
     ->Arg(256);
 
 void BM_RecordTopk_Int64(benchmark::State& state) {
-  BM_RecordTopk<int64_t>(state);
+  BM_RecordTopk<int64_t, RealTopkIds<int64_t>>(state);
 }
 BENCHMARK(BM_RecordTopk_Int64)
+    ->ArgName("tokens")
+    ->Arg(65536)
+    ->Arg(8192)
+    ->Arg(256);
+
+void BM_RecordTopk_Int32_Stress(benchmark::State& state) {
+  BM_RecordTopk<int32_t, StressTopkIds<int32_t>>(state);
+}
+BENCHMARK(BM_RecordTopk_Int32_Stress)
     ->ArgName("tokens")
     ->Arg(65536)
     ->Arg(8192)
@@ -134,9 +211,9 @@ BENCHMARK(BM_Memcpy_SameBytes)
 // RecordTopk calls over the same bytes back to back, and the counter
 // `count_vs_memcpy` is the median over iterations of memcpy time / count
 // time (the fraction of memcpy throughput that counting reaches).
-template <typename Id>
+template <typename Id, std::vector<Id> (*Ids)(int64_t)>
 void BM_CountVsMemcpy(benchmark::State& state) {
-  const std::vector<Id> ids = SkewedTopkIds<Id>(state.range(0));
+  const std::vector<Id> ids = Ids(state.range(0));
   const std::vector<int32_t> log2phy = Rank0Log2Phy();
   auto recorder = MakeRecorder();
   const size_t bytes = ids.size() * sizeof(Id);
@@ -164,7 +241,7 @@ void BM_CountVsMemcpy(benchmark::State& state) {
   state.counters["count_vs_memcpy"] = ratios[ratios.size() / 2];
 }
 void BM_CountVsMemcpy_Int32(benchmark::State& state) {
-  BM_CountVsMemcpy<int32_t>(state);
+  BM_CountVsMemcpy<int32_t, RealTopkIds<int32_t>>(state);
 }
 BENCHMARK(BM_CountVsMemcpy_Int32)
     ->ArgName("tokens")
@@ -173,9 +250,18 @@ BENCHMARK(BM_CountVsMemcpy_Int32)
     ->Arg(256)
     ->Iterations(101);
 void BM_CountVsMemcpy_Int64(benchmark::State& state) {
-  BM_CountVsMemcpy<int64_t>(state);
+  BM_CountVsMemcpy<int64_t, RealTopkIds<int64_t>>(state);
 }
 BENCHMARK(BM_CountVsMemcpy_Int64)
+    ->ArgName("tokens")
+    ->Arg(65536)
+    ->Arg(8192)
+    ->Arg(256)
+    ->Iterations(101);
+void BM_CountVsMemcpy_Int32_Stress(benchmark::State& state) {
+  BM_CountVsMemcpy<int32_t, StressTopkIds<int32_t>>(state);
+}
+BENCHMARK(BM_CountVsMemcpy_Int32_Stress)
     ->ArgName("tokens")
     ->Arg(65536)
     ->Arg(8192)
@@ -184,7 +270,7 @@ BENCHMARK(BM_CountVsMemcpy_Int64)
 
 // One step of all 58 layers published (window + ring row under the seqlock).
 void BM_EndStep(benchmark::State& state) {
-  const std::vector<int32_t> ids = SkewedTopkIds<int32_t>(1);
+  const std::vector<int32_t> ids = RealTopkIds<int32_t>(1);
   const std::vector<int32_t> log2phy = Rank0Log2Phy();
   auto recorder = MakeRecorder();
   for (auto _ : state) {
@@ -197,7 +283,7 @@ BENCHMARK(BM_EndStep);
 
 // A step the stage filter discards (a decode step when collecting prefill).
 void BM_EndStep_Discarded(benchmark::State& state) {
-  const std::vector<int32_t> ids = SkewedTopkIds<int32_t>(1);
+  const std::vector<int32_t> ids = RealTopkIds<int32_t>(1);
   const std::vector<int32_t> log2phy = Rank0Log2Phy();
   auto recorder = MakeRecorder(eplb::HeatStage::kPrefill);
   for (auto _ : state) {
