@@ -603,12 +603,43 @@ TEST_F(CliTest, ReplayRecordThenStatic) {
                 .exit_code,
             0);
   // Static: no guard needed; the recorded map serves throughout.
-  Result s = Run("replay --ranks 16 --config " + stat + " --json");
+  const std::string log = (dir_ / "static_log.jsonl").string();
+  Result s = Run("replay --ranks 16 --config " + stat + " --placement-log " +
+                 log + " --json");
   ASSERT_EQ(s.exit_code, 0) << s.err;
   nlohmann::json sj = OneJsonObject(s);
   EXPECT_EQ(sj["mode"], "static");
   EXPECT_EQ(sj["rebalances"], 0);
   EXPECT_EQ(sj["experts_moved"], 0);
+  // It serves with the recorded map, not the initial placement: every
+  // layer's placement at step 0 is the map's, and nothing changes after.
+  const nlohmann::json recorded = nlohmann::json::parse(Slurp(map));
+  std::istringstream lines(Slurp(log));
+  std::string line;
+  int layers = 0;
+  while (std::getline(lines, line)) {
+    const nlohmann::json entry = nlohmann::json::parse(line);
+    ASSERT_EQ(entry["step"], 0) << line;
+    const int layer = entry["layer"].get<int>();
+    const nlohmann::json& devices =
+        recorded["layer_list"][layer]["device_list"];
+    ASSERT_EQ(entry["placement"].size(), devices.size());
+    for (size_t r = 0; r < devices.size(); ++r) {
+      EXPECT_EQ(entry["placement"][r], devices[r]["device_expert"])
+          << "layer " << layer << " rank " << r;
+    }
+    ++layers;
+  }
+  EXPECT_EQ(layers, 26);
+  // "no balancing" stays the default placement, which the map beats.
+  EXPECT_LT(sj["imbalance"]["median"].get<double>(),
+            sj["baseline_imbalance"]["median"].get<double>());
+  Result table = Run("replay --ranks 16 --config " + stat + " --no-pace");
+  ASSERT_EQ(table.exit_code, 0) << table.err;
+  EXPECT_NE(table.out.find("static map " + map), std::string::npos)
+      << table.out;
+  EXPECT_NE(table.out.find("no balancing     static map"), std::string::npos)
+      << table.out;
 }
 
 TEST_F(CliTest, HelpOnEveryCommandAndUsageErrors) {

@@ -65,9 +65,11 @@ struct ReplayResult {
   bool interrupted = false;
   std::string policy;
   std::string mode;
-  Distribution imbalance;                  // Realized, with balancing.
-  Distribution baseline_imbalance;         // Realized, initial map throughout.
-  std::vector<double> imbalance_per_step;  // Mean over layers.
+  Distribution imbalance;  // Realized, with balancing.
+  // Realized without balancing: the default placement (Placement::Initial)
+  // throughout, also when config.expert_map_path gave the starting map.
+  Distribution baseline_imbalance;
+  std::vector<double> imbalance_per_step;           // Mean over layers.
   std::vector<double> baseline_imbalance_per_step;  // Mean over layers.
   int64_t rebalances = 0;
   int64_t cycles_late = 0;  // Plan not ready after A steps: cycle skipped.

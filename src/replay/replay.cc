@@ -211,11 +211,15 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
           " replay steps: no rebalance can complete; replaying without "
           "balancing");
   }
+  // No balancing: the engine's default placement (experts in order, the
+  // redundant slots holding experts 0, 1, ...) throughout, also when a map
+  // file gave the starting placement.
+  const Placement unbalanced = Placement::Initial(num_layers, num_experts, t);
   std::vector<LayerRouting> baseline_routing;
   baseline_routing.reserve(num_layers);
   for (int l = 0; l < num_layers; ++l) {
     baseline_routing.push_back(
-        BuildLayerRouting(initial.layer(l), num_experts, t));
+        BuildLayerRouting(unbalanced.layer(l), num_experts, t));
   }
   Side with, without;
   std::vector<double> counts(num_experts);
@@ -260,7 +264,7 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
       double util = 1;
       step_with += MoeLayerSeconds(o.hardware, o.model, ranks, &util);
       const double x = Imbalance(ranks);
-      // Without: the initial map throughout.
+      // Without: the default placement throughout.
       std::vector<double> base = DispatchRankLoads(baseline_routing[l], counts);
       double base_util = 1;
       step_without += MoeLayerSeconds(o.hardware, o.model, base, &base_util);

@@ -84,7 +84,8 @@ std::string Bytes(double b) {
   return buf;
 }
 
-std::string Html(const ReplayResult& r, const std::string& title) {
+std::string Html(const ReplayResult& r, const std::string& title,
+                 const std::string& column) {
   auto polyline = [&](const std::vector<double>& v, double lo, double hi) {
     std::string pts;
     const double w = 900, h = 300;
@@ -116,8 +117,8 @@ std::string Html(const ReplayResult& r, const std::string& title) {
          "replay</title>"
          "<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 12px}"
          "</style></head><body><h1>eplb replay</h1><p>" +
-         title + "</p><table><tr><th></th><th>no balancing</th><th>" +
-         r.policy + "</th></tr>" + summary +
+         title + "</p><table><tr><th></th><th>no balancing</th><th>" + column +
+         "</th></tr>" + summary +
          "</table><h2>Realized imbalance per step (max/mean rank load, mean "
          "over layers)"
          "</h2><svg width=\"1000\" height=\"360\" "
@@ -134,7 +135,7 @@ std::string Html(const ReplayResult& r, const std::string& title) {
          "\"/><text x=\"60\" y=\"350\" fill=\"#c33\">no balancing</text><text "
          "x=\"200\" "
          "y=\"350\" fill=\"#36c\">" +
-         r.policy + "</text></svg></body></html>\n";
+         column + "</text></svg></body></html>\n";
 }
 
 int RunReplayCommand(const ReplayFlags& f) {
@@ -224,23 +225,30 @@ int RunReplayCommand(const ReplayFlags& f) {
     std::fprintf(stderr, "\neplb: interrupted after %lld steps\n",
                  static_cast<long long>(r->steps));
   const double real_expert = static_cast<double>(ExpertBytes(model, *quant));
-  char title[512];
+  // Static mode serves one map throughout: its column and title say so.
+  const bool is_static = r->mode == "static";
+  const std::string column = is_static ? "static map" : r->policy;
+  const std::string balancing =
+      is_static
+          ? "static map " + config.expert_map_path.value_or("")
+          : "policy " + r->policy + ", H=" +
+                std::to_string(config.expert_heat_collection_interval) +
+                " A=" + std::to_string(config.algorithm_execution_interval);
+  char title[1024];
   std::snprintf(
       title, sizeof title,
       "%s: %lld steps of %d trace steps, %d layers x %d experts; %s %s "
-      "(%s per expert), %d ranks x %d slots (%d redundant), policy %s, "
-      "H=%d A=%d, %s migration, hardware %s",
+      "(%s per expert), %d ranks x %d slots (%d redundant), %s, %s "
+      "migration, hardware %s",
       embedded ? "shipped trace dsv2lite-puffin/prefill_by_prompt.csv"
                : trace_path.c_str(),
       static_cast<long long>(r->steps), o.batch_steps, trace->num_layers(),
       trace->num_experts(), model.name.c_str(), f.quant.c_str(),
       Bytes(real_expert).c_str(), topology->num_ranks, topology->slots_per_rank,
-      config.num_redundant_experts, r->policy.c_str(),
-      config.expert_heat_collection_interval,
-      config.algorithm_execution_interval, f.sync ? "stop-the-world" : "async",
-      hw->name.c_str());
+      config.num_redundant_experts, balancing.c_str(),
+      f.sync ? "stop-the-world" : "async", hw->name.c_str());
   if (!f.report.empty()) {
-    Status s = WriteFileAtomic(f.report, Html(*r, title));
+    Status s = WriteFileAtomic(f.report, Html(*r, title, column));
     if (!s.ok()) return Fail(s);
   }
   auto dist = [](const Distribution& d) {
@@ -292,7 +300,7 @@ int RunReplayCommand(const ReplayFlags& f) {
     return r->interrupted ? 130 : 0;
   }
   std::printf("%s\n\n", title);
-  std::printf("%-28s %14s %14s\n", "", "no balancing", r->policy.c_str());
+  std::printf("%-28s %14s %14s\n", "", "no balancing", column.c_str());
   std::printf("%-28s %14.3f %14.3f\n", "imbalance median",
               r->baseline_imbalance.median, r->imbalance.median);
   std::printf("%-28s %14.3f %14.3f\n", "imbalance p90",
