@@ -127,9 +127,12 @@ StatusOr<ImbalanceReport> ComputeImbalance(const Placement& placement,
                                            const LoadMatrix& load);
 
 // The balance one layer meets step by step: the mean over the steps of
-// `samples` of LayerImbalance under each step's load (a step without load
-// counts 1); 1.0 without steps. What Swift and FlashLB plan for when they are
-// given per-step samples. Precondition: shapes agree.
+// `samples` of each step's max / mean rank load (a step without load counts
+// 1); 1.0 without steps. When the layer's samples are whole numbers (token
+// counts, below 2^31), each expert's tokens are split as the default
+// dispatch does (spec §3.1: whole tokens, round robin over its replicas in
+// slot order); otherwise evenly, as LayerImbalance. What Swift and FlashLB
+// plan for when they are given per-step samples. Precondition: shapes agree.
 double StepImbalance(const Placement& placement, int layer,
                      const LoadTrace& samples);
 

@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <string>
+#include <vector>
 
 namespace eplb {
 
@@ -109,13 +111,54 @@ double LayerImbalance(std::span<const int32_t> layer,
 
 double StepImbalance(const Placement& placement, int layer,
                      const LoadTrace& samples) {
-  if (samples.num_steps() == 0) return 1.0;
-  double sum = 0.0;
-  for (int t = 0; t < samples.num_steps(); ++t) {
-    sum += LayerImbalance(placement.layer(layer), samples.row(t, layer),
-                          placement.num_ranks(), placement.slots_per_rank());
+  const int steps = samples.num_steps();
+  if (steps == 0) return 1.0;
+  const std::span<const int32_t> slots = placement.layer(layer);
+  const int num_ranks = placement.num_ranks();
+  const int per_rank = placement.slots_per_rank();
+  bool whole = true;
+  for (int t = 0; t < steps && whole; ++t) {
+    for (double v : samples.row(t, layer)) {
+      if (!(v >= 0.0 && v < 0x1p31 && std::floor(v) == v)) {
+        whole = false;
+        break;
+      }
+    }
   }
-  return sum / samples.num_steps();
+  if (!whole) {
+    double sum = 0.0;
+    for (int t = 0; t < steps; ++t) {
+      sum += LayerImbalance(slots, samples.row(t, layer), num_ranks, per_rank);
+    }
+    return sum / steps;
+  }
+  // Whole tokens: the default dispatch (spec §3.1) gives replica j of c
+  // floor(x / c) tokens, plus one when j < x mod c; j counts the expert's
+  // slots in slot order.
+  std::vector<int64_t> count(samples.num_experts(), 0);
+  std::vector<int64_t> replica(slots.size());
+  for (size_t p = 0; p < slots.size(); ++p) replica[p] = count[slots[p]]++;
+  std::vector<double> loads(num_ranks);
+  double sum = 0.0;
+  for (int t = 0; t < steps; ++t) {
+    const std::span<const double> tokens = samples.row(t, layer);
+    std::fill(loads.begin(), loads.end(), 0.0);
+    for (size_t p = 0; p < slots.size(); ++p) {
+      const int32_t e = slots[p];
+      const auto x = static_cast<int64_t>(tokens[e]);
+      const int64_t share =
+          x / count[e] + (replica[p] < x % count[e] ? 1 : 0);  // Whole.
+      loads[p / per_rank] += static_cast<double>(share);
+    }
+    double total = 0.0;
+    double peak = 0.0;
+    for (double v : loads) {
+      total += v;
+      peak = std::max(peak, v);
+    }
+    sum += total > 0.0 ? peak / (total / num_ranks) : 1.0;
+  }
+  return sum / steps;
 }
 
 StatusOr<ImbalanceReport> ComputeImbalance(const Placement& placement,

@@ -40,6 +40,26 @@ TEST(LoadTest, StepImbalanceIsTheMeanOverSteps) {
   EXPECT_DOUBLE_EQ(StepImbalance(p, 0, LoadTrace(0, 1, 4)), 1.0);
 }
 
+TEST(LoadTest, StepImbalanceSplitsWholeTokensAsTheDefaultDispatch) {
+  // 2 ranks x 2 slots: expert 0 on both ranks (slot 0 first), 1 on rank 0,
+  // 2 on rank 1.
+  Placement p(1, 2, 2, 3);
+  const std::vector<int32_t> layer = {0, 1, 0, 2};
+  std::copy(layer.begin(), layer.end(), p.mutable_layer(0).begin());
+  LoadTrace samples(2, 1, 3);
+  // 3 tokens of expert 0: 2 to its first replica (rank 0), 1 to rank 1.
+  samples.at(0, 0, 0) = 3.0;
+  // 1 token of 0 (to rank 0) and 1 of 2 (rank 1): balanced.
+  samples.at(1, 0, 0) = 1.0;
+  samples.at(1, 0, 2) = 1.0;
+  EXPECT_DOUBLE_EQ(StepImbalance(p, 0, samples), (2.0 / 1.5 + 1.0) / 2);
+  // Loads that are not whole numbers are split evenly: 1.5 and 1.5, then
+  // 0.75 and 0.75 + 1.
+  samples.at(0, 0, 1) = 0.0;
+  samples.at(1, 0, 0) = 1.5;
+  EXPECT_DOUBLE_EQ(StepImbalance(p, 0, samples), (1.0 + 1.75 / 1.25) / 2);
+}
+
 TEST(LoadTest, ComputeImbalanceReportsAllMeasures) {
   Placement p = Placement::Initial(2, 4, Topology{2, 2, 2});
   LoadMatrix load(2, 4);

@@ -75,38 +75,57 @@ class LayerModel {
   void BestSwap(std::span<const int32_t> lay, int h, double move_cost,
                 double* best, int* best_a, int* best_b);
 
+  // Score when whole_tokens_, with count_ current.
+  double WholeTokenScore(std::span<const int32_t> layer);
   // Replica counts (count_, inv_count_) of `layer`.
   void CountReplicas(std::span<const int32_t> layer);
+  // Each slot's replica index (replica_): 0 for its expert's lowest slot.
+  void ReplicaIndices(std::span<const int32_t> layer);
+  // Slot p's load in each shot ([S]): its replica's whole-token share of
+  // its expert's tokens (the default dispatch) when whole_tokens_, else an
+  // even share; count_, inv_count_ and replica_ current.
+  void SlotShares(std::span<const int32_t> layer, size_t p, double* out);
   // The slots (in slot order) with the kSwapSlots largest gains, or all.
   void TopSlots(const std::vector<double>& gain, std::vector<int>* top) const;
   // SwapOnShots' slot_val_ and shot_load_ for `lay` over the n loaded shots.
   void FillSlotValues(std::span<const int32_t> lay, int n);
+  // After a swap in whole tokens: expert e's replica indices, slot values
+  // and their ranks' loads, which follow its replicas' slot order.
+  void RefreshShares(std::span<const int32_t> lay, int32_t e, int n);
 
   int e_ = 0;
   int r_ = 0;
   int k_ = 0;
   int s_ = 0;                    // Shots.
   std::vector<double> shots_;    // [S][E]
+  std::vector<double> shots_t_;  // [E][S]: shots_ transposed.
   std::vector<double> inv_avg_;  // [S]: R / shot total (0: no load).
   std::vector<double> mean_;     // [E]
   std::vector<double> var_;      // [E]
   std::vector<double> risk_;     // [E]: μ + zσ.
   std::vector<double> cov_;      // [E][E], when spread_.
   bool spread_ = false;          // Some expert varies over the shots.
+  // Every shot is one step of whole-token counts: slot loads follow the
+  // default dispatch (SlotShares).
+  bool whole_tokens_ = false;
   ShotStats stats_;
   // Scratch.
-  std::vector<int32_t> group_;     // [E]: FlashTree group.
-  std::vector<int32_t> order_;     // [E]: experts by risk load.
-  std::vector<Key> keys_;          // [E]: placement order.
-  std::vector<double> share_;      // [E]
-  std::vector<double> inv_count_;  // [E]
-  std::vector<int32_t> count_;     // [E]
-  std::vector<int> used_;          // [R]
-  std::vector<double> rank_mean_;  // [R]
-  std::vector<double> rank_var_;   // [R]
-  std::vector<double> rank_cov_;   // [R][E]: Cov(rank load, x_e).
-  std::vector<char> holds_;        // [R][E]
-  std::vector<int> freed_;         // [R]: Incremental's freed slots.
+  std::vector<int32_t> group_;      // [E]: FlashTree group.
+  std::vector<int32_t> order_;      // [E]: experts by risk load.
+  std::vector<Key> keys_;           // [E]: placement order.
+  std::vector<double> share_;       // [E]
+  std::vector<double> inv_count_;   // [E]
+  std::vector<int32_t> count_;      // [E]
+  std::vector<int> replica_;        // [R*K]: see ReplicaIndices.
+  std::vector<int> seen_;           // [E]: ReplicaIndices' scratch.
+  std::vector<double> score_load_;  // [R][S]: Score's rank loads.
+  std::vector<double> share_buf_;   // [S]: one slot's shares.
+  std::vector<int> used_;           // [R]
+  std::vector<double> rank_mean_;   // [R]
+  std::vector<double> rank_var_;    // [R]
+  std::vector<double> rank_cov_;    // [R][E]: Cov(rank load, x_e).
+  std::vector<char> holds_;         // [R][E]
+  std::vector<int> freed_;          // [R]: Incremental's freed slots.
   // SwapOnShots, over the loaded shots S' only; loads in units of the
   // shot's mean rank load.
   std::vector<char> cur_holds_;    // [R][E]: the current layer.

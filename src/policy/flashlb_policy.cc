@@ -273,17 +273,36 @@ void LayerModel::Load(const LayerContext& ctx) {
   r_ = ctx.topology->num_ranks;
   k_ = ctx.topology->slots_per_rank;
   shots_.clear();
+  whole_tokens_ = false;
   if (ctx.samples != nullptr) {
     const int budget = kShotBudget / std::max(1, e_ * e_);
-    shots_ = GroupIntoShots(*ctx.samples, ctx.layer,
-                            std::clamp(budget, kMinShots, kMaxShots));
+    const int max_shots = std::clamp(budget, kMinShots, kMaxShots);
+    shots_ = GroupIntoShots(*ctx.samples, ctx.layer, max_shots);
+    // Per-step samples (two steps or more; one is an aggregate), one step
+    // per shot, in whole tokens: replicas split each expert's tokens as the
+    // default dispatch does (spec §3.1).
+    whole_tokens_ = ctx.samples->num_steps() >= 2 &&
+                    ctx.samples->num_steps() <= max_shots &&
+                    std::all_of(shots_.begin(), shots_.end(), [](double v) {
+                      // Whole numbers in [0, 2^31) (AddWholeShares).
+                      return v >= 0.0 && v < 0x1p31 &&
+                             static_cast<double>(static_cast<int32_t>(v)) == v;
+                    });
   }
   if (std::all_of(shots_.begin(), shots_.end(),
                   [](double v) { return v == 0.0; })) {
     // No (non-zero) samples: the aggregate is the only shot.
     shots_.assign(ctx.load.begin(), ctx.load.end());
+    whole_tokens_ = false;
   }
   s_ = static_cast<int>(shots_.size() / static_cast<size_t>(e_));
+  shots_t_.resize(shots_.size());
+  for (int t = 0; t < s_; ++t) {
+    for (int e = 0; e < e_; ++e) {
+      shots_t_[static_cast<size_t>(e) * s_ + t] =
+          shots_[static_cast<size_t>(t) * e_ + e];
+    }
+  }
   mean_.assign(e_, 0.0);
   inv_avg_.assign(s_, 0.0);
   for (int t = 0; t < s_; ++t) {
@@ -328,8 +347,53 @@ void LayerModel::CountReplicas(std::span<const int32_t> layer) {
   }
 }
 
+namespace {
+
+// The default dispatch's split of whole tokens (spec §3.1): replica j of c
+// receives floor(x / c) tokens, plus one when j < x mod c, of an expert's x
+// tokens in each of n shots. Adds that share to load[t]. With x a whole
+// number in [0, 2^31), w = trunc((x + 0.5) / c) is floor(x / c) exactly
+// (x + 0.5 stays at least 0.5 / c from an integer multiple of c, far above
+// the rounding of the multiply), r = x - w c is exact, and for whole
+// numbers min(max(r - j, 0), 1) is the test j < r: no branch, so the loop
+// vectorizes, and both clones compute the same exact values.
+EPLB_VECTOR_CLONES
+void AddWholeShares(const double* x, int n, int c, int j, double* load) {
+  const double inv = 1.0 / c;
+  const double dc = c;
+  const double dj = j;
+  for (int t = 0; t < n; ++t) {
+    const double w =
+        static_cast<double>(static_cast<int32_t>((x[t] + 0.5) * inv));
+    const double r = x[t] - w * dc;
+    load[t] += w + std::min(std::max(r - dj, 0.0), 1.0);
+  }
+}
+
+}  // namespace
+
+void LayerModel::SlotShares(std::span<const int32_t> layer, size_t p,
+                            double* out) {
+  const int32_t e = layer[p];
+  const double* col = shots_t_.data() + static_cast<size_t>(e) * s_;
+  std::fill(out, out + s_, 0.0);
+  if (whole_tokens_ && count_[e] > 1) {
+    AddWholeShares(col, s_, count_[e], replica_[p], out);
+  } else {
+    const double inv = inv_count_[e];
+    for (int t = 0; t < s_; ++t) out[t] = col[t] * inv;
+  }
+}
+
+void LayerModel::ReplicaIndices(std::span<const int32_t> layer) {
+  replica_.resize(layer.size());
+  seen_.assign(e_, 0);
+  for (size_t p = 0; p < layer.size(); ++p) replica_[p] = seen_[layer[p]]++;
+}
+
 double LayerModel::Score(std::span<const int32_t> layer) {
   CountReplicas(layer);
+  if (whole_tokens_) return WholeTokenScore(layer);
   double total = 0.0;
   for (int t = 0; t < s_; ++t) {
     if (inv_avg_[t] == 0.0) {
@@ -345,6 +409,37 @@ double LayerModel::Score(std::span<const int32_t> layer) {
         sum += x[slots[s]] * inv_count_[slots[s]];
       }
       peak = std::max(peak, sum);
+    }
+    total += peak * inv_avg_[t];
+  }
+  return total / s_;
+}
+
+double LayerModel::WholeTokenScore(std::span<const int32_t> layer) {
+  ReplicaIndices(layer);
+  // Rank loads per shot ([R][S]), slot by slot: each rank's sum adds its
+  // slots in slot order, as Score does.
+  score_load_.assign(static_cast<size_t>(r_) * s_, 0.0);
+  for (size_t p = 0; p < layer.size(); ++p) {
+    const int32_t e = layer[p];
+    double* load = score_load_.data() + (p / k_) * s_;
+    const double* col = shots_t_.data() + static_cast<size_t>(e) * s_;
+    if (count_[e] <= 1) {
+      const double inv = inv_count_[e];
+      for (int t = 0; t < s_; ++t) load[t] += col[t] * inv;
+    } else {
+      AddWholeShares(col, s_, count_[e], replica_[p], load);
+    }
+  }
+  double total = 0.0;
+  for (int t = 0; t < s_; ++t) {
+    if (inv_avg_[t] == 0.0) {
+      total += 1.0;  // A shot without load is balanced.
+      continue;
+    }
+    double peak = 0.0;
+    for (int r = 0; r < r_; ++r) {
+      peak = std::max(peak, score_load_[static_cast<size_t>(r) * s_ + t]);
     }
     total += peak * inv_avg_[t];
   }
@@ -776,18 +871,39 @@ void LayerModel::FillSlotValues(std::span<const int32_t> lay, int n) {
   // shot's mean rank load ([P][S'] and [R][S'], shots without load left
   // out: their score term is constant).
   CountReplicas(lay);
+  ReplicaIndices(lay);
   const int slots = r_ * k_;
   slot_val_.assign(static_cast<size_t>(slots) * n, 0.0);
   shot_load_.assign(static_cast<size_t>(r_) * n, 0.0);
+  share_buf_.resize(s_);
   for (int p = 0; p < slots; ++p) {
     double* v = slot_val_.data() + static_cast<size_t>(p) * n;
     double* load = shot_load_.data() + static_cast<size_t>(p / k_) * n;
-    const int32_t e = lay[p];
+    SlotShares(lay, p, share_buf_.data());
     for (int t = 0, i = 0; t < s_; ++t) {
       if (inv_avg_[t] == 0.0) continue;
-      v[i] =
-          shots_[static_cast<size_t>(t) * e_ + e] * inv_count_[e] * inv_avg_[t];
+      v[i] = share_buf_[t] * inv_avg_[t];
       load[i] += v[i];
+      ++i;
+    }
+  }
+}
+
+void LayerModel::RefreshShares(std::span<const int32_t> lay, int32_t e, int n) {
+  if (count_[e] <= 1) return;
+  int replica = 0;
+  share_buf_.resize(s_);
+  for (size_t p = 0; p < lay.size(); ++p) {
+    if (lay[p] != e) continue;
+    replica_[p] = replica++;
+    double* v = slot_val_.data() + p * n;
+    double* load = shot_load_.data() + (p / k_) * n;
+    SlotShares(lay, p, share_buf_.data());
+    for (int t = 0, i = 0; t < s_; ++t) {
+      if (inv_avg_[t] == 0.0) continue;
+      const double now = share_buf_[t] * inv_avg_[t];
+      load[i] += now - v[i];
+      v[i] = now;
       ++i;
     }
   }
@@ -867,6 +983,12 @@ int LayerModel::SwapOnShots(std::span<const int32_t> current, double move_cost,
     receives_[h] += is_new(h, eb) - is_new(h, ea);
     receives_[q] += is_new(q, ea) - is_new(q, eb);
     SwapSlots(lay, holds_, e_, k_, best_a, best_b);
+    // In whole tokens, a replicated expert's shares follow its replicas'
+    // order, which the swap may have changed.
+    if (whole_tokens_) {
+      RefreshShares(lay, ea, n);
+      RefreshShares(lay, eb, n);
+    }
   }
   return swaps;
 }

@@ -96,9 +96,7 @@ LayerContext ContextFor(std::span<const int32_t> layer, const LoadMatrix& load,
 }
 
 // The shot score is the mean over steps of each step's peak / mean rank
-// load, replicas sharing their expert's load evenly (the expected split of
-// the default dispatch; fitting the exact whole-token split of past steps
-// scored worse on the replayed trace).
+// load (here every split is even, whole tokens or not).
 TEST(LayerModelTest, ShotScoreIsTheMeanPerStepPeak) {
   const Topology topology = MakeTopology(3, 2, 2).value();
   // Expert 0 on both ranks, 1 on rank 0, 2 on rank 1.
@@ -120,6 +118,73 @@ TEST(LayerModelTest, ShotScoreIsTheMeanPerStepPeak) {
   ctx.samples = nullptr;
   model.Load(ctx);
   EXPECT_DOUBLE_EQ(model.Score(layer), 1.0);
+}
+
+// With one whole-token step per shot, the score splits an expert's tokens
+// as the default dispatch does (its first replica takes the odd token) and
+// equals StepImbalance exactly, also for large counts and up to 4
+// replicas; with loads that are not whole numbers, both split evenly.
+TEST(LayerModelTest, ShotScoreSplitsWholeTokensAsTheDefaultDispatch) {
+  const Topology topology = MakeTopology(6, 4, 3).value();  // 12 slots.
+  // Expert 0 on all 4 ranks, 1 on 3, 2 on 2, 3..5 once.
+  const std::vector<int32_t> layer = {0, 1, 2, 0, 1, 3, 0, 1, 4, 0, 2, 5};
+  Placement placement(1, 4, 3, 6);
+  std::copy(layer.begin(), layer.end(), placement.mutable_layer(0).begin());
+  const PolicyOptions options;
+  uint64_t x = 7;
+  for (bool whole : {true, false}) {
+    SCOPED_TRACE(whole ? "whole tokens" : "fractional loads");
+    LoadTrace samples(40, 1, 6);
+    for (int t = 0; t < samples.num_steps(); ++t) {
+      for (int e = 0; e < 6; ++e) {
+        x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+        // Small counts (odd splits matter), counts up to 2^30 and exact
+        // multiples of the replica count (where x / c is a whole number).
+        const uint64_t replicas =
+            static_cast<uint64_t>(std::count(layer.begin(), layer.end(), e));
+        const uint64_t v = t % 4 == 3   ? (x >> 34)
+                           : t % 4 == 1 ? replicas * (x >> 36)
+                                        : (x >> 61);
+        samples.at(t, 0, e) = static_cast<double>(v) + (whole ? 0.0 : 0.25);
+      }
+    }
+    const LoadMatrix load = samples.Aggregate();
+    LayerContext ctx = ContextFor(layer, load, &samples, topology, options);
+    LayerModel model;
+    model.Load(ctx);
+    EXPECT_NEAR(model.Score(layer), StepImbalance(placement, 0, samples),
+                1e-12);
+  }
+  // 49 replicas: 1.0 / 49 * 49 rounds below 1, the case where a plain
+  // floor(x * (1 / c)) would lose a token.
+  {
+    const Topology wide = MakeTopology(2, 50, 1).value();
+    std::vector<int32_t> slots(50, 0);
+    slots[49] = 1;
+    Placement p(1, 50, 1, 2);
+    std::copy(slots.begin(), slots.end(), p.mutable_layer(0).begin());
+    LoadTrace multiples(64, 1, 2);
+    for (int t = 0; t < multiples.num_steps(); ++t) {
+      multiples.at(t, 0, 0) = 49.0 * (t + 1);
+      multiples.at(t, 0, 1) = t;
+    }
+    const LoadMatrix wide_load = multiples.Aggregate();
+    LayerContext wide_ctx =
+        ContextFor(slots, wide_load, &multiples, wide, options);
+    LayerModel wide_model;
+    wide_model.Load(wide_ctx);
+    EXPECT_NEAR(wide_model.Score(slots), StepImbalance(p, 0, multiples), 1e-12);
+  }
+  // A first replica that takes every odd token scores worse than an even
+  // split would: 3 tokens of expert 0 alone go 1, 1, 1 to ranks 0..2.
+  LoadTrace odd(2, 1, 6);
+  odd.at(0, 0, 0) = 3.0;
+  odd.at(1, 0, 0) = 3.0;
+  const LoadMatrix odd_load = odd.Aggregate();
+  LayerContext ctx = ContextFor(layer, odd_load, &odd, topology, options);
+  LayerModel model;
+  model.Load(ctx);
+  EXPECT_DOUBLE_EQ(model.Score(layer), 1.0 / 0.75);
 }
 
 }  // namespace
