@@ -251,7 +251,14 @@ Status TraceCsvReader::ParseRow(std::string_view line) {
 
 Status TraceCsvReader::ParseCell(std::string_view text, int column,
                                  uint64_t* value) const {
-  const char* const end = text.data() + text.size();
+  const char* end = text.data() + text.size();
+  // A whole number written with a zero fraction ("3.0", as tools that store
+  // counts as floats write them) reads as that number.
+  if (const size_t dot = text.find('.');
+      dot != std::string_view::npos && dot > 0 && dot + 1 < text.size() &&
+      text.find_first_not_of('0', dot + 1) == std::string_view::npos) {
+    end = text.data() + dot;
+  }
   const auto [ptr, ec] = std::from_chars(text.data(), end, *value);
   if (ec == std::errc() && ptr == end && !text.empty()) {
     if (column + 1 == kNumColumns || *value <= kMaxId) return Status::Ok();

@@ -92,6 +92,19 @@ TEST_F(TraceCsvTest, ToleratesCrlfMissingFinalNewlineAndTrailingBlankLines) {
 
 // A multi-chunk file whose lines straddle chunk boundaries at every offset
 // parses to the trace it was written from.
+// Counts (and ids) stored as floats by other tools ("3.0") read as whole
+// numbers; a real fraction is still an error (RejectsBadFiles...).
+TEST_F(TraceCsvTest, ReadsWholeNumbersWrittenWithAZeroFraction) {
+  const std::string path = Write(
+      "floats.csv", "step,layer,expert,count\n0,0,1,3.0\n0.0,0,2,1.000\n");
+  const StatusOr<LoadTrace> trace = ReadTraceCsv(path);
+  ASSERT_TRUE(trace.ok()) << trace.status().ToString();
+  EXPECT_EQ(trace->num_steps(), 1);
+  EXPECT_EQ(trace->num_experts(), 3);
+  EXPECT_EQ(trace->at(0, 0, 1), 3.0);
+  EXPECT_EQ(trace->at(0, 0, 2), 1.0);
+}
+
 TEST_F(TraceCsvTest, ReadsLinesSplitAcrossChunks) {
   constexpr int kSteps = 300, kLayers = 12, kExperts = 64;
   LoadTrace expected(kSteps, kLayers, kExperts);
@@ -276,6 +289,18 @@ std::vector<BadCsv> BadCsvCases() {
        h + "0,0,1,2.5\n",
        {},
        "line 2, column count: \"2.5\" is not a non-negative integer"},
+      {"FractionAfterZeros",
+       h + "0,0,1,2.001\n",
+       {},
+       "line 2, column count: \"2.001\" is not a non-negative integer"},
+      {"BareDot",
+       h + "0,0,1,2.\n",
+       {},
+       "line 2, column count: \"2.\" is not a non-negative integer"},
+      {"DotWithoutDigits",
+       h + "0,0,1,.0\n",
+       {},
+       "line 2, column count: \".0\" is not a non-negative integer"},
       {"EmptyCell",
        h + "0,,1,2\n",
        {},
