@@ -26,7 +26,9 @@ class LayerModel {
 
   std::span<const double> mean() const { return mean_; }
 
-  // Mean over shots of each shot's peak / average rank load ([R*K] layer).
+  // Mean over shots of each shot's peak / average rank load ([R*K] layer);
+  // with whole_tokens_, replicas split their expert's tokens as the default
+  // dispatch does (SlotShares), else evenly.
   double Score(std::span<const int32_t> layer);
   // The FlashTree search plus swap refinement: the best-scoring layer.
   std::vector<int32_t> Search();

@@ -353,8 +353,8 @@ namespace {
 // receives floor(x / c) tokens, plus one when j < x mod c, of an expert's x
 // tokens in each of n shots. Adds that share to load[t]. With x a whole
 // number in [0, 2^31), w = trunc((x + 0.5) / c) is floor(x / c) exactly
-// (x + 0.5 stays at least 0.5 / c from an integer multiple of c, far above
-// the rounding of the multiply), r = x - w c is exact, and for whole
+// ((x + 0.5) / c lies at least 0.5 / c from an integer, far above the
+// rounding of the multiply), r = x - w c is exact, and for whole
 // numbers min(max(r - j, 0), 1) is the test j < r: no branch, so the loop
 // vectorizes, and both clones compute the same exact values.
 EPLB_VECTOR_CLONES
