@@ -2,7 +2,6 @@
 // process; exit codes, stdout and stderr are checked.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
-#include <unistd.h>
 
 #include <cstdlib>
 #include <filesystem>
@@ -10,6 +9,8 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
+
+#include "testing/scratch_dir.h"
 
 namespace {
 
@@ -30,15 +31,6 @@ std::string Slurp(const fs::path& p) {
 
 class CliTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::temp_directory_path() /
-           ("eplb_cli_" + std::to_string(::getpid()) + "_" + info->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
   // Runs `eplb <args>` (args are shell words; quote as needed).
   Result Run(const std::string& args) {
     const fs::path out = dir_ / "stdout", err = dir_ / "stderr";
@@ -53,9 +45,7 @@ class CliTest : public ::testing::Test {
   }
 
   fs::path Write(const std::string& name, const std::string& text) {
-    const fs::path p = dir_ / name;
-    std::ofstream(p) << text;
-    return p;
+    return scratch_.Write(name, text);
   }
 
   static std::string Data(const std::string& rel) {
@@ -70,7 +60,8 @@ class CliTest : public ::testing::Test {
     return j;
   }
 
-  fs::path dir_;
+  eplb::testing_util::ScratchDir scratch_{"cli"};
+  const fs::path dir_ = scratch_.path();
 };
 
 const char kFixture[] = "tests/data/vllm_ascend_expert_map.json";

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "eplb/io.h"
+#include "testing/scratch_dir.h"
 
 namespace eplb {
 namespace {
@@ -229,10 +230,8 @@ TEST(ControllerTest, SyncMigrationStallsAsyncDoesNot) {
 }
 
 TEST(ControllerTest, RecordThenStatic) {
-  const std::string path =
-      (std::filesystem::temp_directory_path() /
-       ("eplb_record_" + std::to_string(::getpid()) + ".json"))
-          .string();
+  const testing_util::ScratchDir scratch("controller");
+  const std::string path = scratch.File("recorded.json");
   EplbConfig rec = Dynamic(4, 10);
   rec.expert_map_record_path = path;
   Placement recorded;
@@ -254,7 +253,6 @@ TEST(ControllerTest, RecordThenStatic) {
   EXPECT_EQ(rig.controller->placement(), recorded);
   EXPECT_EQ(rig.controller->stats().cycles, 0);
   EXPECT_TRUE(rig.commits.empty());
-  std::filesystem::remove(path);
 }
 
 // Records how many per-step samples each plan saw.

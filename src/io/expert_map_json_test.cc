@@ -2,15 +2,14 @@
 // every validation rule with a broken variant (each asserting the message
 // names the place), collection of all problems, and round trips.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
 #include "eplb/io.h"
+#include "testing/scratch_dir.h"
 
 namespace eplb {
 namespace {
@@ -152,26 +151,21 @@ TEST(ExpertMapJsonTest, RoundTripsLargePlacementByteIdentical) {
 }
 
 TEST(ExpertMapJsonTest, WriteThenReadFile) {
-  const fs::path path =
-      fs::temp_directory_path() /
-      ("eplb_expert_map_" + std::to_string(::getpid()) + ".json");
+  const testing_util::ScratchDir scratch("expert_map");
+  const fs::path path = scratch.File("map.json");
   const StatusOr<Placement> parsed =
       ParseExpertMapJson(TwoLayerMap().dump(), MapExpectations{});
   ASSERT_TRUE(parsed.ok());
   ASSERT_TRUE(WriteExpertMapJson(path, *parsed).ok());
   const StatusOr<Placement> read = ReadExpertMapJson(path, MapExpectations{});
-  fs::remove(path);
   ASSERT_TRUE(read.ok()) << read.status().ToString();
   EXPECT_EQ(*read, *parsed);
 }
 
 TEST(ExpertMapJsonTest, FileErrorsStartWithPath) {
-  const fs::path path =
-      fs::temp_directory_path() /
-      ("eplb_bad_map_" + std::to_string(::getpid()) + ".json");
-  std::ofstream(path) << "[1, 2]";
+  const testing_util::ScratchDir scratch("expert_map");
+  const fs::path path = scratch.Write("bad.json", "[1, 2]");
   const StatusOr<Placement> read = ReadExpertMapJson(path, MapExpectations{});
-  fs::remove(path);
   ASSERT_FALSE(read.ok());
   EXPECT_EQ(read.status().message(),
             path.string() + ": top level is an array, not an object");

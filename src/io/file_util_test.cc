@@ -1,7 +1,6 @@
 // Tests of ReadFileToString and WriteFileAtomic: contents, error codes and
 // messages, and that a failed write leaves nothing behind.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -12,6 +11,7 @@
 #include <vector>
 
 #include "eplb/io.h"
+#include "testing/scratch_dir.h"
 
 namespace eplb {
 namespace {
@@ -20,17 +20,9 @@ namespace fs = std::filesystem;
 
 class FileUtilTest : public testing::Test {
  protected:
-  void SetUp() override {
-    const auto* info = testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::temp_directory_path() /
-           ("eplb_file_util_" + std::string(info->name()) + "_" +
-            std::to_string(::getpid()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
+  std::string Path(const std::string& name) const {
+    return scratch_.File(name);
   }
-  void TearDown() override { fs::remove_all(dir_); }
-
-  std::string Path(const std::string& name) const { return dir_ / name; }
 
   void WriteRaw(const std::string& path, const std::string& contents) {
     std::ofstream(path, std::ios::binary) << contents;
@@ -44,7 +36,8 @@ class FileUtilTest : public testing::Test {
     return names;
   }
 
-  fs::path dir_;
+  testing_util::ScratchDir scratch_{"file_util"};
+  const fs::path dir_ = scratch_.path();
 };
 
 TEST_F(FileUtilTest, ReadsWholeFileIncludingNulBytes) {

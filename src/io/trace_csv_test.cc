@@ -2,15 +2,14 @@
 // across read chunks, every error with its line and column, the shipped
 // DeepSeek-V2-Lite trace) and of ReadLoadFile's format sniffing.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <filesystem>
-#include <fstream>
 #include <numeric>
 #include <string>
 #include <vector>
 
 #include "eplb/io.h"
+#include "testing/scratch_dir.h"
 
 namespace eplb {
 namespace {
@@ -25,23 +24,12 @@ constexpr size_t kChunkBytes = size_t{1} << 20;  // The reader's chunk size.
 
 class TempDirTest : public testing::Test {
  protected:
-  void SetUp() override {
-    const auto* info = testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::temp_directory_path() /
-           ("eplb_trace_csv_" + std::string(info->name()) + "_" +
-            std::to_string(::getpid()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
   std::string Write(const std::string& name, const std::string& contents) {
-    const std::string path = dir_ / name;
-    std::ofstream(path, std::ios::binary) << contents;
-    return path;
+    return scratch_.Write(name, contents);
   }
 
-  fs::path dir_;
+  testing_util::ScratchDir scratch_{"trace_csv"};
+  const fs::path dir_ = scratch_.path();
 };
 
 using TraceCsvTest = TempDirTest;

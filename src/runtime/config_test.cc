@@ -6,12 +6,10 @@
 #include "eplb/config.h"
 
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <climits>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -19,6 +17,7 @@
 #include <vector>
 
 #include "eplb/status.h"
+#include "testing/scratch_dir.h"
 
 namespace eplb {
 namespace {
@@ -562,36 +561,22 @@ TEST(ConfigEnvGuardTest, ReadConfigEnvReadsBothVariables) {
       kRecordGuardError);
 }
 
-// Temp files under the system temp directory, removed at the end.
+// Temp files in a scratch directory, removed at the end.
 class TempFiles {
  public:
-  TempFiles() = default;
-  TempFiles(const TempFiles&) = delete;
-  TempFiles& operator=(const TempFiles&) = delete;
-  ~TempFiles() {
-    for (const fs::path& path : paths_) {
-      std::error_code ignored;
-      fs::remove_all(path, ignored);
-    }
-  }
-
   // A unique path ending in `suffix`, not created.
   std::string Path(std::string_view suffix) {
-    static int counter = 0;
-    fs::path path = fs::temp_directory_path() /
-                    ("eplb_config_test_" + std::to_string(::getpid()) + "_" +
-                     std::to_string(counter++) + std::string(suffix));
-    paths_.push_back(path);
-    return path.string();
+    return dir_.File("file_" + std::to_string(counter_++) +
+                     std::string(suffix));
   }
   std::string Write(std::string_view suffix, std::string_view contents) {
-    const std::string path = Path(suffix);
-    std::ofstream(path, std::ios::binary) << contents;
-    return path;
+    return dir_.Write(
+        "file_" + std::to_string(counter_++) + std::string(suffix), contents);
   }
 
  private:
-  std::vector<fs::path> paths_;
+  testing_util::ScratchDir dir_{"config"};
+  int counter_ = 0;
 };
 
 TEST(ConfigTest, ReadEplbConfigParsesAFile) {
