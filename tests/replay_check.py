@@ -7,7 +7,10 @@ recomputes the realized imbalance (default dispatch: whole tokens, round robin
 over replicas in physical-id order; max / mean rank load per (step, layer)),
 which must match the reported figures within 1%.
 
-Usage: replay_check.py EPLB TRACE_CSV WORK_DIR [extra replay args...]
+With --expect-median M, --expect-p90 P and --expect-moved F (fraction of the
+slots per rebalance), it also checks the figures against those targets.
+
+Usage: replay_check.py EPLB TRACE_CSV WORK_DIR [--expect-... X] [extra replay args...]
 Prints the figures and 'N passed, M failed'."""
 import csv
 import json
@@ -17,7 +20,15 @@ import subprocess
 import sys
 
 EPLB, TRACE, WORK = sys.argv[1:4]
-EXTRA = sys.argv[4:]
+EXTRA = []
+TARGETS = {}  # median / p90 / moved: the most each figure may be.
+_args = sys.argv[4:]
+while _args:
+    if _args[0] in ("--expect-median", "--expect-p90", "--expect-moved") and len(_args) > 1:
+        TARGETS[_args[0][len("--expect-"):]] = float(_args[1])
+        _args = _args[2:]
+    else:
+        EXTRA.append(_args.pop(0))
 
 
 def percentile(values, p):
@@ -100,7 +111,15 @@ def main():
           f"{report['baseline_imbalance']['p90']:.3f}), rebalances {report['rebalances']}, "
           f"moved per rebalance {100 * report['moved_per_rebalance']:.1f}% of slots, "
           f"max stall {report['max_stall_ms']} ms")
-    print(f"{4 - failures} passed, {failures} failed")
+    checks = 4
+    got = {"median": mine["median"], "p90": mine["p90"],
+           "moved": report["moved_per_rebalance"]}
+    for key, most in TARGETS.items():
+        checks += 1
+        ok = got[key] <= most
+        failures += not ok
+        print(f"{'ok  ' if ok else 'FAIL'} target {key}: {got[key]:.4f} <= {most}")
+    print(f"{checks - failures} passed, {failures} failed")
     return 1 if failures else 0
 
 
