@@ -122,8 +122,9 @@ class Controller {
   struct Planner;
   Controller() = default;
   void Log(const std::string& line);
-  // Appends a collected window to history_, keeping the newest steps.
-  void AppendToHistory(const LoadTrace& window);
+  // Queues a collected window for the planner's history (dropping the
+  // oldest queued ones beyond what the history keeps).
+  void AddPendingWindow(LoadTrace window);
   void EndCollect();
   void TakePlan();
   void MigrateStep(bool before);
@@ -138,9 +139,10 @@ class Controller {
   int64_t step_ = 0;        // Steps served.
   int64_t cycle_step_ = 0;  // Steps since the cycle started.
   enum class Phase { kCollect, kPlan, kMigrate } phase_ = Phase::kCollect;
-  Placement plan_;               // The plan being migrated.
-  std::vector<double> history_;  // [steps][L][E] logical samples, oldest first.
-  int history_steps_ = 0;
+  Placement plan_;  // The plan being migrated.
+  // Collected windows not yet handed to the planner, oldest first.
+  std::vector<LoadTrace> pending_windows_;
+  int pending_steps_ = 0;
   std::vector<int> layers_;  // Changed layers, in migration order.
   size_t next_layer_ = 0;
   bool committed_this_cycle_ = false;

@@ -14,14 +14,17 @@ namespace eplb {
 
 // The planner thread and its lock-free handshake with the serving thread:
 // the serving thread writes `job` only while state is kIdle and reads
-// `result` only while it is kDone; the planner does the opposite.
+// `result` only while it is kDone; the planner does the opposite. The
+// sample history belongs to the planner thread: the serving thread only
+// hands over the windows collected since the last job, so the history's
+// copies stay off the serving thread.
 struct Controller::Planner {
   enum State : int { kIdle, kRunning, kDone };
   struct Job {
     int64_t id = 0;
     Placement current;
     LoadMatrix load;
-    LoadTrace samples;
+    std::vector<LoadTrace> windows;  // Logical per-step loads, oldest first.
   };
 
   Policy* policy = nullptr;
@@ -36,15 +39,42 @@ struct Controller::Planner {
   int64_t result_id = 0;
   int64_t plan_nanos = 0;
   std::thread thread;
+  // Planner thread only: the newest `keep` collected steps, [steps][L][E].
+  int keep = 0;
+  std::vector<double> history;
+  int history_steps = 0;
+  LoadTrace samples;
+
+  // Appends the job's windows to the history (keeping the newest `keep`
+  // steps) and copies it into `samples`.
+  void TakeWindows() {
+    const size_t cells =
+        static_cast<size_t>(job.load.num_layers()) * job.load.num_experts();
+    for (const LoadTrace& w : job.windows) {
+      history.insert(history.end(), w.data().begin(), w.data().end());
+      history_steps += w.num_steps();
+    }
+    job.windows.clear();
+    if (history_steps > keep) {
+      history.erase(history.begin(),
+                    history.begin() +
+                        static_cast<ptrdiff_t>((history_steps - keep) * cells));
+      history_steps = keep;
+    }
+    samples =
+        LoadTrace(history_steps, job.load.num_layers(), job.load.num_experts());
+    std::copy(history.begin(), history.end(), samples.mutable_data().begin());
+  }
 
   void Run() {
     for (;;) {
       wake.acquire();
       if (stop.load(std::memory_order_acquire)) return;
       const int64_t start = clock->NowNanos();
+      TakeWindows();
       try {
         result = policy->Rebalance(
-            {&job.current, &job.load, &job.samples, topology}, options);
+            {&job.current, &job.load, &samples, topology}, options);
       } catch (const std::exception& e) {
         result = InternalError(std::string("policy threw: ") + e.what());
       } catch (...) {
@@ -105,6 +135,8 @@ StatusOr<std::unique_ptr<Controller>> Controller::Create(ControllerOptions o) {
   c->planner_->options = o.policy_options;
   c->planner_->topology = t;
   c->planner_->clock = o.clock;
+  c->planner_->keep =
+      std::max(o.sample_history, o.config.expert_heat_collection_interval);
   c->options_ = std::move(o);
   return c;
 }
@@ -170,10 +202,10 @@ void Controller::AfterForward(int64_t num_tokens) {
 
 void Controller::EndCollect() {
   // Every collected window joins the history, whether or not it is planned
-  // on now.
+  // on now: it waits here until the planner takes a job.
   const HeatSnapshot snap = recorder_->Snapshot();
   const Placement& serving = migration_->placement();
-  AppendToHistory(snap.LogicalSamples(serving));
+  AddPendingWindow(snap.LogicalSamples(serving));
   const int state = planner_->state.load(std::memory_order_acquire);
   if (state == Planner::kDone) {
     // A plan that missed its cycle came back since: it was planned on the
@@ -195,28 +227,23 @@ void Controller::EndCollect() {
   job.id = step_;
   job.current = serving;
   job.load = snap.LogicalLoad(serving);
-  job.samples =
-      LoadTrace(history_steps_, options_.num_layers, options_.num_experts);
-  std::copy(history_.begin(), history_.end(),
-            job.samples.mutable_data().begin());
+  job.windows = std::move(pending_windows_);
+  pending_windows_.clear();
+  pending_steps_ = 0;
   planner_->state.store(Planner::kRunning, std::memory_order_release);
   planner_->wake.release();
   phase_ = Phase::kPlan;
 }
 
-void Controller::AppendToHistory(const LoadTrace& window) {
-  // Keep the newest max(sample_history, H) steps.
-  const size_t cells =
-      static_cast<size_t>(options_.num_layers) * options_.num_experts;
-  history_.insert(history_.end(), window.data().begin(), window.data().end());
-  history_steps_ += window.num_steps();
-  const int keep = std::max(options_.sample_history,
-                            options_.config.expert_heat_collection_interval);
-  if (history_steps_ > keep) {
-    history_.erase(history_.begin(),
-                   history_.begin() +
-                       static_cast<ptrdiff_t>((history_steps_ - keep) * cells));
-    history_steps_ = keep;
+void Controller::AddPendingWindow(LoadTrace window) {
+  pending_steps_ += window.num_steps();
+  pending_windows_.push_back(std::move(window));
+  // While the planner stays busy, only the newest windows can still matter.
+  while (pending_windows_.size() > 1 &&
+         pending_steps_ - pending_windows_.front().num_steps() >=
+             planner_->keep) {
+    pending_steps_ -= pending_windows_.front().num_steps();
+    pending_windows_.erase(pending_windows_.begin());
   }
 }
 
