@@ -14,6 +14,13 @@
 
 namespace eplb::policy {
 
+// What moving every slot of a layer costs a re-plan, in shot score: each
+// moved expert costs kShotMovePenalty / (R * K).
+inline constexpr double kShotMovePenalty = 0.25;
+// A plan must beat the current score by more than rounding (rank sums in a
+// different slot order) to count as a gain.
+inline constexpr double kMinRelativeGain = 1e-12;
+
 // One layer's shots, statistics and the search over placements. Reused
 // across layers to keep its buffers.
 class LayerModel {
@@ -28,8 +35,13 @@ class LayerModel {
 
   // Mean over shots of each shot's peak / average rank load ([R*K] layer);
   // with whole_tokens_, replicas split their expert's tokens as the default
-  // dispatch does (SlotShares), else evenly.
+  // dispatch does (AddSlotShares), else evenly.
   double Score(std::span<const int32_t> layer);
+  // Score(layer) + move_cost x the experts `layer` moves against `current`.
+  double Cost(std::span<const int32_t> current, std::span<const int32_t> layer,
+              double move_cost);
+  // kShotMovePenalty / (R * K): the cost of one moved expert.
+  double MoveCost() const;
   // The FlashTree search plus swap refinement: the best-scoring layer.
   std::vector<int32_t> Search();
   // From `current`, a layer with replica counts `count` that moves few
@@ -77,16 +89,21 @@ class LayerModel {
   void BestSwap(std::span<const int32_t> lay, int h, double move_cost,
                 double* best, int* best_a, int* best_b);
 
-  // Score when whole_tokens_, with count_ current.
-  double WholeTokenScore(std::span<const int32_t> layer);
   // Replica counts (count_, inv_count_) of `layer`.
   void CountReplicas(std::span<const int32_t> layer);
   // Each slot's replica index (replica_): 0 for its expert's lowest slot.
   void ReplicaIndices(std::span<const int32_t> layer);
-  // Slot p's load in each shot ([S]): its replica's whole-token share of
-  // its expert's tokens (the default dispatch) when whole_tokens_, else an
-  // even share; count_, inv_count_ and replica_ current.
-  void SlotShares(std::span<const int32_t> layer, size_t p, double* out);
+  // Adds slot p's load in each shot to load[S]: its replica's whole-token
+  // share of its expert's tokens (the default dispatch) when whole_tokens_,
+  // else an even share; count_, inv_count_ and replica_ current.
+  void AddSlotShares(std::span<const int32_t> layer, size_t p, double* load);
+  // SwapOnShots' values of slot p (slot_val_) from AddSlotShares, moving its
+  // rank's shot_load_ by the change.
+  void UpdateSlotValues(std::span<const int32_t> lay, size_t p, int n);
+  // 1 when rank r does not hold expert e in SwapOnShots' current layer.
+  int IsNew(int r, int32_t e) const {
+    return cur_holds_[static_cast<size_t>(r) * e_ + e] ? 0 : 1;
+  }
   // The slots (in slot order) with the kSwapSlots largest gains, or all.
   void TopSlots(const std::vector<double>& gain, std::vector<int>* top) const;
   // SwapOnShots' slot_val_ and shot_load_ for `lay` over the n loaded shots.
@@ -108,7 +125,7 @@ class LayerModel {
   std::vector<double> cov_;      // [E][E], when spread_.
   bool spread_ = false;          // Some expert varies over the shots.
   // Every shot is one step of whole-token counts: slot loads follow the
-  // default dispatch (SlotShares).
+  // default dispatch (AddSlotShares).
   bool whole_tokens_ = false;
   ShotStats stats_;
   // Scratch.

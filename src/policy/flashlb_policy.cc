@@ -42,7 +42,7 @@
 //    adopted when its shot score beats the current layer's. A re-plan (the
 //    project's addition) also pays for what it moves: a candidate costs its
 //    shot score + 0.25 x the fraction of the layer's slots whose expert is
-//    new to the rank (kMovePenalty): moving every slot must buy 0.25 of
+//    new to the rank (kShotMovePenalty): moving every slot must buy 0.25 of
 //    score, moving one expert of 72 slots 0.0035. The candidates are, in this
 //    order, the current layer, an incremental layer and the plan of steps 3-7;
 //    a later one must cost less (by more than rounding) to win, so ties keep
@@ -251,9 +251,7 @@ constexpr double kZ = 0.6745;  // 75th percentile of the standard normal.
 constexpr int kMaxShots = 128;
 constexpr int kDepth = 4;  // FlashTree groups.
 constexpr int kWidth = 8;  // Replicas a group may gain or lose.
-// Re-plans (step 8): the cost of moving every slot of a layer, in shot
-// score, and the partners of the hot rank that the swaps try.
-constexpr double kMovePenalty = 0.25;
+// Re-plans (step 8): the partners of the hot rank that the swaps try.
 constexpr int kSwapPartners = 2;
 // Slots of each side that a swap search tries (all when K is at most this).
 constexpr int kSwapSlots = 12;
@@ -262,10 +260,6 @@ constexpr int kSwapSlots = 12;
 // kMaxShots: 128 shots for 64 experts, 64 for 128, 16 for 256.
 constexpr int kShotBudget = 1 << 20;
 constexpr int kMinShots = 8;
-// A plan must beat the current score by more than rounding (rank sums in a
-// different slot order) to count as a gain.
-constexpr double kMinRelativeGain = 1e-12;
-
 }  // namespace
 
 void LayerModel::Load(const LayerContext& ctx) {
@@ -372,16 +366,15 @@ void AddWholeShares(const double* x, int n, int c, int j, double* load) {
 
 }  // namespace
 
-void LayerModel::SlotShares(std::span<const int32_t> layer, size_t p,
-                            double* out) {
+void LayerModel::AddSlotShares(std::span<const int32_t> layer, size_t p,
+                               double* load) {
   const int32_t e = layer[p];
   const double* col = shots_t_.data() + static_cast<size_t>(e) * s_;
-  std::fill(out, out + s_, 0.0);
   if (whole_tokens_ && count_[e] > 1) {
-    AddWholeShares(col, s_, count_[e], replica_[p], out);
+    AddWholeShares(col, s_, count_[e], replica_[p], load);
   } else {
     const double inv = inv_count_[e];
-    for (int t = 0; t < s_; ++t) out[t] = col[t] * inv;
+    for (int t = 0; t < s_; ++t) load[t] += col[t] * inv;
   }
 }
 
@@ -393,43 +386,12 @@ void LayerModel::ReplicaIndices(std::span<const int32_t> layer) {
 
 double LayerModel::Score(std::span<const int32_t> layer) {
   CountReplicas(layer);
-  if (whole_tokens_) return WholeTokenScore(layer);
-  double total = 0.0;
-  for (int t = 0; t < s_; ++t) {
-    if (inv_avg_[t] == 0.0) {
-      total += 1.0;  // A shot without load is balanced.
-      continue;
-    }
-    const double* x = shots_.data() + static_cast<size_t>(t) * e_;
-    double peak = 0.0;
-    for (int r = 0; r < r_; ++r) {
-      const int32_t* slots = layer.data() + static_cast<size_t>(r) * k_;
-      double sum = 0.0;
-      for (int s = 0; s < k_; ++s) {
-        sum += x[slots[s]] * inv_count_[slots[s]];
-      }
-      peak = std::max(peak, sum);
-    }
-    total += peak * inv_avg_[t];
-  }
-  return total / s_;
-}
-
-double LayerModel::WholeTokenScore(std::span<const int32_t> layer) {
   ReplicaIndices(layer);
   // Rank loads per shot ([R][S]), slot by slot: each rank's sum adds its
-  // slots in slot order, as Score does.
+  // slots in slot order.
   score_load_.assign(static_cast<size_t>(r_) * s_, 0.0);
   for (size_t p = 0; p < layer.size(); ++p) {
-    const int32_t e = layer[p];
-    double* load = score_load_.data() + (p / k_) * s_;
-    const double* col = shots_t_.data() + static_cast<size_t>(e) * s_;
-    if (count_[e] <= 1) {
-      const double inv = inv_count_[e];
-      for (int t = 0; t < s_; ++t) load[t] += col[t] * inv;
-    } else {
-      AddWholeShares(col, s_, count_[e], replica_[p], load);
-    }
+    AddSlotShares(layer, p, score_load_.data() + (p / k_) * s_);
   }
   double total = 0.0;
   for (int t = 0; t < s_; ++t) {
@@ -444,6 +406,15 @@ double LayerModel::WholeTokenScore(std::span<const int32_t> layer) {
     total += peak * inv_avg_[t];
   }
   return total / s_;
+}
+
+double LayerModel::Cost(std::span<const int32_t> current,
+                        std::span<const int32_t> layer, double move_cost) {
+  return Score(layer) + move_cost * MovedExperts(current, layer, r_, k_);
+}
+
+double LayerModel::MoveCost() const {
+  return kShotMovePenalty / (static_cast<double>(r_) * k_);
 }
 
 int LayerModel::BestRank(int e, double share, double var_e, double inv) const {
@@ -760,9 +731,6 @@ double PeakChange(const double* va, const double* vb, const double* lh,
 void LayerModel::BestSwap(std::span<const int32_t> lay, int h, double move_cost,
                           double* best, int* best_a, int* best_b) {
   const int n = static_cast<int>(peak_.size());
-  auto is_new = [&](int r, int32_t e) {
-    return cur_holds_[static_cast<size_t>(r) * e_ + e] ? 0 : 1;
-  };
   // Partners: the ranks with the most room below h's peaks.
   for (int q = 0; q < r_; ++q) {
     double room = 0.0;
@@ -830,8 +798,8 @@ void LayerModel::BestSwap(std::span<const int32_t> lay, int h, double move_cost,
         const int pb = q * k_ + sb;
         const int32_t eb = lay[pb];
         if (holds_[static_cast<size_t>(h) * e_ + eb]) continue;
-        const int to_h = is_new(h, eb) - is_new(h, ea);
-        const int to_q = is_new(q, ea) - is_new(q, eb);
+        const int to_h = IsNew(h, eb) - IsNew(h, ea);
+        const int to_q = IsNew(q, ea) - IsNew(q, eb);
         if (max_receives_ > 0 &&
             ((to_h > 0 && receives_[h] + to_h > max_receives_) ||
              (to_q > 0 && receives_[q] + to_q > max_receives_))) {
@@ -872,40 +840,33 @@ void LayerModel::FillSlotValues(std::span<const int32_t> lay, int n) {
   // out: their score term is constant).
   CountReplicas(lay);
   ReplicaIndices(lay);
-  const int slots = r_ * k_;
-  slot_val_.assign(static_cast<size_t>(slots) * n, 0.0);
+  slot_val_.assign(lay.size() * n, 0.0);
   shot_load_.assign(static_cast<size_t>(r_) * n, 0.0);
-  share_buf_.resize(s_);
-  for (int p = 0; p < slots; ++p) {
-    double* v = slot_val_.data() + static_cast<size_t>(p) * n;
-    double* load = shot_load_.data() + static_cast<size_t>(p / k_) * n;
-    SlotShares(lay, p, share_buf_.data());
-    for (int t = 0, i = 0; t < s_; ++t) {
-      if (inv_avg_[t] == 0.0) continue;
-      v[i] = share_buf_[t] * inv_avg_[t];
-      load[i] += v[i];
-      ++i;
-    }
+  for (size_t p = 0; p < lay.size(); ++p) UpdateSlotValues(lay, p, n);
+}
+
+void LayerModel::UpdateSlotValues(std::span<const int32_t> lay, size_t p,
+                                  int n) {
+  share_buf_.assign(s_, 0.0);
+  AddSlotShares(lay, p, share_buf_.data());
+  double* v = slot_val_.data() + p * n;
+  double* load = shot_load_.data() + (p / k_) * n;
+  for (int t = 0, i = 0; t < s_; ++t) {
+    if (inv_avg_[t] == 0.0) continue;
+    const double now = share_buf_[t] * inv_avg_[t];
+    load[i] += now - v[i];
+    v[i] = now;
+    ++i;
   }
 }
 
 void LayerModel::RefreshShares(std::span<const int32_t> lay, int32_t e, int n) {
   if (count_[e] <= 1) return;
   int replica = 0;
-  share_buf_.resize(s_);
   for (size_t p = 0; p < lay.size(); ++p) {
     if (lay[p] != e) continue;
     replica_[p] = replica++;
-    double* v = slot_val_.data() + p * n;
-    double* load = shot_load_.data() + (p / k_) * n;
-    SlotShares(lay, p, share_buf_.data());
-    for (int t = 0, i = 0; t < s_; ++t) {
-      if (inv_avg_[t] == 0.0) continue;
-      const double now = share_buf_[t] * inv_avg_[t];
-      load[i] += now - v[i];
-      v[i] = now;
-      ++i;
-    }
+    UpdateSlotValues(lay, p, n);
   }
 }
 
@@ -922,10 +883,7 @@ int LayerModel::SwapOnShots(std::span<const int32_t> current, double move_cost,
   }
   max_receives_ = max_receives;
   receives_.assign(r_, 0);
-  for (int p = 0; p < slots; ++p) {
-    receives_[p / k_] +=
-        cur_holds_[static_cast<size_t>(p / k_) * e_ + lay[p]] ? 0 : 1;
-  }
+  for (int p = 0; p < slots; ++p) receives_[p / k_] += IsNew(p / k_, lay[p]);
   int n = 0;
   for (int t = 0; t < s_; ++t) n += inv_avg_[t] > 0.0 ? 1 : 0;
   if (n == 0) return 0;
@@ -977,11 +935,8 @@ int LayerModel::SwapOnShots(std::span<const int32_t> current, double move_cost,
       load_q[i] += d;
       std::swap(va[i], vb[i]);
     }
-    const auto is_new = [&](int rank, int32_t e) {
-      return cur_holds_[static_cast<size_t>(rank) * e_ + e] ? 0 : 1;
-    };
-    receives_[h] += is_new(h, eb) - is_new(h, ea);
-    receives_[q] += is_new(q, ea) - is_new(q, eb);
+    receives_[h] += IsNew(h, eb) - IsNew(h, ea);
+    receives_[q] += IsNew(q, ea) - IsNew(q, eb);
     SwapSlots(lay, holds_, e_, k_, best_a, best_b);
     // In whole tokens, a replicated expert's shares follow its replicas'
     // order, which the swap may have changed.
@@ -1064,16 +1019,14 @@ std::vector<int32_t> FlashLbPolicy::PlanLayer(const LayerContext& ctx) {
     if (!(current_ratio < relative * last || current_ratio < absolute)) {
       // Balanced on the means: no full re-plan, but a few swaps scored on
       // the shots may still pay for their moves.
-      const double move_cost = kMovePenalty / (static_cast<double>(r) * k);
+      const double move_cost = model_.MoveCost();
       std::vector<int32_t> layer(ctx.current.begin(), ctx.current.end());
       if (model_.SwapOnShots(ctx.current, move_cost, /*max_swaps=*/2 * r,
                              ctx.options->max_receives_per_rank, &layer) == 0) {
         return {};
       }
       const double keep = model_.Score(ctx.current) * (1.0 - kMinRelativeGain);
-      const double swapped = model_.Score(layer) +
-                             move_cost * MovedExperts(ctx.current, layer, r, k);
-      if (!(swapped < keep)) return {};
+      if (!(model_.Cost(ctx.current, layer, move_cost) < keep)) return {};
       return layer;
     }
   }
@@ -1081,8 +1034,7 @@ std::vector<int32_t> FlashLbPolicy::PlanLayer(const LayerContext& ctx) {
   const int limit = ctx.options->max_receives_per_rank;
   // A layer never planned before is planned for balance alone (a static map,
   // or the first cycle); a re-plan pays for the experts it moves.
-  const double move_cost =
-      last < 0.0 ? 0.0 : kMovePenalty / (static_cast<double>(r) * k);
+  const double move_cost = last < 0.0 ? 0.0 : model_.MoveCost();
   struct Candidate {
     std::vector<int32_t> layer;
     double cost = 0.0;  // Shot score + move_cost x moved experts.
@@ -1096,8 +1048,7 @@ std::vector<int32_t> FlashLbPolicy::PlanLayer(const LayerContext& ctx) {
   Candidate chosen{{}, model_.Score(ctx.current) * (1.0 - kMinRelativeGain)};
   std::vector<int32_t> over_limit;
   auto consider = [&](std::vector<int32_t>* layer) {
-    const double cost = model_.Score(*layer) +
-                        move_cost * MovedExperts(ctx.current, *layer, r, k);
+    const double cost = model_.Cost(ctx.current, *layer, move_cost);
     if (!(cost < chosen.cost)) return;
     if (limit > 0 && MaxReceives(ctx.current, *layer, r, k) > limit) {
       if (over_limit.empty()) over_limit = std::move(*layer);

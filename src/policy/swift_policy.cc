@@ -25,8 +25,9 @@
 // meets: two experts that are hot in the same steps double their rank's peak
 // although their means balance. So the walk's layer is then refined by up to
 // 2R swaps scored on the samples (FlashLB's SwapOnShots: the mean over steps
-// of each step's peak / mean rank load, replicas sharing load evenly), each
-// paying 0.25 / (R*K) per moved expert; the walk's layer, the refined one
+// of each step's peak / mean rank load, replicas splitting whole tokens as
+// the default dispatch does), each paying 0.25 / (R*K) per moved expert
+// (kShotMovePenalty); the walk's layer, the refined one
 // and the current layer compete on that cost and the cheapest serves (ties
 // keep the one that moves less). On the DeepSeek-V2-Lite trace at EP8 + 8
 // with H = 16 this lowers the realized median / p90 imbalance from
@@ -56,7 +57,6 @@ constexpr double kSkipBelow = 1.01;
 constexpr double kMinGain = 0.01;  // Of the mean rank load.
 constexpr int kMaxSwaps = 100;
 constexpr int kLightRanks = 8;
-constexpr double kSampleMovePenalty = 0.25;
 
 // Mutable state of one layer during the walk.
 class SwiftLayer {
@@ -379,16 +379,12 @@ class SwiftPolicy final : public LayerPolicy {
       return layer;
     }
     model_.Load(ctx);
-    const double move_cost = kSampleMovePenalty / (static_cast<double>(r) * k);
+    const double move_cost = model_.MoveCost();
     const int limit = ctx.options->max_receives_per_rank;
-    auto cost = [&](std::span<const int32_t> layer) {
-      return model_.Score(layer) +
-             move_cost * MovedExperts(ctx.current, layer, r, k);
-    };
     std::vector<int32_t> best;
-    double best_cost = cost(ctx.current) * (1.0 - 1e-12);
+    double best_cost = model_.Score(ctx.current) * (1.0 - kMinRelativeGain);
     auto consider = [&](std::vector<int32_t> layer) {
-      const double c = cost(layer);
+      const double c = model_.Cost(ctx.current, layer, move_cost);
       if (c < best_cost) {
         best_cost = c;
         best = std::move(layer);
