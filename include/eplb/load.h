@@ -100,6 +100,19 @@ LoadTrace TraceFromAggregate(const LoadMatrix& load);
 Status ValidateLoad(const LoadMatrix& load);
 Status ValidateLoad(const LoadTrace& trace);
 
+// The default dispatch (spec §3.1): an expert's n tokens go round robin over
+// its c replicas in physical-id order, so replica j (0-based) receives
+// n / c tokens, plus one when j < n % c.
+constexpr int64_t WholeTokenShare(int64_t n, int64_t c, int64_t j) {
+  return n / c + (j < n % c ? 1 : 0);
+}
+// Whether a load value is a token count the default dispatch can split: a
+// whole number in [0, 2^31).
+constexpr bool IsTokenCount(double v) {
+  return v >= 0.0 && v < 2147483648.0 &&
+         static_cast<double>(static_cast<int32_t>(v)) == v;
+}
+
 // Load of each rank of one layer `[R*K]` (planning measure): rank load sums
 // load[e] / replica_count[e] over its slots. Returns [R].
 std::vector<double> RankLoads(std::span<const int32_t> layer,

@@ -94,11 +94,10 @@ std::vector<double> RankLoads(std::span<const int32_t> layer,
   return loads;
 }
 
-double LayerImbalance(std::span<const int32_t> layer,
-                      std::span<const double> expert_load, int num_ranks,
-                      int slots_per_rank) {
-  const std::vector<double> loads =
-      RankLoads(layer, expert_load, num_ranks, slots_per_rank);
+namespace {
+
+// max / mean of rank loads; 1.0 without load.
+double PeakOverMean(std::span<const double> loads) {
   double total = 0.0;
   double peak = 0.0;
   for (double v : loads) {
@@ -106,7 +105,15 @@ double LayerImbalance(std::span<const int32_t> layer,
     peak = std::max(peak, v);
   }
   if (total <= 0.0) return 1.0;
-  return peak / (total / num_ranks);
+  return peak / (total / static_cast<double>(loads.size()));
+}
+
+}  // namespace
+
+double LayerImbalance(std::span<const int32_t> layer,
+                      std::span<const double> expert_load, int num_ranks,
+                      int slots_per_rank) {
+  return PeakOverMean(RankLoads(layer, expert_load, num_ranks, slots_per_rank));
 }
 
 double StepImbalance(const Placement& placement, int layer,
@@ -118,12 +125,8 @@ double StepImbalance(const Placement& placement, int layer,
   const int per_rank = placement.slots_per_rank();
   bool whole = true;
   for (int t = 0; t < steps && whole; ++t) {
-    for (double v : samples.row(t, layer)) {
-      if (!(v >= 0.0 && v < 0x1p31 && std::floor(v) == v)) {
-        whole = false;
-        break;
-      }
-    }
+    const std::span<const double> row = samples.row(t, layer);
+    whole = std::all_of(row.begin(), row.end(), IsTokenCount);
   }
   if (!whole) {
     double sum = 0.0;
@@ -132,9 +135,8 @@ double StepImbalance(const Placement& placement, int layer,
     }
     return sum / steps;
   }
-  // Whole tokens: the default dispatch (spec §3.1) gives replica j of c
-  // floor(x / c) tokens, plus one when j < x mod c; j counts the expert's
-  // slots in slot order.
+  // Whole tokens: the default dispatch; j counts the expert's slots in slot
+  // order.
   std::vector<int64_t> count(samples.num_experts(), 0);
   std::vector<int64_t> replica(slots.size());
   for (size_t p = 0; p < slots.size(); ++p) replica[p] = count[slots[p]]++;
@@ -145,18 +147,10 @@ double StepImbalance(const Placement& placement, int layer,
     std::fill(loads.begin(), loads.end(), 0.0);
     for (size_t p = 0; p < slots.size(); ++p) {
       const int32_t e = slots[p];
-      const auto x = static_cast<int64_t>(tokens[e]);
-      const int64_t share =
-          x / count[e] + (replica[p] < x % count[e] ? 1 : 0);  // Whole.
-      loads[p / per_rank] += static_cast<double>(share);
+      loads[p / per_rank] += static_cast<double>(WholeTokenShare(
+          static_cast<int64_t>(tokens[e]), count[e], replica[p]));
     }
-    double total = 0.0;
-    double peak = 0.0;
-    for (double v : loads) {
-      total += v;
-      peak = std::max(peak, v);
-    }
-    sum += total > 0.0 ? peak / (total / num_ranks) : 1.0;
+    sum += PeakOverMean(loads);
   }
   return sum / steps;
 }

@@ -88,6 +88,7 @@
 #include <string_view>
 #include <vector>
 
+#include "eplb/load.h"
 #include "eplb/status.h"
 #include "policy/algorithms.h"
 #include "policy/flashlb_model.h"
@@ -277,11 +278,7 @@ void LayerModel::Load(const LayerContext& ctx) {
     // default dispatch does (spec §3.1).
     whole_tokens_ = ctx.samples->num_steps() >= 2 &&
                     ctx.samples->num_steps() <= max_shots &&
-                    std::all_of(shots_.begin(), shots_.end(), [](double v) {
-                      // Whole numbers in [0, 2^31) (AddWholeShares).
-                      return v >= 0.0 && v < 0x1p31 &&
-                             static_cast<double>(static_cast<int32_t>(v)) == v;
-                    });
+                    std::all_of(shots_.begin(), shots_.end(), IsTokenCount);
   }
   if (std::all_of(shots_.begin(), shots_.end(),
                   [](double v) { return v == 0.0; })) {

@@ -10,6 +10,7 @@
 
 #include "eplb/controller.h"
 #include "eplb/io.h"
+#include "eplb/load.h"
 #include "eplb/migration.h"
 #include "eplb/transport.h"
 
@@ -24,10 +25,8 @@ void DispatchSlotCounts(const LayerRouting& routing,
     std::span<const int32_t> reps = routing.ReplicasOf(e);
     if (n <= 0 || reps.empty()) continue;
     const int64_t c = static_cast<int64_t>(reps.size());
-    // Token i goes to replica i mod c: replica j gets n / c, plus one for the
-    // first n % c replicas.
     for (int64_t j = 0; j < c; ++j) {
-      slot_counts[reps[j]] += n / c + (j < n % c ? 1 : 0);
+      slot_counts[reps[j]] += WholeTokenShare(n, c, j);
     }
   }
 }
