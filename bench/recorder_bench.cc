@@ -141,6 +141,12 @@ std::unique_ptr<eplb::HeatRecorder> MakeRecorder(
   return std::move(eplb::HeatRecorder::Create(options)).value();
 }
 
+// The batch sizes every counting benchmark runs: a large prefill batch, a
+// typical one, and a decode step.
+void TokenSizes(benchmark::internal::Benchmark* b) {
+  b->ArgName("tokens")->Arg(65536)->Arg(8192)->Arg(256);
+}
+
 template <typename Id, std::vector<Id> (*Ids)(int64_t)>
 void BM_RecordTopk(benchmark::State& state) {
   const std::vector<Id> ids = Ids(state.range(0));
@@ -160,29 +166,17 @@ void BM_RecordTopk(benchmark::State& state) {
 void BM_RecordTopk_Int32(benchmark::State& state) {
   BM_RecordTopk<int32_t, RealTopkIds<int32_t>>(state);
 }
-BENCHMARK(BM_RecordTopk_Int32)
-    ->ArgName("tokens")
-    ->Arg(65536)
-    ->Arg(8192)
-    ->Arg(256);
+BENCHMARK(BM_RecordTopk_Int32)->Apply(TokenSizes);
 
 void BM_RecordTopk_Int64(benchmark::State& state) {
   BM_RecordTopk<int64_t, RealTopkIds<int64_t>>(state);
 }
-BENCHMARK(BM_RecordTopk_Int64)
-    ->ArgName("tokens")
-    ->Arg(65536)
-    ->Arg(8192)
-    ->Arg(256);
+BENCHMARK(BM_RecordTopk_Int64)->Apply(TokenSizes);
 
 void BM_RecordTopk_Int32_Stress(benchmark::State& state) {
   BM_RecordTopk<int32_t, StressTopkIds<int32_t>>(state);
 }
-BENCHMARK(BM_RecordTopk_Int32_Stress)
-    ->ArgName("tokens")
-    ->Arg(65536)
-    ->Arg(8192)
-    ->Arg(256);
+BENCHMARK(BM_RecordTopk_Int32_Stress)->Apply(TokenSizes);
 
 // Copies tokens * kTopK * id_bytes bytes: the bytes RecordTopk reads.
 void BM_Memcpy_SameBytes(benchmark::State& state) {
@@ -243,30 +237,15 @@ void BM_CountVsMemcpy(benchmark::State& state) {
 void BM_CountVsMemcpy_Int32(benchmark::State& state) {
   BM_CountVsMemcpy<int32_t, RealTopkIds<int32_t>>(state);
 }
-BENCHMARK(BM_CountVsMemcpy_Int32)
-    ->ArgName("tokens")
-    ->Arg(65536)
-    ->Arg(8192)
-    ->Arg(256)
-    ->Iterations(101);
+BENCHMARK(BM_CountVsMemcpy_Int32)->Apply(TokenSizes)->Iterations(101);
 void BM_CountVsMemcpy_Int64(benchmark::State& state) {
   BM_CountVsMemcpy<int64_t, RealTopkIds<int64_t>>(state);
 }
-BENCHMARK(BM_CountVsMemcpy_Int64)
-    ->ArgName("tokens")
-    ->Arg(65536)
-    ->Arg(8192)
-    ->Arg(256)
-    ->Iterations(101);
+BENCHMARK(BM_CountVsMemcpy_Int64)->Apply(TokenSizes)->Iterations(101);
 void BM_CountVsMemcpy_Int32_Stress(benchmark::State& state) {
   BM_CountVsMemcpy<int32_t, StressTopkIds<int32_t>>(state);
 }
-BENCHMARK(BM_CountVsMemcpy_Int32_Stress)
-    ->ArgName("tokens")
-    ->Arg(65536)
-    ->Arg(8192)
-    ->Arg(256)
-    ->Iterations(101);
+BENCHMARK(BM_CountVsMemcpy_Int32_Stress)->Apply(TokenSizes)->Iterations(101);
 
 // One step of all 58 layers published (window + ring row under the seqlock).
 void BM_EndStep(benchmark::State& state) {
