@@ -231,6 +231,17 @@ LoadMatrix RandomLoad(int layers, int experts, uint64_t seed) {
   return load;
 }
 
+// `load` with every expert e taking expert (e + by) % E's load: the hot
+// experts move elsewhere.
+LoadMatrix RotateExperts(const LoadMatrix& load, int by) {
+  LoadMatrix out = load;
+  const int n = load.num_experts();
+  for (int l = 0; l < load.num_layers(); ++l) {
+    for (int e = 0; e < n; ++e) out.at(l, e) = load.at(l, (e + by) % n);
+  }
+  return out;
+}
+
 // `steps` samples of an aggregate: each step gets agg / steps times a
 // multiplicative noise, partly shared by the experts of one parity, so that
 // experts vary and correlate over time.
@@ -588,12 +599,7 @@ TEST(FlashLbTest, ReplanOfAStronglyChangedLoad) {
   std::unique_ptr<Policy> policy = NewFlashLb();
   const Plan first =
       MustRebalance(*policy, initial, window.Aggregate(), &window, *topology);
-  // The hot experts move elsewhere.
-  LoadMatrix shifted = load;
-  for (int l = 0; l < layers; ++l) {
-    for (int e = 0; e < 64; ++e) shifted.at(l, e) = load.at(l, (e + 17) % 64);
-  }
-  const LoadTrace next = NoisySamples(shifted, 16, 43);
+  const LoadTrace next = NoisySamples(RotateExperts(load, 17), 16, 43);
   const LoadMatrix next_agg = next.Aggregate();
   const Plan second =
       MustRebalance(*policy, first.placement, next_agg, &next, *topology);
@@ -723,11 +729,7 @@ TEST(FlashLbTest, RealDataReplanAfterAShift) {
       MustRebalance(*policy, initial, samples.Aggregate(), &samples, *topology);
   // Every expert takes its neighbour's load: the balance of every layer is
   // lost.
-  LoadMatrix shifted = agg;
-  for (int l = 0; l < layers; ++l) {
-    for (int e = 0; e < 256; ++e) shifted.at(l, e) = agg.at(l, (e + 3) % 256);
-  }
-  const LoadTrace next = NoisySamples(shifted, 64, 100);
+  const LoadTrace next = NoisySamples(RotateExperts(agg, 3), 64, 100);
   const auto start = std::chrono::steady_clock::now();
   const Plan second = MustRebalance(*policy, first.placement, next.Aggregate(),
                                     &next, *topology);
