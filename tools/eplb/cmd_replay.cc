@@ -226,7 +226,7 @@ int RunReplayCommand(const ReplayFlags& f) {
                  static_cast<long long>(r->steps));
   const double real_expert = static_cast<double>(ExpertBytes(model, *quant));
   // Static mode serves one map throughout: its column and title say so.
-  const bool is_static = r->mode == "static";
+  const bool is_static = config.mode() == EplbMode::kStatic;
   const std::string column = is_static ? "static map" : r->policy;
   const std::string balancing =
       is_static
