@@ -20,6 +20,7 @@
 
 #include "eplb/config.h"
 #include "eplb/cost_model.h"
+#include "eplb/dispatch.h"
 #include "eplb/load.h"
 #include "eplb/model.h"
 #include "eplb/placement.h"
@@ -36,6 +37,14 @@ struct ReplayOptions {
   EplbConfig config;            // Mode, intervals, policy, paths.
   std::string policy;           // Overrides config.eplb_policy_type when set.
   int batch_steps = 1;          // Trace steps per replay step.
+  // How each step's tokens for an expert are split over its replicas, on
+  // the balanced side and in what the policies plan for ("no balancing" is
+  // always the default placement under the same dispatch).
+  DispatchMode dispatch = DispatchMode::kRoundRobin;
+  // Steady state: the figures of `imbalance_steady` count replay steps from
+  // this one on; < 0: from the step after the first rebalance's last
+  // commit (warm-up over).
+  int64_t steady_from = -1;
   bool sync_migration = false;  // Stop-the-world migration.
   // Each step lasts at least its modelled time in wall-clock time, so the
   // planner thread and the copies race the forward passes as they would in
@@ -50,6 +59,9 @@ struct ReplayOptions {
   std::function<void(int64_t step, int64_t steps)> progress;
   // JSON-lines placement log (docs/formats.md); empty: none.
   std::string placement_log_path;
+  // CSV "step,layer,rank,tokens": the tokens every rank received at every
+  // step and layer under the dispatch in use, zeros included; empty: none.
+  std::string rank_load_log_path;
   // Set from a signal handler to stop early; the result covers the steps
   // replayed, and every file written is whole.
   const std::atomic<bool>* interrupt = nullptr;
@@ -66,6 +78,13 @@ struct ReplayResult {
   std::string policy;
   std::string mode;
   Distribution imbalance;  // Realized, with balancing.
+  // The same over replay steps >= steady_from (the step it starts from is
+  // reported; -1 when no rebalance finished and steady_from was < 0).
+  Distribution imbalance_steady;
+  int64_t steady_from = -1;
+  // Realized imbalance of every (replay step, layer) with balancing,
+  // [steps][L]; 0 where the layer routed no token (not scored).
+  std::vector<float> imbalance_by_step_layer;
   // Realized without balancing: the default placement (Placement::Initial)
   // throughout, also when config.expert_map_path gave the starting map.
   Distribution baseline_imbalance;
