@@ -11,6 +11,7 @@
 #include <string_view>
 #include <vector>
 
+#include "eplb/dispatch.h"
 #include "eplb/status.h"
 
 namespace eplb {
@@ -37,6 +38,22 @@ struct EplbConfig {
   int num_redundant_experts = 0;              // N.
   int eplb_policy_type = 2;                   // 0 Random .. 3 FlashLB.
   HeatStage eplb_heat_collection_stage = HeatStage::kAll;
+  // eplb's own keys (vllm-ascend has none of these):
+  // How the engine splits an expert's tokens over its replicas; the
+  // policies plan for it ("rr" or "balanced", see eplb/dispatch.h).
+  DispatchMode eplb_dispatch = DispatchMode::kRoundRobin;
+  // The most a rebalance may move, as a fraction of all expert slots of the
+  // model (L * R * K): layers are re-planned in order of predicted gain per
+  // moved expert until it is spent. In (0, 1].
+  double eplb_migration_budget = 0.25;
+  // The first cycle ends its collection as soon as the heat shows an
+  // imbalance clearly beyond sampling noise (at least 2 steps), instead of
+  // waiting a whole heat interval on the cold initial placement.
+  bool eplb_fast_warmup = true;
+  // Device-to-device bandwidth (GB/s, one direction) the migration may use:
+  // several changed layers commit in one step while the busiest receiving
+  // rank's bytes fit in bandwidth x step time. 0: one layer per step.
+  double eplb_link_gbytes_per_s = 0.0;
 
   // kRecording when a record path is set (it forces dynamic), else kDynamic
   // when dynamic_eplb, else kStatic when a map path is set, else kDisabled.

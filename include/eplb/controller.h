@@ -5,11 +5,19 @@
 //   steps H .. H+A-1     serve normally while the policy runs
 //   end of step H+A-1    take the plan if it is ready; if it is late, keep
 //                        serving on the current map and skip the cycle
-//   next L' steps        migrate one changed layer per step: its transfers
-//                        start before the step's forward and the layer
-//                        commits (weights verified, then the routing table
-//                        switches atomically) after it
+//   next steps           migrate the changed layers, largest predicted gain
+//                        first: a step's batch starts before its forward and
+//                        commits (weights verified, then each layer's routing
+//                        table switches atomically) after it. One layer per
+//                        step, or with eplb_link_gbytes_per_s several, while
+//                        the busiest receiving rank's bytes fit in the link's
+//                        bandwidth x the step time and its staging buffers
 //   then                 (recording mode) write the map; clear the heat
+//
+// Fast warm-up (eplb_fast_warmup, on by default): until a plan has been
+// committed, the collection ends as soon as the heat shows an imbalance
+// clearly beyond sampling noise (see HeatShowsImbalance), after at least 2
+// steps, rather than after H steps on the cold initial placement.
 //
 // Threads: the serving thread calls BeforeForward / AfterForward and the
 // recorder; it never waits on the planner (a lock-free handshake: an atomic
@@ -47,6 +55,7 @@ struct ControllerOptions {
   Placement initial;  // The map serving at step 0.
   std::unique_ptr<Policy>
       policy;  // Null: CreatePolicy(config.eplb_policy_type).
+  // Its dispatch and migration_budget are taken from the config.
   PolicyOptions policy_options;
   Transport* transport = nullptr;  // Not owned.
   Clock* clock = nullptr;          // Not owned; SystemClock() when null.
@@ -55,6 +64,9 @@ struct ControllerOptions {
   int64_t memory_budget_bytes = 256 << 20;        // Weight buffers, all ranks.
   int64_t transfer_timeout_nanos = 10'000'000'000;
   int max_num_reqs = 256;  // Prefill / decode split of the stage filter.
+  // Staging buffers per rank (receives a migrating batch may land on one
+  // rank); 0: slots_per_rank, one whole layer.
+  int staging_per_rank = 0;
   // Per-step logical loads kept for FlashLB across cycles (at least H): a
   // sliding window of the last `sample_history` collected steps. Each window
   // is converted to logical experts under the placement it was collected
@@ -90,6 +102,16 @@ struct ControllerStats {
       0;  // Longest the serving thread waited on migration.
   int64_t total_stall_nanos = 0;
   int64_t max_plan_nanos = 0;  // Planner thread, per plan.
+  // Steps served before the first plan was fully committed; -1 until then.
+  int64_t warmup_steps = -1;
+  // Over the plans taken: layers the policy kept, re-planned incrementally
+  // or re-planned fully, and the predicted gain of the changed layers (sum
+  // of current_score - predicted_score).
+  int64_t layers_kept = 0;
+  int64_t layers_incremental = 0;
+  int64_t layers_full = 0;
+  double predicted_gain = 0.0;
+  int64_t max_layers_per_step = 0;  // Largest batch committed in one step.
 };
 
 class Controller {
@@ -108,7 +130,9 @@ class Controller {
   // --- Serving thread. ---
   HeatRecorder& recorder() { return *recorder_; }
   void BeforeForward();
-  void AfterForward(int64_t num_tokens);
+  // `step_seconds`: how long the step's forward took, for the migration's
+  // per-step byte budget; 0: measured with the clock between calls.
+  void AfterForward(int64_t num_tokens, double step_seconds = 0.0);
 
   // --- Any thread. ---
   const RoutingTable& routing() const { return *routing_; }
@@ -125,8 +149,14 @@ class Controller {
   // Queues a collected window for the planner's history (dropping the
   // oldest queued ones beyond what the history keeps).
   void AddPendingWindow(LoadTrace window);
+  // Fast warm-up: whether the heat collected so far shows an imbalance
+  // clearly beyond sampling noise.
+  bool HeatShowsImbalance() const;
   void EndCollect();
   void TakePlan();
+  // The layers the next migration step starts: the next in order, then more
+  // while the batch fits the staging buffers and the step's byte budget.
+  std::vector<int> NextBatch();
   void MigrateStep(bool before);
   void EndCycle();
 
@@ -144,8 +174,13 @@ class Controller {
   std::vector<LoadTrace> pending_windows_;
   int pending_steps_ = 0;
   std::vector<int> layers_;  // Changed layers, in migration order.
+  // [L][R]: the plan's receives per layer and rank (experts new to it).
+  std::vector<int> receives_;
   size_t next_layer_ = 0;
   bool committed_this_cycle_ = false;
+  bool ever_committed_ = false;
+  double step_seconds_ = 0.0;    // The last step's duration.
+  int64_t last_step_nanos_ = -1;  // Clock at the last AfterForward.
 };
 
 }  // namespace eplb

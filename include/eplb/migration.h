@@ -24,6 +24,7 @@
 #include <mutex>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "eplb/clock.h"
@@ -127,6 +128,7 @@ struct MigrationOptions {
   Transport* transport = nullptr;  // Not owned; outlives the engine.
   Clock* clock = nullptr;          // Not owned; SystemClock() when null.
   int64_t timeout_nanos = 10'000'000'000;  // A layer's transfers.
+  int staging_per_rank = 0;  // Staging buffers per rank; 0: slots_per_rank.
 };
 
 // Counters, at real expert sizes.
@@ -150,19 +152,34 @@ class MigrationEngine {
   const MigrationStats& stats() const { return stats_; }
 
   // Starts moving `layer` to `target` [R*K]. FailedPrecondition while
-  // another layer is in flight; Unavailable while a timed-out layer's copies
-  // still drain; InvalidArgument when `target` breaks spec §3.4 against the
-  // current layer (nothing starts).
+  // another migration is in flight; Unavailable while a timed-out batch's
+  // copies still drain; InvalidArgument when `target` breaks spec §3.4
+  // against the current layer (nothing starts).
   Status Start(int layer, std::span<const int32_t> target);
-
+  // Starts moving several layers to their rows of `plan` in one batch of
+  // transfers; each commits on its own when all of its transfers verified.
+  // The batch's receives on a rank share its staging buffers
+  // (InvalidArgument when they do not fit; nothing starts). Otherwise as
+  // Start.
+  Status StartLayers(std::span<const int> layers, const Placement& plan);
   enum class State { kIdle, kInFlight, kCommitted, kAborted };
   // Non-blocking. kInFlight while copies run; then verifies every staging
-  // buffer's checksum and returns kCommitted (placement updated) or kAborted
-  // (last_error() says why) exactly once; kIdle when nothing is in flight.
+  // buffer's checksum and commits each layer of the batch whose transfers
+  // all verified (placement updated), exactly once: kCommitted when every
+  // layer committed, kAborted when some did not (last_error() says why;
+  // committed_layers() and aborted_layers() say which). kIdle when nothing
+  // is in flight.
   State Poll();
-  // Blocks until the in-flight layer's copies end, then Poll()s.
+  // Blocks until the in-flight batch's copies end, then Poll()s.
   State Wait();
-  int in_flight_layer() const { return in_flight_layer_; }
+  // The first layer of the batch in flight, or -1.
+  int in_flight_layer() const {
+    return in_flight_.empty() ? -1 : in_flight_.front();
+  }
+  const std::vector<int>& in_flight_layers() const { return in_flight_; }
+  // The outcome of the last batch that finished, in batch order.
+  const std::vector<int>& committed_layers() const { return committed_; }
+  const std::vector<int>& aborted_layers() const { return aborted_; }
   const Status& last_error() const { return last_error_; }
 
  private:
@@ -173,8 +190,12 @@ class MigrationEngine {
   Placement placement_;
   std::unique_ptr<WeightStore> store_;
   MigrationStats stats_;
-  int in_flight_layer_ = -1;
-  std::vector<int32_t> target_;
+  Status StartBatch(
+      std::span<const std::pair<int, std::span<const int32_t>>> layers);
+  std::vector<int> in_flight_;     // Layers of the batch in flight.
+  std::vector<int32_t> targets_;   // [batch][R*K]: their targets.
+  std::vector<int> committed_;     // Of the last finished batch.
+  std::vector<int> aborted_;
   std::vector<Transfer> transfers_;
   std::unique_ptr<TransferBatch> batch_;
   std::unique_ptr<TransferBatch> draining_;  // A timed-out batch still copying.

@@ -19,6 +19,7 @@
 #include <string_view>
 #include <vector>
 
+#include "eplb/dispatch.h"
 #include "eplb/load.h"
 #include "eplb/placement.h"
 #include "eplb/status.h"
@@ -38,7 +39,23 @@ struct PolicyOptions {
   int num_groups = 1;             // Expert groups (hierarchical DefaultEplb).
   uint64_t seed = 0;              // Random policy.
   int max_receives_per_rank = 0;  // Per layer; 0 = K (no limit).
+  // The dispatch the engine splits tokens with: Swift and FlashLB score
+  // their candidates under it.
+  DispatchMode dispatch = DispatchMode::kRoundRobin;
+  // Swift and FlashLB re-plans: the most one plan may move, as a fraction of
+  // all slots (L * R * K); layers get their moves in order of predicted gain
+  // per moved expert. In (0, 1]. A first plan of a layer (nothing planned
+  // before) is not limited.
+  double migration_budget = 0.25;
 };
+
+// Which of its candidates a policy chose for a layer.
+enum class LayerChoice {
+  kKept,         // The current placement keeps serving.
+  kIncremental,  // A few moves from the current placement.
+  kFull,         // A fresh plan, matched to the current placement.
+};
+std::string_view LayerChoiceName(LayerChoice choice);  // "kept", ...
 
 // What a plan did to one layer.
 struct LayerPlan {
@@ -49,6 +66,13 @@ struct LayerPlan {
   int moved_experts = 0;             // Slots whose expert is new to the rank.
   int intra_node_moves = 0;          // Moves with a source on the same node.
   int inter_node_moves = 0;          // Moves that cross nodes.
+  LayerChoice choice = LayerChoice::kKept;
+  // What the policy predicts the layer meets in service, current and
+  // planned: with per-step samples the mean over steps of each step's
+  // max/mean rank load under the dispatch in use, else the imbalance on the
+  // load. predicted_score - current_score <= 0 is the predicted gain.
+  double current_score = 1.0;
+  double predicted_score = 1.0;
 };
 
 struct Plan {

@@ -79,7 +79,9 @@ class HeatRecorder {
   void EndStep(int64_t num_tokens);
 
   // --- Any thread. ---
-  HeatSnapshot Snapshot() const;
+  // With `with_samples` false, only the window sum (num_samples = 0): a
+  // cheaper look at the heat so far.
+  HeatSnapshot Snapshot(bool with_samples = true) const;
   void Clear();  // Empties the window and the ring at the next EndStep().
 
  private:

@@ -84,7 +84,7 @@ struct ReplayResult {
   int64_t steady_from = -1;
   // Realized imbalance of every (replay step, layer) with balancing,
   // [steps][L]; 0 where the layer routed no token (not scored).
-  std::vector<float> imbalance_by_step_layer;
+  std::vector<double> imbalance_by_step_layer;
   // Realized without balancing: the default placement (Placement::Initial)
   // throughout, also when config.expert_map_path gave the starting map.
   Distribution baseline_imbalance;
@@ -107,6 +107,13 @@ struct ReplayResult {
   double baseline_ttft_p99_ms = 0, baseline_tpot_avg_ms = 0,
          baseline_utilization = 0;
   int64_t maps_written = 0;
+  // What the policy chose, over every plan taken (ControllerStats).
+  int64_t layers_kept = 0;
+  int64_t layers_incremental = 0;
+  int64_t layers_full = 0;
+  double predicted_gain = 0.0;
+  int64_t max_layers_per_step = 0;
+  int64_t warmup_steps = -1;  // Steps before the first plan fully committed.
 };
 
 // Replays `trace` (its layers and experts must match the model and the map).

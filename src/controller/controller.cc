@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <exception>
 #include <semaphore>
@@ -11,6 +12,15 @@
 #include "eplb/io.h"
 
 namespace eplb {
+namespace {
+
+// Fast warm-up: the fewest collected steps a first plan is made from (the
+// policies score per-step samples), and how far beyond sampling noise the
+// heat must be (see HeatShowsImbalance).
+constexpr int64_t kMinWarmupSteps = 2;
+constexpr double kWarmupNoiseFactor = 2.0;
+
+}  // namespace
 
 // The planner thread and its lock-free handshake with the serving thread:
 // the serving thread writes `job` only while state is kIdle and reads
@@ -128,11 +138,14 @@ StatusOr<std::unique_ptr<Controller>> Controller::Create(ControllerOptions o) {
                            .memory_budget_bytes = o.memory_budget_bytes,
                            .transport = o.transport,
                            .clock = o.clock,
-                           .timeout_nanos = o.transfer_timeout_nanos},
+                           .timeout_nanos = o.transfer_timeout_nanos,
+                           .staging_per_rank = o.staging_per_rank},
           o.initial));
   c->planner_ = std::make_unique<Planner>();
   c->planner_->policy = o.policy.get();
   c->planner_->options = o.policy_options;
+  c->planner_->options.dispatch = o.config.eplb_dispatch;
+  c->planner_->options.migration_budget = o.config.eplb_migration_budget;
   c->planner_->topology = t;
   c->planner_->clock = o.clock;
   c->planner_->keep =
@@ -179,17 +192,32 @@ void Controller::BeforeForward() {
   if (phase_ == Phase::kMigrate) MigrateStep(/*before=*/true);
 }
 
-void Controller::AfterForward(int64_t num_tokens) {
+void Controller::AfterForward(int64_t num_tokens, double step_seconds) {
   recorder_->EndStep(num_tokens);
   ++step_;
   stats_.steps = step_;
+  const int64_t now = options_.clock->NowNanos();
+  if (step_seconds > 0.0) {
+    step_seconds_ = step_seconds;
+  } else if (last_step_nanos_ >= 0) {
+    step_seconds_ = static_cast<double>(now - last_step_nanos_) * 1e-9;
+  }
+  last_step_nanos_ = now;
   if (!planner_->thread.joinable()) return;  // Static or disabled: serve only.
   const int64_t h = options_.config.expert_heat_collection_interval;
   const int64_t a = options_.config.algorithm_execution_interval;
   ++cycle_step_;
   switch (phase_) {
     case Phase::kCollect:
-      if (cycle_step_ == h) EndCollect();
+      if (cycle_step_ == h) {
+        EndCollect();
+      } else if (options_.config.eplb_fast_warmup && !ever_committed_ &&
+                 cycle_step_ >= kMinWarmupSteps && HeatShowsImbalance()) {
+        // The planner sees a short window; the plan is due A steps later
+        // as usual.
+        EndCollect();
+        if (phase_ == Phase::kPlan) cycle_step_ = h;
+      }
       break;
     case Phase::kPlan:
       if (cycle_step_ == h + a) TakePlan();
@@ -198,6 +226,38 @@ void Controller::AfterForward(int64_t num_tokens) {
       MigrateStep(/*before=*/false);
       break;
   }
+}
+
+bool Controller::HeatShowsImbalance() const {
+  const HeatSnapshot snap = recorder_->Snapshot(/*with_samples=*/false);
+  if (snap.steps_counted < kMinWarmupSteps) return false;
+  const Topology& t = options_.topology;
+  const int k = t.slots_per_rank;
+  std::vector<double> ranks(t.num_ranks);
+  int loaded = 0;
+  int clear = 0;
+  for (int l = 0; l < snap.num_layers; ++l) {
+    std::fill(ranks.begin(), ranks.end(), 0.0);
+    const int64_t* counts =
+        snap.window.data() + static_cast<size_t>(l) * snap.num_slots;
+    double total = 0.0;
+    for (int p = 0; p < snap.num_slots; ++p) {
+      ranks[p / k] += static_cast<double>(counts[p]);
+      total += static_cast<double>(counts[p]);
+    }
+    if (total <= 0.0) continue;
+    ++loaded;
+    const double mean = total / t.num_ranks;
+    const double peak = *std::max_element(ranks.begin(), ranks.end());
+    // A layer balanced in expectation still peaks by about
+    // sqrt(2 ln R / mean) over its mean from sampling noise alone (the
+    // largest of R Poisson counts); twice that is not noise.
+    const double noise =
+        std::sqrt(2.0 * std::log(std::max(2, t.num_ranks)) / mean);
+    if (peak / mean - 1.0 > kWarmupNoiseFactor * noise) ++clear;
+  }
+  // Most layers must show it: one noisy layer is no reason to plan early.
+  return loaded > 0 && 2 * clear > loaded;
 }
 
 void Controller::EndCollect() {
@@ -283,19 +343,43 @@ void Controller::TakePlan() {
     return;
   }
   layers_.clear();
+  const Topology& t = options_.topology;
+  const int k = t.slots_per_rank;
+  receives_.assign(static_cast<size_t>(current.num_layers()) * t.num_ranks, 0);
   for (int l = 0; l < current.num_layers(); ++l) {
-    if (!std::equal(current.layer(l).begin(), current.layer(l).end(),
-                    plan->placement.layer(l).begin())) {
-      layers_.push_back(l);
+    const LayerPlan& info = plan->layers[l];
+    if (std::equal(current.layer(l).begin(), current.layer(l).end(),
+                   plan->placement.layer(l).begin())) {
+      ++stats_.layers_kept;
+      continue;
+    }
+    layers_.push_back(l);
+    ++(info.choice == LayerChoice::kFull ? stats_.layers_full
+                                         : stats_.layers_incremental);
+    stats_.predicted_gain += info.current_score - info.predicted_score;
+    // Experts new to each rank: what its staging buffers receive.
+    for (int r = 0; r < t.num_ranks; ++r) {
+      const std::span<const int32_t> had = current.layer(l).subspan(
+          static_cast<size_t>(r) * k, static_cast<size_t>(k));
+      for (int j = 0; j < k; ++j) {
+        const int32_t e = plan->placement.at(l, r, j);
+        if (std::find(had.begin(), had.end(), e) == had.end()) {
+          ++receives_[static_cast<size_t>(l) * t.num_ranks + r];
+        }
+      }
     }
   }
-  // Most-improved layers first: they pay back soonest.
-  std::stable_sort(layers_.begin(), layers_.end(), [&](int a, int b) {
-    const LayerPlan& x = plan->layers[a];
-    const LayerPlan& y = plan->layers[b];
-    return x.current_imbalance - x.predicted_imbalance >
-           y.current_imbalance - y.predicted_imbalance;
-  });
+  // Largest predicted gain first: those layers pay back soonest. The gain
+  // is in the policy's score (per step under the dispatch in use) when it
+  // reports one, else in imbalance on the window's load.
+  auto gain = [&](int l) {
+    const LayerPlan& x = plan->layers[l];
+    const double score = x.current_score - x.predicted_score;
+    return score != 0.0 ? score
+                        : x.current_imbalance - x.predicted_imbalance;
+  };
+  std::stable_sort(layers_.begin(), layers_.end(),
+                   [&](int a, int b) { return gain(a) > gain(b); });
   if (layers_.empty()) {
     EndCycle();
     return;
@@ -304,6 +388,34 @@ void Controller::TakePlan() {
   next_layer_ = 0;
   committed_this_cycle_ = false;
   phase_ = Phase::kMigrate;
+}
+
+std::vector<int> Controller::NextBatch() {
+  const Topology& t = options_.topology;
+  const int staging = migration_->store().staging_per_rank();
+  // Bytes the busiest receiving rank may take in one step; one layer per
+  // step without a link bandwidth or a step time yet.
+  const double budget = options_.config.eplb_link_gbytes_per_s * 1e9 *
+                        step_seconds_;
+  std::vector<int> used(t.num_ranks, 0);
+  std::vector<int> batch;
+  while (next_layer_ < layers_.size()) {
+    const int l = layers_[next_layer_];
+    const int* rec = receives_.data() + static_cast<size_t>(l) * t.num_ranks;
+    int busiest = 0;
+    bool fits = true;
+    for (int r = 0; r < t.num_ranks; ++r) {
+      busiest = std::max(busiest, used[r] + rec[r]);
+      fits = fits && used[r] + rec[r] <= staging;
+    }
+    const double bytes = static_cast<double>(busiest) *
+                         static_cast<double>(options_.real_expert_bytes);
+    if (!batch.empty() && (!fits || bytes > budget)) break;
+    for (int r = 0; r < t.num_ranks; ++r) used[r] += rec[r];
+    batch.push_back(l);
+    ++next_layer_;
+  }
+  return batch;
 }
 
 void Controller::MigrateStep(bool before) {
@@ -315,10 +427,16 @@ void Controller::MigrateStep(bool before) {
     if (options_.on_commit)
       options_.on_commit(step_, layer, migration_->placement());
   };
-  auto finish = [&](MigrationEngine::State s, int layer) {
-    if (s == MigrationEngine::State::kCommitted) {
-      commit(layer);
-    } else if (s == MigrationEngine::State::kAborted) {
+  auto finish = [&](MigrationEngine::State s) {
+    if (s == MigrationEngine::State::kIdle ||
+        s == MigrationEngine::State::kInFlight) {
+      return;
+    }
+    const std::vector<int>& done = migration_->committed_layers();
+    stats_.max_layers_per_step = std::max(
+        stats_.max_layers_per_step, static_cast<int64_t>(done.size()));
+    for (int layer : done) commit(layer);
+    for (int layer : migration_->aborted_layers()) {
       Log("layer " + std::to_string(layer) +
           " kept its old placement: " + migration_->last_error().ToString());
     }
@@ -334,7 +452,7 @@ void Controller::MigrateStep(bool before) {
             " not migrated: " + s.ToString());
         continue;
       }
-      finish(migration_->Wait(), layer);
+      finish(migration_->Wait());
     }
     const int64_t stall = options_.clock->NowNanos() - start;
     stats_.max_stall_nanos = std::max(stats_.max_stall_nanos, stall);
@@ -343,20 +461,19 @@ void Controller::MigrateStep(bool before) {
     return;
   }
   if (before) {
-    // Start the next layer unless one is still in flight.
+    // Start the next batch unless one is still in flight.
     if (migration_->in_flight_layer() < 0 && next_layer_ < layers_.size()) {
-      const int layer = layers_[next_layer_++];
-      Status s = migration_->Start(layer, plan_.layer(layer));
+      const std::vector<int> batch = NextBatch();
+      Status s = migration_->StartLayers(batch, plan_);
       if (!s.ok()) {
-        Log("layer " + std::to_string(layer) +
+        Log("layers " + std::to_string(batch.front()) + (batch.size() > 1 ? " and " + std::to_string(batch.size() - 1) + " more" : "") +
             " not migrated: " + s.ToString());
       }
     }
     return;
   }
-  const int layer = migration_->in_flight_layer();
-  if (layer >= 0) {
-    finish(options_.lockstep ? migration_->Wait() : migration_->Poll(), layer);
+  if (migration_->in_flight_layer() >= 0) {
+    finish(options_.lockstep ? migration_->Wait() : migration_->Poll());
   }
   if (migration_->in_flight_layer() < 0 && next_layer_ >= layers_.size())
     EndCycle();
@@ -364,6 +481,8 @@ void Controller::MigrateStep(bool before) {
 
 void Controller::EndCycle() {
   if (phase_ == Phase::kMigrate && committed_this_cycle_) {
+    if (!ever_committed_) stats_.warmup_steps = step_;
+    ever_committed_ = true;
     if (options_.config.mode() == EplbMode::kRecording) {
       Status s = WriteExpertMapJson(*options_.config.expert_map_record_path,
                                     migration_->placement());

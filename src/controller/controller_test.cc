@@ -63,8 +63,9 @@ struct Rig {
 
   Rig(EplbConfig config, std::unique_ptr<Policy> policy = nullptr,
       bool sync = false, Placement initial = Placement(),
-      bool lockstep = false) {
+      bool lockstep = false, int staging_per_rank = 0) {
     ControllerOptions o;
+    o.staging_per_rank = staging_per_rank;
     o.config = config;
     o.topology = topology;
     o.num_layers = kLayers;
@@ -88,7 +89,7 @@ struct Rig {
 
   // One step with skewed per-slot load (expert 0 very hot), routed through
   // the current tables. Returns how long the controller calls took.
-  std::chrono::nanoseconds Step() {
+  std::chrono::nanoseconds Step(bool skewed = true) {
     const auto start = std::chrono::steady_clock::now();
     controller->BeforeForward();
     const auto mid = std::chrono::steady_clock::now();
@@ -97,7 +98,7 @@ struct Rig {
       std::fill(slots.begin(), slots.end(), 0);
       std::shared_ptr<const LayerRouting> r = controller->routing().Get(l);
       for (int e = 0; e < kExperts; ++e) {
-        const int64_t n = e == 0 ? 400 : (e < 3 ? 100 : 10);
+        const int64_t n = !skewed ? 10 : (e == 0 ? 400 : (e < 3 ? 100 : 10));
         std::span<const int32_t> reps = r->ReplicasOf(e);
         for (size_t j = 0; j < reps.size(); ++j) {
           slots[reps[j]] += n / static_cast<int64_t>(reps.size());
@@ -118,6 +119,7 @@ EplbConfig Dynamic(int heat, int algo) {
   c.expert_heat_collection_interval = heat;
   c.algorithm_execution_interval = algo;
   c.num_redundant_experts = kRanks * kSlots - kExperts;
+  c.eplb_fast_warmup = false;  // The reference cycle, unless a test says.
   return c;
 }
 
@@ -144,6 +146,60 @@ TEST(ControllerTest, CycleCommitsOneLayerPerStep) {
         rig.controller->placement().layer(l), kExperts, rig.topology);
     EXPECT_EQ(rig.controller->routing().Get(l)->log2phy, expect.log2phy);
   }
+}
+
+TEST(ControllerTest, FastWarmupPlansAsSoonAsTheHeatIsClear) {
+  // Expert 0 takes 55% of the tokens: after the minimum of 2 steps the
+  // imbalance is far beyond noise, so the window is handed over then, not
+  // after H = 8 steps; the plan is taken A = 2 steps later.
+  EplbConfig c = Dynamic(8, 2);
+  c.eplb_fast_warmup = true;
+  Rig rig(c, nullptr, false, Placement(), /*lockstep=*/true);
+  for (int i = 0; i < 2 + 2 + kLayers + 1; ++i) rig.Step();
+  ASSERT_EQ(static_cast<int>(rig.commits.size()), kLayers);
+  for (int i = 0; i < kLayers; ++i) {
+    EXPECT_EQ(rig.commits[i].first, 2 + 2 + 1 + i);
+  }
+  EXPECT_EQ(rig.controller->stats().warmup_steps, 2 + 2 + kLayers);
+}
+
+TEST(ControllerTest, FastWarmupWaitsUntilTheImbalanceIsBeyondNoise) {
+  // Every expert takes 10 tokens a step: the initial map's rank loads are
+  // 30, 50, 50 and 30 (max / mean 1.25). Sampling noise on a mean of 40s
+  // tokens per rank is sqrt(2 ln 4 / 40s); twice that falls below 0.25 only
+  // after 5 steps, and the plan comes 2 steps later.
+  EplbConfig c = Dynamic(8, 2);
+  c.eplb_fast_warmup = true;
+  Rig rig(c, nullptr, false, Placement(), /*lockstep=*/true);
+  for (int i = 0; i < 5 + 2 + 1; ++i) rig.Step(/*skewed=*/false);
+  ASSERT_FALSE(rig.commits.empty());
+  EXPECT_EQ(rig.commits[0].first, 5 + 2 + 1);
+}
+
+TEST(ControllerTest, SeveralLayersCommitInAStepWhenTheLinkAllows) {
+  // 1 MB experts, ~2 ms steps: 1000 GB/s moves 2 GB a step, so every
+  // changed layer fits in one batch when the staging buffers hold them all.
+  EplbConfig c = Dynamic(4, 2);
+  c.eplb_link_gbytes_per_s = 1000;
+  Rig fast(c, nullptr, false, Placement(), /*lockstep=*/true,
+           /*staging_per_rank=*/kLayers * kSlots);
+  for (int i = 0; i < 4 + 2 + 2; ++i) fast.Step();
+  ASSERT_EQ(static_cast<int>(fast.commits.size()), kLayers);
+  for (const auto& [step, layer] : fast.commits) EXPECT_EQ(step, 4 + 2 + 1);
+  EXPECT_EQ(fast.controller->stats().max_layers_per_step, kLayers);
+  EXPECT_TRUE(
+      fast.controller->weights().Verify(fast.controller->placement()).ok());
+  // 1 KB/s moves nothing worth a layer: one layer per step, as without a
+  // link.
+  c.eplb_link_gbytes_per_s = 1e-6;
+  Rig slow(c, nullptr, false, Placement(), /*lockstep=*/true,
+           /*staging_per_rank=*/kLayers * kSlots);
+  for (int i = 0; i < 4 + 2 + kLayers + 1; ++i) slow.Step();
+  ASSERT_EQ(static_cast<int>(slow.commits.size()), kLayers);
+  for (int i = 0; i < kLayers; ++i) {
+    EXPECT_EQ(slow.commits[i].first, 4 + 2 + 1 + i);
+  }
+  EXPECT_EQ(slow.controller->stats().max_layers_per_step, 1);
 }
 
 TEST(ControllerTest, ThrowingPlannerLeavesServingUnaffected) {

@@ -7,6 +7,19 @@
 #include "core/splitmix.h"
 
 namespace eplb {
+namespace {
+
+// "3" or "3, 5 and 9".
+std::string LayerList(const std::vector<int>& layers) {
+  std::string out;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    if (i > 0) out += i + 1 == layers.size() ? " and " : ", ";
+    out += std::to_string(layers[i]);
+  }
+  return out;
+}
+
+}  // namespace
 
 std::vector<Transfer> PlanLayerTransfers(int layer,
                                          std::span<const int32_t> current,
@@ -263,7 +276,8 @@ StatusOr<std::unique_ptr<MigrationEngine>> MigrationEngine::Create(
                              .num_experts = o.num_experts,
                              .real_expert_bytes = o.real_expert_bytes,
                              .tensors = o.tensors,
-                             .memory_budget_bytes = o.memory_budget_bytes},
+                             .memory_budget_bytes = o.memory_budget_bytes,
+                             .staging_per_rank = o.staging_per_rank},
           initial));
   return engine;
 }
@@ -275,8 +289,32 @@ MigrationEngine::~MigrationEngine() {
 }
 
 Status MigrationEngine::Start(int layer, std::span<const int32_t> target) {
-  if (in_flight_layer_ >= 0) {
-    return FailedPreconditionError("layer " + std::to_string(in_flight_layer_) +
+  const std::pair<int, std::span<const int32_t>> one[] = {{layer, target}};
+  return StartBatch(one);
+}
+
+Status MigrationEngine::StartLayers(std::span<const int> layers,
+                                    const Placement& plan) {
+  if (plan.num_layers() != placement_.num_layers() ||
+      plan.num_slots() != placement_.num_slots()) {
+    return InvalidArgumentError("migration: the plan's shape differs");
+  }
+  std::vector<std::pair<int, std::span<const int32_t>>> batch;
+  for (int layer : layers) {
+    if (layer < 0 || layer >= plan.num_layers()) {
+      return InvalidArgumentError("migration of layer " +
+                                  std::to_string(layer) + ": bad layer");
+    }
+    batch.emplace_back(layer, plan.layer(layer));
+  }
+  return StartBatch(batch);
+}
+
+Status MigrationEngine::StartBatch(
+    std::span<const std::pair<int, std::span<const int32_t>>> layers) {
+  if (!in_flight_.empty()) {
+    return FailedPreconditionError("layer " +
+                                   std::to_string(in_flight_.front()) +
                                    " is still migrating");
   }
   if (draining_ != nullptr) {
@@ -286,34 +324,79 @@ Status MigrationEngine::Start(int layer, std::span<const int32_t> target) {
     }
     draining_.reset();
   }
+  if (layers.empty()) return InvalidArgumentError("migration of no layer");
   const Topology& t = options_.topology;
-  if (layer < 0 || layer >= placement_.num_layers() ||
-      static_cast<int>(target.size()) != t.num_slots()) {
-    return InvalidArgumentError("migration of layer " + std::to_string(layer) +
-                                ": bad layer or target size");
-  }
   Placement cur(1, t.num_ranks, t.slots_per_rank, placement_.num_experts());
   Placement next = cur;
-  std::copy(placement_.layer(layer).begin(), placement_.layer(layer).end(),
-            cur.mutable_layer(0).begin());
-  std::copy(target.begin(), target.end(), next.mutable_layer(0).begin());
-  std::vector<Violation> bad = CheckPlan(cur, next, store_->staging_per_rank());
-  if (!bad.empty()) {
-    bad[0].layer = layer;
-    return InvalidArgumentError("migration rejected: " + bad[0].ToString());
+  std::vector<Transfer> transfers;
+  // Staging buffers used so far on each rank by earlier layers of the batch.
+  std::vector<int> staging(t.num_ranks, 0);
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const auto [layer, target] = layers[i];
+    if (layer < 0 || layer >= placement_.num_layers() ||
+        static_cast<int>(target.size()) != t.num_slots()) {
+      return InvalidArgumentError("migration of layer " +
+                                  std::to_string(layer) +
+                                  ": bad layer or target size");
+    }
+    for (size_t j = 0; j < i; ++j) {
+      if (layers[j].first == layer) {
+        return InvalidArgumentError("migration of layer " +
+                                    std::to_string(layer) + ": listed twice");
+      }
+    }
+    std::copy(placement_.layer(layer).begin(), placement_.layer(layer).end(),
+              cur.mutable_layer(0).begin());
+    std::copy(target.begin(), target.end(), next.mutable_layer(0).begin());
+    std::vector<Violation> bad =
+        CheckPlan(cur, next, store_->staging_per_rank());
+    if (!bad.empty()) {
+      bad[0].layer = layer;
+      return InvalidArgumentError("migration rejected: " + bad[0].ToString());
+    }
+    std::vector<Transfer> mine = PlanLayerTransfers(
+        layer, placement_.layer(layer), target, t, options_.real_expert_bytes);
+    std::vector<int> used(t.num_ranks, 0);
+    for (Transfer& x : mine) {
+      x.staging += staging[x.dst_rank];
+      ++used[x.dst_rank];
+    }
+    for (int r = 0; r < t.num_ranks; ++r) {
+      staging[r] += used[r];
+      if (staging[r] > store_->staging_per_rank()) {
+        return InvalidArgumentError(
+            "migration of " + std::to_string(layers.size()) +
+            " layers: device " + std::to_string(r) + " would receive " +
+            std::to_string(staging[r]) + " experts, more than its " +
+            std::to_string(store_->staging_per_rank()) + " staging buffers");
+      }
+    }
+    transfers.insert(transfers.end(), mine.begin(), mine.end());
   }
-  transfers_ = PlanLayerTransfers(layer, placement_.layer(layer), target, t,
-                                  options_.real_expert_bytes);
+  // One batch: every rank pair still enumerates its transfers in one order.
+  std::stable_sort(transfers.begin(), transfers.end(),
+                   [](const Transfer& a, const Transfer& b) {
+                     if (a.src_rank != b.src_rank)
+                       return a.src_rank < b.src_rank;
+                     return a.dst_rank < b.dst_rank;
+                   });
   EPLB_ASSIGN_OR_RETURN(batch_,
-                        options_.transport->Start(transfers_, store_.get()));
-  target_.assign(target.begin(), target.end());
-  in_flight_layer_ = layer;
+                        options_.transport->Start(transfers, store_.get()));
+  transfers_ = std::move(transfers);
+  in_flight_.clear();
+  targets_.clear();
+  for (const auto& [layer, target] : layers) {
+    in_flight_.push_back(layer);
+    targets_.insert(targets_.end(), target.begin(), target.end());
+  }
+  committed_.clear();
+  aborted_.clear();
   started_at_ = options_.clock->NowNanos();
   return Status::Ok();
 }
 
 MigrationEngine::State MigrationEngine::Poll() {
-  if (in_flight_layer_ < 0) return State::kIdle;
+  if (in_flight_.empty()) return State::kIdle;
   if (!batch_->Done()) {
     if (options_.clock->NowNanos() - started_at_ <= options_.timeout_nanos) {
       return State::kInFlight;
@@ -323,56 +406,72 @@ MigrationEngine::State MigrationEngine::Poll() {
     // thread does not wait for it.
     draining_ = std::move(batch_);
     last_error_ = DeadlineExceededError(
-        "layer " + std::to_string(in_flight_layer_) + ": transfers exceeded " +
+        "layer " + LayerList(in_flight_) + ": transfers exceeded " +
         std::to_string(options_.timeout_nanos / 1'000'000) + " ms");
-    ++stats_.layers_aborted;
-    in_flight_layer_ = -1;
+    stats_.layers_aborted += static_cast<int64_t>(in_flight_.size());
+    committed_.clear();
+    aborted_ = std::move(in_flight_);
+    in_flight_.clear();
     return State::kAborted;
   }
   return Finish();
 }
 
 MigrationEngine::State MigrationEngine::Wait() {
-  if (in_flight_layer_ < 0) return State::kIdle;
+  if (in_flight_.empty()) return State::kIdle;
   batch_->Wait();
   return Finish();
 }
 
 MigrationEngine::State MigrationEngine::Finish() {
-  const int layer = in_flight_layer_;
-  in_flight_layer_ = -1;
-  Status s = batch_->result();
+  std::vector<int> layers = std::move(in_flight_);
+  in_flight_.clear();
+  committed_.clear();
+  aborted_.clear();
+  const Status batch_status = batch_->result();
   batch_.reset();
-  // Verify every staging buffer before any slot changes.
-  for (size_t i = 0; s.ok() && i < transfers_.size(); ++i) {
-    const Transfer& t = transfers_[i];
-    if ((WeightStore::Checksum(store_->Staging(t.dst_rank, t.staging)) | 1) !=
-        store_->ExpectedChecksum(layer, t.expert)) {
-      s = DataLossError(
-          "layer " + std::to_string(layer) + ", device " +
-          std::to_string(t.dst_rank) + ", slot " + std::to_string(t.dst_slot) +
-          ": checksum mismatch for expert " + std::to_string(t.expert) +
-          " from device " + std::to_string(t.src_rank));
+  // Each layer commits only when every one of its staging buffers verified;
+  // the others keep their placement.
+  const int slots = options_.topology.num_slots();
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const int layer = layers[i];
+    Status s = batch_status;
+    for (size_t j = 0; s.ok() && j < transfers_.size(); ++j) {
+      const Transfer& t = transfers_[j];
+      if (t.layer != layer) continue;
+      if ((WeightStore::Checksum(store_->Staging(t.dst_rank, t.staging)) |
+           1) != store_->ExpectedChecksum(layer, t.expert)) {
+        s = DataLossError("layer " + std::to_string(layer) + ", device " +
+                          std::to_string(t.dst_rank) + ", slot " +
+                          std::to_string(t.dst_slot) +
+                          ": checksum mismatch for expert " +
+                          std::to_string(t.expert) + " from device " +
+                          std::to_string(t.src_rank));
+      }
     }
-  }
-  if (!s.ok()) {
-    last_error_ = s;
-    ++stats_.layers_aborted;
-    return State::kAborted;
-  }
-  for (const Transfer& t : transfers_) {
-    store_->CommitStaging(t.dst_rank, t.staging, layer, t.dst_slot);
-    if (t.local) {
-      ++stats_.local_copies;
-    } else {
-      ++stats_.experts_moved;
-      stats_.bytes_moved += t.real_bytes;
+    if (!s.ok()) {
+      last_error_ = s;
+      ++stats_.layers_aborted;
+      aborted_.push_back(layer);
+      continue;
     }
+    for (const Transfer& t : transfers_) {
+      if (t.layer != layer) continue;
+      store_->CommitStaging(t.dst_rank, t.staging, layer, t.dst_slot);
+      if (t.local) {
+        ++stats_.local_copies;
+      } else {
+        ++stats_.experts_moved;
+        stats_.bytes_moved += t.real_bytes;
+      }
+    }
+    std::copy(targets_.begin() + static_cast<ptrdiff_t>(i) * slots,
+              targets_.begin() + static_cast<ptrdiff_t>(i + 1) * slots,
+              placement_.mutable_layer(layer).begin());
+    ++stats_.layers_committed;
+    committed_.push_back(layer);
   }
-  std::copy(target_.begin(), target_.end(),
-            placement_.mutable_layer(layer).begin());
-  ++stats_.layers_committed;
-  return State::kCommitted;
+  return aborted_.empty() ? State::kCommitted : State::kAborted;
 }
 
 // --------------------------------------------------------------- RoutingTable

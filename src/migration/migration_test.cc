@@ -61,7 +61,8 @@ struct Rig {
   std::unique_ptr<MigrationEngine> engine;
 
   explicit Rig(FaultOptions faults = {},
-               int64_t timeout_nanos = 10'000'000'000) {
+               int64_t timeout_nanos = 10'000'000'000,
+               int staging_per_rank = 0) {
     transport =
         WrapWithFaults(*CreateInProcessTransport({.num_threads = 2}), faults);
     engine = *MigrationEngine::Create(
@@ -71,7 +72,8 @@ struct Rig {
                          .real_expert_bytes = 88080384,
                          .memory_budget_bytes = 1 << 20,
                          .transport = transport.get(),
-                         .timeout_nanos = timeout_nanos},
+                         .timeout_nanos = timeout_nanos,
+                         .staging_per_rank = staging_per_rank},
         initial);
   }
 };
@@ -155,6 +157,70 @@ TEST(MigrationTest, RejectsInvalidTargets) {
   Status s = rig.engine->Start(1, bad);
   EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("layer 1"), std::string::npos) << s.message();
+}
+
+// Both layers of the rig moved: in layer 0 rank 0 takes 6 and 1 in place of
+// 7 and 2 (2 receives); layer 1 as in CommitsAVerifiedLayer (1 receive on
+// each rank).
+Placement TwoLayerTarget(const Placement& initial) {
+  Placement target = initial;
+  const std::vector<int32_t> zero = {6, 1, 0, 3, 5, 6, 1, 4, 7, 2};
+  const std::vector<int32_t> one = {0, 1, 2, 3, 7, 5, 6, 7, 0, 4};
+  std::copy(zero.begin(), zero.end(), target.mutable_layer(0).begin());
+  std::copy(one.begin(), one.end(), target.mutable_layer(1).begin());
+  return target;
+}
+
+TEST(MigrationTest, ABatchOfLayersCommitsTogether) {
+  Rig rig;
+  const Placement target = TwoLayerTarget(rig.initial);
+  const int layers[] = {1, 0};
+  ASSERT_TRUE(rig.engine->StartLayers(layers, target).ok());
+  EXPECT_EQ(rig.engine->in_flight_layers(), std::vector<int>({1, 0}));
+  EXPECT_EQ(rig.engine->Wait(), MigrationEngine::State::kCommitted);
+  EXPECT_EQ(rig.engine->committed_layers(), std::vector<int>({1, 0}));
+  EXPECT_TRUE(rig.engine->aborted_layers().empty());
+  EXPECT_EQ(rig.engine->placement(), target);
+  EXPECT_TRUE(rig.engine->store().Verify(target).ok());
+  EXPECT_EQ(rig.engine->stats().layers_committed, 2);
+}
+
+TEST(MigrationTest, ABatchMustFitTheStagingBuffers) {
+  // Two staging buffers per rank: layer 0's two receives on rank 0 fill
+  // them, so layer 1's cannot join the batch.
+  Rig rig({}, 10'000'000'000, /*staging_per_rank=*/2);
+  const Placement target = TwoLayerTarget(rig.initial);
+  const int layers[] = {0, 1};
+  const Status s = rig.engine->StartLayers(layers, target);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("staging buffers"), std::string::npos)
+      << s.message();
+  EXPECT_EQ(rig.engine->in_flight_layer(), -1);  // Nothing started.
+  const int first[] = {0};
+  ASSERT_TRUE(rig.engine->StartLayers(first, target).ok());
+  EXPECT_EQ(rig.engine->Wait(), MigrationEngine::State::kCommitted);
+}
+
+TEST(MigrationTest, AFaultInABatchAbortsOnlyItsLayer) {
+  // The batch's 4 transfers, by (source, destination): 0->1 layer 1's
+  // expert 4, then 1->0 layer 0's experts 6 and 1 and layer 1's expert 7.
+  // The 4th is corrupted: layer 1 aborts, layer 0 commits.
+  Rig rig(FaultOptions{.corrupt_every = 4});
+  const Placement target = TwoLayerTarget(rig.initial);
+  const int layers[] = {0, 1};
+  ASSERT_TRUE(rig.engine->StartLayers(layers, target).ok());
+  EXPECT_EQ(rig.engine->Wait(), MigrationEngine::State::kAborted);
+  EXPECT_EQ(rig.engine->aborted_layers(), std::vector<int>({1}));
+  EXPECT_EQ(rig.engine->committed_layers(), std::vector<int>({0}));
+  const int bad = 1;
+  const int good = 0;
+  EXPECT_EQ(rig.engine->last_error().code(), StatusCode::kDataLoss);
+  Placement expected = rig.initial;
+  std::copy(target.layer(good).begin(), target.layer(good).end(),
+            expected.mutable_layer(good).begin());
+  EXPECT_EQ(rig.engine->placement(), expected);
+  EXPECT_TRUE(rig.engine->store().Verify(expected).ok())
+      << "layer " << bad << " lost weights";
 }
 
 TEST(WeightStoreTest, EveryTensorScaledAlike) {

@@ -8,6 +8,18 @@
 
 namespace eplb {
 
+std::string_view LayerChoiceName(LayerChoice choice) {
+  switch (choice) {
+    case LayerChoice::kKept:
+      return "kept";
+    case LayerChoice::kIncremental:
+      return "incremental";
+    case LayerChoice::kFull:
+      return "full";
+  }
+  return "unknown";
+}
+
 StatusOr<std::unique_ptr<Policy>> CreatePolicy(
     std::string_view name_or_number) {
   std::string key(name_or_number);

@@ -162,6 +162,20 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
                                   ": cannot open for writing");
     }
   }
+  // The rank-load log is written whole at the end: its place is checked now,
+  // so that a bad path fails before the run, not after it.
+  if (!o.rank_load_log_path.empty()) {
+    const std::filesystem::path path(o.rank_load_log_path);
+    const std::filesystem::path dir = path.parent_path();
+    if (!dir.empty() && !std::filesystem::is_directory(dir)) {
+      return NotFoundError("rank-load log " + o.rank_load_log_path +
+                           ": directory " + dir.string() + " does not exist");
+    }
+    if (std::filesystem::is_directory(path)) {
+      return InvalidArgumentError("rank-load log " + o.rank_load_log_path +
+                                  ": is a directory");
+    }
+  }
   auto write_line = [&](const std::string& line) {
     if (log_file == nullptr) return;
     std::fwrite(line.data(), 1, line.size(),
@@ -174,6 +188,11 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
                         CreateInProcessTransport({.num_threads = 1}));
   ControllerOptions copts;
   copts.config = o.config;
+  copts.config.eplb_dispatch = o.dispatch;
+  // The simulated hardware's link, unless the config names one.
+  if (copts.config.eplb_link_gbytes_per_s <= 0.0) {
+    copts.config.eplb_link_gbytes_per_s = o.hardware.link_gbytes_per_s;
+  }
   copts.topology = t;
   copts.num_layers = num_layers;
   copts.num_experts = num_experts;
@@ -222,8 +241,29 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
   }
   Side with, without;
   std::vector<double> counts(num_experts);
+  std::vector<int64_t> tokens_of(num_experts);
   std::vector<int64_t> slot_counts(t.num_slots());
+  std::vector<int64_t> base_slots(t.num_slots());
   std::vector<double> ranks(t.num_ranks);
+  std::vector<double> base(t.num_ranks);
+  // The dispatch of both sides: the same rule, each under its own routing.
+  auto dispatch = [&](const LayerRouting& routing,
+                      std::span<int64_t> slots) {
+    if (o.dispatch == DispatchMode::kBalanced) {
+      (void)routing;  // Wired with the balanced dispatcher.
+      std::fill(slots.begin(), slots.end(), 0);
+    } else {
+      DispatchSlotCounts(routing, counts, slots);
+    }
+  };
+  auto rank_sums = [&](std::span<const int64_t> slots, std::span<double> out) {
+    std::fill(out.begin(), out.end(), 0.0);
+    for (int phy = 0; phy < t.num_slots(); ++phy) {
+      out[phy / t.slots_per_rank] += static_cast<double>(slots[phy]);
+    }
+  };
+  std::string rank_log;
+  int64_t first_done = -1;  // Replay steps before the first plan committed.
   const double dense_s = o.hardware.dense_us_per_layer * 1e-6 * num_layers;
   const auto wall_start = std::chrono::steady_clock::now();
   int64_t bytes_before = 0;
@@ -246,6 +286,9 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
         std::span<const double> row = trace.row(ts, l);
         for (int e = 0; e < num_experts; ++e) counts[e] += row[e];
       }
+      for (int e = 0; e < num_experts; ++e) {
+        tokens_of[e] = std::llround(counts[e]);
+      }
       if (l == 0) {
         double assignments = 0;
         for (double c : counts) assignments += c;
@@ -254,20 +297,26 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
       // With balancing: the routing in force at this step.
       std::shared_ptr<const LayerRouting> routing =
           controller->routing().Get(l);
-      DispatchSlotCounts(*routing, counts, slot_counts);
+      dispatch(*routing, slot_counts);
       controller->recorder().RecordSlotCounts(l, slot_counts);
-      std::fill(ranks.begin(), ranks.end(), 0.0);
-      for (int phy = 0; phy < t.num_slots(); ++phy) {
-        ranks[phy / t.slots_per_rank] += static_cast<double>(slot_counts[phy]);
+      rank_sums(slot_counts, ranks);
+      if (!o.rank_load_log_path.empty()) {
+        for (int r = 0; r < t.num_ranks; ++r) {
+          rank_log += std::to_string(s) + ',' + std::to_string(l) + ',' +
+                      std::to_string(r) + ',' +
+                      std::to_string(std::llround(ranks[r])) + '\n';
+        }
       }
       double util = 1;
       step_with += MoeLayerSeconds(o.hardware, o.model, ranks, &util);
       const double x = Imbalance(ranks);
       // Without: the default placement throughout.
-      std::vector<double> base = DispatchRankLoads(baseline_routing[l], counts);
+      dispatch(baseline_routing[l], base_slots);
+      rank_sums(base_slots, base);
       double base_util = 1;
       step_without += MoeLayerSeconds(o.hardware, o.model, base, &base_util);
       const double y = Imbalance(base);
+      result.imbalance_by_step_layer.push_back(x);
       if (x > 0) {
         with.imbalance.push_back(x);
         without.imbalance.push_back(y);
@@ -286,7 +335,8 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
           step_start +
           std::chrono::nanoseconds(static_cast<int64_t>(step_with * 1e9)));
     }
-    controller->AfterForward(tokens);
+    controller->AfterForward(tokens, step_with);
+    if (first_done < 0) first_done = controller->stats().warmup_steps;
     // Migration traffic of this step: stop-the-world stalls the step; async
     // copies overlap the forward and only cost what exceeds it.
     const int64_t bytes_now = controller->stats().bytes_moved;
@@ -308,6 +358,23 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
                        .count();
   const ControllerStats cs = controller->stats();
   result.imbalance = Summarise(with.imbalance);
+  result.steady_from = o.steady_from >= 0 ? o.steady_from : first_done;
+  if (result.steady_from >= 0) {
+    std::vector<double> steady;
+    const size_t first =
+        static_cast<size_t>(result.steady_from) * num_layers;
+    for (size_t i = first; i < result.imbalance_by_step_layer.size(); ++i) {
+      if (result.imbalance_by_step_layer[i] > 0) {
+        steady.push_back(result.imbalance_by_step_layer[i]);
+      }
+    }
+    result.imbalance_steady = Summarise(std::move(steady));
+  }
+  if (!o.rank_load_log_path.empty()) {
+    EPLB_RETURN_IF_ERROR(WriteFileAtomic(o.rank_load_log_path,
+                                         "step,layer,rank,tokens\n" + rank_log)
+                             .WithPrefix("rank-load log"));
+  }
   result.baseline_imbalance = Summarise(without.imbalance);
   result.imbalance_per_step = std::move(with.per_step);
   result.baseline_imbalance_per_step = std::move(without.per_step);
@@ -320,6 +387,12 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
   result.experts_moved = cs.experts_moved;
   result.bytes_moved = cs.bytes_moved;
   result.maps_written = cs.maps_written;
+  result.layers_kept = cs.layers_kept;
+  result.layers_incremental = cs.layers_incremental;
+  result.layers_full = cs.layers_full;
+  result.predicted_gain = cs.predicted_gain;
+  result.max_layers_per_step = cs.max_layers_per_step;
+  result.warmup_steps = cs.warmup_steps;
   if (cs.rebalances > 0) {
     result.moved_per_rebalance =
         static_cast<double>(cs.experts_moved) /

@@ -7,7 +7,9 @@
 #include "eplb/config.h"
 
 #include <array>
+#include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -36,11 +38,18 @@ constexpr std::string_view kAlgorithmInterval = "algorithm_execution_interval";
 constexpr std::string_view kNumRedundant = "num_redundant_experts";
 constexpr std::string_view kPolicyType = "eplb_policy_type";
 constexpr std::string_view kHeatStage = "eplb_heat_collection_stage";
+// eplb's own keys, beyond vllm-ascend's.
+constexpr std::string_view kDispatch = "eplb_dispatch";
+constexpr std::string_view kMigrationBudget = "eplb_migration_budget";
+constexpr std::string_view kFastWarmup = "eplb_fast_warmup";
+constexpr std::string_view kLinkBandwidth = "eplb_link_gbytes_per_s";
 
-// In the order of the spec's table; the unknown-key error lists them so.
-constexpr std::array<std::string_view, 8> kValidKeys = {
+// vllm-ascend's keys in the order of its table, then eplb's own; the
+// unknown-key error lists them so.
+constexpr std::array<std::string_view, 12> kValidKeys = {
     kDynamicEplb,       kExpertMapPath, kExpertMapRecordPath, kHeatInterval,
     kAlgorithmInterval, kNumRedundant,  kPolicyType,          kHeatStage,
+    kDispatch,          kMigrationBudget, kFastWarmup,        kLinkBandwidth,
 };
 
 constexpr std::string_view kDynamicEnv = "DYNAMIC_EPLB";
@@ -226,6 +235,40 @@ std::string ValidKeysList() {
   return out;
 }
 
+Status ReadDispatch(const Json& value, DispatchMode* out) {
+  if (value.is_string()) {
+    StatusOr<DispatchMode> mode =
+        ParseDispatchMode(value.get_ref<const std::string&>());
+    if (mode.ok()) {
+      *out = *mode;
+      return Status::Ok();
+    }
+  }
+  return KeyError(kDispatch, Describe(value), R"(must be "rr" or "balanced")");
+}
+
+// A finite number (integers too, not a bool) in (low, high] (or [0, high]
+// when zero_ok).
+Status ReadNumber(const Json& value, std::string_view key, double low,
+                  double high, bool zero_ok, double* out) {
+  const bool number = value.is_number() && !value.is_boolean();
+  const double v = number ? value.get<double>() : 0.0;
+  if (!number || !std::isfinite(v) || v > high ||
+      !(v > low || (zero_ok && v == 0.0))) {
+    auto text = [](double x) {
+      char buf[32];
+      std::snprintf(buf, sizeof buf, "%g", x);
+      return std::string(buf);
+    };
+    const std::string range = (zero_ok ? "a number in [0, "
+                                       : "a number in (" + text(low) + ", ") +
+                              text(high) + "]";
+    return KeyError(key, Describe(value), "must be " + range);
+  }
+  *out = v;
+  return Status::Ok();
+}
+
 // Reads the keys of the eplb_config object `object` into `config`.
 Status ReadKeys(const Json& object, EplbConfig* config) {
   for (const auto& item : object.items()) {
@@ -271,6 +314,22 @@ Status ReadKeys(const Json& object, EplbConfig* config) {
   if (const Json* v = find(kHeatStage)) {
     EPLB_RETURN_IF_ERROR(
         ReadHeatStage(*v, &config->eplb_heat_collection_stage));
+  }
+  if (const Json* v = find(kDispatch)) {
+    EPLB_RETURN_IF_ERROR(ReadDispatch(*v, &config->eplb_dispatch));
+  }
+  if (const Json* v = find(kMigrationBudget)) {
+    EPLB_RETURN_IF_ERROR(ReadNumber(*v, kMigrationBudget, 0.0, 1.0,
+                                    /*zero_ok=*/false,
+                                    &config->eplb_migration_budget));
+  }
+  if (const Json* v = find(kFastWarmup)) {
+    EPLB_RETURN_IF_ERROR(ReadBool(*v, kFastWarmup, &config->eplb_fast_warmup));
+  }
+  if (const Json* v = find(kLinkBandwidth)) {
+    EPLB_RETURN_IF_ERROR(ReadNumber(*v, kLinkBandwidth, 0.0, 1e6,
+                                    /*zero_ok=*/true,
+                                    &config->eplb_link_gbytes_per_s));
   }
   // Recording is a dynamic run that also writes its map (spec §2).
   if (config->expert_map_record_path.has_value()) config->dynamic_eplb = true;

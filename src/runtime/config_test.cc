@@ -30,7 +30,9 @@ constexpr char kFixtureMap[] =
 constexpr char kValidKeys[] =
     "dynamic_eplb, expert_map_path, expert_map_record_path, "
     "expert_heat_collection_interval, algorithm_execution_interval, "
-    "num_redundant_experts, eplb_policy_type, eplb_heat_collection_stage";
+    "num_redundant_experts, eplb_policy_type, eplb_heat_collection_stage, "
+    "eplb_dispatch, eplb_migration_budget, eplb_fast_warmup, "
+    "eplb_link_gbytes_per_s";
 constexpr char kPolicyFix[] =
     "must be 0 (Random), 1 (DefaultEplb), 2 (SwiftBalancer) or 3 (FlashLB)";
 constexpr char kDynamicGuardError[] =
@@ -95,7 +97,9 @@ const ParseCase kRuleCases[] = {
      "eplb_config: unknown key \"dynamic_eplbb\" (valid keys: dynamic_eplb, "
      "expert_map_path, expert_map_record_path, "
      "expert_heat_collection_interval, algorithm_execution_interval, "
-     "num_redundant_experts, eplb_policy_type, eplb_heat_collection_stage)"},
+     "num_redundant_experts, eplb_policy_type, eplb_heat_collection_stage, "
+     "eplb_dispatch, eplb_migration_budget, eplb_fast_warmup, "
+     "eplb_link_gbytes_per_s)"},
     {"UnknownKeyInAdditionalConfig", R"({"eplb_config": {"num_redundant": 2}})",
      kNoEnv, "eplb_config: unknown key \"num_redundant\" (valid keys: "},
     {"UnknownKeyWithNewlineStaysOneLine", "{\"a\\nb\": 1}", kNoEnv,
@@ -196,6 +200,27 @@ const ParseCase kRuleCases[] = {
      "eplb_config.eplb_heat_collection_stage = \"ALL\": must be \"all\""},
     {"StageInteger", R"({"eplb_heat_collection_stage": 0})", kNoEnv,
      "eplb_config.eplb_heat_collection_stage = 0: must be \"all\""},
+    // eplb's own keys.
+    {"DispatchUnknown", R"({"eplb_dispatch": "random"})", kNoEnv,
+     "eplb_config.eplb_dispatch = \"random\": must be \"rr\" or "
+     "\"balanced\""},
+    {"DispatchInteger", R"({"eplb_dispatch": 1})", kNoEnv,
+     "eplb_config.eplb_dispatch = 1: must be \"rr\" or \"balanced\""},
+    {"BudgetZero", R"({"eplb_migration_budget": 0})", kNoEnv,
+     "eplb_config.eplb_migration_budget = 0: must be a number in (0, 1]"},
+    {"BudgetAboveOne", R"({"eplb_migration_budget": 1.5})", kNoEnv,
+     "eplb_config.eplb_migration_budget = 1.5: must be a number in (0, 1]"},
+    {"BudgetString", R"({"eplb_migration_budget": "0.3"})", kNoEnv,
+     "eplb_config.eplb_migration_budget = \"0.3\": must be a number"},
+    {"BudgetBool", R"({"eplb_migration_budget": true})", kNoEnv,
+     "eplb_config.eplb_migration_budget = true: must be a number"},
+    {"FastWarmupNotBool", R"({"eplb_fast_warmup": 1})", kNoEnv,
+     "eplb_config.eplb_fast_warmup = 1: must be true or false"},
+    {"LinkNegative", R"({"eplb_link_gbytes_per_s": -5})", kNoEnv,
+     "eplb_config.eplb_link_gbytes_per_s = -5: must be a number in [0, "
+     "1e+06]"},
+    {"LinkNull", R"({"eplb_link_gbytes_per_s": null})", kNoEnv,
+     "eplb_config.eplb_link_gbytes_per_s = null: must be a number"},
     // The document itself.
     {"MalformedJson", R"({"dynamic_eplb": tru})", kNoEnv,
      "eplb_config: malformed JSON: parse error at line 1, column 21: "},
@@ -329,6 +354,11 @@ TEST_P(ValidEplbConfigTest, ParsesEveryField) {
   EXPECT_EQ(got.eplb_policy_type, want.eplb_policy_type);
   EXPECT_EQ(HeatStageName(got.eplb_heat_collection_stage),
             HeatStageName(want.eplb_heat_collection_stage));
+  EXPECT_EQ(DispatchModeName(got.eplb_dispatch),
+            DispatchModeName(want.eplb_dispatch));
+  EXPECT_EQ(got.eplb_migration_budget, want.eplb_migration_budget);
+  EXPECT_EQ(got.eplb_fast_warmup, want.eplb_fast_warmup);
+  EXPECT_EQ(got.eplb_link_gbytes_per_s, want.eplb_link_gbytes_per_s);
   EXPECT_EQ(EplbModeName(got.mode()), EplbModeName(c.want_mode));
   EXPECT_TRUE(parsed->warnings.empty())
       << testing::PrintToString(parsed->warnings);
@@ -346,6 +376,22 @@ const ValidCase kValidCases[] = {
          "algorithm_execution_interval": 50, "num_redundant_experts": 0,
          "eplb_policy_type": 2, "eplb_heat_collection_stage": "all"})",
      kNoEnv, nullptr, EplbMode::kDisabled},
+    {"EplbOwnKeys",
+     R"({"eplb_dispatch": "balanced", "eplb_migration_budget": 0.1,
+         "eplb_fast_warmup": false, "eplb_link_gbytes_per_s": 56})",
+     kNoEnv,
+     [](EplbConfig& c) {
+       c.eplb_dispatch = DispatchMode::kBalanced;
+       c.eplb_migration_budget = 0.1;
+       c.eplb_fast_warmup = false;
+       c.eplb_link_gbytes_per_s = 56;
+     },
+     EplbMode::kDisabled},
+    {"EplbOwnKeysIntegerBudgetAndRoundRobin",
+     R"({"eplb_dispatch": "rr", "eplb_migration_budget": 1,
+         "eplb_link_gbytes_per_s": 0})",
+     kNoEnv, [](EplbConfig& c) { c.eplb_migration_budget = 1.0; },
+     EplbMode::kDisabled},
     {"StaticInAdditionalConfigOtherKeysIgnored",
      R"({"torchair_graph_config": {"enabled": true}, "dynamic_eplbb": 1,
          "eplb_config": {"expert_map_path": "/path/to/eplb.json"}})",

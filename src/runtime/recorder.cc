@@ -403,13 +403,15 @@ void HeatRecorder::EndStep(int64_t num_tokens) {
   s.step_dropped = 0;
 }
 
-HeatSnapshot HeatRecorder::Snapshot() const {
+HeatSnapshot HeatRecorder::Snapshot(bool with_samples) const {
   const Impl& s = *impl_;
   HeatSnapshot out;
   out.num_layers = s.num_layers;
   out.num_slots = s.num_slots;
   out.window.resize(s.cells);
-  out.samples.resize(static_cast<size_t>(s.ring_steps) * s.cells);
+  if (with_samples) {
+    out.samples.resize(static_cast<size_t>(s.ring_steps) * s.cells);
+  }
   for (int attempt = 1;; ++attempt) {
     const uint64_t seq = s.sequence.load(std::memory_order_acquire);
     if ((seq & 1) == 0) {
@@ -420,7 +422,8 @@ HeatSnapshot HeatRecorder::Snapshot() const {
         out.window[i] = s.window[i].load(kDataLoad);
       }
       // Clamped, so a torn read (retried below) still indexes in range.
-      const int64_t num_samples = std::clamp<int64_t>(written, 0, s.ring_steps);
+      const int64_t num_samples =
+          with_samples ? std::clamp<int64_t>(written, 0, s.ring_steps) : 0;
       const int64_t first = written - num_samples;
       int64_t* dst = out.samples.data();
       for (int64_t j = 0; j < num_samples; ++j) {

@@ -36,6 +36,9 @@ struct ReplayFlags {
   bool sync = false;
   bool no_pace = false;
   std::string placement_log;
+  std::string rank_load_log;
+  std::string dispatch;
+  int64_t steady_from = -1;
   std::string report;
   bool json = false;
 };
@@ -196,6 +199,14 @@ int RunReplayCommand(const ReplayFlags& f) {
   o.sync_migration = f.sync;
   o.pace = !f.no_pace;
   o.placement_log_path = f.placement_log;
+  o.rank_load_log_path = f.rank_load_log;
+  o.steady_from = f.steady_from;
+  o.dispatch = config.eplb_dispatch;
+  if (!f.dispatch.empty()) {
+    StatusOr<DispatchMode> d = ParseDispatchMode(f.dispatch);
+    if (!d.ok()) return Fail(d.status().WithPrefix("--dispatch"));
+    o.dispatch = *d;
+  }
   o.interrupt = &g_interrupted;
   o.log = [](std::string_view line) {
     std::fprintf(stderr, "eplb: %.*s\n", static_cast<int>(line.size()),
@@ -239,14 +250,15 @@ int RunReplayCommand(const ReplayFlags& f) {
       title, sizeof title,
       "%s: %lld steps of %d trace steps, %d layers x %d experts; %s %s "
       "(%s per expert), %d ranks x %d slots (%d redundant), %s, %s "
-      "migration, hardware %s",
+      "migration, %s dispatch, hardware %s",
       embedded ? "shipped trace dsv2lite-puffin/prefill_by_prompt.csv"
                : trace_path.c_str(),
       static_cast<long long>(r->steps), o.batch_steps, trace->num_layers(),
       trace->num_experts(), model.name.c_str(), f.quant.c_str(),
       Bytes(real_expert).c_str(), topology->num_ranks, topology->slots_per_rank,
       config.num_redundant_experts, balancing.c_str(),
-      f.sync ? "stop-the-world" : "async", hw->name.c_str());
+      f.sync ? "stop-the-world" : "async",
+      std::string(DispatchModeName(o.dispatch)).c_str(), hw->name.c_str());
   if (!f.report.empty()) {
     Status s = WriteFileAtomic(f.report, Html(*r, title, column));
     if (!s.ok()) return Fail(s);
@@ -275,8 +287,12 @@ int RunReplayCommand(const ReplayFlags& f) {
                {"heat_interval", config.expert_heat_collection_interval},
                {"algo_interval", config.algorithm_execution_interval},
                {"sync_migration", f.sync},
+               {"dispatch", DispatchModeName(o.dispatch)},
                {"imbalance", dist(r->imbalance)},
                {"baseline_imbalance", dist(r->baseline_imbalance)},
+               {"steady_from", r->steady_from},
+               {"imbalance_steady", dist(r->imbalance_steady)},
+               {"warmup_steps", r->warmup_steps},
                {"rebalances", r->rebalances},
                {"cycles_late", r->cycles_late},
                {"max_plan_ms", r->max_plan_ms},
@@ -294,6 +310,11 @@ int RunReplayCommand(const ReplayFlags& f) {
                {"baseline_tpot_avg_ms", r->baseline_tpot_avg_ms},
                {"baseline_utilization", r->baseline_utilization},
                {"maps_written", r->maps_written},
+               {"layers_kept", r->layers_kept},
+               {"layers_incremental", r->layers_incremental},
+               {"layers_full", r->layers_full},
+               {"predicted_gain", r->predicted_gain},
+               {"max_layers_per_step", r->max_layers_per_step},
                {"weight_scale", r->weight_scale},
                {"interrupted", r->interrupted},
                {"wall_ms", r->wall_ms}});
@@ -305,8 +326,21 @@ int RunReplayCommand(const ReplayFlags& f) {
               r->baseline_imbalance.median, r->imbalance.median);
   std::printf("%-28s %14.3f %14.3f\n", "imbalance p90",
               r->baseline_imbalance.p90, r->imbalance.p90);
+  if (r->steady_from >= 0) {
+    char label[64];
+    std::snprintf(label, sizeof label, "  from step %lld: median",
+                  static_cast<long long>(r->steady_from));
+    std::printf("%-28s %14s %14.3f\n", label, "", r->imbalance_steady.median);
+    std::printf("%-28s %14s %14.3f\n", "  from that step: p90", "",
+                r->imbalance_steady.p90);
+  }
   std::printf("%-28s %14s %14lld\n", "rebalances", "-",
               static_cast<long long>(r->rebalances));
+  std::printf("%-28s %14s %14s\n", "layers kept / incr. / full", "-",
+              (std::to_string(r->layers_kept) + " / " +
+               std::to_string(r->layers_incremental) + " / " +
+               std::to_string(r->layers_full))
+                  .c_str());
   std::printf("%-28s %14s %14lld\n", "cycles skipped (plan late)", "-",
               static_cast<long long>(r->cycles_late));
   std::printf("%-28s %14s %11.2f ms\n", "slowest plan", "-", r->max_plan_ms);
@@ -374,6 +408,17 @@ void AddReplayCommand(CLI::App* app, int* exit_code) {
                 "not depend on the machine's speed)");
   cmd->add_option("--placement-log", f->placement_log,
                   "Write every placement change as JSON lines");
+  cmd->add_option("--rank-load-log", f->rank_load_log,
+                  "Write CSV step,layer,rank,tokens: the tokens every rank "
+                  "received at every step and layer under the dispatch");
+  cmd->add_option("--dispatch", f->dispatch,
+                  "How tokens split over an expert's replicas: rr (round "
+                  "robin, default, as vLLM) or balanced")
+      ->check(CLI::IsMember({"rr", "balanced"}));
+  cmd->add_option("--steady-from", f->steady_from,
+                  "Report the figures from this step on as the steady state "
+                  "(default: from the first plan's last commit)")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--report", f->report, "Write a self-contained HTML report");
   cmd->add_flag("--json", f->json, "Print one JSON object");
   cmd->callback([f, exit_code] { *exit_code = RunReplayCommand(*f); });
