@@ -43,6 +43,140 @@ void RoundRobinQuotas(std::span<const int32_t> layer,
                       std::span<const int64_t> counts,
                       std::span<int64_t> slot_quota);
 
+// The balanced dispatch of one layer shape (docs/dispatch.md).
+//
+// Per placement: SetPlacement. Per step and layer: ComputeQuotas from the
+// step's token counts per logical expert, summed over every rank that sends
+// tokens (the same counts on every rank, so every rank computes the same
+// quotas), then MapTokens on each rank's own router output.
+//
+// Quotas: an expert with one replica sends all its tokens there; the tokens
+// of a replicated expert are split over its replicas so that the largest rank
+// load (a rank's load: the sum of its slots' quotas) is the integer optimum.
+// Ties are broken by ids only, so the quotas are a function of the placement
+// and the counts: the same on every machine and build.
+class BalancedDispatcher {
+ public:
+  // Sizes every buffer for `num_experts` logical experts on `num_ranks` x
+  // `slots_per_rank` physical slots. Preconditions (EPLB_CHECK): all >= 1,
+  // R*K >= E and K <= E.
+  BalancedDispatcher(int num_experts, int num_ranks, int slots_per_rank);
+
+  int num_experts() const { return num_experts_; }
+  int num_ranks() const { return num_ranks_; }
+  int slots_per_rank() const { return slots_per_rank_; }
+  int num_slots() const { return num_ranks_ * slots_per_rank_; }
+
+  // Takes one layer's placement [R*K] (physical id -> logical expert).
+  // Preconditions (EPLB_CHECK, as for a committed plan, which passed
+  // CheckPlacement): every id in [0, E), every expert present, no expert
+  // twice on a rank. Forgets the quotas of the previous placement.
+  // O(R*K + E); never allocates.
+  void SetPlacement(std::span<const int32_t> layer);
+
+  // One step: `counts` [E] tokens per logical expert (>= 0, EPLB_CHECK) ->
+  // `slot_quota` [R*K] tokens per physical slot. Each expert's count is split
+  // over its replicas only (whole tokens, none negative), and the largest
+  // rank load is the optimum of the integer problem. Returns that largest
+  // rank load. Precondition: SetPlacement was called. Deterministic; never
+  // allocates. Near O(R*K + E) in practice (see dispatch.cc for the bound).
+  int64_t ComputeQuotas(std::span<const int64_t> counts,
+                        std::span<int64_t> slot_quota);
+  int64_t ComputeQuotas(std::span<const int32_t> counts,
+                        std::span<int64_t> slot_quota);
+
+  // Per-token mapping honouring the quotas of the last ComputeQuotas call:
+  // `topk_ids` [T*top_k] logical ids in token order -> `physical_ids` (same
+  // size; may not alias). The occurrences of expert e, in token order, fill
+  // e's replicas in ascending physical id: the first quota[p0] go to p0, the
+  // next quota[p1] to p1, and so on (replicas with quota 0 get none).
+  // Occurrences beyond e's counted tokens stay on the replica the counted
+  // ones ended on (e's first replica when it had no counted tokens), so a
+  // miscount never sends a token to a slot without e. Ids outside [0, E) map
+  // to -1. Precondition: ComputeQuotas was called since SetPlacement.
+  // O(E + R*K + T*top_k); never allocates.
+  void MapTokens(std::span<const int32_t> topk_ids,
+                 std::span<int32_t> physical_ids);
+  void MapTokens(std::span<const int64_t> topk_ids,
+                 std::span<int64_t> physical_ids);
+
+  // The same when every rank maps only its own tokens: the global token
+  // order of expert e is rank 0's occurrences, then rank 1's, and so on, and
+  // `offsets` [E] (>= 0) gives where this rank's first occurrence of e stands
+  // in it (the tokens of e on lower ranks; GlobalCountsAndOffsets). Together
+  // the ranks then honour the quotas exactly. The overloads above are these
+  // with zero offsets.
+  void MapTokens(std::span<const int32_t> topk_ids,
+                 std::span<const int64_t> offsets,
+                 std::span<int32_t> physical_ids);
+  void MapTokens(std::span<const int64_t> topk_ids,
+                 std::span<const int64_t> offsets,
+                 std::span<int64_t> physical_ids);
+
+ private:
+  // MapTokens' cursor on one expert: the physical slot its next occurrence
+  // goes to and how many more occurrences that slot takes.
+  struct Cursor {
+    int64_t left;  // Occurrences before moving to the next replica.
+    int64_t slot;  // Physical id (-1: the out-of-range entry [E]).
+  };
+
+  template <typename Count>
+  int64_t Quotas(std::span<const Count> counts, std::span<int64_t> slot_quota);
+  // One shortest augmenting path under `cap`: returns the tokens it placed,
+  // 0 when there is none (then the search's reach marks a minimum cut).
+  int64_t Augment(int64_t cap);
+  void StartCursors(std::span<const int64_t> offsets);
+  void Advance(size_t expert);
+  template <typename Id>
+  void Map(std::span<const Id> topk_ids, std::span<const int64_t> offsets,
+           std::span<Id> physical_ids);
+
+  int num_experts_;
+  int num_ranks_;
+  int slots_per_rank_;
+  bool has_placement_ = false;
+  bool has_quotas_ = false;
+
+  // --- Per placement. ---
+  std::vector<int32_t> layer_;          // [S] physical -> logical.
+  std::vector<int32_t> replica_begin_;  // [E+1] CSR into replicas_.
+  std::vector<int32_t> replicas_;       // [S] physical ids, ascending per e.
+  std::vector<int32_t> slot_edge_;      // [S] flow edge of a slot, or -1.
+  // The flow graph of the replicated experts ("nodes", ascending expert id):
+  // one edge per replica, from the node to the replica's rank.
+  int num_nodes_ = 0;
+  std::vector<int32_t> node_expert_;      // [nodes]
+  std::vector<int32_t> node_edge_begin_;  // [nodes+1] CSR: edges by node.
+  std::vector<int32_t> edge_node_;        // [edges]
+  std::vector<int32_t> edge_rank_;        // [edges]
+  std::vector<int32_t> rank_edge_begin_;  // [R+1] CSR into rank_edges_.
+  std::vector<int32_t> rank_edges_;       // Edges by rank, ascending.
+
+  // --- Per step. ---
+  std::vector<int64_t> quota_;        // [S] the last quotas.
+  std::vector<int64_t> load_;         // [R] rank loads.
+  std::vector<int64_t> need_;         // [nodes] tokens not yet placed.
+  std::vector<int64_t> flow_;         // [edges] tokens on each replica.
+  std::vector<int32_t> node_parent_;  // [nodes] BFS: edge it came by.
+  std::vector<int32_t> rank_parent_;  // [R] BFS: edge it came by.
+  std::vector<int32_t> queue_;        // [nodes] BFS queue.
+
+  // --- Per MapTokens call. ---
+  std::vector<Cursor> cursor_;         // [E+1]; [E] catches bad ids.
+  std::vector<int32_t> replica_at_;    // [E] index in e's replica list.
+  std::vector<int32_t> last_replica_;  // [E] where e's counted tokens end.
+};
+
+// Global counts and one rank's offsets from every sending rank's per-expert
+// counts `rank_counts` [S][E] (row s: rank s's tokens per expert, e.g. an
+// all-gather): `counts` [E] = the column sums (ComputeQuotas' input) and
+// `offsets` [E] = the sums of rows [0, rank) (MapTokens' offsets for
+// `rank`). O(S*E); never allocates.
+void GlobalCountsAndOffsets(std::span<const int64_t> rank_counts, int rank,
+                            std::span<int64_t> counts,
+                            std::span<int64_t> offsets);
+
 }  // namespace eplb
 
 #endif  // EPLB_DISPATCH_H_

@@ -1,7 +1,9 @@
 #include "eplb/dispatch.h"
 
 #include <algorithm>
+#include <limits>
 #include <string>
+#include <type_traits>
 
 #include "eplb/load.h"
 
@@ -28,6 +30,420 @@ void RoundRobinQuotas(std::span<const int32_t> layer,
   for (size_t p = 0; p < layer.size(); ++p) {
     const int32_t e = layer[p];
     slot_quota[p] = WholeTokenShare(counts[e], total[e], seen[e]++);
+  }
+}
+
+// --- BalancedDispatcher ---------------------------------------------------
+//
+// The quota problem. An expert with one replica puts all its tokens on that
+// replica's rank: a fixed load base[r]. A replicated expert ("node") must
+// place its n_e tokens on the ranks holding its replicas. Rank loads are
+// base[r] plus what the nodes place there; we want the smallest possible
+// largest load. For a cap T, the placements with every rank load <= T are
+// the flows of a bipartite network: source -> node (capacity n_e) -> rank
+// (one edge per replica, unbounded) -> sink (capacity T - base[r]). The
+// integer optimum is the smallest T whose maximum flow carries every token;
+// capacities are integers, so an integer flow exists whenever any flow does.
+//
+// We search T upwards, keeping the flow (raising T only raises the sink
+// capacities, so the flow stays valid):
+//  1. T starts at a lower bound of every placement: max(max_r base[r],
+//     ceil(total tokens / R)).
+//  2. Fill: every node pushes its remaining tokens directly onto its replica
+//     ranks, up to T; then shortest augmenting paths (breadth-first search,
+//     Edmonds-Karp) move tokens through shared nodes: node -> full rank ->
+//     another node that has tokens there -> ... -> a rank below T.
+//  3. If tokens remain unplaced, the last search's reachable part is a
+//     minimum cut: nodes S (those with unplaced tokens, and those that hold
+//     tokens on a reached rank) and the ranks N(S) holding their replicas,
+//     all full. No reached rank carries tokens of a node outside S (its
+//     reverse edge would have been followed), so
+//       n(S) + base(N(S)) = |N(S)| * T + unplaced(S) > |N(S)| * T.
+//     Every placement puts S's tokens on N(S) alone, so every placement has
+//     a rank of N(S) at ceil((n(S) + base(N(S))) / |N(S)|) > T or more: a
+//     new lower bound. Raise T to it and go to 2.
+// T only ever takes values that are lower bounds, and the loop stops when T
+// is feasible: T is the optimum. (This is Newton's method on the cut
+// function: between rounds the bottleneck's rank count |N(S)| strictly
+// falls, so there are at most R + 1 rounds; on real loads one or two.)
+//
+// Cost per step: O(R*K + E) to gather the fixed loads and write the quotas,
+// plus the flow on the small graph (at most R*K - E + nodes edges; 32 nodes,
+// 64 edges at DeepSeek-V3 scale with 32 redundant slots): Edmonds-Karp
+// bounds each round by O(V * F^2) for V nodes and ranks and F edges, and in
+// practice a few searches follow the direct fill. Everything is indexed by
+// ids and visited in ascending order, so the result is deterministic.
+namespace {
+
+constexpr int32_t kUnseen = -2;  // BFS: not reached.
+constexpr int32_t kSource = -1;  // BFS: a node with unplaced tokens.
+// A cursor that never runs out: the last replica takes every occurrence.
+constexpr int64_t kNever = std::numeric_limits<int64_t>::max();
+
+}  // namespace
+
+BalancedDispatcher::BalancedDispatcher(int num_experts, int num_ranks,
+                                       int slots_per_rank)
+    : num_experts_(num_experts),
+      num_ranks_(num_ranks),
+      slots_per_rank_(slots_per_rank) {
+  EPLB_CHECK_MSG(num_experts >= 1 && num_ranks >= 1 && slots_per_rank >= 1,
+                 "BalancedDispatcher: shape must be positive");
+  EPLB_CHECK_MSG(
+      static_cast<int64_t>(num_ranks) * slots_per_rank >= num_experts &&
+          slots_per_rank <= num_experts,
+      "BalancedDispatcher: needs R*K >= E and K <= E");
+  const auto e = static_cast<size_t>(num_experts);
+  const auto r = static_cast<size_t>(num_ranks);
+  const auto s = static_cast<size_t>(num_slots());
+  layer_.resize(s);
+  replica_begin_.resize(e + 1);
+  replicas_.resize(s);
+  slot_edge_.resize(s);
+  node_expert_.resize(e);
+  node_edge_begin_.resize(e + 1);
+  edge_node_.resize(s);
+  edge_rank_.resize(s);
+  rank_edge_begin_.resize(r + 1);
+  rank_edges_.resize(s);
+  quota_.resize(s);
+  load_.resize(r);
+  need_.resize(e);
+  flow_.resize(s);
+  node_parent_.resize(e);
+  rank_parent_.resize(r);
+  queue_.resize(e);
+  cursor_.resize(e + 1);
+  replica_at_.resize(e);
+  last_replica_.resize(e);
+}
+
+void BalancedDispatcher::SetPlacement(std::span<const int32_t> layer) {
+  const int num_experts = num_experts_;
+  const int k = slots_per_rank_;
+  EPLB_CHECK_MSG(layer.size() == static_cast<size_t>(num_slots()),
+                 "BalancedDispatcher: placement must have R*K slots");
+  has_placement_ = false;
+  has_quotas_ = false;
+  std::copy(layer.begin(), layer.end(), layer_.begin());
+
+  // Replica lists (CSR), ascending physical id: a counting sort.
+  std::fill(replica_begin_.begin(), replica_begin_.end(), 0);
+  for (int32_t e : layer) {
+    EPLB_CHECK_MSG(e >= 0 && e < num_experts,
+                   "BalancedDispatcher: expert id out of range");
+    ++replica_begin_[e + 1];
+  }
+  for (int e = 0; e < num_experts; ++e) {
+    EPLB_CHECK_MSG(replica_begin_[e + 1] > 0,
+                   "BalancedDispatcher: an expert has no replica");
+    replica_begin_[e + 1] += replica_begin_[e];
+  }
+  std::copy(replica_begin_.begin(), replica_begin_.end() - 1,
+            replica_at_.begin());
+  for (size_t p = 0; p < layer.size(); ++p) {
+    replicas_[replica_at_[layer[p]]++] = static_cast<int32_t>(p);
+  }
+
+  // Nodes and edges: one node per replicated expert, one edge per replica.
+  int nodes = 0;
+  int edges = 0;
+  for (int e = 0; e < num_experts; ++e) {
+    const int32_t begin = replica_begin_[e];
+    const int32_t end = replica_begin_[e + 1];
+    if (end - begin == 1) {
+      slot_edge_[replicas_[begin]] = -1;
+      continue;
+    }
+    node_expert_[nodes] = e;
+    node_edge_begin_[nodes] = edges;
+    for (int32_t i = begin; i < end; ++i) {
+      const int32_t rank = replicas_[i] / k;
+      // Ascending ids: two replicas on one rank would be neighbours.
+      EPLB_CHECK_MSG(i == begin || replicas_[i - 1] / k != rank,
+                     "BalancedDispatcher: an expert appears twice on a rank");
+      slot_edge_[replicas_[i]] = edges;
+      edge_node_[edges] = nodes;
+      edge_rank_[edges] = rank;
+      ++edges;
+    }
+    ++nodes;
+  }
+  node_edge_begin_[nodes] = edges;
+  num_nodes_ = nodes;
+
+  // Edges by rank (CSR), ascending edge id; rank_parent_ is scratch here.
+  std::fill(rank_edge_begin_.begin(), rank_edge_begin_.end(), 0);
+  for (int j = 0; j < edges; ++j) ++rank_edge_begin_[edge_rank_[j] + 1];
+  for (int r = 0; r < num_ranks_; ++r) {
+    rank_edge_begin_[r + 1] += rank_edge_begin_[r];
+  }
+  std::copy(rank_edge_begin_.begin(), rank_edge_begin_.end() - 1,
+            rank_parent_.begin());
+  for (int j = 0; j < edges; ++j)
+    rank_edges_[rank_parent_[edge_rank_[j]]++] = j;
+  has_placement_ = true;
+}
+
+int64_t BalancedDispatcher::ComputeQuotas(std::span<const int64_t> counts,
+                                          std::span<int64_t> slot_quota) {
+  return Quotas(counts, slot_quota);
+}
+
+int64_t BalancedDispatcher::ComputeQuotas(std::span<const int32_t> counts,
+                                          std::span<int64_t> slot_quota) {
+  return Quotas(counts, slot_quota);
+}
+
+template <typename Count>
+int64_t BalancedDispatcher::Quotas(std::span<const Count> counts,
+                                   std::span<int64_t> slot_quota) {
+  EPLB_CHECK_MSG(has_placement_, "BalancedDispatcher: no placement set");
+  EPLB_CHECK_MSG(counts.size() == static_cast<size_t>(num_experts_),
+                 "BalancedDispatcher: counts must have E entries");
+  EPLB_CHECK_MSG(slot_quota.size() == static_cast<size_t>(num_slots()),
+                 "BalancedDispatcher: slot_quota must have R*K entries");
+  const int num_ranks = num_ranks_;
+  const int k = slots_per_rank_;
+  int64_t total = 0;
+  for (Count c : counts) {
+    EPLB_CHECK_MSG(c >= 0, "BalancedDispatcher: negative token count");
+    total += c;
+  }
+
+  // Fixed loads: experts with one replica.
+  int64_t cap = (total + num_ranks - 1) / num_ranks;
+  for (int r = 0, p = 0; r < num_ranks; ++r) {
+    int64_t base = 0;
+    for (int s = 0; s < k; ++s, ++p) {
+      if (slot_edge_[p] < 0) base += counts[layer_[p]];
+    }
+    load_[r] = base;
+    cap = std::max(cap, base);
+  }
+  int64_t unplaced = 0;
+  for (int n = 0; n < num_nodes_; ++n) {
+    need_[n] = counts[node_expert_[n]];
+    unplaced += need_[n];
+  }
+  std::fill(flow_.begin(), flow_.begin() + node_edge_begin_[num_nodes_], 0);
+
+  while (true) {
+    // Direct fill, then augmenting paths.
+    for (int n = 0; n < num_nodes_ && unplaced > 0; ++n) {
+      for (int32_t j = node_edge_begin_[n];
+           j < node_edge_begin_[n + 1] && need_[n] > 0; ++j) {
+        const int32_t r = edge_rank_[j];
+        const int64_t x = std::min(need_[n], cap - load_[r]);
+        if (x <= 0) continue;
+        flow_[j] += x;
+        load_[r] += x;
+        need_[n] -= x;
+        unplaced -= x;
+      }
+    }
+    while (unplaced > 0) {
+      const int64_t moved = Augment(cap);
+      if (moved == 0) break;
+      unplaced -= moved;
+    }
+    if (unplaced == 0) break;
+    // The search failed: its reached nodes and ranks bound the optimum.
+    int64_t tokens = 0;
+    int64_t ranks = 0;
+    for (int r = 0; r < num_ranks; ++r) {
+      if (rank_parent_[r] == kUnseen) continue;
+      tokens += load_[r];
+      ++ranks;
+    }
+    for (int n = 0; n < num_nodes_; ++n) {
+      if (node_parent_[n] != kUnseen) tokens += need_[n];
+    }
+    const int64_t next = (tokens + ranks - 1) / ranks;
+    EPLB_CHECK_MSG(next > cap, "BalancedDispatcher: the bound did not rise");
+    cap = next;
+  }
+
+  int64_t max_load = 0;
+  for (int r = 0; r < num_ranks; ++r) max_load = std::max(max_load, load_[r]);
+  for (size_t p = 0; p < slot_quota.size(); ++p) {
+    const int32_t j = slot_edge_[p];
+    quota_[p] = j < 0 ? static_cast<int64_t>(counts[layer_[p]]) : flow_[j];
+    slot_quota[p] = quota_[p];
+  }
+  has_quotas_ = true;
+  return max_load;
+}
+
+template int64_t BalancedDispatcher::Quotas(std::span<const int64_t>,
+                                            std::span<int64_t>);
+template int64_t BalancedDispatcher::Quotas(std::span<const int32_t>,
+                                            std::span<int64_t>);
+
+int64_t BalancedDispatcher::Augment(int64_t cap) {
+  // Breadth-first from every node with unplaced tokens; a rank is expanded
+  // when first reached, to the nodes that have tokens on it.
+  std::fill(node_parent_.begin(), node_parent_.begin() + num_nodes_, kUnseen);
+  std::fill(rank_parent_.begin(), rank_parent_.end(), kUnseen);
+  int head = 0;
+  int tail = 0;
+  for (int n = 0; n < num_nodes_; ++n) {
+    if (need_[n] > 0) {
+      node_parent_[n] = kSource;
+      queue_[tail++] = n;
+    }
+  }
+  while (head < tail) {
+    const int32_t n = queue_[head++];
+    for (int32_t j = node_edge_begin_[n]; j < node_edge_begin_[n + 1]; ++j) {
+      const int32_t r = edge_rank_[j];
+      if (rank_parent_[r] != kUnseen) continue;
+      rank_parent_[r] = j;
+      if (load_[r] < cap) {
+        // Found: r gains, the ranks on the way trade tokens one for one.
+        int64_t amount = cap - load_[r];
+        for (int32_t at = r;;) {
+          const int32_t node = edge_node_[rank_parent_[at]];
+          const int32_t back = node_parent_[node];
+          if (back == kSource) {
+            amount = std::min(amount, need_[node]);
+            break;
+          }
+          amount = std::min(amount, flow_[back]);
+          at = edge_rank_[back];
+        }
+        load_[r] += amount;
+        for (int32_t at = r;;) {
+          flow_[rank_parent_[at]] += amount;
+          const int32_t node = edge_node_[rank_parent_[at]];
+          const int32_t back = node_parent_[node];
+          if (back == kSource) {
+            need_[node] -= amount;
+            break;
+          }
+          flow_[back] -= amount;
+          at = edge_rank_[back];
+        }
+        return amount;
+      }
+      for (int32_t i = rank_edge_begin_[r]; i < rank_edge_begin_[r + 1]; ++i) {
+        const int32_t back = rank_edges_[i];
+        const int32_t node = edge_node_[back];
+        if (flow_[back] > 0 && node_parent_[node] == kUnseen) {
+          node_parent_[node] = back;
+          queue_[tail++] = node;
+        }
+      }
+    }
+  }
+  return 0;
+}
+
+void BalancedDispatcher::StartCursors(std::span<const int64_t> offsets) {
+  EPLB_CHECK_MSG(has_quotas_, "BalancedDispatcher: no quotas computed");
+  EPLB_CHECK_MSG(
+      offsets.empty() || offsets.size() == static_cast<size_t>(num_experts_),
+      "BalancedDispatcher: offsets must have E entries");
+  for (int e = 0; e < num_experts_; ++e) {
+    const int32_t begin = replica_begin_[e];
+    int32_t last = begin;
+    for (int32_t i = begin; i < replica_begin_[e + 1]; ++i) {
+      if (quota_[replicas_[i]] > 0) last = i;
+    }
+    int64_t skip = offsets.empty() ? 0 : offsets[e];
+    EPLB_CHECK_MSG(skip >= 0, "BalancedDispatcher: negative offset");
+    // Skip the replicas the occurrences before this rank's first fill.
+    int32_t i = begin;
+    while (i < last && skip >= quota_[replicas_[i]]) {
+      skip -= quota_[replicas_[i]];
+      ++i;
+    }
+    replica_at_[e] = i;
+    last_replica_[e] = last;
+    cursor_[e] = {i == last ? kNever : quota_[replicas_[i]] - skip,
+                  replicas_[i]};
+  }
+  cursor_[num_experts_] = {kNever, -1};
+}
+
+void BalancedDispatcher::Advance(size_t expert) {
+  // Only called before the last replica with a quota, so one follows.
+  int32_t i = replica_at_[expert] + 1;
+  while (quota_[replicas_[i]] == 0) ++i;
+  replica_at_[expert] = i;
+  cursor_[expert] = {i == last_replica_[expert] ? kNever : quota_[replicas_[i]],
+                     replicas_[i]};
+}
+
+template <typename Id>
+void BalancedDispatcher::Map(std::span<const Id> topk_ids,
+                             std::span<const int64_t> offsets,
+                             std::span<Id> physical_ids) {
+  EPLB_CHECK_MSG(
+      topk_ids.size() == physical_ids.size(),
+      "BalancedDispatcher: topk_ids and physical_ids differ in size");
+  StartCursors(offsets);
+  using U = std::make_unsigned_t<Id>;
+  const auto num_experts = static_cast<U>(num_experts_);
+  Cursor* cursor = cursor_.data();
+  const Id* ids = topk_ids.data();
+  Id* out = physical_ids.data();
+  const size_t n = topk_ids.size();
+  for (size_t i = 0; i < n; ++i) {
+    // Out-of-range ids (negative ones too, as unsigned) hit entry [E].
+    const auto u = static_cast<U>(ids[i]);
+    const size_t x = u < num_experts ? u : num_experts;
+    Cursor& c = cursor[x];
+    out[i] = static_cast<Id>(c.slot);
+    if (--c.left == 0) [[unlikely]] {
+      Advance(x);
+    }
+  }
+}
+
+void BalancedDispatcher::MapTokens(std::span<const int32_t> topk_ids,
+                                   std::span<int32_t> physical_ids) {
+  Map(topk_ids, {}, physical_ids);
+}
+
+void BalancedDispatcher::MapTokens(std::span<const int64_t> topk_ids,
+                                   std::span<int64_t> physical_ids) {
+  Map(topk_ids, {}, physical_ids);
+}
+
+void BalancedDispatcher::MapTokens(std::span<const int32_t> topk_ids,
+                                   std::span<const int64_t> offsets,
+                                   std::span<int32_t> physical_ids) {
+  EPLB_CHECK_MSG(offsets.size() == static_cast<size_t>(num_experts_),
+                 "BalancedDispatcher: offsets must have E entries");
+  Map(topk_ids, offsets, physical_ids);
+}
+
+void BalancedDispatcher::MapTokens(std::span<const int64_t> topk_ids,
+                                   std::span<const int64_t> offsets,
+                                   std::span<int64_t> physical_ids) {
+  EPLB_CHECK_MSG(offsets.size() == static_cast<size_t>(num_experts_),
+                 "BalancedDispatcher: offsets must have E entries");
+  Map(topk_ids, offsets, physical_ids);
+}
+
+void GlobalCountsAndOffsets(std::span<const int64_t> rank_counts, int rank,
+                            std::span<int64_t> counts,
+                            std::span<int64_t> offsets) {
+  const size_t num_experts = counts.size();
+  EPLB_CHECK_MSG(num_experts > 0 && offsets.size() == num_experts &&
+                     rank_counts.size() % num_experts == 0,
+                 "GlobalCountsAndOffsets: rank_counts must be [S][E]");
+  const size_t num_sources = rank_counts.size() / num_experts;
+  EPLB_CHECK_MSG(rank >= 0 && static_cast<size_t>(rank) < num_sources,
+                 "GlobalCountsAndOffsets: rank out of range");
+  std::fill(counts.begin(), counts.end(), 0);
+  for (size_t s = 0; s < num_sources; ++s) {
+    if (s == static_cast<size_t>(rank)) {
+      std::copy(counts.begin(), counts.end(), offsets.begin());
+    }
+    const int64_t* row = rank_counts.data() + s * num_experts;
+    for (size_t e = 0; e < num_experts; ++e) counts[e] += row[e];
   }
 }
 

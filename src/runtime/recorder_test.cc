@@ -2,10 +2,6 @@
 // slot counts, the stage filter, the window and the ring, Clear(), logical
 // loads over replicas, seqlock consistency under a concurrent reader, and a
 // hot path that never allocates.
-//
-// This file replaces the global operator new (counting allocations per
-// thread) for the whole test binary; the replacement forwards to malloc and
-// free, so other tests see no difference.
 #include "eplb/recorder.h"
 
 #include <gtest/gtest.h>
@@ -13,10 +9,8 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
-#include <cstdlib>
 #include <limits>
 #include <memory>
-#include <new>
 #include <numeric>
 #include <random>
 #include <span>
@@ -25,45 +19,7 @@
 #include <vector>
 
 #include "eplb/placement.h"
-
-namespace {
-// Allocations through operator new by this thread.
-thread_local int64_t t_allocations = 0;
-
-void* CountedAlloc(std::size_t size) noexcept {
-  ++t_allocations;
-  return std::malloc(size == 0 ? 1 : size);
-}
-
-// Out of line, so that GCC does not see free() of an operator new pointer
-// once operator delete is inlined (-Wmismatched-new-delete).
-[[gnu::noinline]] void CountedFree(void* p) noexcept { std::free(p); }
-}  // namespace
-
-void* operator new(std::size_t size) {
-  if (void* p = CountedAlloc(size)) return p;
-  throw std::bad_alloc();
-}
-void* operator new[](std::size_t size) {
-  if (void* p = CountedAlloc(size)) return p;
-  throw std::bad_alloc();
-}
-void* operator new(std::size_t size, const std::nothrow_t&) noexcept {
-  return CountedAlloc(size);
-}
-void* operator new[](std::size_t size, const std::nothrow_t&) noexcept {
-  return CountedAlloc(size);
-}
-void operator delete(void* p) noexcept { CountedFree(p); }
-void operator delete[](void* p) noexcept { CountedFree(p); }
-void operator delete(void* p, std::size_t) noexcept { CountedFree(p); }
-void operator delete[](void* p, std::size_t) noexcept { CountedFree(p); }
-void operator delete(void* p, const std::nothrow_t&) noexcept {
-  CountedFree(p);
-}
-void operator delete[](void* p, const std::nothrow_t&) noexcept {
-  CountedFree(p);
-}
+#include "testing/counting_new.h"
 
 namespace eplb {
 namespace {
@@ -556,7 +512,7 @@ TEST(HeatRecorderTest, HotPathDoesNotAllocate) {
   }
   std::vector<int64_t> slot_counts(288, 2);
 
-  const int64_t before = t_allocations;
+  const int64_t before = testing_util::ThreadAllocations();
   for (int step = 0; step < 6; ++step) {
     for (int l = 0; l < 3; ++l) {
       recorder->RecordTopk(l, small_ids, log2phy);
@@ -568,11 +524,11 @@ TEST(HeatRecorderTest, HotPathDoesNotAllocate) {
     if (step == 3) recorder->Clear();
     recorder->EndStep(step == 4 ? 1000 : 64);  // Step 4 is discarded.
   }
-  EXPECT_EQ(t_allocations - before, 0);
+  EXPECT_EQ(testing_util::ThreadAllocations() - before, 0);
 
   // The counter works: Snapshot() allocates.
   const HeatSnapshot snap = recorder->Snapshot();
-  EXPECT_GT(t_allocations - before, 0);
+  EXPECT_GT(testing_util::ThreadAllocations() - before, 0);
   EXPECT_EQ(snap.steps_counted, 2);  // Steps 3 (after the Clear) and 5.
   EXPECT_EQ(snap.num_samples, 2);
 }
