@@ -246,12 +246,25 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
   std::vector<int64_t> base_slots(t.num_slots());
   std::vector<double> ranks(t.num_ranks);
   std::vector<double> base(t.num_ranks);
+  // Balanced dispatch: one dispatcher per layer and side, told each
+  // placement as it starts serving.
+  const bool balanced = o.dispatch == DispatchMode::kBalanced;
+  std::vector<BalancedDispatcher> with_dispatch, base_dispatch;
+  std::vector<int32_t> dispatched;  // [L][R*K]: what with_dispatch holds.
+  if (balanced) {
+    for (int l = 0; l < num_layers; ++l) {
+      with_dispatch.emplace_back(num_experts, t.num_ranks, t.slots_per_rank);
+      base_dispatch.emplace_back(num_experts, t.num_ranks, t.slots_per_rank);
+      with_dispatch.back().SetPlacement(initial.layer(l));
+      base_dispatch.back().SetPlacement(unbalanced.layer(l));
+    }
+    dispatched = initial.data();
+  }
   // The dispatch of both sides: the same rule, each under its own routing.
-  auto dispatch = [&](const LayerRouting& routing,
+  auto dispatch = [&](const LayerRouting& routing, BalancedDispatcher* d,
                       std::span<int64_t> slots) {
-    if (o.dispatch == DispatchMode::kBalanced) {
-      (void)routing;  // Wired with the balanced dispatcher.
-      std::fill(slots.begin(), slots.end(), 0);
+    if (balanced) {
+      d->ComputeQuotas(tokens_of, slots);
     } else {
       DispatchSlotCounts(routing, counts, slots);
     }
@@ -297,7 +310,18 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
       // With balancing: the routing in force at this step.
       std::shared_ptr<const LayerRouting> routing =
           controller->routing().Get(l);
-      dispatch(*routing, slot_counts);
+      if (balanced) {
+        // The committed placement is what the routing serves (both change
+        // together on this thread).
+        const std::span<const int32_t> now = controller->placement().layer(l);
+        int32_t* held =
+            dispatched.data() + static_cast<size_t>(l) * t.num_slots();
+        if (!std::equal(now.begin(), now.end(), held)) {
+          std::copy(now.begin(), now.end(), held);
+          with_dispatch[l].SetPlacement(now);
+        }
+      }
+      dispatch(*routing, balanced ? &with_dispatch[l] : nullptr, slot_counts);
       controller->recorder().RecordSlotCounts(l, slot_counts);
       rank_sums(slot_counts, ranks);
       if (!o.rank_load_log_path.empty()) {
@@ -311,7 +335,8 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
       step_with += MoeLayerSeconds(o.hardware, o.model, ranks, &util);
       const double x = Imbalance(ranks);
       // Without: the default placement throughout.
-      dispatch(baseline_routing[l], base_slots);
+      dispatch(baseline_routing[l], balanced ? &base_dispatch[l] : nullptr,
+               base_slots);
       rank_sums(base_slots, base);
       double base_util = 1;
       step_without += MoeLayerSeconds(o.hardware, o.model, base, &base_util);
