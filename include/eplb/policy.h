@@ -33,6 +33,10 @@ struct PolicyInput {
   const LoadTrace* samples = nullptr;  // [T][L][E]: per-step samples
                                        // (FlashLB); may be null.
   Topology topology;                   // Must match `current`.
+  // The newest `window_steps` steps of `samples` are the window whose sum
+  // is `load` (the dynamic cycle's heat interval); 0: not known, every
+  // sample is alike.
+  int window_steps = 0;
 };
 
 struct PolicyOptions {

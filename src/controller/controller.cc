@@ -54,10 +54,12 @@ struct Controller::Planner {
   std::vector<double> history;
   int history_steps = 0;
   LoadTrace samples;
+  int window_steps = 0;  // Steps of the newest window in `samples`.
 
   // Appends the job's windows to the history (keeping the newest `keep`
   // steps) and copies it into `samples`.
   void TakeWindows() {
+    window_steps = job.windows.empty() ? 0 : job.windows.back().num_steps();
     const size_t cells =
         static_cast<size_t>(job.load.num_layers()) * job.load.num_experts();
     for (const LoadTrace& w : job.windows) {
@@ -84,7 +86,8 @@ struct Controller::Planner {
       TakeWindows();
       try {
         result = policy->Rebalance(
-            {&job.current, &job.load, &samples, topology}, options);
+            {&job.current, &job.load, &samples, topology, window_steps},
+            options);
       } catch (const std::exception& e) {
         result = InternalError(std::string("policy threw: ") + e.what());
       } catch (...) {

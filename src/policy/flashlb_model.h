@@ -6,8 +6,11 @@
 #define EPLB_SRC_POLICY_FLASHLB_MODEL_H_
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <vector>
+
+#include "eplb/dispatch.h"
 
 #include "policy/flashlb_stats.h"
 #include "policy/layer_policy.h"
@@ -37,6 +40,12 @@ class LayerModel {
   // with whole_tokens_, replicas split their expert's tokens as the default
   // dispatch does (AddSlotShares), else evenly.
   double Score(std::span<const int32_t> layer);
+  // The shot score under the dispatch of the options Load was given: Score
+  // for round robin; for balanced dispatch each shot's tokens are split over
+  // the replicas by BalancedDispatcher (the exact min-max split; shots that
+  // are not whole token counts are scaled to a million tokens first).
+  // Slower than Score (a flow per shot): for choosing among candidates.
+  double DispatchScore(std::span<const int32_t> layer);
   // Score(layer) + move_cost x the experts `layer` moves against `current`.
   double Cost(std::span<const int32_t> current, std::span<const int32_t> layer,
               double move_cost);
@@ -127,6 +136,10 @@ class LayerModel {
   // Every shot is one step of whole-token counts: slot loads follow the
   // default dispatch (AddSlotShares).
   bool whole_tokens_ = false;
+  DispatchMode dispatch_ = DispatchMode::kRoundRobin;
+  std::unique_ptr<BalancedDispatcher> balancer_;
+  std::vector<int64_t> shot_tokens_;  // [E]: DispatchScore's counts.
+  std::vector<int64_t> quotas_;       // [R*K]
   ShotStats stats_;
   // Scratch.
   std::vector<int32_t> group_;      // [E]: FlashTree group.

@@ -91,6 +91,7 @@
 #include "eplb/load.h"
 #include "eplb/status.h"
 #include "policy/algorithms.h"
+#include "policy/default_eplb.h"
 #include "policy/flashlb_model.h"
 #include "policy/flashlb_stats.h"
 #include "policy/layer_policy.h"
@@ -267,6 +268,8 @@ void LayerModel::Load(const LayerContext& ctx) {
   e_ = ctx.num_experts;
   r_ = ctx.topology->num_ranks;
   k_ = ctx.topology->slots_per_rank;
+  dispatch_ = ctx.options != nullptr ? ctx.options->dispatch
+                                     : DispatchMode::kRoundRobin;
   shots_.clear();
   whole_tokens_ = false;
   if (ctx.samples != nullptr) {
@@ -401,6 +404,45 @@ double LayerModel::Score(std::span<const int32_t> layer) {
       peak = std::max(peak, score_load_[static_cast<size_t>(r) * s_ + t]);
     }
     total += peak * inv_avg_[t];
+  }
+  return total / s_;
+}
+
+double LayerModel::DispatchScore(std::span<const int32_t> layer) {
+  if (dispatch_ != DispatchMode::kBalanced) return Score(layer);
+  if (balancer_ == nullptr || balancer_->num_experts() != e_ ||
+      balancer_->num_ranks() != r_ || balancer_->slots_per_rank() != k_) {
+    balancer_ = std::make_unique<BalancedDispatcher>(e_, r_, k_);
+  }
+  balancer_->SetPlacement(layer);
+  shot_tokens_.resize(e_);
+  quotas_.resize(static_cast<size_t>(r_) * k_);
+  double total = 0.0;
+  for (int t = 0; t < s_; ++t) {
+    const double* x = shots_.data() + static_cast<size_t>(t) * e_;
+    double sum = 0.0;
+    bool whole = true;
+    for (int e = 0; e < e_; ++e) {
+      sum += x[e];
+      whole = whole && IsTokenCount(x[e]);
+    }
+    if (!(sum > 0.0)) {
+      total += 1.0;  // A shot without load is balanced.
+      continue;
+    }
+    const double scale = whole ? 1.0 : 1e6 / sum;
+    int64_t tokens = 0;
+    for (int e = 0; e < e_; ++e) {
+      shot_tokens_[e] = std::llround(x[e] * scale);
+      tokens += shot_tokens_[e];
+    }
+    if (tokens == 0) {
+      total += 1.0;
+      continue;
+    }
+    const int64_t peak = balancer_->ComputeQuotas(
+        std::span<const int64_t>(shot_tokens_), quotas_);
+    total += static_cast<double>(peak) * r_ / static_cast<double>(tokens);
   }
   return total / s_;
 }
@@ -953,23 +995,6 @@ double Ratio(std::span<const int32_t> layer, std::span<const double> load,
   return 1.0 / LayerImbalance(layer, load, num_ranks, slots_per_rank);
 }
 
-// Largest number of slots of a rank whose expert is new to that rank.
-int MaxReceives(std::span<const int32_t> current, std::span<const int32_t> plan,
-                int num_ranks, int slots_per_rank) {
-  int most = 0;
-  for (int r = 0; r < num_ranks; ++r) {
-    std::span<const int32_t> cur = current.subspan(
-        static_cast<size_t>(r) * slots_per_rank, slots_per_rank);
-    int receives = 0;
-    for (int s = 0; s < slots_per_rank; ++s) {
-      const int32_t e = plan[static_cast<size_t>(r) * slots_per_rank + s];
-      if (std::find(cur.begin(), cur.end(), e) == cur.end()) ++receives;
-    }
-    most = std::max(most, receives);
-  }
-  return most;
-}
-
 class FlashLbPolicy final : public LayerPolicy {
  public:
   std::string_view name() const override { return "flashlb"; }
@@ -977,17 +1002,23 @@ class FlashLbPolicy final : public LayerPolicy {
  protected:
   Status Begin(const PolicyInput& input, const PolicyOptions& options,
                std::vector<std::string>* notes) override;
-  std::vector<int32_t> PlanLayer(const LayerContext& ctx) override;
+  bool Selects() const override { return true; }
+  std::vector<int32_t> PlanLayer(const LayerContext&) override { return {}; }
+  void PlanCandidates(const LayerContext& ctx,
+                      std::vector<LayerCandidate>* out) override;
+  void Chosen(int layer, std::span<const int32_t> placement,
+              double scoring_imbalance) override;
 
  private:
   // The shape the state belongs to; a different shape starts afresh.
   int num_layers_ = -1;
   int num_experts_ = -1;
   Topology topology_;
-  // Per layer: mean/max ratio (on the window's means) of what serves after
-  // the last plan; < 0 when the layer was never planned.
+  // Per layer: mean/max ratio (on the scored means) of what serves after
+  // the last re-plan; < 0 when the layer was never planned.
   std::vector<double> last_ratio_;
-  LayerModel model_;
+  // Per layer: this plan ran the full search (its choice sets last_ratio_).
+  std::vector<char> searched_;
 };
 
 Status FlashLbPolicy::Begin(const PolicyInput& input, const PolicyOptions&,
@@ -1000,79 +1031,62 @@ Status FlashLbPolicy::Begin(const PolicyInput& input, const PolicyOptions&,
     topology_ = input.topology;
     last_ratio_.assign(num_layers_, -1.0);
   }
+  searched_.assign(num_layers_, 0);
   return Status::Ok();
 }
 
-std::vector<int32_t> FlashLbPolicy::PlanLayer(const LayerContext& ctx) {
+void FlashLbPolicy::PlanCandidates(const LayerContext& ctx,
+                                   std::vector<LayerCandidate>* out) {
   const int r = ctx.topology->num_ranks;
   const int k = ctx.topology->slots_per_rank;
-  model_.Load(ctx);
-  const double current_ratio = Ratio(ctx.current, model_.mean(), r, k);
-  double& last = last_ratio_[ctx.layer];
-  if (last >= 0.0) {
+  LayerModel& model = *ctx.model;
+  const int limit = ctx.options->max_receives_per_rank;
+  const double move_cost = model.MoveCost();
+  const double last = last_ratio_[ctx.layer];
+  if (!ctx.cold && last >= 0.0) {
     // Small groups are easier to balance, so they are held to more.
     const double relative = r < 32 ? 0.95 : 0.9;
     const double absolute = r < 32 ? 0.9 : 0.85;
+    const double current_ratio = Ratio(ctx.current, model.mean(), r, k);
     if (!(current_ratio < relative * last || current_ratio < absolute)) {
       // Balanced on the means: no full re-plan, but a few swaps scored on
       // the shots may still pay for their moves.
-      const double move_cost = model_.MoveCost();
       std::vector<int32_t> layer(ctx.current.begin(), ctx.current.end());
-      if (model_.SwapOnShots(ctx.current, move_cost, /*max_swaps=*/2 * r,
-                             ctx.options->max_receives_per_rank, &layer) == 0) {
-        return {};
+      if (model.SwapOnShots(ctx.current, move_cost, /*max_swaps=*/2 * r, limit,
+                            &layer) > 0) {
+        out->push_back({std::move(layer), LayerChoice::kIncremental});
       }
-      const double keep = model_.Score(ctx.current) * (1.0 - kMinRelativeGain);
-      if (!(model_.Cost(ctx.current, layer, move_cost) < keep)) return {};
-      return layer;
-    }
-  }
-  model_.ComputeSpread();
-  const int limit = ctx.options->max_receives_per_rank;
-  // A layer never planned before is planned for balance alone (a static map,
-  // or the first cycle); a re-plan pays for the experts it moves.
-  const double move_cost = last < 0.0 ? 0.0 : model_.MoveCost();
-  struct Candidate {
-    std::vector<int32_t> layer;
-    double cost = 0.0;  // Shot score + move_cost x moved experts.
-  };
-  // The current layer, then the incremental and the full candidate: a later
-  // one must cost less (with the rounding margin) to replace an earlier one,
-  // so ties keep the layer that moves less. A candidate over the receive
-  // limit would be rejected by the frame: it is passed over, and returned
-  // only when nothing else beats the current layer, so that the frame says
-  // why the layer kept its placement.
-  Candidate chosen{{}, model_.Score(ctx.current) * (1.0 - kMinRelativeGain)};
-  std::vector<int32_t> over_limit;
-  auto consider = [&](std::vector<int32_t>* layer) {
-    const double cost = model_.Cost(ctx.current, *layer, move_cost);
-    if (!(cost < chosen.cost)) return;
-    if (limit > 0 && MaxReceives(ctx.current, *layer, r, k) > limit) {
-      if (over_limit.empty()) over_limit = std::move(*layer);
       return;
     }
-    chosen = {std::move(*layer), cost};
-  };
-  std::vector<int32_t> full = model_.Search();
+  }
+  searched_[ctx.layer] = 1;
+  model.ComputeSpread();
+  std::vector<int32_t> full = model.Search();
   MatchRanksToCurrent(ctx.current, full, r, k);
-  model_.SwapOnShots(ctx.current, move_cost, /*max_swaps=*/2 * r, limit, &full);
-  if (move_cost > 0.0) {
-    std::vector<int32_t> count(ctx.num_experts, 0);
-    for (int32_t e : full) ++count[e];
-    std::vector<int32_t> incremental;
-    if (model_.Incremental(ctx.current, count, limit, &incremental)) {
-      model_.SwapOnShots(ctx.current, move_cost, /*max_swaps=*/2 * r, limit,
-                         &incremental);
-      consider(&incremental);
-    }
+  model.SwapOnShots(ctx.current, move_cost, /*max_swaps=*/2 * r, limit, &full);
+  // Few moves from the current layer toward the full plan's replica counts.
+  std::vector<int32_t> count(ctx.num_experts, 0);
+  for (int32_t e : full) ++count[e];
+  std::vector<int32_t> incremental;
+  if (model.Incremental(ctx.current, count, limit, &incremental)) {
+    model.SwapOnShots(ctx.current, move_cost, /*max_swaps=*/2 * r, limit,
+                      &incremental);
+    out->push_back({std::move(incremental), LayerChoice::kIncremental});
   }
-  consider(&full);
-  if (chosen.layer.empty()) {
-    last = current_ratio;  // No gain: the current layer keeps serving.
-    return over_limit;
-  }
-  last = Ratio(chosen.layer, model_.mean(), r, k);
-  return std::move(chosen.layer);
+  out->push_back({std::move(full), LayerChoice::kFull});
+  // DeepSeek's replication and packing on the same load: a plan of another
+  // kind, which the means may favour when the shots are few.
+  std::vector<int32_t> deepseek = DeepSeekRebalanceLayer(
+      ctx.scoring_load, r * k, /*num_groups=*/1, /*num_nodes=*/1, r);
+  MatchRanksToCurrent(ctx.current, deepseek, r, k);
+  model.SwapOnShots(ctx.current, move_cost, /*max_swaps=*/2 * r, limit,
+                    &deepseek);
+  out->push_back({std::move(deepseek), LayerChoice::kFull});
+}
+
+void FlashLbPolicy::Chosen(int layer, std::span<const int32_t>,
+                           double scoring_imbalance) {
+  if (searched_[layer]) last_ratio_[layer] = 1.0 / scoring_imbalance;
 }
 
 }  // namespace

@@ -1,10 +1,12 @@
 #include "policy/layer_policy.h"
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 #include <string>
 
 #include "policy/algorithms.h"
+#include "policy/flashlb_model.h"
 
 namespace eplb::policy {
 
@@ -67,6 +69,57 @@ Status LayerPolicy::Begin(const PolicyInput&, const PolicyOptions&,
   return Status::Ok();
 }
 
+void LayerPolicy::PlanCandidates(const LayerContext&,
+                                 std::vector<LayerCandidate>*) {}
+
+void LayerPolicy::Chosen(int, std::span<const int32_t>, double) {}
+
+const LoadTrace* ChooseScoringSamples(const PolicyInput& input,
+                                      LoadTrace* recent) {
+  const LoadTrace* samples = input.samples;
+  if (samples == nullptr || samples->num_steps() < 2) return samples;
+  const int steps = samples->num_steps();
+  const int w = input.window_steps;
+  // Needs the newest window, the one before it and nothing else missing.
+  if (w < 1 || 2 * w > steps) return samples;
+  const int e_count = samples->num_experts();
+  // Smoothing: half a token per expert, so that an expert unseen before is
+  // unlikely, not impossible.
+  constexpr double kPrior = 0.5;
+  std::vector<double> newest(e_count), before(e_count), older(e_count);
+  double advantage = 0.0;  // log L(before) - log L(older), over layers.
+  for (int l = 0; l < samples->num_layers(); ++l) {
+    std::fill(newest.begin(), newest.end(), 0.0);
+    std::fill(before.begin(), before.end(), 0.0);
+    std::fill(older.begin(), older.end(), 0.0);
+    for (int t = 0; t < steps; ++t) {
+      std::span<const double> row = samples->row(t, l);
+      std::vector<double>& into = t >= steps - w ? newest : older;
+      for (int e = 0; e < e_count; ++e) into[e] += row[e];
+      if (t >= steps - 2 * w && t < steps - w) {
+        for (int e = 0; e < e_count; ++e) before[e] += row[e];
+      }
+    }
+    double n_before = kPrior * e_count, n_older = kPrior * e_count;
+    for (int e = 0; e < e_count; ++e) {
+      n_before += before[e];
+      n_older += older[e];
+    }
+    for (int e = 0; e < e_count; ++e) {
+      if (newest[e] == 0.0) continue;
+      advantage += newest[e] * (std::log((before[e] + kPrior) / n_before) -
+                                std::log((older[e] + kPrior) / n_older));
+    }
+  }
+  if (!(advantage > 0.0)) return samples;
+  // The traffic moved: the newest window alone predicts what comes next.
+  *recent = LoadTrace(w, samples->num_layers(), e_count);
+  const size_t cells = static_cast<size_t>(samples->num_layers()) * e_count;
+  std::copy(samples->data().end() - static_cast<ptrdiff_t>(w * cells),
+            samples->data().end(), recent->mutable_data().begin());
+  return recent;
+}
+
 namespace {
 
 // Moves of a layer change, split by whether a current holder of the expert
@@ -107,6 +160,7 @@ StatusOr<Plan> LayerPolicy::Rebalance(const PolicyInput& input,
   const int e = cur.num_experts();
   Plan plan{cur, std::vector<LayerPlan>(cur.num_layers()), {}};
   EPLB_RETURN_IF_ERROR(Begin(input, options, &plan.notes));
+  if (Selects()) return RebalanceSelecting(input, options, std::move(plan));
   const int max_receives = options.max_receives_per_rank;
   Placement one_cur(1, r, k, e);
   Placement one_plan(1, r, k, e);
@@ -120,8 +174,15 @@ StatusOr<Plan> LayerPolicy::Rebalance(const PolicyInput& input,
                     [](double v) { return v == 0.0; })) {
       continue;  // No load: keep the layer.
     }
-    LayerContext ctx{l,  e,        cur.layer(l),          load, input.samples,
-                     &t, &options, info.current_imbalance};
+    LayerContext ctx;
+    ctx.layer = l;
+    ctx.num_experts = e;
+    ctx.current = cur.layer(l);
+    ctx.load = load;
+    ctx.samples = input.samples;
+    ctx.topology = &t;
+    ctx.options = &options;
+    ctx.current_imbalance = info.current_imbalance;
     std::vector<int32_t> planned = PlanLayer(ctx);
     if (planned.empty()) continue;
     if (static_cast<int>(planned.size()) != r * k) {
@@ -149,8 +210,218 @@ StatusOr<Plan> LayerPolicy::Rebalance(const PolicyInput& input,
     std::copy(planned.begin(), planned.end(),
               plan.placement.mutable_layer(l).begin());
     info.changed = true;
+    info.choice = LayerChoice::kFull;
     info.predicted_imbalance = LayerImbalance(planned, load, r, k);
+    info.current_score = info.current_imbalance;
+    info.predicted_score = info.predicted_imbalance;
     CountMoves(cur.layer(l), planned, t, e, &info);
+  }
+  return plan;
+}
+
+namespace {
+
+// One option of a layer in the selection: the current placement (index 0,
+// no moves) or a candidate.
+struct Option {
+  double score = 0.0;  // Predicted shot score under the dispatch.
+  int moves = 0;       // Experts new to their rank.
+  LayerChoice choice = LayerChoice::kKept;
+  std::vector<int32_t> layer;  // Empty for the current placement.
+};
+
+// A step along a layer's lower convex hull of (moves, score): from option
+// `from` to option `to`, gaining `gain` score for `moves` more moves.
+struct HullStep {
+  double slope = 0.0;  // Gain per move.
+  int layer = 0;
+  int index = 0;  // Position along the layer's hull.
+  int to = 0;
+  int moves = 0;
+};
+
+// The hull steps of one layer's options (options[0] is the current
+// placement): each next option has more moves and the best gain per added
+// move; only steps that gain more than `move_cost` per move.
+void HullSteps(int layer, const std::vector<Option>& options,
+               double move_cost, std::vector<HullStep>* out) {
+  int at = 0;
+  for (int index = 0;; ++index) {
+    int best = -1;
+    double best_slope = move_cost;
+    for (int i = 1; i < static_cast<int>(options.size()); ++i) {
+      const int dm = options[i].moves - options[at].moves;
+      const double gain = options[at].score - options[i].score;
+      if (dm <= 0 || !(gain > 0.0)) continue;
+      const double slope = gain / dm;
+      // Ties: fewer moves.
+      if (slope > best_slope ||
+          (best >= 0 && slope == best_slope &&
+           options[i].moves < options[best].moves)) {
+        best = i;
+        best_slope = slope;
+      }
+    }
+    if (best < 0) return;
+    out->push_back(HullStep{best_slope, layer, index, best,
+                            options[best].moves - options[at].moves});
+    at = best;
+  }
+}
+
+}  // namespace
+
+StatusOr<Plan> LayerPolicy::RebalanceSelecting(const PolicyInput& input,
+                                               const PolicyOptions& options,
+                                               Plan plan) {
+  const Placement& cur = *input.current;
+  const Topology& t = input.topology;
+  const int r = t.num_ranks;
+  const int k = t.slots_per_rank;
+  const int e = cur.num_experts();
+  const int max_receives = options.max_receives_per_rank;
+  LoadTrace recent;
+  const LoadTrace* scoring = ChooseScoringSamples(input, &recent);
+  if (scoring == &recent) {
+    plan.notes.push_back("traffic moved: scored on the newest " +
+                         std::to_string(recent.num_steps()) + " steps only");
+  }
+  // What the full candidates plan on: the scored steps' sum, or the window's
+  // load without samples of two steps or more.
+  LoadMatrix scoring_load = *input.load;
+  if (scoring != nullptr && scoring->num_steps() >= 2) {
+    LoadMatrix sum = scoring->Aggregate();
+    if (std::any_of(sum.data().begin(), sum.data().end(),
+                    [](double v) { return v > 0.0; })) {
+      scoring_load = std::move(sum);
+    }
+  }
+  const Placement initial = Placement::Initial(1, e, t);
+  Placement one_cur(1, r, k, e);
+  Placement one_plan(1, r, k, e);
+  LayerModel model;
+  std::vector<std::vector<Option>> layer_options(cur.num_layers());
+  std::vector<char> cold(cur.num_layers(), 0);
+  std::vector<LayerCandidate> candidates;
+  for (int l = 0; l < cur.num_layers(); ++l) {
+    std::span<const double> load = input.load->row(l);
+    LayerPlan& info = plan.layers[l];
+    info.current_imbalance = LayerImbalance(cur.layer(l), load, r, k);
+    info.predicted_imbalance = info.current_imbalance;
+    info.lower_bound = ImbalanceLowerBound(load, r, k);
+    std::span<const double> sload = scoring_load.row(l);
+    if (std::all_of(sload.begin(), sload.end(),
+                    [](double v) { return v == 0.0; })) {
+      continue;  // No load: keep the layer.
+    }
+    LayerContext ctx;
+    ctx.layer = l;
+    ctx.num_experts = e;
+    ctx.current = cur.layer(l);
+    ctx.load = load;
+    ctx.samples = scoring;
+    ctx.topology = &t;
+    ctx.options = &options;
+    ctx.current_imbalance = info.current_imbalance;
+    ctx.scoring_load = sload;
+    ctx.cold = std::equal(cur.layer(l).begin(), cur.layer(l).end(),
+                          initial.layer(0).begin());
+    cold[l] = ctx.cold;
+    model.Load(ctx);
+    ctx.model = &model;
+    candidates.clear();
+    PlanCandidates(ctx, &candidates);
+    std::vector<Option>& opts = layer_options[l];
+    opts.push_back(Option{model.DispatchScore(cur.layer(l)), 0,
+                          LayerChoice::kKept, {}});
+    std::copy(cur.layer(l).begin(), cur.layer(l).end(),
+              one_cur.mutable_layer(0).begin());
+    for (LayerCandidate& c : candidates) {
+      if (static_cast<int>(c.layer.size()) != r * k) {
+        plan.notes.push_back(
+            "layer " + std::to_string(l) + ": policy " + std::string(name()) +
+            " returned a layer of the wrong size; passed over");
+        continue;
+      }
+      KeepSlots(cur.layer(l), c.layer, r, k);
+      if (std::equal(c.layer.begin(), c.layer.end(), cur.layer(l).begin())) {
+        continue;
+      }
+      std::copy(c.layer.begin(), c.layer.end(),
+                one_plan.mutable_layer(0).begin());
+      std::vector<Violation> bad = CheckPlan(one_cur, one_plan, max_receives);
+      if (!bad.empty()) {
+        bad[0].layer = l;
+        plan.notes.push_back("layer " + std::to_string(l) + ": " +
+                             std::string(LayerChoiceName(c.choice)) +
+                             " candidate of policy " + std::string(name()) +
+                             " rejected (" + bad[0].ToString() + ")");
+        continue;
+      }
+      const double score = model.DispatchScore(c.layer);
+      opts.push_back(Option{score, MovedExperts(cur.layer(l), c.layer, r, k),
+                            c.choice, std::move(c.layer)});
+    }
+  }
+  // The choice: cold layers take their best score; the others spend the
+  // move budget on the best gain per move first.
+  std::vector<int> chosen(cur.num_layers(), 0);
+  std::vector<HullStep> steps;
+  for (int l = 0; l < cur.num_layers(); ++l) {
+    const std::vector<Option>& opts = layer_options[l];
+    if (opts.empty()) continue;
+    const double move_cost = kShotMovePenalty / (static_cast<double>(r) * k);
+    if (cold[l]) {
+      // Outside the budget, but still paying for moves: a plan that moves
+      // less commits sooner (more layers fit a step's transfers), which on
+      // a cold start matters more than the last hundredth of balance.
+      std::vector<HullStep> own;
+      HullSteps(l, opts, move_cost, &own);
+      if (!own.empty()) chosen[l] = own.back().to;
+      continue;
+    }
+    HullSteps(l, opts, move_cost, &steps);
+  }
+  std::stable_sort(steps.begin(), steps.end(),
+                   [](const HullStep& a, const HullStep& b) {
+                     if (a.slope != b.slope) return a.slope > b.slope;
+                     if (a.layer != b.layer) return a.layer < b.layer;
+                     return a.index < b.index;
+                   });
+  // At least one swap's worth (2 moves), so that a small model can move.
+  int64_t budget = std::max<int64_t>(
+      2, static_cast<int64_t>(std::ceil(options.migration_budget *
+                                        cur.num_layers() *
+                                        static_cast<double>(r) * k)));
+  std::vector<int> next_index(cur.num_layers(), 0);
+  for (const HullStep& s : steps) {
+    if (next_index[s.layer] != s.index) continue;  // An earlier step missed.
+    if (s.moves > budget) {
+      next_index[s.layer] = -1;  // This layer's later steps cost more yet.
+      continue;
+    }
+    budget -= s.moves;
+    chosen[s.layer] = s.to;
+    ++next_index[s.layer];
+  }
+  for (int l = 0; l < cur.num_layers(); ++l) {
+    const std::vector<Option>& opts = layer_options[l];
+    LayerPlan& info = plan.layers[l];
+    if (opts.empty()) continue;
+    info.current_score = opts[0].score;
+    const Option& pick = opts[chosen[l]];
+    info.predicted_score = pick.score;
+    info.choice = pick.choice;
+    std::span<const int32_t> placed =
+        pick.layer.empty() ? cur.layer(l) : std::span<const int32_t>(pick.layer);
+    Chosen(l, placed, LayerImbalance(placed, scoring_load.row(l), r, k));
+    if (pick.layer.empty()) continue;
+    std::copy(pick.layer.begin(), pick.layer.end(),
+              plan.placement.mutable_layer(l).begin());
+    info.changed = true;
+    info.predicted_imbalance =
+        LayerImbalance(pick.layer, input.load->row(l), r, k);
+    CountMoves(cur.layer(l), pick.layer, t, e, &info);
   }
   return plan;
 }

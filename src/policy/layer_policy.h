@@ -3,6 +3,19 @@
 // checks every planned layer against spec §3.4 and keeps the current layer
 // (with a note) when a check fails, and fills the per-layer report. Private
 // to the library.
+//
+// Policies that select (Swift and FlashLB) offer several candidates per
+// layer instead of one plan, and the frame chooses:
+//  - what to score on: the per-step samples of the whole history, or only
+//    the newest window when the traffic moved (ChooseScoringSamples: the
+//    window before it predicts the newest window better than the older
+//    history does);
+//  - per layer, the current placement or one candidate, by predicted gain
+//    (the shot score under the dispatch in use) against the experts moved:
+//    a move must buy kShotMovePenalty / (R * K) of score, and one plan moves
+//    at most migration_budget x L x R x K experts, spent on the best gain per
+//    move first. A layer still in the default initial placement (cold) is
+//    planned for balance alone, outside the budget.
 #ifndef EPLB_SRC_POLICY_LAYER_POLICY_H_
 #define EPLB_SRC_POLICY_LAYER_POLICY_H_
 
@@ -14,6 +27,8 @@
 
 namespace eplb::policy {
 
+class LayerModel;
+
 // What a policy sees of one layer.
 struct LayerContext {
   int layer = 0;
@@ -24,6 +39,21 @@ struct LayerContext {
   const Topology* topology = nullptr;
   const PolicyOptions* options = nullptr;
   double current_imbalance = 1.0;  // Of `current` under `load`.
+  // Selecting policies only:
+  // The aggregate of the samples the frame scores on [E] (`load` when it
+  // scores on the newest window, or without samples).
+  std::span<const double> scoring_load;
+  // Loaded with the layer's scoring samples (LayerModel::Load).
+  LayerModel* model = nullptr;
+  // `current` is the default initial placement: nothing was planned for this
+  // layer yet, so a plan is for balance alone (moves are free).
+  bool cold = false;
+};
+
+// One placement a selecting policy offers for a layer.
+struct LayerCandidate {
+  std::vector<int32_t> layer;  // [R*K]
+  LayerChoice choice = LayerChoice::kIncremental;
 };
 
 class LayerPolicy : public Policy {
@@ -39,7 +69,29 @@ class LayerPolicy : public Policy {
   // The planned layer [R*K] (slot keeping is applied afterwards), or an empty
   // vector to keep the current layer. Not called for all-zero layers.
   virtual std::vector<int32_t> PlanLayer(const LayerContext& ctx) = 0;
+
+  // Selecting policies return true and offer candidates through
+  // PlanCandidates (PlanLayer is then not called).
+  virtual bool Selects() const { return false; }
+  virtual void PlanCandidates(const LayerContext& ctx,
+                              std::vector<LayerCandidate>* candidates);
+  // Told which placement the frame chose for a layer ([R*K], the current
+  // one when it kept it), and its imbalance on ctx.scoring_load.
+  virtual void Chosen(int layer, std::span<const int32_t> placement,
+                      double scoring_imbalance);
+
+ private:
+  StatusOr<Plan> RebalanceSelecting(const PolicyInput& input,
+                                    const PolicyOptions& options, Plan plan);
 };
+
+// Which samples a selecting policy scores on: `input.samples` whole, or (in
+// `*recent`, returned) only its newest `input.window_steps` steps, when the
+// window before them predicts them better than all older steps do (summed
+// over layers, the log-likelihood of the newest window's counts under each
+// as a smoothed distribution). Null without samples.
+const LoadTrace* ChooseScoringSamples(const PolicyInput& input,
+                                      LoadTrace* recent);
 
 // Checks the shapes and values of a PolicyInput (shared with non-layer
 // policies).

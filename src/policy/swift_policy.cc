@@ -46,6 +46,7 @@
 #include <vector>
 
 #include "policy/algorithms.h"
+#include "policy/default_eplb.h"
 #include "policy/flashlb_model.h"
 #include "policy/layer_policy.h"
 #include "policy/policies.h"
@@ -366,43 +367,34 @@ class SwiftPolicy final : public LayerPolicy {
   std::string_view name() const override { return "swift"; }
 
  protected:
-  std::vector<int32_t> PlanLayer(const LayerContext& ctx) override {
+  bool Selects() const override { return true; }
+  std::vector<int32_t> PlanLayer(const LayerContext&) override { return {}; }
+
+  // Candidates: the walk, the walk refined by shot-scored swaps, and a full
+  // re-plan (DeepSeek's replication and packing on the scored steps' load,
+  // its ranks matched to the current ones, then the same swaps); the frame
+  // weighs them against the current layer.
+  void PlanCandidates(const LayerContext& ctx,
+                      std::vector<LayerCandidate>* out) override {
     const Topology& t = *ctx.topology;
     const int r = t.num_ranks;
-    const int k = t.slots_per_rank;
-    if (ctx.samples == nullptr || ctx.samples->num_steps() < 2) {
-      if (ctx.current_imbalance < kSkipBelow) return {};
-      std::vector<int32_t> layer = SwiftLayer(ctx).Run();
-      if (LayerImbalance(layer, ctx.load, r, k) >= ctx.current_imbalance) {
-        return {};
-      }
-      return layer;
-    }
-    model_.Load(ctx);
-    const double move_cost = model_.MoveCost();
+    LayerModel& model = *ctx.model;
+    const double move_cost = model.MoveCost();
     const int limit = ctx.options->max_receives_per_rank;
-    std::vector<int32_t> best;
-    double best_cost = model_.Score(ctx.current) * (1.0 - kMinRelativeGain);
-    auto consider = [&](std::vector<int32_t> layer) {
-      const double c = model_.Cost(ctx.current, layer, move_cost);
-      if (c < best_cost) {
-        best_cost = c;
-        best = std::move(layer);
-      }
-    };
     std::vector<int32_t> walked =
         ctx.current_imbalance < kSkipBelow
             ? std::vector<int32_t>(ctx.current.begin(), ctx.current.end())
             : SwiftLayer(ctx).Run();
     std::vector<int32_t> swapped = walked;
-    model_.SwapOnShots(ctx.current, move_cost, 2 * r, limit, &swapped);
-    consider(std::move(walked));
-    consider(std::move(swapped));
-    return best;
+    model.SwapOnShots(ctx.current, move_cost, 2 * r, limit, &swapped);
+    std::vector<int32_t> full = DeepSeekRebalanceLayer(
+        ctx.scoring_load, t.num_slots(), /*num_groups=*/1, /*num_nodes=*/1, r);
+    MatchRanksToCurrent(ctx.current, full, r, t.slots_per_rank);
+    model.SwapOnShots(ctx.current, move_cost, 2 * r, limit, &full);
+    out->push_back({std::move(walked), LayerChoice::kIncremental});
+    out->push_back({std::move(swapped), LayerChoice::kIncremental});
+    out->push_back({std::move(full), LayerChoice::kFull});
   }
-
- private:
-  LayerModel model_;
 };
 
 }  // namespace

@@ -19,12 +19,16 @@ struct PlanFlags {
   int groups = 1;
   int window = 0;  // 0: every step.
   uint64_t seed = 0;
+  double migration_budget = 1.0;
+  std::string dispatch = "rr";
   bool json = false;
 };
 
 struct Summary {
   double mean = 1.0, max = 1.0, current_mean = 1.0, bound_mean = 1.0;
   int moved = 0, intra = 0, inter = 0, changed = 0;
+  int kept = 0, incremental = 0, full = 0;
+  double predicted_gain = 0.0;  // Sum over layers of the score gained.
 };
 
 Summary Summarise(const Plan& plan) {
@@ -42,6 +46,14 @@ Summary Summarise(const Plan& plan) {
     s.intra += l.intra_node_moves;
     s.inter += l.inter_node_moves;
     s.changed += l.changed ? 1 : 0;
+    if (!l.changed) {
+      ++s.kept;
+    } else if (l.choice == LayerChoice::kFull) {
+      ++s.full;
+    } else {
+      ++s.incremental;
+    }
+    if (l.changed) s.predicted_gain += l.current_score - l.predicted_score;
   }
   return s;
 }
@@ -83,6 +95,10 @@ int RunPlan(const PlanFlags& f) {
   PolicyOptions options;
   options.num_groups = f.groups;
   options.seed = f.seed;
+  options.migration_budget = f.migration_budget;
+  StatusOr<DispatchMode> dispatch = ParseDispatchMode(f.dispatch);
+  if (!dispatch.ok()) return Fail(dispatch.status().WithPrefix("--dispatch"));
+  options.dispatch = *dispatch;
   const auto start = std::chrono::steady_clock::now();
   StatusOr<Plan> plan =
       (*policy)->Rebalance({&current, &load, &samples, *topology}, options);
@@ -113,7 +129,10 @@ int RunPlan(const PlanFlags& f) {
                            {"current_imbalance", p.current_imbalance},
                            {"predicted_imbalance", p.predicted_imbalance},
                            {"lower_bound", p.lower_bound},
-                           {"moved_experts", p.moved_experts}});
+                           {"moved_experts", p.moved_experts},
+                           {"choice", LayerChoiceName(p.choice)},
+                           {"current_score", p.current_score},
+                           {"predicted_score", p.predicted_score}});
       bounds.push_back(p.lower_bound);
     }
     nlohmann::json out = {{"policy", std::string((*policy)->name())},
@@ -134,6 +153,12 @@ int RunPlan(const PlanFlags& f) {
                           {"intra_node_moves", s.intra},
                           {"inter_node_moves", s.inter},
                           {"changed_layers", s.changed},
+                          {"dispatch", f.dispatch},
+                          {"migration_budget", f.migration_budget},
+                          {"layers_kept", s.kept},
+                          {"layers_incremental", s.incremental},
+                          {"layers_full", s.full},
+                          {"predicted_gain", s.predicted_gain},
                           {"notes", plan->notes},
                           {"per_layer", per_layer}};
     if (stepwise) {
@@ -164,6 +189,10 @@ int RunPlan(const PlanFlags& f) {
       "changed layers %d, moved experts %d (intra-node %d, inter-node %d), "
       "plan %.2f ms\n",
       s.changed, s.moved, s.intra, s.inter, plan_ms);
+  std::printf(
+      "layers kept %d, re-planned incrementally %d, fully %d; predicted "
+      "gain %.4f (score, summed over layers)\n",
+      s.kept, s.incremental, s.full, s.predicted_gain);
   if (!f.out_path.empty()) std::printf("wrote %s\n", f.out_path.c_str());
   return 0;
 }
@@ -190,6 +219,15 @@ void AddPlanCommand(CLI::App* app, int* exit_code) {
                   "Plan on the last STEPS steps (default: all)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--seed", f->seed, "Seed of the random policy");
+  cmd->add_option("--migration-budget", f->migration_budget,
+                  "Swift and FlashLB: the most the plan may move, as a "
+                  "fraction of all slots (default 1: no limit)")
+      ->check(CLI::Range(0.0, 1.0))
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--dispatch", f->dispatch,
+                  "The dispatch Swift and FlashLB plan for: rr (default) or "
+                  "balanced")
+      ->check(CLI::IsMember({"rr", "balanced"}));
   cmd->add_option("--out", f->out_path,
                   "Write the planned map here (atomically)");
   cmd->add_flag("--json", f->json, "Print one JSON object");
