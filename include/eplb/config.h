@@ -50,6 +50,10 @@ struct EplbConfig {
   // imbalance clearly beyond sampling noise (at least 2 steps), instead of
   // waiting a whole heat interval on the cold initial placement.
   bool eplb_fast_warmup = true;
+  // Any later cycle ends its collection as soon as the heat shows the
+  // serving placement clearly worse than its plan predicted (the traffic
+  // moved: a new domain, a burst), at least 2 steps in.
+  bool eplb_shift_replan = true;
   // Device-to-device bandwidth (GB/s, one direction) the migration may use:
   // several changed layers commit in one step while the busiest receiving
   // rank's bytes fit in bandwidth x step time. 0: one layer per step.

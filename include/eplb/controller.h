@@ -14,10 +14,13 @@
 //                        bandwidth x the step time and its staging buffers
 //   then                 (recording mode) write the map; clear the heat
 //
-// Fast warm-up (eplb_fast_warmup, on by default): until a plan has been
-// committed, the collection ends as soon as the heat shows an imbalance
-// clearly beyond sampling noise (see HeatShowsImbalance), after at least 2
-// steps, rather than after H steps on the cold initial placement.
+// Ending a collection early, after at least 2 steps, when the heat so far
+// says enough (see HeatShowsImbalance): fast warm-up (eplb_fast_warmup, on
+// by default) until a plan has been committed, the imbalance of the cold
+// initial placement being clearly beyond sampling noise; shift re-plans
+// (eplb_shift_replan, on by default) afterwards, the serving placement
+// meeting clearly more imbalance than its plan predicted (the traffic
+// moved). The plan is then due A steps later as usual.
 //
 // Threads: the serving thread calls BeforeForward / AfterForward and the
 // recorder; it never waits on the planner (a lock-free handshake: an atomic
@@ -149,8 +152,12 @@ class Controller {
   // Queues a collected window for the planner's history (dropping the
   // oldest queued ones beyond what the history keeps).
   void AddPendingWindow(LoadTrace window);
-  // Fast warm-up: whether the heat collected so far shows an imbalance
-  // clearly beyond sampling noise.
+  // Whether, in most layers, the heat collected so far shows the serving
+  // placement's max/mean rank load above what was expected of it (1 for the
+  // initial placement, else what the last plan predicted) by more than
+  // twice the sampling noise of a balanced layer, sqrt(2 ln R / mean rank
+  // load) (the largest of R Poisson counts exceeds their mean by about that
+  // much).
   bool HeatShowsImbalance() const;
   void EndCollect();
   void TakePlan();
@@ -179,6 +186,8 @@ class Controller {
   size_t next_layer_ = 0;
   bool committed_this_cycle_ = false;
   bool ever_committed_ = false;
+  // [L]: the imbalance each layer's serving placement was expected to meet.
+  std::vector<double> expected_;
   double step_seconds_ = 0.0;    // The last step's duration.
   int64_t last_step_nanos_ = -1;  // Clock at the last AfterForward.
 };

@@ -51,6 +51,12 @@ struct PolicyOptions {
   // per moved expert. In (0, 1]. A first plan of a layer (nothing planned
   // before) is not limited.
   double migration_budget = 0.25;
+  // Swift and FlashLB: a layer still in the default initial placement
+  // (nothing planned for it yet) is planned for balance alone, as a static
+  // map is; with quick_first_plan (the dynamic cycle sets it) its moves cost
+  // score as a re-plan's do (still outside the budget), so that the first
+  // plan commits sooner, more layers fitting a step's transfers.
+  bool quick_first_plan = false;
 };
 
 // Which of its candidates a policy chose for a layer.

@@ -14,9 +14,10 @@
 namespace eplb {
 namespace {
 
-// Fast warm-up: the fewest collected steps a first plan is made from (the
-// policies score per-step samples), and how far beyond sampling noise the
-// heat must be (see HeatShowsImbalance).
+// Ending a collection early (fast warm-up, shift re-plan): the fewest
+// collected steps a plan is made from (the policies score per-step
+// samples), and how far beyond sampling noise the heat must be (see
+// HeatShowsImbalance).
 constexpr int64_t kMinWarmupSteps = 2;
 constexpr double kWarmupNoiseFactor = 2.0;
 
@@ -149,10 +150,12 @@ StatusOr<std::unique_ptr<Controller>> Controller::Create(ControllerOptions o) {
   c->planner_->options = o.policy_options;
   c->planner_->options.dispatch = o.config.eplb_dispatch;
   c->planner_->options.migration_budget = o.config.eplb_migration_budget;
+  c->planner_->options.quick_first_plan = true;
   c->planner_->topology = t;
   c->planner_->clock = o.clock;
   c->planner_->keep =
       std::max(o.sample_history, o.config.expert_heat_collection_interval);
+  c->expected_.assign(o.num_layers, 1.0);
   c->options_ = std::move(o);
   return c;
 }
@@ -214,7 +217,8 @@ void Controller::AfterForward(int64_t num_tokens, double step_seconds) {
     case Phase::kCollect:
       if (cycle_step_ == h) {
         EndCollect();
-      } else if (options_.config.eplb_fast_warmup && !ever_committed_ &&
+      } else if ((ever_committed_ ? options_.config.eplb_shift_replan
+                                  : options_.config.eplb_fast_warmup) &&
                  cycle_step_ >= kMinWarmupSteps && HeatShowsImbalance()) {
         // The planner sees a short window; the plan is due A steps later
         // as usual.
@@ -257,7 +261,7 @@ bool Controller::HeatShowsImbalance() const {
     // largest of R Poisson counts); twice that is not noise.
     const double noise =
         std::sqrt(2.0 * std::log(std::max(2, t.num_ranks)) / mean);
-    if (peak / mean - 1.0 > kWarmupNoiseFactor * noise) ++clear;
+    if (peak / mean - expected_[l] > kWarmupNoiseFactor * noise) ++clear;
   }
   // Most layers must show it: one noisy layer is no reason to plan early.
   return loaded > 0 && 2 * clear > loaded;
@@ -344,6 +348,13 @@ void Controller::TakePlan() {
     Log("plan rejected, the current map keeps serving: " + bad[0].ToString());
     EndCycle();
     return;
+  }
+  // What each layer should meet once the plan serves: the planned
+  // imbalance, or the current one where the layer stays.
+  for (int l = 0; l < current.num_layers(); ++l) {
+    const LayerPlan& info = plan->layers[l];
+    expected_[l] =
+        info.changed ? info.predicted_imbalance : info.current_imbalance;
   }
   layers_.clear();
   const Topology& t = options_.topology;

@@ -120,6 +120,7 @@ EplbConfig Dynamic(int heat, int algo) {
   c.algorithm_execution_interval = algo;
   c.num_redundant_experts = kRanks * kSlots - kExperts;
   c.eplb_fast_warmup = false;  // The reference cycle, unless a test says.
+  c.eplb_shift_replan = false;
   return c;
 }
 

@@ -1041,7 +1041,8 @@ void FlashLbPolicy::PlanCandidates(const LayerContext& ctx,
   const int k = ctx.topology->slots_per_rank;
   LayerModel& model = *ctx.model;
   const int limit = ctx.options->max_receives_per_rank;
-  const double move_cost = model.MoveCost();
+  const double move_cost =
+      ctx.cold && !ctx.options->quick_first_plan ? 0.0 : model.MoveCost();
   const double last = last_ratio_[ctx.layer];
   if (!ctx.cold && last >= 0.0) {
     // Small groups are easier to balance, so they are held to more.

@@ -9,6 +9,14 @@
 #include "policy/flashlb_model.h"
 
 namespace eplb::policy {
+namespace {
+
+// How much less like the past the newest window must be than the window
+// before it was, for ChooseScoringSamples to see a shift. Both statistics
+// carry the same sampling noise and burstiness, so a plain factor suffices.
+constexpr double kShiftFactor = 3.0;
+
+}  // namespace
 
 Status ValidatePolicyInput(const PolicyInput& input) {
   if (input.current == nullptr || input.load == nullptr) {
@@ -80,39 +88,60 @@ const LoadTrace* ChooseScoringSamples(const PolicyInput& input,
   if (samples == nullptr || samples->num_steps() < 2) return samples;
   const int steps = samples->num_steps();
   const int w = input.window_steps;
-  // Needs the newest window, the one before it and nothing else missing.
+  // Needs the newest window and as many steps before it.
   if (w < 1 || 2 * w > steps) return samples;
   const int e_count = samples->num_experts();
   // Smoothing: half a token per expert, so that an expert unseen before is
   // unlikely, not impossible.
   constexpr double kPrior = 0.5;
-  std::vector<double> newest(e_count), before(e_count), older(e_count);
-  double advantage = 0.0;  // log L(before) - log L(older), over layers.
+  // A = the newest window, C = the w steps before it, D = all steps before
+  // C, B = C + D.
+  std::vector<double> a(e_count), c(e_count), d(e_count);
+  double advantage = 0.0;  // log L(A | C) - log L(A | B), over layers.
+  double shift = 0.0;      // G(A | B): how unlike the past A is.
+  double shift_ref = 0.0;  // G(C | D): the same a window earlier.
+  auto log_p = [&](const std::vector<double>& x, double n, int e) {
+    return std::log((x[e] + kPrior) / (n + kPrior * e_count));
+  };
   for (int l = 0; l < samples->num_layers(); ++l) {
-    std::fill(newest.begin(), newest.end(), 0.0);
-    std::fill(before.begin(), before.end(), 0.0);
-    std::fill(older.begin(), older.end(), 0.0);
+    std::fill(a.begin(), a.end(), 0.0);
+    std::fill(c.begin(), c.end(), 0.0);
+    std::fill(d.begin(), d.end(), 0.0);
     for (int t = 0; t < steps; ++t) {
       std::span<const double> row = samples->row(t, l);
-      std::vector<double>& into = t >= steps - w ? newest : older;
+      std::vector<double>& into =
+          t >= steps - w ? a : (t >= steps - 2 * w ? c : d);
       for (int e = 0; e < e_count; ++e) into[e] += row[e];
-      if (t >= steps - 2 * w && t < steps - w) {
-        for (int e = 0; e < e_count; ++e) before[e] += row[e];
+    }
+    double na = 0.0, nc = 0.0, nd = 0.0;
+    for (int e = 0; e < e_count; ++e) {
+      na += a[e];
+      nc += c[e];
+      nd += d[e];
+    }
+    std::vector<double>& b = d;  // D becomes B = C + D below.
+    const std::vector<double> d_only =
+        nd > 0.0 ? d : std::vector<double>();
+    for (int e = 0; e < e_count; ++e) b[e] += c[e];
+    const double nb = nc + nd;
+    for (int e = 0; e < e_count; ++e) {
+      if (a[e] > 0.0) {
+        const double own = log_p(a, na, e);
+        const double past = log_p(b, nb, e);
+        advantage += a[e] * (log_p(c, nc, e) - past);
+        shift += a[e] * (own - past);
+      }
+      if (c[e] > 0.0 && nd > 0.0) {
+        shift_ref += c[e] * (log_p(c, nc, e) - log_p(d_only, nd, e));
       }
     }
-    double n_before = kPrior * e_count, n_older = kPrior * e_count;
-    for (int e = 0; e < e_count; ++e) {
-      n_before += before[e];
-      n_older += older[e];
-    }
-    for (int e = 0; e < e_count; ++e) {
-      if (newest[e] == 0.0) continue;
-      advantage += newest[e] * (std::log((before[e] + kPrior) / n_before) -
-                                std::log((older[e] + kPrior) / n_older));
-    }
   }
-  if (!(advantage > 0.0)) return samples;
-  // The traffic moved: the newest window alone predicts what comes next.
+  // The traffic moved if the window before the newest predicts it better
+  // than all older steps (it moved a while ago), or if the newest window is
+  // far less like the past than the window before it was (it just moved).
+  const bool moved = advantage > 0.0 || shift > kShiftFactor * shift_ref;
+  if (!moved || !(shift_ref > 0.0 || advantage > 0.0)) return samples;
+  // The newest window alone predicts what comes next.
   *recent = LoadTrace(w, samples->num_layers(), e_count);
   const size_t cells = static_cast<size_t>(samples->num_layers()) * e_count;
   std::copy(samples->data().end() - static_cast<ptrdiff_t>(w * cells),
@@ -372,11 +401,12 @@ StatusOr<Plan> LayerPolicy::RebalanceSelecting(const PolicyInput& input,
     if (opts.empty()) continue;
     const double move_cost = kShotMovePenalty / (static_cast<double>(r) * k);
     if (cold[l]) {
-      // Outside the budget, but still paying for moves: a plan that moves
-      // less commits sooner (more layers fit a step's transfers), which on
-      // a cold start matters more than the last hundredth of balance.
+      // Outside the budget. For balance alone, or (quick_first_plan) still
+      // paying for moves: a plan that moves less commits sooner (more
+      // layers fit a step's transfers), which on a cold start matters more
+      // than the last hundredth of balance.
       std::vector<HullStep> own;
-      HullSteps(l, opts, move_cost, &own);
+      HullSteps(l, opts, options.quick_first_plan ? move_cost : 0.0, &own);
       if (!own.empty()) chosen[l] = own.back().to;
       continue;
     }

@@ -379,7 +379,8 @@ class SwiftPolicy final : public LayerPolicy {
     const Topology& t = *ctx.topology;
     const int r = t.num_ranks;
     LayerModel& model = *ctx.model;
-    const double move_cost = model.MoveCost();
+    const double move_cost =
+        ctx.cold && !ctx.options->quick_first_plan ? 0.0 : model.MoveCost();
     const int limit = ctx.options->max_receives_per_rank;
     std::vector<int32_t> walked =
         ctx.current_imbalance < kSkipBelow

@@ -42,14 +42,16 @@ constexpr std::string_view kHeatStage = "eplb_heat_collection_stage";
 constexpr std::string_view kDispatch = "eplb_dispatch";
 constexpr std::string_view kMigrationBudget = "eplb_migration_budget";
 constexpr std::string_view kFastWarmup = "eplb_fast_warmup";
+constexpr std::string_view kShiftReplan = "eplb_shift_replan";
 constexpr std::string_view kLinkBandwidth = "eplb_link_gbytes_per_s";
 
 // vllm-ascend's keys in the order of its table, then eplb's own; the
 // unknown-key error lists them so.
-constexpr std::array<std::string_view, 12> kValidKeys = {
-    kDynamicEplb,       kExpertMapPath, kExpertMapRecordPath, kHeatInterval,
-    kAlgorithmInterval, kNumRedundant,  kPolicyType,          kHeatStage,
-    kDispatch,          kMigrationBudget, kFastWarmup,        kLinkBandwidth,
+constexpr std::array<std::string_view, 13> kValidKeys = {
+    kDynamicEplb,  kExpertMapPath,     kExpertMapRecordPath, kHeatInterval,
+    kAlgorithmInterval, kNumRedundant, kPolicyType,          kHeatStage,
+    kDispatch,     kMigrationBudget,   kFastWarmup,          kShiftReplan,
+    kLinkBandwidth,
 };
 
 constexpr std::string_view kDynamicEnv = "DYNAMIC_EPLB";
@@ -325,6 +327,10 @@ Status ReadKeys(const Json& object, EplbConfig* config) {
   }
   if (const Json* v = find(kFastWarmup)) {
     EPLB_RETURN_IF_ERROR(ReadBool(*v, kFastWarmup, &config->eplb_fast_warmup));
+  }
+  if (const Json* v = find(kShiftReplan)) {
+    EPLB_RETURN_IF_ERROR(
+        ReadBool(*v, kShiftReplan, &config->eplb_shift_replan));
   }
   if (const Json* v = find(kLinkBandwidth)) {
     EPLB_RETURN_IF_ERROR(ReadNumber(*v, kLinkBandwidth, 0.0, 1e6,
