@@ -220,7 +220,7 @@ std::string MachineLine() {
   gmtime_r(&now, &tm);
   std::strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", &tm);
   return model + ", " + std::to_string(std::thread::hardware_concurrency()) +
-         " cores; " + date;
+         " cores, compiler " __VERSION__ + "; " + date;
 }
 
 double SecondsSince(std::chrono::steady_clock::time_point start) {
@@ -241,6 +241,9 @@ int Run(const Options& opt) {
   const auto run_start = std::chrono::steady_clock::now();
   std::vector<Row> rows;
   std::vector<std::string> trace_lines, notes;
+  // "rr and balanced" -> the traces where every policy's rows under the two
+  // dispatches came out the same in every figure.
+  std::map<std::string, std::vector<std::string>> same_dispatch;
   bool steady_missing = false;
   for (const TraceCase& c : AllCases()) {
     if (std::find(opt.traces.begin(), opt.traces.end(), c.name) ==
@@ -446,12 +449,7 @@ int Run(const Options& opt) {
                ra->whole->p90 == rb->whole->p90 && ra->moved == rb->moved &&
                ra->rebalances == rb->rebalances;
       }
-      if (same) {
-        notes.push_back(c.name + ": every policy's " + b + " row equals its " +
-                        a +
-                        " row in every figure shown (the replays did not "
-                        "differ between the two dispatches)");
-      }
+      if (same) same_dispatch[a + " and " + b].push_back(c.name);
     }
   }
 
@@ -498,6 +496,14 @@ int Run(const Options& opt) {
           Cell(r.steady, true) + " | " + Cell(r.steady, false) + " | " +
           r.moved + " | " + r.rebalances + " | " + r.late + " | " + r.seconds +
           " |\n";
+  }
+  for (const auto& [pair, traces] : same_dispatch) {
+    std::string list;
+    for (const std::string& t : traces) list += (list.empty() ? "" : ", ") + t;
+    notes.push_back("every policy's rows under " + pair +
+                    " dispatch are the same in every figure shown (the "
+                    "replays did not differ) on: " +
+                    list);
   }
   if (steady_missing) {
     notes.push_back(
