@@ -1,0 +1,597 @@
+// Generalization harness for dynamic balancing: replays every policy through
+// the dynamic cycle (eplb::RunReplay, lockstep simulation, H = 16, A = 2) on
+// traffic families none of them was tuned on (bench/trace_gen.h), on the
+// shipped DeepSeek-V2-Lite trace and on re-orderings of it, under each token
+// dispatch, next to two references per trace: no balancing, and a
+// window-clairvoyant floor (each window of H steps served by a plan made on
+// that very window). Prints one Markdown table (bench/results/dynamic.md
+// holds a full run).
+//
+// Usage: eplb_bench_dynamic [--traces a,b] [--policies a,b]
+//                           [--dispatches rr,balanced] [--quick]
+//                           [--data-dir DIR] [--out FILE.md]
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "bench/trace_gen.h"
+#include "eplb/dispatch.h"
+#include "eplb/io.h"
+#include "eplb/policy.h"
+#include "eplb/replay.h"
+
+namespace {
+
+using eplb::DispatchMode;
+using eplb::LayerRouting;
+using eplb::LoadTrace;
+using eplb::Placement;
+using eplb::Topology;
+
+constexpr int kHeatInterval = 16;  // H: steps of heat per cycle.
+constexpr int kAlgoInterval = 2;   // A: steps the planner may take.
+// The dispatches every trace is replayed under (one line to add or remove).
+constexpr DispatchMode kDispatches[] = {DispatchMode::kRoundRobin,
+                                        DispatchMode::kBalanced};
+const char* const kPolicies[] = {"swift", "flashlb", "default"};
+// The window-clairvoyant floor plans with these.
+const char* const kFloorPolicies[] = {"default", "best"};
+
+// One trace of the harness and the EP group it is replayed on.
+struct TraceCase {
+  std::string name = {};    // As --traces names it.
+  std::string family = {};  // trace_gen family; empty: the shipped trace.
+  int fold = -1;            // puffin-fold.
+  int ranks = 8;
+  int redundant = 8;
+  std::string model = {};  // Preset; empty: the one matching the shape.
+  int steady_from = 64;    // First step of the steady-state figures.
+  int quick_steps = 200;
+};
+
+std::vector<TraceCase> AllCases() {
+  std::vector<TraceCase> cases;
+  for (const char* f : {"domains", "skew", "sparse", "drift", "burst"}) {
+    cases.push_back({.name = f, .family = f});
+  }
+  cases.push_back({.name = "dsv3",
+                   .family = "dsv3",
+                   .ranks = 32,
+                   .redundant = 32,
+                   .model = "deepseek-v3",
+                   .steady_from = 80,
+                   .quick_steps = 120});
+  cases.push_back({.name = "dsv2lite"});
+  for (int fold = 0; fold < 4; ++fold) {
+    cases.push_back({.name = "puffin-fold" + std::to_string(fold),
+                     .family = "puffin-fold",
+                     .fold = fold});
+  }
+  cases.push_back({.name = "puffin-reversed", .family = "puffin-reversed"});
+  return cases;
+}
+
+// The preset whose shape matches the trace, else a custom spec of that shape
+// with DeepSeek-V2-Lite's expert size: a copy of the helper `eplb replay`
+// uses (tools/eplb/cmd_replay.cc keeps it private to the command line), so
+// that the harness replays what the command would.
+eplb::ModelSpec ModelFor(const LoadTrace& trace) {
+  for (const eplb::ModelSpec& m : eplb::ModelPresets()) {
+    if (m.num_moe_layers == trace.num_layers() &&
+        m.num_experts == trace.num_experts()) {
+      return m;
+    }
+  }
+  eplb::ModelSpec m = *eplb::FindModelPreset("deepseek-v2-lite");
+  m.name = "custom";
+  m.num_moe_layers = trace.num_layers();
+  m.num_experts = trace.num_experts();
+  m.top_k = std::min(m.top_k, m.num_experts);
+  return m;
+}
+
+// Median and p90, nearest rank, as the replay summarises (src/replay).
+struct Figures {
+  double median = 0, p90 = 0;
+};
+std::optional<Figures> Percentiles(std::vector<double> v) {
+  if (v.empty()) return std::nullopt;
+  std::sort(v.begin(), v.end());
+  auto pct = [&](double p) {
+    const size_t i =
+        static_cast<size_t>(std::ceil(p * static_cast<double>(v.size())));
+    return v[std::clamp<size_t>(i, 1, v.size()) - 1];
+  };
+  return Figures{pct(0.5), pct(0.9)};
+}
+
+// Whole-trace and steady-state figures of a [steps][L] imbalance log (0 =
+// the layer routed no token: not scored).
+template <typename T>
+std::pair<std::optional<Figures>, std::optional<Figures>> Summarise(
+    const std::vector<T>& by_step_layer, int layers, int steady_from) {
+  std::vector<double> whole, steady;
+  for (size_t i = 0; i < by_step_layer.size(); ++i) {
+    const double x = static_cast<double>(by_step_layer[i]);
+    if (x <= 0) continue;
+    whole.push_back(x);
+    if (static_cast<int>(i / layers) >= steady_from) steady.push_back(x);
+  }
+  return {Percentiles(std::move(whole)), Percentiles(std::move(steady))};
+}
+
+// max / mean rank load; 0 when the layer routed no token, as the replay.
+double Imbalance(const std::vector<double>& ranks) {
+  double peak = 0, total = 0;
+  for (double x : ranks) {
+    peak = std::max(peak, x);
+    total += x;
+  }
+  return total > 0 ? peak / (total / static_cast<double>(ranks.size())) : 0.0;
+}
+
+// The tokens each rank receives [R] for one layer's counts under a routing.
+using RankLoadsFn = std::function<std::vector<double>(const LayerRouting&,
+                                                      std::span<const double>)>;
+// How to score a dispatch outside the replay; nullopt when the library
+// offers no dispatcher for it to score with (the references are left out).
+std::optional<RankLoadsFn> RankLoadsUnder(DispatchMode mode) {
+  if (mode == DispatchMode::kRoundRobin)
+    return RankLoadsFn(eplb::DispatchRankLoads);
+  return std::nullopt;
+}
+
+// Realized imbalance [steps][L] when, in each window of `window` steps,
+// the placement `plan(begin, end)` serves.
+std::vector<double> ScoreWindows(const LoadTrace& trace, const Topology& t,
+                                 int window,
+                                 const std::function<Placement(int, int)>& plan,
+                                 const RankLoadsFn& loads) {
+  const int layers = trace.num_layers();
+  std::vector<double> out(static_cast<size_t>(trace.num_steps()) * layers, 0);
+  for (int begin = 0; begin < trace.num_steps(); begin += window) {
+    const int end = std::min(trace.num_steps(), begin + window);
+    const Placement p = plan(begin, end);
+    for (int l = 0; l < layers; ++l) {
+      const LayerRouting routing =
+          eplb::BuildLayerRouting(p.layer(l), trace.num_experts(), t);
+      for (int s = begin; s < end; ++s) {
+        out[static_cast<size_t>(s) * layers + l] =
+            Imbalance(loads(routing, trace.row(s, l)));
+      }
+    }
+  }
+  return out;
+}
+
+// One row of the table.
+struct Row {
+  std::string trace = {}, dispatch = {}, label = {};
+  std::optional<Figures> whole = {}, steady = {};
+  std::string moved = "–", rebalances = "–", late = "–", seconds = "–";
+};
+
+std::string Fixed(double x, int digits) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.*f", digits, x);
+  return buf;
+}
+
+std::string Cell(const std::optional<Figures>& f, bool median) {
+  if (!f) return "n/a";
+  return Fixed(median ? f->median : f->p90, 3);
+}
+
+std::vector<std::string> Split(const std::string& s) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= s.size()) {
+    const size_t comma = s.find(',', start);
+    const size_t end = comma == std::string::npos ? s.size() : comma;
+    if (end > start) out.push_back(s.substr(start, end - start));
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return out;
+}
+
+std::string MachineLine() {
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  std::string line, model = "unknown CPU";
+  while (std::getline(cpuinfo, line)) {
+    if (line.rfind("model name", 0) == 0) {
+      model = line.substr(line.find(':') + 2);
+      break;
+    }
+  }
+  char date[64];
+  const std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&now, &tm);
+  std::strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", &tm);
+  return model + ", " + std::to_string(std::thread::hardware_concurrency()) +
+         " cores, compiler " __VERSION__ + "; " + date;
+}
+
+double SecondsSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+      .count();
+}
+
+struct Options {
+  std::vector<std::string> traces, policies;
+  std::vector<DispatchMode> dispatches;
+  bool quick = false;
+  std::string data_dir;
+  std::string out;
+  std::string command;
+};
+
+int Run(const Options& opt) {
+  const auto run_start = std::chrono::steady_clock::now();
+  std::vector<Row> rows;
+  std::vector<std::string> trace_lines, notes;
+  // "rr and balanced" -> the traces where every policy's rows under the two
+  // dispatches came out the same in every figure.
+  std::map<std::string, std::vector<std::string>> same_dispatch;
+  bool steady_missing = false;
+  for (const TraceCase& c : AllCases()) {
+    if (std::find(opt.traces.begin(), opt.traces.end(), c.name) ==
+        opt.traces.end()) {
+      continue;
+    }
+    // The trace.
+    const auto gen_start = std::chrono::steady_clock::now();
+    eplb::StatusOr<LoadTrace> trace = eplb::InternalError("not loaded");
+    int top_k = 6;
+    std::string what;
+    if (c.family.empty()) {
+      trace = eplb::ReadLoadFile(opt.data_dir +
+                                 "/dsv2lite-puffin/prefill_by_prompt.csv");
+      what = "shipped DeepSeek-V2-Lite trace, one prompt per step";
+      if (trace.ok() && opt.quick && trace->num_steps() > c.quick_steps) {
+        LoadTrace prefix(c.quick_steps, trace->num_layers(),
+                         trace->num_experts());
+        std::copy_n(trace->data().begin(), prefix.data().size(),
+                    prefix.mutable_data().begin());
+        trace = std::move(prefix);
+      }
+    } else {
+      eplb::bench::TraceSpec spec;
+      spec.family = c.family;
+      spec.fold = c.fold;
+      spec.steps = opt.quick ? c.quick_steps : 0;
+      spec.data_dir = opt.data_dir;
+      trace = eplb::bench::GenerateTrace(spec);
+      const eplb::bench::FamilyInfo info = *eplb::bench::FindFamily(c.family);
+      top_k = info.top_k;
+      what = "`" + c.family + "`" +
+             (c.fold >= 0
+                  ? " fold " + std::to_string(c.fold)
+                  : (info.fixed_shape && info.tokens == 0 ? "" : " seed 1"));
+    }
+    if (!trace.ok()) {
+      std::fprintf(stderr, "eplb_bench_dynamic: %s: %s\n", c.name.c_str(),
+                   trace.status().message().c_str());
+      return 1;
+    }
+    const double gen_s = SecondsSince(gen_start);
+    const int layers = trace->num_layers(), experts = trace->num_experts();
+    eplb::ModelSpec model =
+        c.model.empty() ? ModelFor(*trace) : *eplb::FindModelPreset(c.model);
+    eplb::StatusOr<Topology> topology =
+        eplb::MakeTopologyFromRedundant(experts, c.ranks, c.redundant);
+    if (!topology.ok()) {
+      std::fprintf(stderr, "eplb_bench_dynamic: %s: %s\n", c.name.c_str(),
+                   topology.status().message().c_str());
+      return 1;
+    }
+    const eplb::bench::TraceStats st = eplb::bench::MeasureTrace(*trace, top_k);
+    trace_lines.push_back(
+        "| " + c.name + " | " + what + " | " +
+        std::to_string(trace->num_steps()) + " x " + std::to_string(layers) +
+        " x " + std::to_string(experts) + ", top-" + std::to_string(top_k) +
+        " | " + model.name + ", EP" + std::to_string(c.ranks) + " + " +
+        std::to_string(c.redundant) + " | " + Fixed(st.tokens_mean, 0) + " (" +
+        std::to_string(st.tokens_min) + "–" + std::to_string(st.tokens_max) +
+        ") | " + Fixed(st.hottest_share_median, 3) + " / " +
+        Fixed(st.hottest_share_p90, 3) + " | " + Fixed(st.hot_set_overlap, 2) +
+        " | " + std::to_string(c.steady_from) + " | " + Fixed(gen_s, 1) +
+        " s |");
+    const Placement initial = Placement::Initial(layers, experts, *topology);
+
+    for (DispatchMode mode : opt.dispatches) {
+      const std::string dname(eplb::DispatchModeName(mode));
+      const std::optional<RankLoadsFn> loads = RankLoadsUnder(mode);
+      // No balancing: the initial placement throughout. Whole-trace figures
+      // come from the replay below; the steady-state ones are scored here.
+      Row none{.trace = c.name, .dispatch = dname, .label = "no balancing"};
+      std::optional<Figures> none_whole_here;
+      if (loads) {
+        const auto s = Summarise(ScoreWindows(
+                                     *trace, *topology, trace->num_steps(),
+                                     [&](int, int) { return initial; }, *loads),
+                                 layers, c.steady_from);
+        none_whole_here = s.first;
+        none.steady = s.second;
+      }
+      const size_t none_index = rows.size();
+      rows.push_back(none);
+      // The window-clairvoyant floor.
+      if (!loads) {
+        rows.push_back(
+            {.trace = c.name,
+             .dispatch = dname,
+             .label = "floor under " + dname + " dispatch: not yet available"});
+      }
+      for (const char* fp : kFloorPolicies) {
+        if (!loads) break;
+        Row floor{.trace = c.name,
+                  .dispatch = dname,
+                  .label = std::string("floor (") + fp + ", per window)"};
+        const auto t0 = std::chrono::steady_clock::now();
+        std::unique_ptr<eplb::Policy> policy = *eplb::CreatePolicy(fp);
+        bool failed = false;
+        const auto plan = [&](int begin, int end) {
+          const eplb::LoadMatrix agg = trace->Aggregate(begin, end);
+          eplb::StatusOr<eplb::Plan> p = policy->Rebalance(
+              {&initial, &agg, nullptr, *topology}, eplb::PolicyOptions{});
+          if (!p.ok()) {
+            failed = true;
+            return initial;
+          }
+          return p->placement;
+        };
+        const auto s = Summarise(
+            ScoreWindows(*trace, *topology, kHeatInterval, plan, *loads),
+            layers, c.steady_from);
+        if (failed)
+          notes.push_back(c.name + ": a floor plan by " + fp + " failed");
+        floor.whole = s.first;
+        floor.steady = s.second;
+        floor.seconds = Fixed(SecondsSince(t0), 1);
+        rows.push_back(floor);
+      }
+      // The policies through the dynamic cycle.
+      for (const std::string& name : opt.policies) {
+        eplb::ReplayOptions o;
+        o.model = model;
+        o.hardware = *eplb::FindHardwareProfile("a2");
+        o.topology = *topology;
+        o.config.dynamic_eplb = true;
+        o.config.expert_heat_collection_interval = kHeatInterval;
+        o.config.algorithm_execution_interval = kAlgoInterval;
+        o.config.num_redundant_experts = c.redundant;
+        o.policy = name;
+        o.dispatch = mode;
+        o.steady_from = c.steady_from;
+        o.pace = false;
+        o.log = [&](std::string_view line) {
+          std::fprintf(stderr, "eplb_bench_dynamic: %s %s %s: %.*s\n",
+                       c.name.c_str(), dname.c_str(), name.c_str(),
+                       static_cast<int>(line.size()), line.data());
+        };
+        const auto t0 = std::chrono::steady_clock::now();
+        eplb::StatusOr<eplb::ReplayResult> r = eplb::RunReplay(*trace, o);
+        const double secs = SecondsSince(t0);
+        if (!r.ok()) {
+          std::fprintf(stderr, "eplb_bench_dynamic: %s %s %s: %s\n",
+                       c.name.c_str(), dname.c_str(), name.c_str(),
+                       r.status().message().c_str());
+          return 1;
+        }
+        std::fprintf(stderr, "%-16s %-8s %-8s %6.1f s  median %.3f p90 %.3f\n",
+                     c.name.c_str(), dname.c_str(), name.c_str(), secs,
+                     r->imbalance.median, r->imbalance.p90);
+        Row row{.trace = c.name, .dispatch = dname, .label = r->policy};
+        row.whole = Figures{r->imbalance.median, r->imbalance.p90};
+        if (r->imbalance_by_step_layer.size() ==
+            static_cast<size_t>(r->steps) * layers) {
+          row.steady =
+              Summarise(r->imbalance_by_step_layer, layers, c.steady_from)
+                  .second;
+        } else {
+          steady_missing = true;
+        }
+        row.moved = Fixed(100 * r->moved_per_rebalance, 1) + "%";
+        row.rebalances = std::to_string(r->rebalances);
+        row.late = std::to_string(r->cycles_late);
+        row.seconds = Fixed(secs, 1);
+        if (r->plans_failed > 0) {
+          notes.push_back(c.name + " " + dname + " " + name + ": " +
+                          std::to_string(r->plans_failed) + " plans failed");
+        }
+        rows.push_back(row);
+        // The replay's own no-balancing figures, checked against ours.
+        Row& none_row = rows[none_index];
+        if (!none_row.whole) {
+          none_row.whole =
+              Figures{r->baseline_imbalance.median, r->baseline_imbalance.p90};
+          if (none_whole_here &&
+              (none_whole_here->median != none_row.whole->median ||
+               none_whole_here->p90 != none_row.whole->p90)) {
+            notes.push_back(c.name + " " + dname +
+                            ": the replay's no-balancing figures (" +
+                            Fixed(none_row.whole->median, 4) + " / " +
+                            Fixed(none_row.whole->p90, 4) +
+                            ") differ from the harness's own scoring (" +
+                            Fixed(none_whole_here->median, 4) + " / " +
+                            Fixed(none_whole_here->p90, 4) + ")");
+          }
+        }
+      }
+      if (!rows[none_index].whole) rows[none_index].whole = none_whole_here;
+    }
+    // Dispatches whose policy rows came out the same in every figure.
+    for (size_t d = 1; d < opt.dispatches.size(); ++d) {
+      const std::string a(eplb::DispatchModeName(opt.dispatches[0]));
+      const std::string b(eplb::DispatchModeName(opt.dispatches[d]));
+      bool same = !opt.policies.empty();
+      for (const std::string& p : opt.policies) {
+        const Row *ra = nullptr, *rb = nullptr;
+        for (const Row& row : rows) {
+          if (row.trace != c.name || row.label != p) continue;
+          if (row.dispatch == a) ra = &row;
+          if (row.dispatch == b) rb = &row;
+        }
+        same = same && ra && rb && ra->whole && rb->whole &&
+               ra->whole->median == rb->whole->median &&
+               ra->whole->p90 == rb->whole->p90 && ra->moved == rb->moved &&
+               ra->rebalances == rb->rebalances;
+      }
+      if (same) same_dispatch[a + " and " + b].push_back(c.name);
+    }
+  }
+
+  // The report.
+  std::string md;
+  md += "# Dynamic balancing on traffic the policies were not tuned on\n\n";
+  md += "`" + opt.command + "` — " + MachineLine() + "; total run time " +
+        Fixed(SecondsSince(run_start), 0) + " s.\n\n";
+  md +=
+      "Every row replays the trace through the dynamic cycle "
+      "(`eplb::RunReplay`, lockstep simulation: `pace = false`, the same "
+      "figures on every machine) with H = " +
+      std::to_string(kHeatInterval) +
+      " steps of heat per cycle and A = " + std::to_string(kAlgoInterval) +
+      " steps for the plan, one trace step per replay step. Figures are the "
+      "realized imbalance (busiest rank's tokens over the mean rank's) of "
+      "every (step, layer) that routed a token, median and p90 by nearest "
+      "rank, over the whole trace and from the steady-state step on. "
+      "`default` is DeepSeek's algorithm through the same cycle. `no "
+      "balancing` serves the initial placement throughout; `floor` plans, "
+      "for each consecutive window of H steps, on that very window's "
+      "aggregate from the initial placement and serves it during the window "
+      "(clairvoyant: what a planner that knew each window in advance would "
+      "get). Moved: slots moved per rebalance over all slots; late: cycles "
+      "whose plan missed its step; s: wall-clock seconds of the replay (or "
+      "of the floor's planning and scoring).\n\n";
+  md +=
+      "| trace | what | steps x layers x experts | model, EP group | tokens "
+      "per step: mean (range) | hottest share median / p90 | hot-set overlap "
+      "| steady from | generated in |\n|---|---|---|---|---|---|---|---|---|\n";
+  for (const std::string& l : trace_lines) md += l + "\n";
+  md +=
+      "\nHottest share: the busiest expert's tokens over the step's tokens, "
+      "per (step, layer). Hot-set overlap: the share of one 16-step window's "
+      "8 hottest experts (per layer) still among the next window's 8 hottest "
+      "(1 = a stable hot set).\n\n";
+  md +=
+      "| trace | dispatch | policy | median | p90 | steady median | steady "
+      "p90 | moved per rebalance | rebalances | late | s |\n"
+      "|---|---|---|---|---|---|---|---|---|---|---|\n";
+  for (const Row& r : rows) {
+    md += "| " + r.trace + " | " + r.dispatch + " | " + r.label + " | " +
+          Cell(r.whole, true) + " | " + Cell(r.whole, false) + " | " +
+          Cell(r.steady, true) + " | " + Cell(r.steady, false) + " | " +
+          r.moved + " | " + r.rebalances + " | " + r.late + " | " + r.seconds +
+          " |\n";
+  }
+  for (const auto& [pair, traces] : same_dispatch) {
+    std::string list;
+    for (const std::string& t : traces) list += (list.empty() ? "" : ", ") + t;
+    notes.push_back("every policy's rows under " + pair +
+                    " dispatch are the same in every figure shown (the "
+                    "replays did not differ) on: " +
+                    list);
+  }
+  if (steady_missing) {
+    notes.push_back(
+        "steady-state figures of the policies: n/a, as the replay returned "
+        "no per-(step, layer) imbalance log (ReplayResult::"
+        "imbalance_by_step_layer empty)");
+  }
+  if (!notes.empty()) {
+    md += "\nNotes:\n\n";
+    for (const std::string& n : notes) md += "- " + n + "\n";
+  }
+  std::fputs(md.c_str(), stdout);
+  if (!opt.out.empty()) {
+    if (eplb::Status s = eplb::WriteFileAtomic(opt.out, md); !s.ok()) {
+      std::fprintf(stderr, "eplb_bench_dynamic: %s\n", s.message().c_str());
+      return 1;
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "eplb_bench_dynamic: every policy through the dynamic cycle on "
+      "unseen traffic families"};
+  std::string traces, policies, dispatches;
+  Options opt;
+  opt.data_dir = std::string(EPLB_SOURCE_DIR) + "/data";
+  std::string all_traces;
+  for (const TraceCase& c : AllCases()) {
+    all_traces += (all_traces.empty() ? "" : ",") + c.name;
+  }
+  app.add_option("--traces", traces,
+                 "Comma-separated traces (default: " + all_traces + ")");
+  app.add_option("--policies", policies,
+                 "Comma-separated policies (default: swift,flashlb,default)");
+  app.add_option("--dispatches", dispatches,
+                 "Comma-separated dispatches (default: rr,balanced)");
+  app.add_flag("--quick", opt.quick,
+               "Fewer steps (200; dsv3 120) for iterating");
+  app.add_option("--data-dir", opt.data_dir, "The repository's data/");
+  app.add_option("--out", opt.out, "Also write the Markdown to this file");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::Success& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "eplb_bench_dynamic: %s (see --help)\n", e.what());
+    return 2;
+  }
+  const std::vector<std::string> names = Split(all_traces);
+  opt.traces = Split(traces.empty() ? all_traces : traces);
+  for (const std::string& t : opt.traces) {
+    if (std::find(names.begin(), names.end(), t) == names.end()) {
+      std::fprintf(stderr,
+                   "eplb_bench_dynamic: --traces %s: must be among %s\n",
+                   t.c_str(), all_traces.c_str());
+      return 2;
+    }
+  }
+  if (policies.empty()) {
+    for (const char* p : kPolicies) opt.policies.push_back(p);
+  } else {
+    opt.policies = Split(policies);
+  }
+  for (const std::string& p : opt.policies) {
+    if (!eplb::CreatePolicy(p).ok()) {
+      std::fprintf(stderr, "eplb_bench_dynamic: --policies %s: %s\n", p.c_str(),
+                   eplb::CreatePolicy(p).status().message().c_str());
+      return 2;
+    }
+  }
+  if (dispatches.empty()) {
+    opt.dispatches.assign(std::begin(kDispatches), std::end(kDispatches));
+  } else {
+    for (const std::string& d : Split(dispatches)) {
+      eplb::StatusOr<DispatchMode> m = eplb::ParseDispatchMode(d);
+      if (!m.ok()) {
+        std::fprintf(stderr, "eplb_bench_dynamic: --dispatches %s\n",
+                     m.status().message().c_str());
+        return 2;
+      }
+      opt.dispatches.push_back(*m);
+    }
+  }
+  opt.command = "eplb_bench_dynamic";
+  for (int i = 1; i < argc; ++i) opt.command += std::string(" ") + argv[i];
+  return Run(opt);
+}
