@@ -123,8 +123,9 @@ class BalancedDispatcher {
 
   template <typename Count>
   int64_t Quotas(std::span<const Count> counts, std::span<int64_t> slot_quota);
-  // One shortest augmenting path under `cap`: returns the tokens it placed,
-  // 0 when there is none (then the search's reach marks a minimum cut).
+  // Shortest augmenting paths under `cap`, all of one length: returns the
+  // tokens they placed, 0 when there is none (then the search's reach marks
+  // a minimum cut).
   int64_t Augment(int64_t cap);
   void StartCursors(std::span<const int64_t> offsets);
   void Advance(size_t expert);
@@ -139,10 +140,12 @@ class BalancedDispatcher {
   bool has_quotas_ = false;
 
   // --- Per placement. ---
-  std::vector<int32_t> layer_;          // [S] physical -> logical.
   std::vector<int32_t> replica_begin_;  // [E+1] CSR into replicas_.
   std::vector<int32_t> replicas_;       // [S] physical ids, ascending per e.
-  std::vector<int32_t> slot_edge_;      // [S] flow edge of a slot, or -1.
+  // Slots of the experts with one replica (fixed loads), by rank (CSR).
+  std::vector<int32_t> fixed_begin_;   // [R+1]
+  std::vector<int32_t> fixed_slot_;    // [fixed] physical id.
+  std::vector<int32_t> fixed_expert_;  // [fixed] its expert.
   // The flow graph of the replicated experts ("nodes", ascending expert id):
   // one edge per replica, from the node to the replica's rank.
   int num_nodes_ = 0;
@@ -150,6 +153,7 @@ class BalancedDispatcher {
   std::vector<int32_t> node_edge_begin_;  // [nodes+1] CSR: edges by node.
   std::vector<int32_t> edge_node_;        // [edges]
   std::vector<int32_t> edge_rank_;        // [edges]
+  std::vector<int32_t> edge_slot_;        // [edges] physical id.
   std::vector<int32_t> rank_edge_begin_;  // [R+1] CSR into rank_edges_.
   std::vector<int32_t> rank_edges_;       // Edges by rank, ascending.
 
@@ -161,6 +165,7 @@ class BalancedDispatcher {
   std::vector<int32_t> node_parent_;  // [nodes] BFS: edge it came by.
   std::vector<int32_t> rank_parent_;  // [R] BFS: edge it came by.
   std::vector<int32_t> queue_;        // [nodes] BFS queue.
+  std::vector<int32_t> found_;        // [R] BFS: ranks below cap reached.
 
   // --- Per MapTokens call. ---
   std::vector<Cursor> cursor_;         // [E+1]; [E] catches bad ids.
