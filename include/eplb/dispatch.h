@@ -114,21 +114,18 @@ class BalancedDispatcher {
                  std::span<int64_t> physical_ids);
 
  private:
-  // MapTokens' cursor on one expert: the physical slot its next occurrence
-  // goes to and how many more occurrences that slot takes.
-  struct Cursor {
-    int64_t left;  // Occurrences before moving to the next replica.
-    int64_t slot;  // Physical id (-1: the out-of-range entry [E]).
-  };
-
   template <typename Count>
   int64_t Quotas(std::span<const Count> counts, std::span<int64_t> slot_quota);
   // Shortest augmenting paths under `cap`, all of one length: returns the
   // tokens they placed, 0 when there is none (then the search's reach marks
   // a minimum cut).
   int64_t Augment(int64_t cap);
+  // Sets cursor x to `left` occurrences (kNever: unbounded) on `slot`.
+  void SetCursor(size_t x, int64_t left, int32_t slot);
   void StartCursors(std::span<const int64_t> offsets);
-  void Advance(size_t expert);
+  // Cursor x ran out: refill it from its reserve, or move to the expert's
+  // next replica with a quota. `cursor` is cursor_.data().
+  void Advance(uint64_t* cursor, size_t x);
   template <typename Id>
   void Map(std::span<const Id> topk_ids, std::span<const int64_t> offsets,
            std::span<Id> physical_ids);
@@ -167,8 +164,15 @@ class BalancedDispatcher {
   std::vector<int32_t> queue_;        // [nodes] BFS queue.
   std::vector<int32_t> found_;        // [R] BFS: ranks below cap reached.
 
-  // --- Per MapTokens call. ---
-  std::vector<Cursor> cursor_;         // [E+1]; [E] catches bad ids.
+  // --- MapTokens' cursors. ---
+  // One word per expert, so that a token costs one load and one store: the
+  // low 32 bits hold the physical id its next occurrence goes to (-1 in
+  // entry [E], where out-of-range ids go), the high 32 bits how many more
+  // occurrences that slot takes; what does not fit waits in reserve_. An
+  // expert with one replica (and entry [E]) never runs out, so only the
+  // replicated experts' cursors are set per call.
+  std::vector<uint64_t> cursor_;       // [E+1]
+  std::vector<int64_t> reserve_;       // [E+1] kNever: unbounded.
   std::vector<int32_t> replica_at_;    // [E] index in e's replica list.
   std::vector<int32_t> last_replica_;  // [E] where e's counted tokens end.
 };
