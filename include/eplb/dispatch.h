@@ -87,14 +87,14 @@ class BalancedDispatcher {
 
   // Per-token mapping honouring the quotas of the last ComputeQuotas call:
   // `topk_ids` [T*top_k] logical ids in token order -> `physical_ids` (same
-  // size; may not alias). The occurrences of expert e, in token order, fill
-  // e's replicas in ascending physical id: the first quota[p0] go to p0, the
-  // next quota[p1] to p1, and so on (replicas with quota 0 get none).
-  // Occurrences beyond e's counted tokens stay on the replica the counted
-  // ones ended on (e's first replica when it had no counted tokens), so a
-  // miscount never sends a token to a slot without e. Ids outside [0, E) map
-  // to -1. Precondition: ComputeQuotas was called since SetPlacement.
-  // O(E + R*K + T*top_k); never allocates.
+  // size, not overlapping `topk_ids`). The occurrences of expert e, in token
+  // order, fill e's replicas in ascending physical id: the first quota[p0] go
+  // to p0, the next quota[p1] to p1, and so on (replicas with quota 0 get
+  // none). Occurrences beyond e's counted tokens stay on the replica the
+  // counted ones ended on (e's first replica when it had no counted tokens), so
+  // a miscount never sends a token to a slot without e. Ids outside [0, E) map
+  // to -1 and take no quota. Precondition: ComputeQuotas was called since
+  // SetPlacement. O(R*K + T*top_k) (plus O(E) with offsets); never allocates.
   void MapTokens(std::span<const int32_t> topk_ids,
                  std::span<int32_t> physical_ids);
   void MapTokens(std::span<const int64_t> topk_ids,
