@@ -1,11 +1,8 @@
 // Heat recorder hot-path speed (spec §4) in the DeepSeek-V3 shape: 58 MoE
 // layers, E = 256 experts, 288 slots (32 ranks x 9), top-8 routing. Router
 // ids come from fixed-seed generators:
-// - "real" (the default cases): each token picks 8 distinct experts, one
-//   after another, with probability proportional to a real layer's expert
-//   loads (the most skewed layer of DeepSeek-V3's prefill_in1024, hottest
-//   expert about 8x the mean). Hot experts come early in a token, as in the
-//   router's score-sorted top-k.
+// - "real" (the default cases): drawn from the most skewed layer of
+//   DeepSeek-V3's prefill_in1024 (dsv3_workload.h);
 // - "stress" (BM_*_Stress): a third of the picks go to 4 experts (each about
 //   22x the mean), far more skewed than real routing; hot counters are then
 //   read and written back to back, the hard case for counting.
@@ -19,25 +16,29 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
-#include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <random>
 #include <vector>
 
-#include "eplb/io.h"
+#include "dsv3_workload.h"
 #include "eplb/placement.h"
 #include "eplb/recorder.h"
 #include "eplb/topology.h"
 
 namespace {
 
-constexpr int kLayers = 58;
-constexpr int kExperts = 256;
-constexpr int kRanks = 32;
-constexpr int kSlotsPerRank = 9;  // 288 slots: 32 redundant.
-constexpr int kTopK = 8;
+using eplb_bench::kExperts;
+using eplb_bench::kLayers;
+using eplb_bench::kRanks;
+using eplb_bench::kSlotsPerRank;
+using eplb_bench::kTopK;
+
+// Real router ids (the default seed), as a generator the benchmarks take.
+template <typename Id>
+std::vector<Id> RealTopkIds(int64_t tokens) {
+  return eplb_bench::RealTopkIds<Id>(tokens);
+}
 
 // [tokens][kTopK] router output: distinct experts per token, a third of the
 // picks on 4 experts.
@@ -57,63 +58,6 @@ std::vector<Id> StressTopkIds(int64_t tokens) {
       bool seen = false;
       for (size_t i = begin; i < ids.size(); ++i) seen = seen || ids[i] == e;
       if (!seen) ids.push_back(e);
-    }
-  }
-  return ids;
-}
-
-// Expert loads of the most skewed layer (largest max / mean) of the shipped
-// DeepSeek-V3 prefill_in1024 aggregate.
-std::vector<double> RealLayerLoads() {
-  auto trace = eplb::ReadSglangLogicalCount(
-      EPLB_SOURCE_DIR "/data/dsv3-sglang/prefill_in1024.json");
-  if (!trace.ok() || trace->num_experts() != kExperts) {
-    std::fprintf(stderr, "recorder bench: cannot read prefill_in1024: %s\n",
-                 trace.status().ToString().c_str());
-    std::exit(1);
-  }
-  std::vector<double> best;
-  double best_skew = 0;
-  for (int l = 0; l < trace->num_layers(); ++l) {
-    std::vector<double> loads(kExperts);
-    double sum = 0, max = 0;
-    for (int e = 0; e < kExperts; ++e) {
-      loads[e] = trace->at(0, l, e);
-      sum += loads[e];
-      max = std::max(max, loads[e]);
-    }
-    if (sum > 0 && max * kExperts / sum > best_skew) {
-      best_skew = max * kExperts / sum;
-      best = loads;
-    }
-  }
-  return best;
-}
-
-// [tokens][kTopK] router output: per token, 8 distinct experts drawn one
-// after another in proportion to a real layer's loads.
-template <typename Id>
-std::vector<Id> RealTopkIds(int64_t tokens) {
-  static const std::vector<double> loads = RealLayerLoads();
-  std::mt19937_64 rng(42);
-  std::vector<Id> ids;
-  ids.reserve(static_cast<size_t>(tokens) * kTopK);
-  std::uniform_real_distribution<double> unit(0.0, 1.0);
-  std::vector<double> weights;
-  for (int64_t t = 0; t < tokens; ++t) {
-    weights = loads;
-    double total = 0;
-    for (double w : weights) total += w;
-    for (int k = 0; k < kTopK; ++k) {
-      double r = unit(rng) * total;
-      int e = 0;
-      while (e + 1 < kExperts && (r >= weights[e] || weights[e] == 0)) {
-        r -= weights[e];
-        ++e;
-      }
-      total -= weights[e];
-      weights[e] = 0;
-      ids.push_back(static_cast<Id>(e));
     }
   }
   return ids;

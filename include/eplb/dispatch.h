@@ -87,14 +87,14 @@ class BalancedDispatcher {
 
   // Per-token mapping honouring the quotas of the last ComputeQuotas call:
   // `topk_ids` [T*top_k] logical ids in token order -> `physical_ids` (same
-  // size; may not alias). The occurrences of expert e, in token order, fill
-  // e's replicas in ascending physical id: the first quota[p0] go to p0, the
-  // next quota[p1] to p1, and so on (replicas with quota 0 get none).
-  // Occurrences beyond e's counted tokens stay on the replica the counted
-  // ones ended on (e's first replica when it had no counted tokens), so a
-  // miscount never sends a token to a slot without e. Ids outside [0, E) map
-  // to -1. Precondition: ComputeQuotas was called since SetPlacement.
-  // O(E + R*K + T*top_k); never allocates.
+  // size, not overlapping `topk_ids`). The occurrences of expert e, in token
+  // order, fill e's replicas in ascending physical id: the first quota[p0] go
+  // to p0, the next quota[p1] to p1, and so on (replicas with quota 0 get
+  // none). Occurrences beyond e's counted tokens stay on the replica the
+  // counted ones ended on (e's first replica when it had no counted tokens), so
+  // a miscount never sends a token to a slot without e. Ids outside [0, E) map
+  // to -1 and take no quota. Precondition: ComputeQuotas was called since
+  // SetPlacement. O(R*K + T*top_k) (plus O(E) with offsets); never allocates.
   void MapTokens(std::span<const int32_t> topk_ids,
                  std::span<int32_t> physical_ids);
   void MapTokens(std::span<const int64_t> topk_ids,
@@ -114,20 +114,18 @@ class BalancedDispatcher {
                  std::span<int64_t> physical_ids);
 
  private:
-  // MapTokens' cursor on one expert: the physical slot its next occurrence
-  // goes to and how many more occurrences that slot takes.
-  struct Cursor {
-    int64_t left;  // Occurrences before moving to the next replica.
-    int64_t slot;  // Physical id (-1: the out-of-range entry [E]).
-  };
-
   template <typename Count>
   int64_t Quotas(std::span<const Count> counts, std::span<int64_t> slot_quota);
-  // One shortest augmenting path under `cap`: returns the tokens it placed,
-  // 0 when there is none (then the search's reach marks a minimum cut).
+  // Shortest augmenting paths under `cap`, all of one length: returns the
+  // tokens they placed, 0 when there is none (then the search's reach marks
+  // a minimum cut).
   int64_t Augment(int64_t cap);
+  // Sets cursor x to `left` occurrences (kNever: unbounded) on `slot`.
+  void SetCursor(size_t x, int64_t left, int32_t slot);
   void StartCursors(std::span<const int64_t> offsets);
-  void Advance(size_t expert);
+  // Cursor x ran out: refill it from its reserve, or move to the expert's
+  // next replica with a quota. `cursor` is cursor_.data().
+  void Advance(uint64_t* cursor, size_t x);
   template <typename Id>
   void Map(std::span<const Id> topk_ids, std::span<const int64_t> offsets,
            std::span<Id> physical_ids);
@@ -139,10 +137,12 @@ class BalancedDispatcher {
   bool has_quotas_ = false;
 
   // --- Per placement. ---
-  std::vector<int32_t> layer_;          // [S] physical -> logical.
   std::vector<int32_t> replica_begin_;  // [E+1] CSR into replicas_.
   std::vector<int32_t> replicas_;       // [S] physical ids, ascending per e.
-  std::vector<int32_t> slot_edge_;      // [S] flow edge of a slot, or -1.
+  // Slots of the experts with one replica (fixed loads), by rank (CSR).
+  std::vector<int32_t> fixed_begin_;   // [R+1]
+  std::vector<int32_t> fixed_slot_;    // [fixed] physical id.
+  std::vector<int32_t> fixed_expert_;  // [fixed] its expert.
   // The flow graph of the replicated experts ("nodes", ascending expert id):
   // one edge per replica, from the node to the replica's rank.
   int num_nodes_ = 0;
@@ -150,6 +150,7 @@ class BalancedDispatcher {
   std::vector<int32_t> node_edge_begin_;  // [nodes+1] CSR: edges by node.
   std::vector<int32_t> edge_node_;        // [edges]
   std::vector<int32_t> edge_rank_;        // [edges]
+  std::vector<int32_t> edge_slot_;        // [edges] physical id.
   std::vector<int32_t> rank_edge_begin_;  // [R+1] CSR into rank_edges_.
   std::vector<int32_t> rank_edges_;       // Edges by rank, ascending.
 
@@ -161,9 +162,17 @@ class BalancedDispatcher {
   std::vector<int32_t> node_parent_;  // [nodes] BFS: edge it came by.
   std::vector<int32_t> rank_parent_;  // [R] BFS: edge it came by.
   std::vector<int32_t> queue_;        // [nodes] BFS queue.
+  std::vector<int32_t> found_;        // [R] BFS: ranks below cap reached.
 
-  // --- Per MapTokens call. ---
-  std::vector<Cursor> cursor_;         // [E+1]; [E] catches bad ids.
+  // --- MapTokens' cursors. ---
+  // One word per expert, so that a token costs one load and one store: the
+  // low 32 bits hold the physical id its next occurrence goes to (-1 in
+  // entry [E], where out-of-range ids go), the high 32 bits how many more
+  // occurrences that slot takes; what does not fit waits in reserve_. An
+  // expert with one replica (and entry [E]) never runs out, so only the
+  // replicated experts' cursors are set per call.
+  std::vector<uint64_t> cursor_;       // [E+1]
+  std::vector<int64_t> reserve_;       // [E+1] kNever: unbounded.
   std::vector<int32_t> replica_at_;    // [E] index in e's replica list.
   std::vector<int32_t> last_replica_;  // [E] where e's counted tokens end.
 };

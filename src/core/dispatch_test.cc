@@ -585,6 +585,27 @@ TEST(BalancedDispatcherTest, MapTokensKeepsUncountedTokensOnTheLastReplica) {
   EXPECT_EQ(mapped, (std::vector<int32_t>{6, 2, 6, 6, 6, 6, 6, 6, 6, 2, 6, 6}));
 }
 
+TEST(BalancedDispatcherTest, QuotasBeyond32BitsMapFromAnyOffset) {
+  // 2 ranks x 2: experts 0 and 1 on both ranks.
+  const std::vector<int32_t> layer = {0, 1, 1, 0};
+  BalancedDispatcher d(2, 2, 2);
+  d.SetPlacement(layer);
+  std::vector<int64_t> quota(4);
+  const int64_t half = 5'000'000'000;  // Above 2^32.
+  EXPECT_EQ(d.ComputeQuotas(std::vector<int64_t>{2 * half, 0}, quota), half);
+  ASSERT_EQ(quota, (std::vector<int64_t>{half, 0, 0, half}));
+  const std::vector<int32_t> ids = {0, 0, 1, 0, 0, 0};
+  std::vector<int32_t> mapped(ids.size());
+  d.MapTokens(ids, mapped);
+  EXPECT_EQ(mapped, (std::vector<int32_t>{0, 0, 1, 0, 0, 0}));
+  // Two tokens short of the first replica's quota.
+  d.MapTokens(ids, std::vector<int64_t>{half - 2, 0}, mapped);
+  EXPECT_EQ(mapped, (std::vector<int32_t>{0, 0, 1, 3, 3, 3}));
+  // Past every counted token: the last replica.
+  d.MapTokens(ids, std::vector<int64_t>{2 * half + 7, 0}, mapped);
+  EXPECT_EQ(mapped, (std::vector<int32_t>{3, 3, 1, 3, 3, 3}));
+}
+
 TEST(BalancedDispatcherTest, MapTokensWithOffsetsHonoursTheQuotasAcrossRanks) {
   for (uint64_t seed = 0; seed < 20; ++seed) {
     SCOPED_TRACE("seed " + std::to_string(seed));
