@@ -223,6 +223,60 @@ void GenDomains(Gen& g) {
   }
 }
 
+// topics: decode traffic switching abruptly between three topics, like
+// `domains`, but without surges: within a topic each layer's popularity is
+// stable (a random permutation of 1 / (rank + q)^s per topic and layer: s =
+// 1 with q uniform in 0.3-1.5, or for a third of them s = 1.5 with q in
+// 1.2-3.5, so the hottest expert takes 14-46% of a layer's tokens),
+// and only a mild per-step jitter (each expert's weight x a factor in
+// 0.625-1.375, the sum of 4 uniform draws) and the token draws vary. A
+// topic lasts 60-200 steps (uniform). The hot experts persist within a
+// topic, so a plan of the last window predicts the next one well, unlike
+// `domains`, whose surges no plan can foresee.
+void GenTopics(Gen& g) {
+  constexpr int kTopics = 3;
+  std::vector<std::vector<std::vector<uint64_t>>> pop(kTopics);
+  for (int d = 0; d < kTopics; ++d) {
+    for (int l = 0; l < g.layers; ++l) {
+      Rng rng = g.Stream(kPopularityStream, d, l);
+      // A third of the layers are steeper (s = 1.5).
+      const bool steep = rng.Below(3) == 0;
+      const uint64_t q_milli = static_cast<uint64_t>(
+          steep ? rng.Between(1200, 3500) : rng.Between(300, 1500));
+      const std::vector<uint64_t> zipf =
+          ZipfWeights(g.experts, q_milli, steep ? 3 : 2);
+      pop[d].push_back(Scatter(zipf, Permutation(g.experts, rng)));
+    }
+  }
+  std::vector<int> topic(g.steps);
+  {
+    Rng rng = g.Stream(kScheduleStream);
+    int d = static_cast<int>(rng.Below(kTopics));
+    for (int s = 0; s < g.steps;) {
+      const int len = static_cast<int>(rng.Between(60, 200));
+      for (int i = 0; i < len && s < g.steps; ++i) topic[s++] = d;
+      d = (d + 1 + static_cast<int>(rng.Below(kTopics - 1))) % kTopics;
+    }
+  }
+  const int64_t lo = g.tokens - g.tokens * 3 / 13;
+  const int64_t hi = g.tokens + g.tokens * 3 / 13;
+  std::vector<uint64_t> w(g.experts);
+  for (int s = 0; s < g.steps; ++s) {
+    const int64_t n = StepTokens(g.family, g.seed, s, lo, hi);
+    for (int l = 0; l < g.layers; ++l) {
+      Rng noise = g.Stream(kNoiseStream, static_cast<uint64_t>(s),
+                           static_cast<uint64_t>(l));
+      const std::vector<uint64_t>& base = pop[topic[s]][l];
+      for (int e = 0; e < g.experts; ++e) {
+        int64_t factor = 1024;
+        for (int i = 0; i < 4; ++i) factor += noise.Between(-96, 96);
+        w[e] = (base[e] >> 10) * static_cast<uint64_t>(factor) + 1;
+      }
+      g.Fill(s, l, w, n);
+    }
+  }
+}
+
 // skew: heavy, stable skew. Per layer a random permutation; the experts
 // after the hottest follow a Zipf popularity (s = 1, q = 2) and the hottest
 // is 3 to 8 times the next (uniform per layer). Nothing changes over time:
@@ -574,6 +628,10 @@ const std::vector<FamilyInfo>& Families() {
        "top-1 decode, 3 domains switching every 30-150 steps, per-layer "
        "surges (hottest share ~1/5 median, ~2/5 p90)",
        600, 24, 128, 1, 130, false},
+      {"topics",
+       "top-1 decode, 3 topics switching every 60-200 steps, each with a "
+       "stable per-layer popularity (hot experts persist within a topic)",
+       600, 24, 128, 1, 130, false},
       {"skew", "top-1, heavy stable skew: the hottest expert 3-8x the next",
        600, 24, 128, 1, 512, false},
       {"sparse", "top-2, 30-120 tokens per step over a stable hot set", 600, 24,
@@ -667,6 +725,8 @@ StatusOr<LoadTrace> GenerateTrace(const TraceSpec& spec) {
   g.trace = LoadTrace(g.steps, g.layers, g.experts);
   if (f.name == "domains") {
     GenDomains(g);
+  } else if (f.name == "topics") {
+    GenTopics(g);
   } else if (f.name == "skew") {
     GenSkew(g);
   } else if (f.name == "sparse") {

@@ -58,6 +58,9 @@ struct EplbConfig {
   // several changed layers commit in one step while the busiest receiving
   // rank's bytes fit in bandwidth x step time. 0: one layer per step.
   double eplb_link_gbytes_per_s = 0.0;
+  // Threads the background planner uses (layers are planned in parallel;
+  // the plan is the same for any count). >= 1.
+  int eplb_planner_threads = 2;
 
   // kRecording when a record path is set (it forces dynamic), else kDynamic
   // when dynamic_eplb, else kStatic when a map path is set, else kDisabled.

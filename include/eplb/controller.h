@@ -186,6 +186,7 @@ class Controller {
   size_t next_layer_ = 0;
   bool committed_this_cycle_ = false;
   bool ever_committed_ = false;
+  bool window_shifted_ = false;  // EndCollect: a shift cut the window short.
   // [L]: the imbalance each layer's serving placement was expected to meet.
   std::vector<double> expected_;
   double step_seconds_ = 0.0;    // The last step's duration.

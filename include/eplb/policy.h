@@ -37,6 +37,10 @@ struct PolicyInput {
   // is `load` (the dynamic cycle's heat interval); 0: not known, every
   // sample is alike.
   int window_steps = 0;
+  // The window was cut short because the serving placement met clearly more
+  // imbalance than planned (the controller's shift re-plan): the traffic
+  // moved, and its newest steps are what comes next.
+  bool window_shifted = false;
 };
 
 struct PolicyOptions {
@@ -57,6 +61,10 @@ struct PolicyOptions {
   // score as a re-plan's do (still outside the budget), so that the first
   // plan commits sooner, more layers fitting a step's transfers.
   bool quick_first_plan = false;
+  // Swift and FlashLB: threads that plan layers in parallel (the calling
+  // thread is one of them). Layers are independent, so any count gives the
+  // same plan, bit for bit.
+  int num_threads = 1;
 };
 
 // Which of its candidates a policy chose for a layer.

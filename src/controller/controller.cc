@@ -36,6 +36,7 @@ struct Controller::Planner {
     Placement current;
     LoadMatrix load;
     std::vector<LoadTrace> windows;  // Logical per-step loads, oldest first.
+    bool shifted = false;  // The newest window was cut short by a shift.
   };
 
   Policy* policy = nullptr;
@@ -87,7 +88,8 @@ struct Controller::Planner {
       TakeWindows();
       try {
         result = policy->Rebalance(
-            {&job.current, &job.load, &samples, topology, window_steps},
+            {&job.current, &job.load, &samples, topology, window_steps,
+             job.shifted},
             options);
       } catch (const std::exception& e) {
         result = InternalError(std::string("policy threw: ") + e.what());
@@ -151,6 +153,7 @@ StatusOr<std::unique_ptr<Controller>> Controller::Create(ControllerOptions o) {
   c->planner_->options.dispatch = o.config.eplb_dispatch;
   c->planner_->options.migration_budget = o.config.eplb_migration_budget;
   c->planner_->options.quick_first_plan = true;
+  c->planner_->options.num_threads = o.config.eplb_planner_threads;
   c->planner_->topology = t;
   c->planner_->clock = o.clock;
   c->planner_->keep =
@@ -222,7 +225,9 @@ void Controller::AfterForward(int64_t num_tokens, double step_seconds) {
                  cycle_step_ >= kMinWarmupSteps && HeatShowsImbalance()) {
         // The planner sees a short window; the plan is due A steps later
         // as usual.
+        window_shifted_ = ever_committed_;
         EndCollect();
+        window_shifted_ = false;
         if (phase_ == Phase::kPlan) cycle_step_ = h;
       }
       break;
@@ -264,6 +269,10 @@ bool Controller::HeatShowsImbalance() const {
     if (peak / mean - expected_[l] > kWarmupNoiseFactor * noise) ++clear;
   }
   // Most layers must show it: one noisy layer is no reason to plan early.
+  // A shift must show in three layers of four: bursty traffic (a few
+  // prompts unlike the rest) lifts half the layers beyond Poisson noise now
+  // and then, a new topic nearly all of them.
+  if (ever_committed_) return loaded > 0 && 4 * clear >= 3 * loaded;
   return loaded > 0 && 2 * clear > loaded;
 }
 
@@ -295,6 +304,7 @@ void Controller::EndCollect() {
   job.current = serving;
   job.load = snap.LogicalLoad(serving);
   job.windows = std::move(pending_windows_);
+  job.shifted = window_shifted_;
   pending_windows_.clear();
   pending_steps_ = 0;
   planner_->state.store(Planner::kRunning, std::memory_order_release);

@@ -33,6 +33,9 @@ class LayerModel {
   // Variances, covariances and risk loads (O(S·E²)); only for layers that
   // are planned.
   void ComputeSpread();
+  // Or none: every expert's risk load is its mean (O(E)); Incremental and
+  // the greedy placement then work on the means alone.
+  void ComputeMeansOnly();
 
   std::span<const double> mean() const { return mean_; }
 

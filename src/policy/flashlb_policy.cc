@@ -278,8 +278,11 @@ void LayerModel::Load(const LayerContext& ctx) {
     shots_ = GroupIntoShots(*ctx.samples, ctx.layer, max_shots);
     // Per-step samples (two steps or more; one is an aggregate), one step
     // per shot, in whole tokens: replicas split each expert's tokens as the
-    // default dispatch does (spec §3.1).
-    whole_tokens_ = ctx.samples->num_steps() >= 2 &&
+    // default dispatch does (spec §3.1). A balanced dispatch splits them as
+    // the step needs, closer to even shares than to round robin's odd
+    // tokens.
+    whole_tokens_ = dispatch_ == DispatchMode::kRoundRobin &&
+                    ctx.samples->num_steps() >= 2 &&
                     ctx.samples->num_steps() <= max_shots &&
                     std::all_of(shots_.begin(), shots_.end(), IsTokenCount);
   }
@@ -330,6 +333,13 @@ void LayerModel::ComputeSpread() {
   }
   risk_.resize(e_);
   for (int e = 0; e < e_; ++e) risk_[e] = mean_[e] + kZ * std::sqrt(var_[e]);
+}
+
+void LayerModel::ComputeMeansOnly() {
+  var_.assign(e_, 0.0);
+  spread_ = false;
+  cov_.clear();
+  risk_ = mean_;
 }
 
 void LayerModel::CountReplicas(std::span<const int32_t> layer) {
@@ -1079,6 +1089,15 @@ void FlashLbPolicy::PlanCandidates(const LayerContext& ctx,
   // kind, which the means may favour when the shots are few.
   std::vector<int32_t> deepseek = DeepSeekRebalanceLayer(
       ctx.scoring_load, r * k, /*num_groups=*/1, /*num_nodes=*/1, r);
+  // And few moves toward its replica counts.
+  std::fill(count.begin(), count.end(), 0);
+  for (int32_t e : deepseek) ++count[e];
+  std::vector<int32_t> recount;
+  if (model.Incremental(ctx.current, count, limit, &recount)) {
+    model.SwapOnShots(ctx.current, move_cost, /*max_swaps=*/2 * r, limit,
+                      &recount);
+    out->push_back({std::move(recount), LayerChoice::kIncremental});
+  }
   MatchRanksToCurrent(ctx.current, deepseek, r, k);
   model.SwapOnShots(ctx.current, move_cost, /*max_swaps=*/2 * r, limit,
                     &deepseek);

@@ -1,9 +1,11 @@
 #include "policy/layer_policy.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <numeric>
 #include <string>
+#include <thread>
 
 #include "policy/algorithms.h"
 #include "policy/flashlb_model.h"
@@ -11,10 +13,12 @@
 namespace eplb::policy {
 namespace {
 
-// How much less like the past the newest window must be than the window
-// before it was, for ChooseScoringSamples to see a shift. Both statistics
-// carry the same sampling noise and burstiness, so a plain factor suffices.
-constexpr double kShiftFactor = 3.0;
+// ChooseScoringSamples sees that the traffic moved a while ago when the
+// window before the newest predicts the newest better than all older steps
+// by this much log-likelihood per token: noise alone keeps it below about
+// 0.03 on per-prompt traffic, while a topic switch a window ago lifts it to
+// 0.1-1.
+constexpr double kRecentGainPerToken = 0.05;
 
 }  // namespace
 
@@ -88,62 +92,51 @@ const LoadTrace* ChooseScoringSamples(const PolicyInput& input,
   if (samples == nullptr || samples->num_steps() < 2) return samples;
   const int steps = samples->num_steps();
   const int w = input.window_steps;
-  // Needs the newest window and as many steps before it.
-  if (w < 1 || 2 * w > steps) return samples;
-  const int e_count = samples->num_experts();
-  // Smoothing: half a token per expert, so that an expert unseen before is
-  // unlikely, not impossible.
-  constexpr double kPrior = 0.5;
-  // A = the newest window, C = the w steps before it, D = all steps before
-  // C, B = C + D.
-  std::vector<double> a(e_count), c(e_count), d(e_count);
-  double advantage = 0.0;  // log L(A | C) - log L(A | B), over layers.
-  double shift = 0.0;      // G(A | B): how unlike the past A is.
-  double shift_ref = 0.0;  // G(C | D): the same a window earlier.
-  auto log_p = [&](const std::vector<double>& x, double n, int e) {
-    return std::log((x[e] + kPrior) / (n + kPrior * e_count));
-  };
-  for (int l = 0; l < samples->num_layers(); ++l) {
-    std::fill(a.begin(), a.end(), 0.0);
-    std::fill(c.begin(), c.end(), 0.0);
-    std::fill(d.begin(), d.end(), 0.0);
-    for (int t = 0; t < steps; ++t) {
-      std::span<const double> row = samples->row(t, l);
-      std::vector<double>& into =
-          t >= steps - w ? a : (t >= steps - 2 * w ? c : d);
-      for (int e = 0; e < e_count; ++e) into[e] += row[e];
-    }
-    double na = 0.0, nc = 0.0, nd = 0.0;
-    for (int e = 0; e < e_count; ++e) {
-      na += a[e];
-      nc += c[e];
-      nd += d[e];
-    }
-    std::vector<double>& b = d;  // D becomes B = C + D below.
-    const std::vector<double> d_only =
-        nd > 0.0 ? d : std::vector<double>();
-    for (int e = 0; e < e_count; ++e) b[e] += c[e];
-    const double nb = nc + nd;
-    for (int e = 0; e < e_count; ++e) {
-      if (a[e] > 0.0) {
-        const double own = log_p(a, na, e);
-        const double past = log_p(b, nb, e);
-        advantage += a[e] * (log_p(c, nc, e) - past);
-        shift += a[e] * (own - past);
+  if (w < 1 || w >= steps) return samples;
+  bool moved = input.window_shifted;
+  if (!moved && 2 * w <= steps) {
+    // Did the traffic move a while ago? Then the w steps just before the
+    // newest window (C) predict it (A) better than all steps before it (B)
+    // do: compare the log-likelihoods of A's counts under each, as smoothed
+    // distributions, summed over layers.
+    const int e_count = samples->num_experts();
+    // Half a token per expert: an expert unseen before is unlikely, not
+    // impossible.
+    constexpr double kPrior = 0.5;
+    std::vector<double> a(e_count), b(e_count), c(e_count);
+    double advantage = 0.0;  // log L(A | C) - log L(A | B).
+    double tokens = 0.0;     // In A.
+    for (int l = 0; l < samples->num_layers(); ++l) {
+      std::fill(a.begin(), a.end(), 0.0);
+      std::fill(b.begin(), b.end(), 0.0);
+      std::fill(c.begin(), c.end(), 0.0);
+      for (int t = 0; t < steps; ++t) {
+        std::span<const double> row = samples->row(t, l);
+        std::vector<double>& into = t >= steps - w ? a : b;
+        for (int e = 0; e < e_count; ++e) into[e] += row[e];
+        if (t >= steps - 2 * w && t < steps - w) {
+          for (int e = 0; e < e_count; ++e) c[e] += row[e];
+        }
       }
-      if (c[e] > 0.0 && nd > 0.0) {
-        shift_ref += c[e] * (log_p(c, nc, e) - log_p(d_only, nd, e));
+      double nb = kPrior * e_count, nc = kPrior * e_count;
+      for (int e = 0; e < e_count; ++e) {
+        nb += b[e];
+        nc += c[e];
+      }
+      for (int e = 0; e < e_count; ++e) {
+        if (a[e] == 0.0) continue;
+        tokens += a[e];
+        advantage += a[e] * (std::log((c[e] + kPrior) / nc) -
+                             std::log((b[e] + kPrior) / nb));
       }
     }
+    moved = advantage > kRecentGainPerToken * tokens;
   }
-  // The traffic moved if the window before the newest predicts it better
-  // than all older steps (it moved a while ago), or if the newest window is
-  // far less like the past than the window before it was (it just moved).
-  const bool moved = advantage > 0.0 || shift > kShiftFactor * shift_ref;
-  if (!moved || !(shift_ref > 0.0 || advantage > 0.0)) return samples;
+  if (!moved) return samples;
   // The newest window alone predicts what comes next.
-  *recent = LoadTrace(w, samples->num_layers(), e_count);
-  const size_t cells = static_cast<size_t>(samples->num_layers()) * e_count;
+  *recent = LoadTrace(w, samples->num_layers(), samples->num_experts());
+  const size_t cells =
+      static_cast<size_t>(samples->num_layers()) * samples->num_experts();
   std::copy(samples->data().end() - static_cast<ptrdiff_t>(w * cells),
             samples->data().end(), recent->mutable_data().begin());
   return recent;
@@ -312,7 +305,7 @@ StatusOr<Plan> LayerPolicy::RebalanceSelecting(const PolicyInput& input,
   LoadTrace recent;
   const LoadTrace* scoring = ChooseScoringSamples(input, &recent);
   if (scoring == &recent) {
-    plan.notes.push_back("traffic moved: scored on the newest " +
+    plan.notes.push_back("scored on the newest " +
                          std::to_string(recent.num_steps()) + " steps only");
   }
   // What the full candidates plan on: the scored steps' sum, or the window's
@@ -326,13 +319,13 @@ StatusOr<Plan> LayerPolicy::RebalanceSelecting(const PolicyInput& input,
     }
   }
   const Placement initial = Placement::Initial(1, e, t);
-  Placement one_cur(1, r, k, e);
-  Placement one_plan(1, r, k, e);
-  LayerModel model;
   std::vector<std::vector<Option>> layer_options(cur.num_layers());
   std::vector<char> cold(cur.num_layers(), 0);
-  std::vector<LayerCandidate> candidates;
-  for (int l = 0; l < cur.num_layers(); ++l) {
+  std::vector<std::vector<std::string>> layer_notes(cur.num_layers());
+  // One layer: its report, candidates and their scores. Layers are
+  // independent (a policy keeps per-layer state only), so workers may plan
+  // them in any order: the result is the same.
+  auto plan_layer = [&](int l, LayerModel& model) {
     std::span<const double> load = input.load->row(l);
     LayerPlan& info = plan.layers[l];
     info.current_imbalance = LayerImbalance(cur.layer(l), load, r, k);
@@ -341,7 +334,7 @@ StatusOr<Plan> LayerPolicy::RebalanceSelecting(const PolicyInput& input,
     std::span<const double> sload = scoring_load.row(l);
     if (std::all_of(sload.begin(), sload.end(),
                     [](double v) { return v == 0.0; })) {
-      continue;  // No load: keep the layer.
+      return;  // No load: keep the layer.
     }
     LayerContext ctx;
     ctx.layer = l;
@@ -358,16 +351,18 @@ StatusOr<Plan> LayerPolicy::RebalanceSelecting(const PolicyInput& input,
     cold[l] = ctx.cold;
     model.Load(ctx);
     ctx.model = &model;
-    candidates.clear();
+    std::vector<LayerCandidate> candidates;
     PlanCandidates(ctx, &candidates);
     std::vector<Option>& opts = layer_options[l];
     opts.push_back(Option{model.DispatchScore(cur.layer(l)), 0,
                           LayerChoice::kKept, {}});
+    Placement one_cur(1, r, k, e);
+    Placement one_plan(1, r, k, e);
     std::copy(cur.layer(l).begin(), cur.layer(l).end(),
               one_cur.mutable_layer(0).begin());
     for (LayerCandidate& c : candidates) {
       if (static_cast<int>(c.layer.size()) != r * k) {
-        plan.notes.push_back(
+        layer_notes[l].push_back(
             "layer " + std::to_string(l) + ": policy " + std::string(name()) +
             " returned a layer of the wrong size; passed over");
         continue;
@@ -381,16 +376,38 @@ StatusOr<Plan> LayerPolicy::RebalanceSelecting(const PolicyInput& input,
       std::vector<Violation> bad = CheckPlan(one_cur, one_plan, max_receives);
       if (!bad.empty()) {
         bad[0].layer = l;
-        plan.notes.push_back("layer " + std::to_string(l) + ": " +
-                             std::string(LayerChoiceName(c.choice)) +
-                             " candidate of policy " + std::string(name()) +
-                             " rejected (" + bad[0].ToString() + ")");
+        layer_notes[l].push_back("layer " + std::to_string(l) + ": " +
+                                 std::string(LayerChoiceName(c.choice)) +
+                                 " candidate of policy " +
+                                 std::string(name()) + " rejected (" +
+                                 bad[0].ToString() + ")");
         continue;
       }
       const double score = model.DispatchScore(c.layer);
       opts.push_back(Option{score, MovedExperts(cur.layer(l), c.layer, r, k),
                             c.choice, std::move(c.layer)});
     }
+  };
+  const int workers =
+      std::clamp(options.num_threads, 1, std::max(1, cur.num_layers()));
+  if (workers == 1) {
+    LayerModel model;
+    for (int l = 0; l < cur.num_layers(); ++l) plan_layer(l, model);
+  } else {
+    std::atomic<int> next{0};
+    auto work = [&] {
+      LayerModel model;
+      for (int l = next++; l < cur.num_layers(); l = next++) {
+        plan_layer(l, model);
+      }
+    };
+    std::vector<std::thread> threads;
+    for (int i = 1; i < workers; ++i) threads.emplace_back(work);
+    work();
+    for (std::thread& th : threads) th.join();
+  }
+  for (std::vector<std::string>& n : layer_notes) {
+    plan.notes.insert(plan.notes.end(), n.begin(), n.end());
   }
   // The choice: cold layers take their best score; the others spend the
   // move budget on the best gain per move first.

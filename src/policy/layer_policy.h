@@ -7,9 +7,7 @@
 // Policies that select (Swift and FlashLB) offer several candidates per
 // layer instead of one plan, and the frame chooses:
 //  - what to score on: the per-step samples of the whole history, or only
-//    the newest window when the traffic moved (ChooseScoringSamples: the
-//    window before it predicts the newest window better than the older
-//    history does);
+//    the newest window when the traffic moved (ChooseScoringSamples);
 //  - per layer, the current placement or one candidate, by predicted gain
 //    (the shot score under the dispatch in use) against the experts moved:
 //    a move must buy kShotMovePenalty / (R * K) of score, and one plan moves
@@ -86,10 +84,12 @@ class LayerPolicy : public Policy {
 };
 
 // Which samples a selecting policy scores on: `input.samples` whole, or (in
-// `*recent`, returned) only its newest `input.window_steps` steps, when the
-// window before them predicts them better than all older steps do (summed
-// over layers, the log-likelihood of the newest window's counts under each
-// as a smoothed distribution). Null without samples.
+// `*recent`, returned) only its newest `input.window_steps` steps when the
+// traffic moved: the window was cut short by a shift (window_shifted), or
+// the window before it predicts it clearly better than all older steps do
+// (the log-likelihood of the newest window's counts under each as a smoothed
+// distribution, summed over layers, differs by more than 0.05 per token).
+// Null without samples.
 const LoadTrace* ChooseScoringSamples(const PolicyInput& input,
                                       LoadTrace* recent);
 

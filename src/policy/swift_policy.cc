@@ -390,6 +390,16 @@ class SwiftPolicy final : public LayerPolicy {
     model.SwapOnShots(ctx.current, move_cost, 2 * r, limit, &swapped);
     std::vector<int32_t> full = DeepSeekRebalanceLayer(
         ctx.scoring_load, t.num_slots(), /*num_groups=*/1, /*num_nodes=*/1, r);
+    // Few moves toward the full plan's replica counts: every expert keeps
+    // what it still needs, the missing replicas fill the freed slots.
+    std::vector<int32_t> count(ctx.num_experts, 0);
+    for (int32_t e : full) ++count[e];
+    model.ComputeMeansOnly();
+    std::vector<int32_t> recount;
+    if (model.Incremental(ctx.current, count, limit, &recount)) {
+      model.SwapOnShots(ctx.current, move_cost, 2 * r, limit, &recount);
+      out->push_back({std::move(recount), LayerChoice::kIncremental});
+    }
     MatchRanksToCurrent(ctx.current, full, r, t.slots_per_rank);
     model.SwapOnShots(ctx.current, move_cost, 2 * r, limit, &full);
     out->push_back({std::move(walked), LayerChoice::kIncremental});

@@ -44,14 +44,15 @@ constexpr std::string_view kMigrationBudget = "eplb_migration_budget";
 constexpr std::string_view kFastWarmup = "eplb_fast_warmup";
 constexpr std::string_view kShiftReplan = "eplb_shift_replan";
 constexpr std::string_view kLinkBandwidth = "eplb_link_gbytes_per_s";
+constexpr std::string_view kPlannerThreads = "eplb_planner_threads";
 
 // vllm-ascend's keys in the order of its table, then eplb's own; the
 // unknown-key error lists them so.
-constexpr std::array<std::string_view, 13> kValidKeys = {
+constexpr std::array<std::string_view, 14> kValidKeys = {
     kDynamicEplb,  kExpertMapPath,     kExpertMapRecordPath, kHeatInterval,
     kAlgorithmInterval, kNumRedundant, kPolicyType,          kHeatStage,
     kDispatch,     kMigrationBudget,   kFastWarmup,          kShiftReplan,
-    kLinkBandwidth,
+    kLinkBandwidth, kPlannerThreads,
 };
 
 constexpr std::string_view kDynamicEnv = "DYNAMIC_EPLB";
@@ -336,6 +337,10 @@ Status ReadKeys(const Json& object, EplbConfig* config) {
     EPLB_RETURN_IF_ERROR(ReadNumber(*v, kLinkBandwidth, 0.0, 1e6,
                                     /*zero_ok=*/true,
                                     &config->eplb_link_gbytes_per_s));
+  }
+  if (const Json* v = find(kPlannerThreads)) {
+    EPLB_RETURN_IF_ERROR(
+        ReadIntAtLeast(*v, kPlannerThreads, 1, &config->eplb_planner_threads));
   }
   // Recording is a dynamic run that also writes its map (spec §2).
   if (config->expert_map_record_path.has_value()) config->dynamic_eplb = true;

@@ -32,7 +32,7 @@ constexpr char kValidKeys[] =
     "expert_heat_collection_interval, algorithm_execution_interval, "
     "num_redundant_experts, eplb_policy_type, eplb_heat_collection_stage, "
     "eplb_dispatch, eplb_migration_budget, eplb_fast_warmup, "
-    "eplb_shift_replan, eplb_link_gbytes_per_s";
+    "eplb_shift_replan, eplb_link_gbytes_per_s, eplb_planner_threads";
 constexpr char kPolicyFix[] =
     "must be 0 (Random), 1 (DefaultEplb), 2 (SwiftBalancer) or 3 (FlashLB)";
 constexpr char kDynamicGuardError[] =
@@ -99,7 +99,7 @@ const ParseCase kRuleCases[] = {
      "expert_heat_collection_interval, algorithm_execution_interval, "
      "num_redundant_experts, eplb_policy_type, eplb_heat_collection_stage, "
      "eplb_dispatch, eplb_migration_budget, eplb_fast_warmup, "
-     "eplb_shift_replan, eplb_link_gbytes_per_s)"},
+     "eplb_shift_replan, eplb_link_gbytes_per_s, eplb_planner_threads)"},
     {"UnknownKeyInAdditionalConfig", R"({"eplb_config": {"num_redundant": 2}})",
      kNoEnv, "eplb_config: unknown key \"num_redundant\" (valid keys: "},
     {"UnknownKeyWithNewlineStaysOneLine", "{\"a\\nb\": 1}", kNoEnv,
@@ -221,6 +221,8 @@ const ParseCase kRuleCases[] = {
     {"LinkNegative", R"({"eplb_link_gbytes_per_s": -5})", kNoEnv,
      "eplb_config.eplb_link_gbytes_per_s = -5: must be a number in [0, "
      "1e+06]"},
+    {"PlannerThreadsZero", R"({"eplb_planner_threads": 0})", kNoEnv,
+     "eplb_config.eplb_planner_threads = 0: must be an integer >= 1"},
     {"LinkNull", R"({"eplb_link_gbytes_per_s": null})", kNoEnv,
      "eplb_config.eplb_link_gbytes_per_s = null: must be a number"},
     // The document itself.
@@ -361,6 +363,7 @@ TEST_P(ValidEplbConfigTest, ParsesEveryField) {
   EXPECT_EQ(got.eplb_migration_budget, want.eplb_migration_budget);
   EXPECT_EQ(got.eplb_fast_warmup, want.eplb_fast_warmup);
   EXPECT_EQ(got.eplb_shift_replan, want.eplb_shift_replan);
+  EXPECT_EQ(got.eplb_planner_threads, want.eplb_planner_threads);
   EXPECT_EQ(got.eplb_link_gbytes_per_s, want.eplb_link_gbytes_per_s);
   EXPECT_EQ(EplbModeName(got.mode()), EplbModeName(c.want_mode));
   EXPECT_TRUE(parsed->warnings.empty())
@@ -382,13 +385,14 @@ const ValidCase kValidCases[] = {
     {"EplbOwnKeys",
      R"({"eplb_dispatch": "balanced", "eplb_migration_budget": 0.1,
          "eplb_fast_warmup": false, "eplb_shift_replan": false,
-         "eplb_link_gbytes_per_s": 56})",
+         "eplb_link_gbytes_per_s": 56, "eplb_planner_threads": 1})",
      kNoEnv,
      [](EplbConfig& c) {
        c.eplb_dispatch = DispatchMode::kBalanced;
        c.eplb_migration_budget = 0.1;
        c.eplb_fast_warmup = false;
        c.eplb_shift_replan = false;
+       c.eplb_planner_threads = 1;
        c.eplb_link_gbytes_per_s = 56;
      },
      EplbMode::kDisabled},
