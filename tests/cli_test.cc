@@ -32,9 +32,10 @@ std::string Slurp(const fs::path& p) {
 class CliTest : public ::testing::Test {
  protected:
   // Runs `eplb <args>` (args are shell words; quote as needed).
-  Result Run(const std::string& args) {
+  // `env`: assignments before the command, e.g. "DYNAMIC_EPLB=true ".
+  Result Run(const std::string& args, const std::string& env = "") {
     const fs::path out = dir_ / "stdout", err = dir_ / "stderr";
-    const std::string cmd = std::string(EPLB_CLI_PATH) + " " + args + " >" +
+    const std::string cmd = env + std::string(EPLB_CLI_PATH) + " " + args + " >" +
                             out.string() + " 2>" + err.string() + " </dev/null";
     const int raw = std::system(cmd.c_str());
     Result r;
@@ -561,9 +562,22 @@ TEST_F(CliTest, ReplayRejectsBadInput) {
     const std::string e = Slurp(err);
     EXPECT_NE(e.find(c.expected), std::string::npos) << e;
   }
-  // Intervals longer than the trace: said, and replayed without balancing.
+  // Intervals longer than the trace: said; only the fast warm-up's early
+  // first plan can complete, and without it nothing rebalances.
   Result r =
       Run("replay --trace " + csv + " --heat-interval 5000 --no-pace --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("only a first plan whose collection the fast warm-up "
+                       "cuts short can complete"),
+            std::string::npos)
+      << r.err;
+  EXPECT_LE(OneJsonObject(r)["rebalances"], 1);
+  const fs::path config = dir_ / "no_warmup.json";
+  std::ofstream(config) << R"({"dynamic_eplb": true, "eplb_fast_warmup": false,
+                               "num_redundant_experts": 8})";
+  r = Run("replay --trace " + csv + " --config " + config.string() +
+              " --heat-interval 5000 --no-pace --json",
+          "DYNAMIC_EPLB=true ");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("no rebalance can complete"), std::string::npos)
       << r.err;

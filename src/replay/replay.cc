@@ -226,8 +226,11 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
           " + algorithm interval " +
           std::to_string(o.config.algorithm_execution_interval) + " >= the " +
           std::to_string(steps) +
-          " replay steps: no rebalance can complete; replaying without "
-          "balancing");
+          (o.config.eplb_fast_warmup
+               ? " replay steps: only a first plan whose collection the fast "
+                 "warm-up cuts short can complete"
+               : " replay steps: no rebalance can complete; replaying "
+                 "without balancing"));
   }
   // No balancing: the engine's default placement (experts in order, the
   // redundant slots holding experts 0, 1, ...) throughout, also when a map
