@@ -435,8 +435,8 @@ void GenBurst(Gen& g) {
 // tokens (uniform in [2/3, 4/3] x the mean: 2048-4096 at 3072) are drawn
 // from one of the shipped per-workload aggregates of DeepSeek-V3
 // (data/dsv3-sglang), each expert's weight multiplied by a per-step factor
-// in [0.25, 1.75] (1 + the sum of four uniform draws in +-0.1875: sd about
-// 0.22), the batch-to-batch variation of a workload. The workload switches
+// in [0.72, 1.28] (1 + the sum of four uniform draws in +-0.07: sd about
+// 0.08), the batch-to-batch variation of a workload. The workload switches
 // twice: prefill_in1024, then decode_in1000out1000, then
 // prefill_in2000out100, the switches at a third and two thirds of the
 // steps, each moved by up to a twelfth of the steps (seeded). Every token
@@ -473,7 +473,7 @@ StatusOr<LoadTrace> GenDsv3(Gen& g, const std::string& data_dir) {
       std::span<const double> agg = loads[wl].row(l);
       for (int e = 0; e < g.experts; ++e) {
         int64_t factor = 1024;
-        for (int i = 0; i < 4; ++i) factor += noise.Between(-192, 192);
+        for (int i = 0; i < 4; ++i) factor += noise.Between(-72, 72);
         // Whole-number aggregates (the shipped ones are); +1 keeps every
         // expert possible.
         const uint64_t base =

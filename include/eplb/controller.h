@@ -68,7 +68,8 @@ struct ControllerOptions {
   int64_t transfer_timeout_nanos = 10'000'000'000;
   int max_num_reqs = 256;  // Prefill / decode split of the stage filter.
   // Staging buffers per rank (receives a migrating batch may land on one
-  // rank); 0: slots_per_rank, one whole layer.
+  // rank); 0: 2 x slots_per_rank, two whole layers' worth, so that a step
+  // can commit a fully re-planned layer and more.
   int staging_per_rank = 0;
   // Per-step logical loads kept for FlashLB across cycles (at least H): a
   // sliding window of the last `sample_history` collected steps. Each window

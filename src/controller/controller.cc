@@ -145,7 +145,10 @@ StatusOr<std::unique_ptr<Controller>> Controller::Create(ControllerOptions o) {
                            .transport = o.transport,
                            .clock = o.clock,
                            .timeout_nanos = o.transfer_timeout_nanos,
-                           .staging_per_rank = o.staging_per_rank},
+                           .staging_per_rank =
+                               o.staging_per_rank > 0
+                                   ? o.staging_per_rank
+                                   : 2 * t.slots_per_rank},
           o.initial));
   c->planner_ = std::make_unique<Planner>();
   c->planner_->policy = o.policy.get();

@@ -23,6 +23,12 @@ inline constexpr double kShotMovePenalty = 0.25;
 // A plan must beat the current score by more than rounding (rank sums in a
 // different slot order) to count as a gain.
 inline constexpr double kMinRelativeGain = 1e-12;
+// Shot-scored swaps refining a policy's extra candidates (the ones planned
+// from DeepSeek's algorithm): fewer than its main candidates' 2R once R
+// grows, to bound the plan time of wide groups.
+inline constexpr int ExtraSwaps(int num_ranks) {
+  return num_ranks > 16 ? num_ranks : 16;
+}
 
 // One layer's shots, statistics and the search over placements. Reused
 // across layers to keep its buffers.

@@ -1094,13 +1094,11 @@ void FlashLbPolicy::PlanCandidates(const LayerContext& ctx,
   for (int32_t e : deepseek) ++count[e];
   std::vector<int32_t> recount;
   if (model.Incremental(ctx.current, count, limit, &recount)) {
-    model.SwapOnShots(ctx.current, move_cost, /*max_swaps=*/2 * r, limit,
-                      &recount);
+    model.SwapOnShots(ctx.current, move_cost, ExtraSwaps(r), limit, &recount);
     out->push_back({std::move(recount), LayerChoice::kIncremental});
   }
   MatchRanksToCurrent(ctx.current, deepseek, r, k);
-  model.SwapOnShots(ctx.current, move_cost, /*max_swaps=*/2 * r, limit,
-                    &deepseek);
+  model.SwapOnShots(ctx.current, move_cost, ExtraSwaps(r), limit, &deepseek);
   out->push_back({std::move(deepseek), LayerChoice::kFull});
 }
 

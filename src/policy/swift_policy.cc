@@ -397,11 +397,12 @@ class SwiftPolicy final : public LayerPolicy {
     model.ComputeMeansOnly();
     std::vector<int32_t> recount;
     if (model.Incremental(ctx.current, count, limit, &recount)) {
-      model.SwapOnShots(ctx.current, move_cost, 2 * r, limit, &recount);
+      model.SwapOnShots(ctx.current, move_cost, ExtraSwaps(r), limit,
+                        &recount);
       out->push_back({std::move(recount), LayerChoice::kIncremental});
     }
     MatchRanksToCurrent(ctx.current, full, r, t.slots_per_rank);
-    model.SwapOnShots(ctx.current, move_cost, 2 * r, limit, &full);
+    model.SwapOnShots(ctx.current, move_cost, ExtraSwaps(r), limit, &full);
     out->push_back({std::move(walked), LayerChoice::kIncremental});
     out->push_back({std::move(swapped), LayerChoice::kIncremental});
     out->push_back({std::move(full), LayerChoice::kFull});
