@@ -89,7 +89,8 @@ struct Rig {
 
   // One step with skewed per-slot load (expert 0 very hot), routed through
   // the current tables. Returns how long the controller calls took.
-  std::chrono::nanoseconds Step(bool skewed = true) {
+  // `hot`: the expert of the 400 tokens (the next two take 100 each).
+  std::chrono::nanoseconds Step(bool skewed = true, int hot = 0) {
     const auto start = std::chrono::steady_clock::now();
     controller->BeforeForward();
     const auto mid = std::chrono::steady_clock::now();
@@ -98,7 +99,9 @@ struct Rig {
       std::fill(slots.begin(), slots.end(), 0);
       std::shared_ptr<const LayerRouting> r = controller->routing().Get(l);
       for (int e = 0; e < kExperts; ++e) {
-        const int64_t n = !skewed ? 10 : (e == 0 ? 400 : (e < 3 ? 100 : 10));
+        const int rank_of_e = (e - hot + kExperts) % kExperts;
+        const int64_t n =
+            !skewed ? 10 : (rank_of_e == 0 ? 400 : (rank_of_e < 3 ? 100 : 10));
         std::span<const int32_t> reps = r->ReplicasOf(e);
         for (size_t j = 0; j < reps.size(); ++j) {
           slots[reps[j]] += n / static_cast<int64_t>(reps.size());
@@ -175,6 +178,68 @@ TEST(ControllerTest, FastWarmupWaitsUntilTheImbalanceIsBeyondNoise) {
   for (int i = 0; i < 5 + 2 + 1; ++i) rig.Step(/*skewed=*/false);
   ASSERT_FALSE(rig.commits.empty());
   EXPECT_EQ(rig.commits[0].first, 5 + 2 + 1);
+}
+
+// The default policy, recording what the planner was told of each window.
+class WindowSpy final : public Policy {
+ public:
+  struct Seen {
+    int window_steps;
+    bool shifted;
+  };
+  explicit WindowSpy(std::vector<Seen>* seen)
+      : seen_(seen), inner_(*CreatePolicy("default")) {}
+  std::string_view name() const override { return "window-spy"; }
+  StatusOr<Plan> Rebalance(const PolicyInput& in,
+                           const PolicyOptions& options) override {
+    seen_->push_back({in.window_steps, in.window_shifted});
+    return inner_->Rebalance(in, options);
+  }
+
+ private:
+  std::vector<Seen>* seen_;
+  std::unique_ptr<Policy> inner_;
+};
+
+TEST(ControllerTest, AShiftCutsTheCollectionShort) {
+  // H = 8, A = 2: the first plan (a full window) balances expert 0's heat.
+  // Then expert 9 turns hot: 2 steps into the next collection the heat is
+  // far beyond what the plan predicted, so that window is handed over at
+  // once, marked as shifted, and its plan commits 2 + A + 1 steps later.
+  EplbConfig c = Dynamic(8, 2);
+  c.eplb_shift_replan = true;
+  std::vector<WindowSpy::Seen> seen;
+  Rig rig(c, std::make_unique<WindowSpy>(&seen), false, Placement(),
+          /*lockstep=*/true);
+  for (int i = 0; i < 8 + 2 + kLayers; ++i) rig.Step();
+  ASSERT_EQ(static_cast<int>(rig.commits.size()), kLayers);
+  const int64_t cycle_start = rig.controller->step();
+  for (int i = 0; i < 2 + 2 + kLayers; ++i) rig.Step(true, /*hot=*/9);
+  rig.controller->Shutdown();  // `seen` is the planner's until it stops.
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_EQ(seen[0].window_steps, 8);
+  EXPECT_FALSE(seen[0].shifted);
+  EXPECT_EQ(seen[1].window_steps, 2);
+  EXPECT_TRUE(seen[1].shifted);
+  ASSERT_GT(rig.commits.size(), static_cast<size_t>(kLayers));
+  EXPECT_EQ(rig.commits[kLayers].first, cycle_start + 2 + 2 + 1);
+}
+
+TEST(ControllerTest, SteadyHeatRunsWholeCollections) {
+  // The same heat throughout: the plan's prediction holds, nothing is cut
+  // short.
+  EplbConfig c = Dynamic(8, 2);
+  c.eplb_shift_replan = true;
+  std::vector<WindowSpy::Seen> seen;
+  Rig rig(c, std::make_unique<WindowSpy>(&seen), false, Placement(),
+          /*lockstep=*/true);
+  for (int i = 0; i < 60; ++i) rig.Step();
+  rig.controller->Shutdown();
+  ASSERT_GE(seen.size(), 3u);
+  for (const WindowSpy::Seen& w : seen) {
+    EXPECT_EQ(w.window_steps, 8);
+    EXPECT_FALSE(w.shifted);
+  }
 }
 
 TEST(ControllerTest, SeveralLayersCommitInAStepWhenTheLinkAllows) {

@@ -1,0 +1,268 @@
+// Tests of the frame's choice for the selecting policies (Swift and
+// FlashLB): which samples they score on, the candidates weighed against the
+// current layer, the migration budget, cold layers, and threads.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "eplb/load.h"
+#include "eplb/placement.h"
+#include "eplb/policy.h"
+#include "eplb/topology.h"
+#include "policy/algorithms.h"
+#include "policy/layer_policy.h"
+
+namespace eplb::policy {
+namespace {
+
+constexpr int kExperts = 64, kRanks = 8, kSlots = 9, kLayers = 4;
+
+Topology Shape() { return MakeTopology(kExperts, kRanks, kSlots).value(); }
+
+// Per-step token counts of a "topic": per layer, expert (e + shift) % E
+// takes a share that falls with e, drawn as `tokens` whole tokens a step.
+LoadTrace TopicSteps(int steps, int shift, uint64_t seed, int tokens = 400) {
+  std::mt19937_64 rng(seed);
+  LoadTrace out(steps, kLayers, kExperts);
+  std::vector<double> weight(kExperts);
+  for (int l = 0; l < kLayers; ++l) {
+    double total = 0.0;
+    for (int e = 0; e < kExperts; ++e) {
+      weight[e] = 1.0 / (1.0 + e + l);
+      total += weight[e];
+    }
+    std::discrete_distribution<int> pick(weight.begin(), weight.end());
+    for (int t = 0; t < steps; ++t) {
+      for (int i = 0; i < tokens; ++i) {
+        out.at(t, l, (pick(rng) + shift) % kExperts) += 1.0;
+      }
+    }
+  }
+  return out;
+}
+
+// `a` then `b`, one trace.
+LoadTrace Concat(const LoadTrace& a, const LoadTrace& b) {
+  LoadTrace out(a.num_steps() + b.num_steps(), a.num_layers(),
+                a.num_experts());
+  std::copy(a.data().begin(), a.data().end(), out.mutable_data().begin());
+  std::copy(b.data().begin(), b.data().end(),
+            out.mutable_data().begin() +
+                static_cast<ptrdiff_t>(a.data().size()));
+  return out;
+}
+
+LoadMatrix Newest(const LoadTrace& samples, int steps) {
+  return samples.Aggregate(samples.num_steps() - steps, samples.num_steps());
+}
+
+TEST(ScoringSamplesTest, SteadyTrafficScoresTheWholeHistory) {
+  const LoadTrace samples = TopicSteps(64, 0, 1);
+  const LoadMatrix load = Newest(samples, 16);
+  const Placement current = Placement::Initial(kLayers, kExperts, Shape());
+  LoadTrace recent;
+  EXPECT_EQ(ChooseScoringSamples(
+                {&current, &load, &samples, Shape(), /*window_steps=*/16},
+                &recent),
+            &samples);
+  // Without a known window, every sample is alike.
+  EXPECT_EQ(ChooseScoringSamples({&current, &load, &samples, Shape(), 0},
+                                 &recent),
+            &samples);
+}
+
+TEST(ScoringSamplesTest, ATopicSwitchAWindowAgoScoresTheNewestWindow) {
+  // 48 steps of one topic, then 32 of another: the window before the
+  // newest predicts it far better than the older history.
+  const LoadTrace samples =
+      Concat(TopicSteps(48, 0, 2), TopicSteps(32, 21, 3));
+  const LoadMatrix load = Newest(samples, 16);
+  const Placement current = Placement::Initial(kLayers, kExperts, Shape());
+  LoadTrace recent;
+  const LoadTrace* chosen = ChooseScoringSamples(
+      {&current, &load, &samples, Shape(), /*window_steps=*/16}, &recent);
+  ASSERT_EQ(chosen, &recent);
+  ASSERT_EQ(recent.num_steps(), 16);
+  EXPECT_EQ(recent.Aggregate(), load);
+}
+
+TEST(ScoringSamplesTest, AWindowCutShortByAShiftScoresItAlone) {
+  const LoadTrace samples = TopicSteps(40, 0, 4);
+  const LoadMatrix load = Newest(samples, 3);
+  const Placement current = Placement::Initial(kLayers, kExperts, Shape());
+  LoadTrace recent;
+  const LoadTrace* chosen = ChooseScoringSamples(
+      {&current, &load, &samples, Shape(), /*window_steps=*/3,
+       /*window_shifted=*/true},
+      &recent);
+  ASSERT_EQ(chosen, &recent);
+  EXPECT_EQ(recent.num_steps(), 3);
+}
+
+// A current placement planned for topic 0, and samples that moved to
+// another topic a window ago.
+struct Shifted {
+  Topology t = Shape();
+  LoadTrace samples = Concat(TopicSteps(48, 0, 5), TopicSteps(32, 23, 6));
+  LoadMatrix load = Newest(samples, 16);
+  Placement current;
+  Shifted() {
+    const LoadMatrix before = TopicSteps(16, 0, 7).Aggregate();
+    const Placement initial = Placement::Initial(kLayers, kExperts, t);
+    current = CreatePolicy("default")
+                  .value()
+                  ->Rebalance({&initial, &before, nullptr, t}, {})
+                  .value()
+                  .placement;
+  }
+  PolicyInput Input() const { return {&current, &load, &samples, t, 16}; }
+};
+
+class SelectingPolicyTest : public testing::TestWithParam<std::string> {};
+
+TEST_P(SelectingPolicyTest, NeverWorseThanAFullReplanAfterAShift) {
+  // What the frame predicts for each layer is at least as good as DeepSeek's
+  // full plan of the same window, less what its extra moves would cost.
+  const Shifted s;
+  PolicyOptions options;
+  options.migration_budget = 1.0;
+  const Plan plan =
+      CreatePolicy(GetParam()).value()->Rebalance(s.Input(), options).value();
+  const Plan full = CreatePolicy("default")
+                        .value()
+                        ->Rebalance({&s.current, &s.load, nullptr, s.t}, {})
+                        .value();
+  LoadTrace recent;
+  const LoadTrace* scored = ChooseScoringSamples(s.Input(), &recent);
+  ASSERT_EQ(scored, &recent) << "the shift was not seen";
+  const int slots = kRanks * kSlots;
+  for (int l = 0; l < kLayers; ++l) {
+    SCOPED_TRACE("layer " + std::to_string(l));
+    const LayerPlan& info = plan.layers[l];
+    ASSERT_TRUE(info.changed);
+    EXPECT_NE(info.choice, LayerChoice::kKept);
+    EXPECT_LT(info.predicted_score, info.current_score);
+    // Scored step by step on the newest window, round robin in whole
+    // tokens, as StepImbalance does.
+    EXPECT_NEAR(info.current_score, StepImbalance(s.current, l, recent),
+                1e-9);
+    EXPECT_NEAR(info.predicted_score, StepImbalance(plan.placement, l, recent),
+                1e-9);
+    const double full_score = StepImbalance(full.placement, l, recent);
+    const int full_moves = full.layers[l].moved_experts;
+    // (Matching the full plan's ranks to the current ones changes which
+    // replica takes an odd token: a little slack.)
+    EXPECT_LE(info.predicted_score,
+              full_score + 0.25 * (full_moves - info.moved_experts) / slots +
+                  0.01);
+  }
+}
+
+TEST_P(SelectingPolicyTest, TheBudgetGoesToTheBestGainPerMove) {
+  const Shifted s;
+  PolicyOptions unlimited;
+  unlimited.migration_budget = 1.0;
+  const Plan free =
+      CreatePolicy(GetParam()).value()->Rebalance(s.Input(), unlimited).value();
+  int free_moves = 0;
+  for (const LayerPlan& info : free.layers) free_moves += info.moved_experts;
+  ASSERT_GT(free_moves, 10);
+  // Room for about a third of those moves.
+  PolicyOptions tight;
+  tight.migration_budget =
+      (free_moves / 3.0) / (kLayers * kRanks * kSlots);
+  const Plan plan =
+      CreatePolicy(GetParam()).value()->Rebalance(s.Input(), tight).value();
+  int moves = 0;
+  double worst_taken = 1e9;  // Gain per move of the layers it changed.
+  for (const LayerPlan& info : plan.layers) {
+    moves += info.moved_experts;
+    if (info.changed) {
+      worst_taken =
+          std::min(worst_taken, (info.current_score - info.predicted_score) /
+                                    info.moved_experts);
+    }
+  }
+  EXPECT_LE(moves, free_moves / 3.0 + 1);
+  EXPECT_GT(moves, 0);
+  // A layer it left alone had nothing that paid more per move than the
+  // layers it changed (the unlimited plan's choice for it bounds that).
+  for (int l = 0; l < kLayers; ++l) {
+    if (plan.layers[l].changed || !free.layers[l].changed) continue;
+    const LayerPlan& f = free.layers[l];
+    EXPECT_LE((f.current_score - f.predicted_score) / f.moved_experts,
+              worst_taken * 1.5 + 1e-9)
+        << "layer " << l;
+  }
+}
+
+TEST_P(SelectingPolicyTest, ThreadsGiveTheSamePlan) {
+  const Shifted s;
+  PolicyOptions one, three;
+  three.num_threads = 3;
+  const Plan a = CreatePolicy(GetParam()).value()->Rebalance(s.Input(), one)
+                     .value();
+  const Plan b = CreatePolicy(GetParam()).value()->Rebalance(s.Input(), three)
+                     .value();
+  EXPECT_EQ(a.placement, b.placement);
+  for (int l = 0; l < kLayers; ++l) {
+    EXPECT_EQ(a.layers[l].predicted_score, b.layers[l].predicted_score);
+    EXPECT_EQ(a.layers[l].choice, b.layers[l].choice);
+  }
+}
+
+TEST_P(SelectingPolicyTest, BalancedDispatchScoresAreNoWorseThanRoundRobin) {
+  // The balanced dispatch splits each step's tokens at least as well as
+  // round robin does, on any placement: so are the scores it predicts.
+  const Shifted s;
+  PolicyOptions rr, balanced;
+  rr.migration_budget = balanced.migration_budget = 1.0;
+  balanced.dispatch = DispatchMode::kBalanced;
+  const Plan plan =
+      CreatePolicy(GetParam()).value()->Rebalance(s.Input(), balanced).value();
+  LoadTrace recent;
+  ChooseScoringSamples(s.Input(), &recent);
+  for (int l = 0; l < kLayers; ++l) {
+    EXPECT_LE(plan.layers[l].current_score,
+              StepImbalance(s.current, l, recent) + 1e-9);
+    EXPECT_LE(plan.layers[l].predicted_score,
+              StepImbalance(plan.placement, l, recent) + 1e-9);
+  }
+}
+
+TEST_P(SelectingPolicyTest, ColdLayersArePlannedForBalanceAlone) {
+  // From the default initial placement, without quick_first_plan, every
+  // layer takes its best-scoring candidate whatever it moves; with it, a
+  // cheaper one may win, never a worse-scoring one for free.
+  const Topology t = Shape();
+  const LoadTrace samples = TopicSteps(32, 5, 8);
+  const LoadMatrix load = Newest(samples, 16);
+  const Placement initial = Placement::Initial(kLayers, kExperts, t);
+  const PolicyInput in{&initial, &load, &samples, t, 16};
+  PolicyOptions balance, quick;
+  quick.quick_first_plan = true;
+  const Plan a = CreatePolicy(GetParam()).value()->Rebalance(in, balance)
+                     .value();
+  const Plan b = CreatePolicy(GetParam()).value()->Rebalance(in, quick)
+                     .value();
+  for (int l = 0; l < kLayers; ++l) {
+    SCOPED_TRACE("layer " + std::to_string(l));
+    ASSERT_TRUE(a.layers[l].changed);
+    EXPECT_LE(a.layers[l].predicted_score, b.layers[l].predicted_score);
+    EXPECT_LE(b.layers[l].moved_experts, a.layers[l].moved_experts);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Policies, SelectingPolicyTest,
+                         testing::Values("swift", "flashlb"),
+                         [](const testing::TestParamInfo<std::string>& p) {
+                           return p.param;
+                         });
+
+}  // namespace
+}  // namespace eplb::policy
