@@ -4,7 +4,8 @@
 //   end of step H-1      snapshot the window; hand it to the planner thread
 //   steps H .. H+A-1     serve normally while the policy runs
 //   end of step H+A-1    take the plan if it is ready; if it is late, keep
-//                        serving on the current map and skip the cycle
+//                        serving on the current map and take it at the end
+//                        of the first step it is ready
 //   next steps           migrate the changed layers, largest predicted gain
 //                        first: a step's batch starts before its forward and
 //                        commits (weights verified, then each layer's routing
@@ -94,7 +95,8 @@ struct ControllerStats {
   int64_t steps = 0;
   int64_t cycles = 0;          // Cycles whose plan was taken.
   int64_t rebalances = 0;      // Cycles that committed at least one layer.
-  int64_t cycles_late = 0;     // Plan not ready when needed: cycle skipped.
+  int64_t cycles_late = 0;     // Plan not ready after A steps.
+  int64_t plan_late_steps = 0;  // Steps served waiting for late plans.
   int64_t plans_failed = 0;    // Policy threw or returned an error.
   int64_t plans_rejected = 0;  // Plan broke an invariant.
   int64_t layers_committed = 0;

@@ -91,7 +91,8 @@ struct ReplayResult {
   std::vector<double> imbalance_per_step;           // Mean over layers.
   std::vector<double> baseline_imbalance_per_step;  // Mean over layers.
   int64_t rebalances = 0;
-  int64_t cycles_late = 0;  // Plan not ready after A steps: cycle skipped.
+  int64_t cycles_late = 0;  // Plan not ready after A steps.
+  int64_t plan_late_steps = 0;  // Steps served waiting for late plans.
   double max_plan_ms = 0;   // Slowest plan (planner thread, wall clock).
   int64_t plans_failed = 0;
   int64_t layers_committed = 0;

@@ -235,7 +235,8 @@ void Controller::AfterForward(int64_t num_tokens, double step_seconds) {
       }
       break;
     case Phase::kPlan:
-      if (cycle_step_ == h + a) TakePlan();
+      // Due at H + A; a late plan is taken at the first step it is ready.
+      if (cycle_step_ >= h + a) TakePlan();
       break;
     case Phase::kMigrate:
       MigrateStep(/*before=*/false);
@@ -285,23 +286,9 @@ void Controller::EndCollect() {
   const HeatSnapshot snap = recorder_->Snapshot();
   const Placement& serving = migration_->placement();
   AddPendingWindow(snap.LogicalSamples(serving));
-  const int state = planner_->state.load(std::memory_order_acquire);
-  if (state == Planner::kDone) {
-    // A plan that missed its cycle came back since: it was planned on the
-    // placement that still serves (nothing migrates without a plan), so it
-    // is taken now rather than thrown away; the next cycle plans afresh.
-    Log("taking the late plan of the previous cycle");
-    phase_ = Phase::kPlan;
-    TakePlan();
-    return;
-  }
-  if (state != Planner::kIdle) {
-    // The previous (late) plan is still running: this cycle cannot plan.
-    ++stats_.cycles_late;
-    Log("cycle skipped: the planner is still busy with a late plan");
-    EndCycle();
-    return;
-  }
+  // A cycle collects only after its previous plan was taken.
+  EPLB_CHECK(planner_->state.load(std::memory_order_acquire) ==
+             Planner::kIdle);
   Planner::Job& job = planner_->job;
   job.id = step_;
   job.current = serving;
@@ -334,12 +321,18 @@ void Controller::TakePlan() {
     }
   }
   if (planner_->state.load(std::memory_order_acquire) != Planner::kDone) {
-    ++stats_.cycles_late;
-    Log("cycle skipped: the plan was not ready after "
-        "algorithm_execution_interval = " +
-        std::to_string(options_.config.algorithm_execution_interval) +
-        " steps");
-    EndCycle();
+    // Late: the current map keeps serving, and the plan is taken at the
+    // first step it is ready (it still fits what serves: nothing migrates
+    // without a plan).
+    const int64_t due = options_.config.expert_heat_collection_interval +
+                        options_.config.algorithm_execution_interval;
+    if (cycle_step_ == due) {
+      ++stats_.cycles_late;
+      Log("the plan was not ready after algorithm_execution_interval = " +
+          std::to_string(options_.config.algorithm_execution_interval) +
+          " steps: serving on the current map until it is");
+    }
+    ++stats_.plan_late_steps;
     return;
   }
   StatusOr<Plan> plan = std::move(planner_->result);

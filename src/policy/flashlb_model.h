@@ -147,7 +147,8 @@ class LayerModel {
   bool whole_tokens_ = false;
   DispatchMode dispatch_ = DispatchMode::kRoundRobin;
   std::unique_ptr<BalancedDispatcher> balancer_;
-  std::vector<int64_t> shot_tokens_;  // [E]: DispatchScore's counts.
+  std::vector<int64_t> shot_tokens_;  // [S][E]: DispatchScore's counts.
+  std::vector<int64_t> shot_total_;   // [S]: their sums.
   std::vector<int64_t> quotas_;       // [R*K]
   ShotStats stats_;
   // Scratch.

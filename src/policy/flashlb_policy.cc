@@ -270,6 +270,7 @@ void LayerModel::Load(const LayerContext& ctx) {
   k_ = ctx.topology->slots_per_rank;
   dispatch_ = ctx.options != nullptr ? ctx.options->dispatch
                                      : DispatchMode::kRoundRobin;
+  shot_tokens_.clear();  // DispatchScore's, rebuilt on first use.
   shots_.clear();
   whole_tokens_ = false;
   if (ctx.samples != nullptr) {
@@ -424,35 +425,43 @@ double LayerModel::DispatchScore(std::span<const int32_t> layer) {
       balancer_->num_ranks() != r_ || balancer_->slots_per_rank() != k_) {
     balancer_ = std::make_unique<BalancedDispatcher>(e_, r_, k_);
   }
+  if (shot_tokens_.empty()) {
+    // The shots in whole tokens, once per Load: each shot's counts, or
+    // (shots that are not token counts) scaled to a million tokens.
+    shot_tokens_.assign(shots_.size(), 0);
+    shot_total_.assign(s_, 0);
+    for (int t = 0; t < s_; ++t) {
+      const double* x = shots_.data() + static_cast<size_t>(t) * e_;
+      int64_t* out = shot_tokens_.data() + static_cast<size_t>(t) * e_;
+      double sum = 0.0;
+      bool whole = true;
+      for (int e = 0; e < e_; ++e) {
+        sum += x[e];
+        whole = whole && IsTokenCount(x[e]);
+      }
+      if (!(sum > 0.0)) continue;
+      const double scale = whole ? 1.0 : 1e6 / sum;
+      for (int e = 0; e < e_; ++e) {
+        out[e] = std::llround(x[e] * scale);
+        shot_total_[t] += out[e];
+      }
+    }
+  }
   balancer_->SetPlacement(layer);
-  shot_tokens_.resize(e_);
   quotas_.resize(static_cast<size_t>(r_) * k_);
   double total = 0.0;
   for (int t = 0; t < s_; ++t) {
-    const double* x = shots_.data() + static_cast<size_t>(t) * e_;
-    double sum = 0.0;
-    bool whole = true;
-    for (int e = 0; e < e_; ++e) {
-      sum += x[e];
-      whole = whole && IsTokenCount(x[e]);
-    }
-    if (!(sum > 0.0)) {
+    if (shot_total_[t] == 0) {
       total += 1.0;  // A shot without load is balanced.
       continue;
     }
-    const double scale = whole ? 1.0 : 1e6 / sum;
-    int64_t tokens = 0;
-    for (int e = 0; e < e_; ++e) {
-      shot_tokens_[e] = std::llround(x[e] * scale);
-      tokens += shot_tokens_[e];
-    }
-    if (tokens == 0) {
-      total += 1.0;
-      continue;
-    }
     const int64_t peak = balancer_->ComputeQuotas(
-        std::span<const int64_t>(shot_tokens_), quotas_);
-    total += static_cast<double>(peak) * r_ / static_cast<double>(tokens);
+        std::span<const int64_t>(
+            shot_tokens_.data() + static_cast<size_t>(t) * e_,
+            static_cast<size_t>(e_)),
+        quotas_);
+    total += static_cast<double>(peak) * r_ /
+             static_cast<double>(shot_total_[t]);
   }
   return total / s_;
 }

@@ -371,6 +371,13 @@ StatusOr<Plan> LayerPolicy::RebalanceSelecting(const PolicyInput& input,
       if (std::equal(c.layer.begin(), c.layer.end(), cur.layer(l).begin())) {
         continue;
       }
+      // The same layer offered twice (a refinement that found nothing) is
+      // scored once.
+      if (std::any_of(opts.begin() + 1, opts.end(), [&](const Option& o) {
+            return o.layer == c.layer;
+          })) {
+        continue;
+      }
       std::copy(c.layer.begin(), c.layer.end(),
                 one_plan.mutable_layer(0).begin());
       std::vector<Violation> bad = CheckPlan(one_cur, one_plan, max_receives);

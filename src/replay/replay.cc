@@ -408,6 +408,7 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
   result.baseline_imbalance_per_step = std::move(without.per_step);
   result.rebalances = cs.rebalances;
   result.cycles_late = cs.cycles_late;
+  result.plan_late_steps = cs.plan_late_steps;
   result.max_plan_ms = static_cast<double>(cs.max_plan_nanos) / 1e6;
   result.plans_failed = cs.plans_failed + cs.plans_rejected;
   result.layers_committed = cs.layers_committed;

@@ -295,6 +295,7 @@ int RunReplayCommand(const ReplayFlags& f) {
                {"warmup_steps", r->warmup_steps},
                {"rebalances", r->rebalances},
                {"cycles_late", r->cycles_late},
+               {"plan_late_steps", r->plan_late_steps},
                {"max_plan_ms", r->max_plan_ms},
                {"plans_failed", r->plans_failed},
                {"layers_committed", r->layers_committed},
@@ -341,8 +342,10 @@ int RunReplayCommand(const ReplayFlags& f) {
                std::to_string(r->layers_incremental) + " / " +
                std::to_string(r->layers_full))
                   .c_str());
-  std::printf("%-28s %14s %14lld\n", "cycles skipped (plan late)", "-",
-              static_cast<long long>(r->cycles_late));
+  std::printf("%-28s %14s %14s\n", "plans late (steps waited)", "-",
+              (std::to_string(r->cycles_late) + " (" +
+               std::to_string(r->plan_late_steps) + ")")
+                  .c_str());
   std::printf("%-28s %14s %11.2f ms\n", "slowest plan", "-", r->max_plan_ms);
   std::printf("%-28s %14s %14lld\n", "experts moved", "0",
               static_cast<long long>(r->experts_moved));
