@@ -383,8 +383,7 @@ int Run(const Options& opt) {
               ScoreWindows(*trace, *topology, kHeatInterval, plan, loads),
               layers, c.steady_from);
           if (failed)
-            notes.push_back(c.name + ": a reference plan by " + fp +
-                            " failed");
+            notes.push_back(c.name + ": a reference plan by " + fp + " failed");
           floor.whole = s.first;
           floor.steady = s.second;
           floor.seconds = Fixed(SecondsSince(t0), 1);

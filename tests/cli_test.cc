@@ -35,8 +35,9 @@ class CliTest : public ::testing::Test {
   // `env`: assignments before the command, e.g. "DYNAMIC_EPLB=true ".
   Result Run(const std::string& args, const std::string& env = "") {
     const fs::path out = dir_ / "stdout", err = dir_ / "stderr";
-    const std::string cmd = env + std::string(EPLB_CLI_PATH) + " " + args + " >" +
-                            out.string() + " 2>" + err.string() + " </dev/null";
+    const std::string cmd = env + std::string(EPLB_CLI_PATH) + " " + args +
+                            " >" + out.string() + " 2>" + err.string() +
+                            " </dev/null";
     const int raw = std::system(cmd.c_str());
     Result r;
     r.exit_code = WIFEXITED(raw) ? WEXITSTATUS(raw) : 128 + WTERMSIG(raw);

@@ -93,12 +93,12 @@ struct ControllerOptions {
 
 struct ControllerStats {
   int64_t steps = 0;
-  int64_t cycles = 0;          // Cycles whose plan was taken.
-  int64_t rebalances = 0;      // Cycles that committed at least one layer.
-  int64_t cycles_late = 0;     // Plan not ready after A steps.
+  int64_t cycles = 0;           // Cycles whose plan was taken.
+  int64_t rebalances = 0;       // Cycles that committed at least one layer.
+  int64_t cycles_late = 0;      // Plan not ready after A steps.
   int64_t plan_late_steps = 0;  // Steps served waiting for late plans.
-  int64_t plans_failed = 0;    // Policy threw or returned an error.
-  int64_t plans_rejected = 0;  // Plan broke an invariant.
+  int64_t plans_failed = 0;     // Policy threw or returned an error.
+  int64_t plans_rejected = 0;   // Plan broke an invariant.
   int64_t layers_committed = 0;
   int64_t layers_aborted = 0;
   int64_t experts_moved = 0;
@@ -192,7 +192,7 @@ class Controller {
   bool window_shifted_ = false;  // EndCollect: a shift cut the window short.
   // [L]: the imbalance each layer's serving placement was expected to meet.
   std::vector<double> expected_;
-  double step_seconds_ = 0.0;    // The last step's duration.
+  double step_seconds_ = 0.0;     // The last step's duration.
   int64_t last_step_nanos_ = -1;  // Clock at the last AfterForward.
 };
 

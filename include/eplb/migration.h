@@ -192,9 +192,9 @@ class MigrationEngine {
   MigrationStats stats_;
   Status StartBatch(
       std::span<const std::pair<int, std::span<const int32_t>>> layers);
-  std::vector<int> in_flight_;     // Layers of the batch in flight.
-  std::vector<int32_t> targets_;   // [batch][R*K]: their targets.
-  std::vector<int> committed_;     // Of the last finished batch.
+  std::vector<int> in_flight_;    // Layers of the batch in flight.
+  std::vector<int32_t> targets_;  // [batch][R*K]: their targets.
+  std::vector<int> committed_;    // Of the last finished batch.
   std::vector<int> aborted_;
   std::vector<Transfer> transfers_;
   std::unique_ptr<TransferBatch> batch_;

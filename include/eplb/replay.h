@@ -34,9 +34,9 @@ struct ReplayOptions {
   QuantType quant = QuantType::kBf16;
   HardwareProfile hardware;
   Topology topology;
-  EplbConfig config;            // Mode, intervals, policy, paths.
-  std::string policy;           // Overrides config.eplb_policy_type when set.
-  int batch_steps = 1;          // Trace steps per replay step.
+  EplbConfig config;    // Mode, intervals, policy, paths.
+  std::string policy;   // Overrides config.eplb_policy_type when set.
+  int batch_steps = 1;  // Trace steps per replay step.
   // How each step's tokens for an expert are split over its replicas, on
   // the balanced side and in what the policies plan for ("no balancing" is
   // always the default placement under the same dispatch).
@@ -91,9 +91,9 @@ struct ReplayResult {
   std::vector<double> imbalance_per_step;           // Mean over layers.
   std::vector<double> baseline_imbalance_per_step;  // Mean over layers.
   int64_t rebalances = 0;
-  int64_t cycles_late = 0;  // Plan not ready after A steps.
+  int64_t cycles_late = 0;      // Plan not ready after A steps.
   int64_t plan_late_steps = 0;  // Steps served waiting for late plans.
-  double max_plan_ms = 0;   // Slowest plan (planner thread, wall clock).
+  double max_plan_ms = 0;       // Slowest plan (planner thread, wall clock).
   int64_t plans_failed = 0;
   int64_t layers_committed = 0;
   int64_t layers_aborted = 0;

@@ -87,10 +87,9 @@ struct Controller::Planner {
       const int64_t start = clock->NowNanos();
       TakeWindows();
       try {
-        result = policy->Rebalance(
-            {&job.current, &job.load, &samples, topology, window_steps,
-             job.shifted},
-            options);
+        result = policy->Rebalance({&job.current, &job.load, &samples, topology,
+                                    window_steps, job.shifted},
+                                   options);
       } catch (const std::exception& e) {
         result = InternalError(std::string("policy threw: ") + e.what());
       } catch (...) {
@@ -145,10 +144,9 @@ StatusOr<std::unique_ptr<Controller>> Controller::Create(ControllerOptions o) {
                            .transport = o.transport,
                            .clock = o.clock,
                            .timeout_nanos = o.transfer_timeout_nanos,
-                           .staging_per_rank =
-                               o.staging_per_rank > 0
-                                   ? o.staging_per_rank
-                                   : 2 * t.slots_per_rank},
+                           .staging_per_rank = o.staging_per_rank > 0
+                                                   ? o.staging_per_rank
+                                                   : 2 * t.slots_per_rank},
           o.initial));
   c->planner_ = std::make_unique<Planner>();
   c->planner_->policy = o.policy.get();
@@ -287,8 +285,7 @@ void Controller::EndCollect() {
   const Placement& serving = migration_->placement();
   AddPendingWindow(snap.LogicalSamples(serving));
   // A cycle collects only after its previous plan was taken.
-  EPLB_CHECK(planner_->state.load(std::memory_order_acquire) ==
-             Planner::kIdle);
+  EPLB_CHECK(planner_->state.load(std::memory_order_acquire) == Planner::kIdle);
   Planner::Job& job = planner_->job;
   job.id = step_;
   job.current = serving;
@@ -395,8 +392,7 @@ void Controller::TakePlan() {
   auto gain = [&](int l) {
     const LayerPlan& x = plan->layers[l];
     const double score = x.current_score - x.predicted_score;
-    return score != 0.0 ? score
-                        : x.current_imbalance - x.predicted_imbalance;
+    return score != 0.0 ? score : x.current_imbalance - x.predicted_imbalance;
   };
   std::stable_sort(layers_.begin(), layers_.end(),
                    [&](int a, int b) { return gain(a) > gain(b); });
@@ -415,8 +411,8 @@ std::vector<int> Controller::NextBatch() {
   const int staging = migration_->store().staging_per_rank();
   // Bytes the busiest receiving rank may take in one step; one layer per
   // step without a link bandwidth or a step time yet.
-  const double budget = options_.config.eplb_link_gbytes_per_s * 1e9 *
-                        step_seconds_;
+  const double budget =
+      options_.config.eplb_link_gbytes_per_s * 1e9 * step_seconds_;
   std::vector<int> used(t.num_ranks, 0);
   std::vector<int> batch;
   while (next_layer_ < layers_.size()) {
@@ -453,8 +449,8 @@ void Controller::MigrateStep(bool before) {
       return;
     }
     const std::vector<int>& done = migration_->committed_layers();
-    stats_.max_layers_per_step = std::max(
-        stats_.max_layers_per_step, static_cast<int64_t>(done.size()));
+    stats_.max_layers_per_step =
+        std::max(stats_.max_layers_per_step, static_cast<int64_t>(done.size()));
     for (int layer : done) commit(layer);
     for (int layer : migration_->aborted_layers()) {
       Log("layer " + std::to_string(layer) +
@@ -486,7 +482,10 @@ void Controller::MigrateStep(bool before) {
       const std::vector<int> batch = NextBatch();
       Status s = migration_->StartLayers(batch, plan_);
       if (!s.ok()) {
-        Log("layers " + std::to_string(batch.front()) + (batch.size() > 1 ? " and " + std::to_string(batch.size() - 1) + " more" : "") +
+        Log("layers " + std::to_string(batch.front()) +
+            (batch.size() > 1
+                 ? " and " + std::to_string(batch.size() - 1) + " more"
+                 : "") +
             " not migrated: " + s.ToString());
       }
     }

@@ -62,8 +62,8 @@ struct Rig {
   std::vector<std::string> logs;
 
   Rig(EplbConfig config, std::unique_ptr<Policy> policy = nullptr,
-      bool sync = false, Placement initial = Placement(),
-      bool lockstep = false, int staging_per_rank = 0) {
+      bool sync = false, Placement initial = Placement(), bool lockstep = false,
+      int staging_per_rank = 0) {
     ControllerOptions o;
     o.staging_per_rank = staging_per_rank;
     o.config = config;

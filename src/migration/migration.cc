@@ -313,9 +313,8 @@ Status MigrationEngine::StartLayers(std::span<const int> layers,
 Status MigrationEngine::StartBatch(
     std::span<const std::pair<int, std::span<const int32_t>>> layers) {
   if (!in_flight_.empty()) {
-    return FailedPreconditionError("layer " +
-                                   std::to_string(in_flight_.front()) +
-                                   " is still migrating");
+    return FailedPreconditionError(
+        "layer " + std::to_string(in_flight_.front()) + " is still migrating");
   }
   if (draining_ != nullptr) {
     if (!draining_->Done()) {
@@ -439,8 +438,8 @@ MigrationEngine::State MigrationEngine::Finish() {
     for (size_t j = 0; s.ok() && j < transfers_.size(); ++j) {
       const Transfer& t = transfers_[j];
       if (t.layer != layer) continue;
-      if ((WeightStore::Checksum(store_->Staging(t.dst_rank, t.staging)) |
-           1) != store_->ExpectedChecksum(layer, t.expert)) {
+      if ((WeightStore::Checksum(store_->Staging(t.dst_rank, t.staging)) | 1) !=
+          store_->ExpectedChecksum(layer, t.expert)) {
         s = DataLossError("layer " + std::to_string(layer) + ", device " +
                           std::to_string(t.dst_rank) + ", slot " +
                           std::to_string(t.dst_slot) +

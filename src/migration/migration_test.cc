@@ -60,8 +60,7 @@ struct Rig {
   std::unique_ptr<Transport> transport;
   std::unique_ptr<MigrationEngine> engine;
 
-  explicit Rig(FaultOptions faults = {},
-               int64_t timeout_nanos = 10'000'000'000,
+  explicit Rig(FaultOptions faults = {}, int64_t timeout_nanos = 10'000'000'000,
                int staging_per_rank = 0) {
     transport =
         WrapWithFaults(*CreateInProcessTransport({.num_threads = 2}), faults);

@@ -11,7 +11,6 @@
 #include <vector>
 
 #include "eplb/dispatch.h"
-
 #include "policy/flashlb_stats.h"
 #include "policy/layer_policy.h"
 

@@ -460,8 +460,8 @@ double LayerModel::DispatchScore(std::span<const int32_t> layer) {
             shot_tokens_.data() + static_cast<size_t>(t) * e_,
             static_cast<size_t>(e_)),
         quotas_);
-    total += static_cast<double>(peak) * r_ /
-             static_cast<double>(shot_total_[t]);
+    total +=
+        static_cast<double>(peak) * r_ / static_cast<double>(shot_total_[t]);
   }
   return total / s_;
 }

@@ -265,8 +265,8 @@ struct HullStep {
 // The hull steps of one layer's options (options[0] is the current
 // placement): each next option has more moves and the best gain per added
 // move; only steps that gain more than `move_cost` per move.
-void HullSteps(int layer, const std::vector<Option>& options,
-               double move_cost, std::vector<HullStep>* out) {
+void HullSteps(int layer, const std::vector<Option>& options, double move_cost,
+               std::vector<HullStep>* out) {
   int at = 0;
   for (int index = 0;; ++index) {
     int best = -1;
@@ -277,9 +277,8 @@ void HullSteps(int layer, const std::vector<Option>& options,
       if (dm <= 0 || !(gain > 0.0)) continue;
       const double slope = gain / dm;
       // Ties: fewer moves.
-      if (slope > best_slope ||
-          (best >= 0 && slope == best_slope &&
-           options[i].moves < options[best].moves)) {
+      if (slope > best_slope || (best >= 0 && slope == best_slope &&
+                                 options[i].moves < options[best].moves)) {
         best = i;
         best_slope = slope;
       }
@@ -354,8 +353,8 @@ StatusOr<Plan> LayerPolicy::RebalanceSelecting(const PolicyInput& input,
     std::vector<LayerCandidate> candidates;
     PlanCandidates(ctx, &candidates);
     std::vector<Option>& opts = layer_options[l];
-    opts.push_back(Option{model.DispatchScore(cur.layer(l)), 0,
-                          LayerChoice::kKept, {}});
+    opts.push_back(
+        Option{model.DispatchScore(cur.layer(l)), 0, LayerChoice::kKept, {}});
     Placement one_cur(1, r, k, e);
     Placement one_plan(1, r, k, e);
     std::copy(cur.layer(l).begin(), cur.layer(l).end(),
@@ -373,9 +372,8 @@ StatusOr<Plan> LayerPolicy::RebalanceSelecting(const PolicyInput& input,
       }
       // The same layer offered twice (a refinement that found nothing) is
       // scored once.
-      if (std::any_of(opts.begin() + 1, opts.end(), [&](const Option& o) {
-            return o.layer == c.layer;
-          })) {
+      if (std::any_of(opts.begin() + 1, opts.end(),
+                      [&](const Option& o) { return o.layer == c.layer; })) {
         continue;
       }
       std::copy(c.layer.begin(), c.layer.end(),
@@ -385,9 +383,8 @@ StatusOr<Plan> LayerPolicy::RebalanceSelecting(const PolicyInput& input,
         bad[0].layer = l;
         layer_notes[l].push_back("layer " + std::to_string(l) + ": " +
                                  std::string(LayerChoiceName(c.choice)) +
-                                 " candidate of policy " +
-                                 std::string(name()) + " rejected (" +
-                                 bad[0].ToString() + ")");
+                                 " candidate of policy " + std::string(name()) +
+                                 " rejected (" + bad[0].ToString() + ")");
         continue;
       }
       const double score = model.DispatchScore(c.layer);
@@ -444,9 +441,9 @@ StatusOr<Plan> LayerPolicy::RebalanceSelecting(const PolicyInput& input,
                    });
   // At least one swap's worth (2 moves), so that a small model can move.
   int64_t budget = std::max<int64_t>(
-      2, static_cast<int64_t>(std::ceil(options.migration_budget *
-                                        cur.num_layers() *
-                                        static_cast<double>(r) * k)));
+      2, static_cast<int64_t>(
+             std::ceil(options.migration_budget * cur.num_layers() *
+                       static_cast<double>(r) * k)));
   std::vector<int> next_index(cur.num_layers(), 0);
   for (const HullStep& s : steps) {
     if (next_index[s.layer] != s.index) continue;  // An earlier step missed.
@@ -467,7 +464,8 @@ StatusOr<Plan> LayerPolicy::RebalanceSelecting(const PolicyInput& input,
     info.predicted_score = pick.score;
     info.choice = pick.choice;
     std::span<const int32_t> placed =
-        pick.layer.empty() ? cur.layer(l) : std::span<const int32_t>(pick.layer);
+        pick.layer.empty() ? cur.layer(l)
+                           : std::span<const int32_t>(pick.layer);
     Chosen(l, placed, LayerImbalance(placed, scoring_load.row(l), r, k));
     if (pick.layer.empty()) continue;
     std::copy(pick.layer.begin(), pick.layer.end(),

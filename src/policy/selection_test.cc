@@ -48,12 +48,11 @@ LoadTrace TopicSteps(int steps, int shift, uint64_t seed, int tokens = 400) {
 
 // `a` then `b`, one trace.
 LoadTrace Concat(const LoadTrace& a, const LoadTrace& b) {
-  LoadTrace out(a.num_steps() + b.num_steps(), a.num_layers(),
-                a.num_experts());
+  LoadTrace out(a.num_steps() + b.num_steps(), a.num_layers(), a.num_experts());
   std::copy(a.data().begin(), a.data().end(), out.mutable_data().begin());
-  std::copy(b.data().begin(), b.data().end(),
-            out.mutable_data().begin() +
-                static_cast<ptrdiff_t>(a.data().size()));
+  std::copy(
+      b.data().begin(), b.data().end(),
+      out.mutable_data().begin() + static_cast<ptrdiff_t>(a.data().size()));
   return out;
 }
 
@@ -66,21 +65,20 @@ TEST(ScoringSamplesTest, SteadyTrafficScoresTheWholeHistory) {
   const LoadMatrix load = Newest(samples, 16);
   const Placement current = Placement::Initial(kLayers, kExperts, Shape());
   LoadTrace recent;
-  EXPECT_EQ(ChooseScoringSamples(
-                {&current, &load, &samples, Shape(), /*window_steps=*/16},
-                &recent),
-            &samples);
+  EXPECT_EQ(
+      ChooseScoringSamples(
+          {&current, &load, &samples, Shape(), /*window_steps=*/16}, &recent),
+      &samples);
   // Without a known window, every sample is alike.
-  EXPECT_EQ(ChooseScoringSamples({&current, &load, &samples, Shape(), 0},
-                                 &recent),
-            &samples);
+  EXPECT_EQ(
+      ChooseScoringSamples({&current, &load, &samples, Shape(), 0}, &recent),
+      &samples);
 }
 
 TEST(ScoringSamplesTest, ATopicSwitchAWindowAgoScoresTheNewestWindow) {
   // 48 steps of one topic, then 32 of another: the window before the
   // newest predicts it far better than the older history.
-  const LoadTrace samples =
-      Concat(TopicSteps(48, 0, 2), TopicSteps(32, 21, 3));
+  const LoadTrace samples = Concat(TopicSteps(48, 0, 2), TopicSteps(32, 21, 3));
   const LoadMatrix load = Newest(samples, 16);
   const Placement current = Placement::Initial(kLayers, kExperts, Shape());
   LoadTrace recent;
@@ -149,17 +147,16 @@ TEST_P(SelectingPolicyTest, NeverWorseThanAFullReplanAfterAShift) {
     EXPECT_LT(info.predicted_score, info.current_score);
     // Scored step by step on the newest window, round robin in whole
     // tokens, as StepImbalance does.
-    EXPECT_NEAR(info.current_score, StepImbalance(s.current, l, recent),
-                1e-9);
+    EXPECT_NEAR(info.current_score, StepImbalance(s.current, l, recent), 1e-9);
     EXPECT_NEAR(info.predicted_score, StepImbalance(plan.placement, l, recent),
                 1e-9);
     const double full_score = StepImbalance(full.placement, l, recent);
     const int full_moves = full.layers[l].moved_experts;
     // (Matching the full plan's ranks to the current ones changes which
     // replica takes an odd token: a little slack.)
-    EXPECT_LE(info.predicted_score,
-              full_score + 0.25 * (full_moves - info.moved_experts) / slots +
-                  0.01);
+    EXPECT_LE(
+        info.predicted_score,
+        full_score + 0.25 * (full_moves - info.moved_experts) / slots + 0.01);
   }
 }
 
@@ -174,8 +171,7 @@ TEST_P(SelectingPolicyTest, TheBudgetGoesToTheBestGainPerMove) {
   ASSERT_GT(free_moves, 10);
   // Room for about a third of those moves.
   PolicyOptions tight;
-  tight.migration_budget =
-      (free_moves / 3.0) / (kLayers * kRanks * kSlots);
+  tight.migration_budget = (free_moves / 3.0) / (kLayers * kRanks * kSlots);
   const Plan plan =
       CreatePolicy(GetParam()).value()->Rebalance(s.Input(), tight).value();
   int moves = 0;
@@ -205,10 +201,10 @@ TEST_P(SelectingPolicyTest, ThreadsGiveTheSamePlan) {
   const Shifted s;
   PolicyOptions one, three;
   three.num_threads = 3;
-  const Plan a = CreatePolicy(GetParam()).value()->Rebalance(s.Input(), one)
-                     .value();
-  const Plan b = CreatePolicy(GetParam()).value()->Rebalance(s.Input(), three)
-                     .value();
+  const Plan a =
+      CreatePolicy(GetParam()).value()->Rebalance(s.Input(), one).value();
+  const Plan b =
+      CreatePolicy(GetParam()).value()->Rebalance(s.Input(), three).value();
   EXPECT_EQ(a.placement, b.placement);
   for (int l = 0; l < kLayers; ++l) {
     EXPECT_EQ(a.layers[l].predicted_score, b.layers[l].predicted_score);
@@ -246,10 +242,9 @@ TEST_P(SelectingPolicyTest, ColdLayersArePlannedForBalanceAlone) {
   const PolicyInput in{&initial, &load, &samples, t, 16};
   PolicyOptions balance, quick;
   quick.quick_first_plan = true;
-  const Plan a = CreatePolicy(GetParam()).value()->Rebalance(in, balance)
-                     .value();
-  const Plan b = CreatePolicy(GetParam()).value()->Rebalance(in, quick)
-                     .value();
+  const Plan a =
+      CreatePolicy(GetParam()).value()->Rebalance(in, balance).value();
+  const Plan b = CreatePolicy(GetParam()).value()->Rebalance(in, quick).value();
   for (int l = 0; l < kLayers; ++l) {
     SCOPED_TRACE("layer " + std::to_string(l));
     ASSERT_TRUE(a.layers[l].changed);

@@ -397,8 +397,7 @@ class SwiftPolicy final : public LayerPolicy {
     model.ComputeMeansOnly();
     std::vector<int32_t> recount;
     if (model.Incremental(ctx.current, count, limit, &recount)) {
-      model.SwapOnShots(ctx.current, move_cost, ExtraSwaps(r), limit,
-                        &recount);
+      model.SwapOnShots(ctx.current, move_cost, ExtraSwaps(r), limit, &recount);
       out->push_back({std::move(recount), LayerChoice::kIncremental});
     }
     MatchRanksToCurrent(ctx.current, full, r, t.slots_per_rank);

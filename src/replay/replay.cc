@@ -389,8 +389,7 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
   result.steady_from = o.steady_from >= 0 ? o.steady_from : first_done;
   if (result.steady_from >= 0) {
     std::vector<double> steady;
-    const size_t first =
-        static_cast<size_t>(result.steady_from) * num_layers;
+    const size_t first = static_cast<size_t>(result.steady_from) * num_layers;
     for (size_t i = first; i < result.imbalance_by_step_layer.size(); ++i) {
       if (result.imbalance_by_step_layer[i] > 0) {
         steady.push_back(result.imbalance_by_step_layer[i]);

@@ -49,10 +49,10 @@ constexpr std::string_view kPlannerThreads = "eplb_planner_threads";
 // vllm-ascend's keys in the order of its table, then eplb's own; the
 // unknown-key error lists them so.
 constexpr std::array<std::string_view, 14> kValidKeys = {
-    kDynamicEplb,  kExpertMapPath,     kExpertMapRecordPath, kHeatInterval,
-    kAlgorithmInterval, kNumRedundant, kPolicyType,          kHeatStage,
-    kDispatch,     kMigrationBudget,   kFastWarmup,          kShiftReplan,
-    kLinkBandwidth, kPlannerThreads,
+    kDynamicEplb,       kExpertMapPath,   kExpertMapRecordPath, kHeatInterval,
+    kAlgorithmInterval, kNumRedundant,    kPolicyType,          kHeatStage,
+    kDispatch,          kMigrationBudget, kFastWarmup,          kShiftReplan,
+    kLinkBandwidth,     kPlannerThreads,
 };
 
 constexpr std::string_view kDynamicEnv = "DYNAMIC_EPLB";
@@ -263,9 +263,9 @@ Status ReadNumber(const Json& value, std::string_view key, double low,
       std::snprintf(buf, sizeof buf, "%g", x);
       return std::string(buf);
     };
-    const std::string range = (zero_ok ? "a number in [0, "
-                                       : "a number in (" + text(low) + ", ") +
-                              text(high) + "]";
+    const std::string range =
+        (zero_ok ? "a number in [0, " : "a number in (" + text(low) + ", ") +
+        text(high) + "]";
     return KeyError(key, Describe(value), "must be " + range);
   }
   *out = v;
