@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstdio>
 #include <ctime>
+#include <exception>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -340,10 +341,11 @@ int Run(const Options& opt) {
       Row none{.trace = c.name, .dispatch = dname, .label = "no balancing"};
       std::optional<Figures> none_whole_here;
       {
-        const auto s = Summarise(ScoreWindows(
-                                     *trace, *topology, trace->num_steps(),
-                                     [&](int, int) { return initial; }, loads),
-                                 layers, c.steady_from);
+        const auto s =
+            Summarise(ScoreWindows(
+                          *trace, *topology, trace->num_steps(),
+                          [&](int, int) { return Placement(initial); }, loads),
+                      layers, c.steady_from);
         none_whole_here = s.first;
         none.steady = s.second;
       }
@@ -366,7 +368,7 @@ int Run(const Options& opt) {
           bool failed = false;
           const auto plan = [&](int begin, int end) {
             if (fresh) {
-              if (begin == 0) return initial;
+              if (begin == 0) return Placement(initial);
               end = begin;
               begin = std::max(0, begin - kHeatInterval);
             }
@@ -375,7 +377,7 @@ int Run(const Options& opt) {
                 {&initial, &agg, nullptr, *topology}, eplb::PolicyOptions{});
             if (!p.ok()) {
               failed = true;
-              return initial;
+              return Placement(initial);
             }
             return p->placement;
           };
@@ -436,8 +438,10 @@ int Run(const Options& opt) {
         row.late = std::to_string(r->cycles_late);
         row.seconds = Fixed(secs, 1);
         if (r->plans_failed > 0) {
-          notes.push_back(c.name + " " + dname + " " + name + ": " +
-                          std::to_string(r->plans_failed) + " plans failed");
+          std::string note = c.name;
+          note += " " + dname + " " + name + ": ";
+          note += std::to_string(r->plans_failed) + " plans failed";
+          notes.push_back(std::move(note));
         }
         rows.push_back(row);
         // The replay's own no-balancing figures, checked against ours.
@@ -477,7 +481,11 @@ int Run(const Options& opt) {
                ra->whole->p90 == rb->whole->p90 && ra->moved == rb->moved &&
                ra->rebalances == rb->rebalances;
       }
-      if (same) same_dispatch[a + " and " + b].push_back(c.name);
+      if (same) {
+        std::string key = a;
+        key += " and " + b;
+        same_dispatch[key].push_back(c.name);
+      }
     }
   }
 
@@ -528,10 +536,12 @@ int Run(const Options& opt) {
   for (const auto& [pair, traces] : same_dispatch) {
     std::string list;
     for (const std::string& t : traces) list += (list.empty() ? "" : ", ") + t;
-    notes.push_back("every policy's rows under " + pair +
-                    " dispatch are the same in every figure shown (the "
-                    "replays did not differ) on: " +
-                    list);
+    std::string note = "every policy's rows under " + pair;
+    note +=
+        " dispatch are the same in every figure shown (the replays did not "
+        "differ) on: ";
+    note += list;
+    notes.push_back(std::move(note));
   }
   if (steady_missing) {
     notes.push_back(
@@ -555,7 +565,9 @@ int Run(const Options& opt) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+namespace {
+
+int Main(int argc, char** argv) {
   CLI::App app{
       "eplb_bench_dynamic: every policy through the dynamic cycle on "
       "unseen traffic families"};
@@ -622,4 +634,15 @@ int main(int argc, char** argv) {
   opt.command = "eplb_bench_dynamic";
   for (int i = 1; i < argc; ++i) opt.command += std::string(" ") + argv[i];
   return Run(opt);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return Main(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "eplb_bench_dynamic: %s\n", e.what());
+    return 1;
+  }
 }

@@ -195,6 +195,7 @@ void GenDomains(Gen& g) {
   const int64_t lo = g.tokens - g.tokens * 3 / 13;
   const int64_t hi = g.tokens + g.tokens * 3 / 13;
   std::vector<Rng> surge_rng;
+  surge_rng.reserve(static_cast<size_t>(g.layers));
   for (int l = 0; l < g.layers; ++l) {
     surge_rng.push_back(g.Stream(kSurgeStream, l));
   }
