@@ -439,8 +439,9 @@ int Run(const Options& opt) {
         row.seconds = Fixed(secs, 1);
         if (r->plans_failed > 0) {
           std::string note = c.name;
-          note += " " + dname + " " + name + ": ";
-          note += std::to_string(r->plans_failed) + " plans failed";
+          note.append(" ").append(dname).append(" ").append(name);
+          note.append(": ").append(std::to_string(r->plans_failed));
+          note.append(" plans failed");
           notes.push_back(std::move(note));
         }
         rows.push_back(row);
