@@ -144,6 +144,22 @@ const LoadTrace* ChooseScoringSamples(const PolicyInput& input,
 
 namespace {
 
+// What a policy sees of layer `l` of `input`, scoring on `samples`.
+LayerContext MakeContext(int l, const PolicyInput& input,
+                         const PolicyOptions& options, const LoadTrace* samples,
+                         double current_imbalance) {
+  LayerContext ctx;
+  ctx.layer = l;
+  ctx.num_experts = input.current->num_experts();
+  ctx.current = input.current->layer(l);
+  ctx.load = input.load->row(l);
+  ctx.samples = samples;
+  ctx.topology = &input.topology;
+  ctx.options = &options;
+  ctx.current_imbalance = current_imbalance;
+  return ctx;
+}
+
 // Moves of a layer change, split by whether a current holder of the expert
 // shares the receiving rank's node.
 void CountMoves(std::span<const int32_t> cur, std::span<const int32_t> plan,
@@ -196,15 +212,8 @@ StatusOr<Plan> LayerPolicy::Rebalance(const PolicyInput& input,
                     [](double v) { return v == 0.0; })) {
       continue;  // No load: keep the layer.
     }
-    LayerContext ctx;
-    ctx.layer = l;
-    ctx.num_experts = e;
-    ctx.current = cur.layer(l);
-    ctx.load = load;
-    ctx.samples = input.samples;
-    ctx.topology = &t;
-    ctx.options = &options;
-    ctx.current_imbalance = info.current_imbalance;
+    const LayerContext ctx =
+        MakeContext(l, input, options, input.samples, info.current_imbalance);
     std::vector<int32_t> planned = PlanLayer(ctx);
     if (planned.empty()) continue;
     if (static_cast<int>(planned.size()) != r * k) {
@@ -335,15 +344,8 @@ StatusOr<Plan> LayerPolicy::RebalanceSelecting(const PolicyInput& input,
                     [](double v) { return v == 0.0; })) {
       return;  // No load: keep the layer.
     }
-    LayerContext ctx;
-    ctx.layer = l;
-    ctx.num_experts = e;
-    ctx.current = cur.layer(l);
-    ctx.load = load;
-    ctx.samples = scoring;
-    ctx.topology = &t;
-    ctx.options = &options;
-    ctx.current_imbalance = info.current_imbalance;
+    LayerContext ctx =
+        MakeContext(l, input, options, scoring, info.current_imbalance);
     ctx.scoring_load = sload;
     ctx.cold = std::equal(cur.layer(l).begin(), cur.layer(l).end(),
                           initial.layer(0).begin());
