@@ -324,7 +324,11 @@ TEST(ControllerTest, ALatePlanIsTakenAsSoonAsItIsReady) {
   EXPECT_EQ(s.cycles_late, 1);
   EXPECT_GE(s.plan_late_steps, 3);
   ASSERT_GE(s.layers_committed, 1);
-  EXPECT_EQ(rig.commits[0].first, 4 + 1 + s.plan_late_steps + 1);
+  // Taken at step 4 + 1 + late; its first layer commits a step later (or a
+  // few, when the copies are slow), not a cycle later.
+  const int64_t taken = 4 + 1 + s.plan_late_steps;
+  EXPECT_GE(rig.commits[0].first, taken + 1);
+  EXPECT_LT(rig.commits[0].first, taken + 4);
   EXPECT_TRUE(
       rig.controller->weights().Verify(rig.controller->placement()).ok());
 }
