@@ -510,9 +510,13 @@ int Run(const Options& opt) {
       "for each consecutive window of H steps, on that very window's "
       "aggregate from the initial placement and serves it during the window "
       "(clairvoyant: what a planner that knew each window in advance would "
-      "get). Moved: slots moved per rebalance over all slots; late: cycles "
-      "whose plan missed its step; s: wall-clock seconds of the replay (or "
-      "of the floor's planning and scoring).\n\n";
+      "get); `previous window's plan` plans the same way on the window "
+      "before and serves it at once (no staleness: what the cycle would "
+      "meet if plans took no A steps and migrations no time). Both are "
+      "scored under the row's dispatch. Moved: slots moved per rebalance "
+      "over all slots; late: cycles whose plan missed its step; s: "
+      "wall-clock seconds of the replay (or of the reference's planning and "
+      "scoring).\n\n";
   md +=
       "| trace | what | steps x layers x experts | model, EP group | tokens "
       "per step: mean (range) | hottest share median / p90 | hot-set overlap "

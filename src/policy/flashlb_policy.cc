@@ -37,29 +37,23 @@
 // 7. Minimal redeploy: planned ranks are matched to current ranks by maximum
 //    overlap (Hungarian); the frame keeps the overlapping experts in place.
 //    Then up to 2R shot-scored swaps (step 8's, with its move cost).
-// 8. Choice. The first plan of a layer (a static map, or the first cycle of
-//    the dynamic mode) is for balance alone: the plan of steps 3-7 is
-//    adopted when its shot score beats the current layer's. A re-plan (the
-//    project's addition) also pays for what it moves: a candidate costs its
-//    shot score + 0.25 x the fraction of the layer's slots whose expert is
-//    new to the rank (kShotMovePenalty): moving every slot must buy 0.25 of
-//    score, moving one expert of 72 slots 0.0035. The candidates are, in this
-//    order, the current layer, an incremental layer and the plan of steps 3-7;
-//    a later one must cost less (by more than rounding) to win, so ties keep
-//    the layer that moves less. No score is below 1, so a re-plan moves
-//    fewer than 4 x (current score - 1) of the slots. The incremental layer
-//    starts from the current one with the replica counts of step 5: every
-//    expert keeps min(old, new) of its replicas (surplus ones leave the most
-//    loaded rank first), the missing ones go into the freed slots by the
-//    greedy of step 4 (when every rank with room holds the expert, an expert
-//    of another rank moves into the room to make way), then up to 2R swaps
-//    scored on the shots: each time the hot rank (the peak in the most
-//    shots) and one of the 2 ranks with the most room below its peaks
-//    (kSwapPartners) trade the pair of experts that most lowers the cost,
-//    moves counted against the current layer, while the cost falls.
-//    Candidates over max_receives_per_rank are passed over (one is returned
-//    only when nothing else beats the current layer, so that the frame says
-//    why the layer was kept).
+// 8. Candidates. The policy offers the policy frame (layer_policy.h), which
+//    chooses, the plan of steps 3-7; an incremental layer with its replica
+//    counts (from the current layer every expert keeps min(old, new) of its
+//    replicas, surplus ones leaving the most loaded rank first; the missing
+//    ones go into the freed slots by the greedy of step 4, an expert of
+//    another rank making way when every rank with room holds the expert;
+//    then up to 2R swaps scored on the shots, each between the hot rank
+//    (the peak in the most shots) and one of the 2 ranks with the most room
+//    below its peaks (kSwapPartners), moves counted against the current
+//    layer); the same toward the replica counts of DeepSeek's algorithm; and
+//    DeepSeek's full plan matched to the current ranks and refined by swaps.
+//    A layer that is not re-planned (step 2) offers only its swaps. The
+//    frame scores every candidate under the dispatch in use and pays
+//    kShotMovePenalty (0.25 of score for moving every slot of the layer) per
+//    moved expert, within the migration budget; a layer still in the initial
+//    placement is planned for balance alone (or, in the dynamic cycle,
+//    paying for moves so that it commits sooner).
 //
 // Why re-plans are move-aware: on a short window, a plan for balance alone
 // fits the window's noise and reshuffles most of the layer each cycle. In

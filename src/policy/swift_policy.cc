@@ -20,20 +20,18 @@
 // mean rank load below its gain per move, so traffic crosses nodes only when
 // that buys a clearly lower peak.
 //
-// With per-step samples (the dynamic cycle hands every policy the sliding
-// history of the last 128 collected steps), the mean hides what serving
-// meets: two experts that are hot in the same steps double their rank's peak
-// although their means balance. So the walk's layer is then refined by up to
-// 2R swaps scored on the samples (FlashLB's SwapOnShots: the mean over steps
-// of each step's peak / mean rank load, replicas splitting whole tokens as
-// the default dispatch does), each paying 0.25 / (R*K) per moved expert
-// (kShotMovePenalty); the walk's layer, the refined one
-// and the current layer compete on that cost and the cheapest serves (ties
-// keep the one that moves less). On the DeepSeek-V2-Lite trace at EP8 + 8
-// with H = 16 this lowers the realized median / p90 imbalance from
-// 1.50 / 1.98 to 1.39 / 1.75 and moves 4% of the slots per rebalance instead
-// of 14%. Without samples (a static plan from an aggregate) the walk alone
-// decides, as described above.
+// The walk is one of four candidates the policy frame weighs against the
+// current layer (layer_policy.h): the walk's layer; the same refined by up
+// to 2R swaps scored on the per-step samples (FlashLB's SwapOnShots: the
+// mean over steps of each step's peak / mean rank load, since the mean
+// hides experts that are hot in the same steps); few moves toward the
+// replica counts of DeepSeek's algorithm on the scored load (every expert
+// keeps the replicas it still needs, the missing ones fill the freed
+// slots); and DeepSeek's full plan with its ranks matched to the current
+// ones, refined by swaps. The frame scores them under the dispatch in use
+// and chooses by gain per moved expert within the migration budget, so a
+// shift that a few moves cannot follow gets the full plan, and steady
+// traffic keeps its placement.
 //
 // One rule is dropped on purpose: the reference never moves a replica
 // received in the same round again. A plan is a diff applied once, so moving
