@@ -104,6 +104,13 @@ T* AwayFrom(const void* src, size_t count, std::vector<char>& storage) {
   return reinterpret_cast<T*>(storage.data() + (from + 2048 - base) % 4096);
 }
 
+// The routing of a layer of Dsv3Plan() (round robin needs its replica
+// lists).
+eplb::LayerRouting RoutingOf(std::span<const int32_t> layer) {
+  return eplb::BuildLayerRouting(
+      layer, kExperts, *eplb::MakeTopology(kExperts, kRanks, kSlotsPerRank));
+}
+
 void Tokens(benchmark::internal::Benchmark* b) {
   b->ArgName("tokens")->Arg(8192)->Arg(256);
 }
@@ -112,6 +119,7 @@ void BM_BalancedQuotas_Dsv3(benchmark::State& state) {
   const std::vector<std::vector<int64_t>> steps = StepCounts(state.range(0));
   const std::span<const int32_t> layer =
       Dsv3Plan().layer(eplb_bench::MostSkewedLayer());
+  const eplb::LayerRouting routing = RoutingOf(layer);
   eplb::BalancedDispatcher dispatcher(kExperts, kRanks, kSlotsPerRank);
   dispatcher.SetPlacement(layer);
   std::vector<int64_t> quota(kSlots);
@@ -128,7 +136,7 @@ void BM_BalancedQuotas_Dsv3(benchmark::State& state) {
   for (const std::vector<int64_t>& counts : steps) {
     const auto max =
         static_cast<double>(dispatcher.ComputeQuotas(counts, quota));
-    eplb::RoundRobinQuotas(layer, counts, rr);
+    eplb::RoundRobinQuotas(routing, counts, rr);
     const auto rr_max = static_cast<double>(MaxRankLoad(rr));
     double mean = 0;
     for (int64_t c : counts) mean += static_cast<double>(c);
@@ -169,12 +177,12 @@ BENCHMARK(BM_BalancedQuotas_Dsv3_AllLayers)->Apply(Tokens);
 
 void BM_RoundRobinQuotas_Dsv3(benchmark::State& state) {
   const std::vector<std::vector<int64_t>> steps = StepCounts(state.range(0));
-  const std::span<const int32_t> layer =
-      Dsv3Plan().layer(eplb_bench::MostSkewedLayer());
+  const eplb::LayerRouting routing =
+      RoutingOf(Dsv3Plan().layer(eplb_bench::MostSkewedLayer()));
   std::vector<int64_t> quota(kSlots);
   size_t i = 0;
   for (auto _ : state) {
-    eplb::RoundRobinQuotas(layer, steps[i], quota);
+    eplb::RoundRobinQuotas(routing, steps[i], quota);
     benchmark::DoNotOptimize(quota.data());
     benchmark::ClobberMemory();
     i = i + 1 == steps.size() ? 0 : i + 1;

@@ -22,6 +22,7 @@
 #include <string_view>
 #include <vector>
 
+#include "eplb/placement.h"
 #include "eplb/status.h"
 
 namespace eplb {
@@ -35,11 +36,11 @@ std::string_view DispatchModeName(DispatchMode mode);
 StatusOr<DispatchMode> ParseDispatchMode(std::string_view name);
 
 // Round-robin quotas of one layer and step: slot_quota[p] (p in [0, R*K)) =
-// the tokens the default dispatch sends to physical slot p. `layer` [R*K]
-// physical -> logical; `counts` [E] tokens per logical expert (>= 0).
-// O(R*K + E); allocates two [E] counters (BalancedDispatcher is the
-// allocation-free path).
-void RoundRobinQuotas(std::span<const int32_t> layer,
+// the tokens the default dispatch sends to physical slot p, under the
+// layer's `routing` (BuildLayerRouting); `counts` [E] tokens per logical
+// expert (>= 0). The one definition of the default dispatch's split: the
+// replay and the benchmarks use it. O(R*K + E); never allocates.
+void RoundRobinQuotas(const LayerRouting& routing,
                       std::span<const int64_t> counts,
                       std::span<int64_t> slot_quota);
 

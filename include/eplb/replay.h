@@ -124,13 +124,10 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
                                  const ReplayOptions& options);
 
 // Realized per-rank loads of one layer [R] under a placement's replicas and
-// the default dispatch. `counts` [E] integer token counts.
+// the default dispatch (RoundRobinQuotas summed per rank). `counts` [E]
+// token counts, rounded to whole tokens.
 std::vector<double> DispatchRankLoads(const LayerRouting& routing,
                                       std::span<const double> counts);
-// The same as per-slot counts [R*K].
-void DispatchSlotCounts(const LayerRouting& routing,
-                        std::span<const double> counts,
-                        std::span<int64_t> slot_counts);
 
 }  // namespace eplb
 

@@ -20,16 +20,18 @@ StatusOr<DispatchMode> ParseDispatchMode(std::string_view name) {
                               "': must be rr or balanced");
 }
 
-void RoundRobinQuotas(std::span<const int32_t> layer,
+void RoundRobinQuotas(const LayerRouting& routing,
                       std::span<const int64_t> counts,
                       std::span<int64_t> slot_quota) {
+  std::fill(slot_quota.begin(), slot_quota.end(), 0);
   // Replica j of an expert is its j-th slot in ascending physical id.
-  std::vector<int32_t> seen(counts.size(), 0);
-  std::vector<int32_t> total(counts.size(), 0);
-  for (int32_t e : layer) ++total[e];
-  for (size_t p = 0; p < layer.size(); ++p) {
-    const int32_t e = layer[p];
-    slot_quota[p] = WholeTokenShare(counts[e], total[e], seen[e]++);
+  for (int e = 0; e < routing.num_experts; ++e) {
+    const std::span<const int32_t> reps = routing.ReplicasOf(e);
+    const auto c = static_cast<int64_t>(reps.size());
+    if (counts[e] <= 0) continue;
+    for (int64_t j = 0; j < c; ++j) {
+      slot_quota[reps[j]] = WholeTokenShare(counts[e], c, j);
+    }
   }
 }
 

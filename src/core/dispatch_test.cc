@@ -260,8 +260,10 @@ TEST(RoundRobinQuotasTest, EqualsWholeTokenShareAndTheReplayDispatch) {
     SCOPED_TRACE(Describe(seed, s));
     const std::vector<int32_t> layer = RandomPlacement(rng, s.e, s.r, s.k);
     const std::vector<int64_t> counts = RandomCounts(rng, s.e, 100);
-    std::vector<int64_t> quota(layer.size());
-    RoundRobinQuotas(layer, counts, quota);
+    const LayerRouting routing =
+        BuildLayerRouting(layer, s.e, Topology{s.r, s.r, s.k});
+    std::vector<int64_t> quota(layer.size(), -1);
+    RoundRobinQuotas(routing, counts, quota);
 
     // Replica j of c, in ascending physical id, gets WholeTokenShare.
     std::vector<int64_t> expected(layer.size());
@@ -278,12 +280,15 @@ TEST(RoundRobinQuotasTest, EqualsWholeTokenShareAndTheReplayDispatch) {
     }
     EXPECT_EQ(quota, expected);
 
-    const LayerRouting routing =
-        BuildLayerRouting(layer, s.e, Topology{s.r, s.r, s.k});
+    // The replay's per-rank loads are these quotas summed per rank.
     const std::vector<double> as_double(counts.begin(), counts.end());
-    std::vector<int64_t> replay(layer.size());
-    DispatchSlotCounts(routing, as_double, replay);
-    EXPECT_EQ(quota, replay);
+    const std::vector<double> ranks = DispatchRankLoads(routing, as_double);
+    for (int r = 0; r < s.r; ++r) {
+      int64_t sum = 0;
+      for (int k = 0; k < s.k; ++k)
+        sum += quota[static_cast<size_t>(r) * s.k + k];
+      EXPECT_EQ(ranks[r], static_cast<double>(sum)) << "rank " << r;
+    }
   }
 }
 
@@ -327,7 +332,8 @@ TEST(BalancedDispatcherTest, MatchesMaxFlowReferenceOnRandomCases) {
     EXPECT_EQ(*std::max_element(loads.begin(), loads.end()), max_load);
     // Never worse than round robin (a split of its own).
     std::vector<int64_t> rr(layer.size());
-    RoundRobinQuotas(layer, counts, rr);
+    RoundRobinQuotas(BuildLayerRouting(layer, s.e, Topology{s.r, s.r, s.k}),
+                     counts, rr);
     const std::vector<int64_t> rr_loads = RankLoadsOf(rr, s.r, s.k);
     EXPECT_LE(max_load, *std::max_element(rr_loads.begin(), rr_loads.end()));
   }

@@ -16,26 +16,14 @@
 
 namespace eplb {
 
-void DispatchSlotCounts(const LayerRouting& routing,
-                        std::span<const double> counts,
-                        std::span<int64_t> slot_counts) {
-  std::fill(slot_counts.begin(), slot_counts.end(), 0);
-  for (int e = 0; e < routing.num_experts; ++e) {
-    const int64_t n = std::llround(counts[e]);
-    std::span<const int32_t> reps = routing.ReplicasOf(e);
-    if (n <= 0 || reps.empty()) continue;
-    const int64_t c = static_cast<int64_t>(reps.size());
-    for (int64_t j = 0; j < c; ++j) {
-      slot_counts[reps[j]] += WholeTokenShare(n, c, j);
-    }
-  }
-}
-
 std::vector<double> DispatchRankLoads(const LayerRouting& routing,
                                       std::span<const double> counts) {
+  std::vector<int64_t> tokens(counts.size());
+  for (size_t e = 0; e < counts.size(); ++e)
+    tokens[e] = std::llround(counts[e]);
   std::vector<int64_t> slots(static_cast<size_t>(routing.num_ranks) *
                              routing.slots_per_rank);
-  DispatchSlotCounts(routing, counts, slots);
+  RoundRobinQuotas(routing, tokens, slots);
   std::vector<double> ranks(routing.num_ranks, 0.0);
   for (size_t phy = 0; phy < slots.size(); ++phy) {
     ranks[phy / routing.slots_per_rank] += static_cast<double>(slots[phy]);
@@ -269,7 +257,7 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
     if (balanced) {
       d->ComputeQuotas(tokens_of, slots);
     } else {
-      DispatchSlotCounts(routing, counts, slots);
+      RoundRobinQuotas(routing, tokens_of, slots);
     }
   };
   auto rank_sums = [&](std::span<const int64_t> slots, std::span<double> out) {
