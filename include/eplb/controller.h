@@ -152,17 +152,18 @@ class Controller {
   struct Planner;
   Controller() = default;
   void Log(const std::string& line);
-  // Queues a collected window for the planner's history (dropping the
-  // oldest queued ones beyond what the history keeps).
-  void AddPendingWindow(LoadTrace window);
   // Whether, in most layers, the heat collected so far shows the serving
   // placement's max/mean rank load above what was expected of it (1 for the
   // initial placement, else what the last plan predicted) by more than
   // twice the sampling noise of a balanced layer, sqrt(2 ln R / mean rank
   // load) (the largest of R Poisson counts exceeds their mean by about that
   // much).
-  bool HeatShowsImbalance() const;
-  void EndCollect();
+  bool HeatShowsImbalance();
+  // Whether a plan was ever fully committed (the warm-up is over).
+  bool CommittedOnce() const { return stats_.warmup_steps >= 0; }
+  // Hands the collected window to the planner; `shifted`: a shift cut it
+  // short.
+  void EndCollect(bool shifted);
   void TakePlan();
   // The layers the next migration step starts: the next in order, then more
   // while the batch fits the staging buffers and the step's byte budget.
@@ -179,21 +180,18 @@ class Controller {
   int64_t step_ = 0;        // Steps served.
   int64_t cycle_step_ = 0;  // Steps since the cycle started.
   enum class Phase { kCollect, kPlan, kMigrate } phase_ = Phase::kCollect;
-  Placement plan_;  // The plan being migrated.
-  // Collected windows not yet handed to the planner, oldest first.
-  std::vector<LoadTrace> pending_windows_;
-  int pending_steps_ = 0;
+  Placement plan_;           // The plan being migrated.
   std::vector<int> layers_;  // Changed layers, in migration order.
   // [L][R]: the plan's receives per layer and rank (experts new to it).
   std::vector<int> receives_;
   size_t next_layer_ = 0;
   bool committed_this_cycle_ = false;
-  bool ever_committed_ = false;
-  bool window_shifted_ = false;  // EndCollect: a shift cut the window short.
   // [L]: the imbalance each layer's serving placement was expected to meet.
   std::vector<double> expected_;
-  double step_seconds_ = 0.0;     // The last step's duration.
-  int64_t last_step_nanos_ = -1;  // Clock at the last AfterForward.
+  std::vector<int64_t> heat_window_;  // [L][R*K]: HeatShowsImbalance's copy.
+  std::vector<double> rank_heat_;     // [R]: its rank loads.
+  double step_seconds_ = 0.0;         // The last step's duration.
+  int64_t last_step_nanos_ = -1;      // Clock at the last AfterForward.
 };
 
 }  // namespace eplb

@@ -79,9 +79,11 @@ class HeatRecorder {
   void EndStep(int64_t num_tokens);
 
   // --- Any thread. ---
-  // With `with_samples` false, only the window sum (num_samples = 0): a
-  // cheaper look at the heat so far.
-  HeatSnapshot Snapshot(bool with_samples = true) const;
+  HeatSnapshot Snapshot() const;
+  // The window sum alone into `window` [L][num_slots] (EPLB_CHECK on its
+  // size), without allocating: a cheap look at the heat so far. Returns the
+  // steps counted in it.
+  int64_t CopyWindow(std::span<int64_t> window) const;
   void Clear();  // Empties the window and the ring at the next EndStep().
 
  private:

@@ -27,16 +27,16 @@ constexpr double kWarmupNoiseFactor = 2.0;
 // the serving thread writes `job` only while state is kIdle and reads
 // `result` only while it is kDone; the planner does the opposite. The
 // sample history belongs to the planner thread: the serving thread only
-// hands over the windows collected since the last job, so the history's
-// copies stay off the serving thread.
+// hands over the window it just collected, so the history's copies stay off
+// the serving thread.
 struct Controller::Planner {
   enum State : int { kIdle, kRunning, kDone };
   struct Job {
     int64_t id = 0;
     Placement current;
     LoadMatrix load;
-    std::vector<LoadTrace> windows;  // Logical per-step loads, oldest first.
-    bool shifted = false;  // The newest window was cut short by a shift.
+    LoadTrace window;      // Logical per-step loads of the collected window.
+    bool shifted = false;  // It was cut short by a shift.
   };
 
   Policy* policy = nullptr;
@@ -58,17 +58,16 @@ struct Controller::Planner {
   LoadTrace samples;
   int window_steps = 0;  // Steps of the newest window in `samples`.
 
-  // Appends the job's windows to the history (keeping the newest `keep`
+  // Appends the job's window to the history (keeping the newest `keep`
   // steps) and copies it into `samples`.
-  void TakeWindows() {
-    window_steps = job.windows.empty() ? 0 : job.windows.back().num_steps();
+  void TakeWindow() {
+    window_steps = job.window.num_steps();
     const size_t cells =
         static_cast<size_t>(job.load.num_layers()) * job.load.num_experts();
-    for (const LoadTrace& w : job.windows) {
-      history.insert(history.end(), w.data().begin(), w.data().end());
-      history_steps += w.num_steps();
-    }
-    job.windows.clear();
+    history.insert(history.end(), job.window.data().begin(),
+                   job.window.data().end());
+    history_steps += window_steps;
+    job.window = LoadTrace();
     if (history_steps > keep) {
       history.erase(history.begin(),
                     history.begin() +
@@ -85,7 +84,7 @@ struct Controller::Planner {
       wake.acquire();
       if (stop.load(std::memory_order_acquire)) return;
       const int64_t start = clock->NowNanos();
-      TakeWindows();
+      TakeWindow();
       try {
         result = policy->Rebalance({&job.current, &job.load, &samples, topology,
                                     window_steps, job.shifted},
@@ -160,6 +159,8 @@ StatusOr<std::unique_ptr<Controller>> Controller::Create(ControllerOptions o) {
   c->planner_->keep =
       std::max(o.sample_history, o.config.expert_heat_collection_interval);
   c->expected_.assign(o.num_layers, 1.0);
+  c->heat_window_.assign(static_cast<size_t>(o.num_layers) * t.num_slots(), 0);
+  c->rank_heat_.assign(t.num_ranks, 0.0);
   c->options_ = std::move(o);
   return c;
 }
@@ -220,15 +221,13 @@ void Controller::AfterForward(int64_t num_tokens, double step_seconds) {
   switch (phase_) {
     case Phase::kCollect:
       if (cycle_step_ == h) {
-        EndCollect();
-      } else if ((ever_committed_ ? options_.config.eplb_shift_replan
+        EndCollect(/*shifted=*/false);
+      } else if ((CommittedOnce() ? options_.config.eplb_shift_replan
                                   : options_.config.eplb_fast_warmup) &&
                  cycle_step_ >= kMinWarmupSteps && HeatShowsImbalance()) {
         // The planner sees a short window; the plan is due A steps later
         // as usual.
-        window_shifted_ = ever_committed_;
-        EndCollect();
-        window_shifted_ = false;
+        EndCollect(/*shifted=*/CommittedOnce());
         if (phase_ == Phase::kPlan) cycle_step_ = h;
       }
       break;
@@ -242,20 +241,21 @@ void Controller::AfterForward(int64_t num_tokens, double step_seconds) {
   }
 }
 
-bool Controller::HeatShowsImbalance() const {
-  const HeatSnapshot snap = recorder_->Snapshot(/*with_samples=*/false);
-  if (snap.steps_counted < kMinWarmupSteps) return false;
+bool Controller::HeatShowsImbalance() {
+  // Buffers sized at Create: nothing allocates on the serving thread.
+  if (recorder_->CopyWindow(heat_window_) < kMinWarmupSteps) return false;
   const Topology& t = options_.topology;
   const int k = t.slots_per_rank;
-  std::vector<double> ranks(t.num_ranks);
+  const int slots = t.num_slots();
+  std::vector<double>& ranks = rank_heat_;
   int loaded = 0;
   int clear = 0;
-  for (int l = 0; l < snap.num_layers; ++l) {
+  for (int l = 0; l < options_.num_layers; ++l) {
     std::fill(ranks.begin(), ranks.end(), 0.0);
     const int64_t* counts =
-        snap.window.data() + static_cast<size_t>(l) * snap.num_slots;
+        heat_window_.data() + static_cast<size_t>(l) * slots;
     double total = 0.0;
-    for (int p = 0; p < snap.num_slots; ++p) {
+    for (int p = 0; p < slots; ++p) {
       ranks[p / k] += static_cast<double>(counts[p]);
       total += static_cast<double>(counts[p]);
     }
@@ -274,41 +274,25 @@ bool Controller::HeatShowsImbalance() const {
   // A shift must show in three layers of four: bursty traffic (a few
   // prompts unlike the rest) lifts half the layers beyond Poisson noise now
   // and then, a new topic nearly all of them.
-  if (ever_committed_) return loaded > 0 && 4 * clear >= 3 * loaded;
+  if (CommittedOnce()) return loaded > 0 && 4 * clear >= 3 * loaded;
   return loaded > 0 && 2 * clear > loaded;
 }
 
-void Controller::EndCollect() {
-  // Every collected window joins the history, whether or not it is planned
-  // on now: it waits here until the planner takes a job.
+void Controller::EndCollect(bool shifted) {
+  // A cycle collects only after its previous plan was taken, so the
+  // planner is idle and the window joins its history with this job.
+  EPLB_CHECK(planner_->state.load(std::memory_order_acquire) == Planner::kIdle);
   const HeatSnapshot snap = recorder_->Snapshot();
   const Placement& serving = migration_->placement();
-  AddPendingWindow(snap.LogicalSamples(serving));
-  // A cycle collects only after its previous plan was taken.
-  EPLB_CHECK(planner_->state.load(std::memory_order_acquire) == Planner::kIdle);
   Planner::Job& job = planner_->job;
   job.id = step_;
   job.current = serving;
   job.load = snap.LogicalLoad(serving);
-  job.windows = std::move(pending_windows_);
-  job.shifted = window_shifted_;
-  pending_windows_.clear();
-  pending_steps_ = 0;
+  job.window = snap.LogicalSamples(serving);
+  job.shifted = shifted;
   planner_->state.store(Planner::kRunning, std::memory_order_release);
   planner_->wake.release();
   phase_ = Phase::kPlan;
-}
-
-void Controller::AddPendingWindow(LoadTrace window) {
-  pending_steps_ += window.num_steps();
-  pending_windows_.push_back(std::move(window));
-  // While the planner stays busy, only the newest windows can still matter.
-  while (pending_windows_.size() > 1 &&
-         pending_steps_ - pending_windows_.front().num_steps() >=
-             planner_->keep) {
-    pending_steps_ -= pending_windows_.front().num_steps();
-    pending_windows_.erase(pending_windows_.begin());
-  }
 }
 
 void Controller::TakePlan() {
@@ -500,8 +484,7 @@ void Controller::MigrateStep(bool before) {
 
 void Controller::EndCycle() {
   if (phase_ == Phase::kMigrate && committed_this_cycle_) {
-    if (!ever_committed_) stats_.warmup_steps = step_;
-    ever_committed_ = true;
+    if (stats_.warmup_steps < 0) stats_.warmup_steps = step_;
     if (options_.config.mode() == EplbMode::kRecording) {
       Status s = WriteExpertMapJson(*options_.config.expert_map_record_path,
                                     migration_->placement());

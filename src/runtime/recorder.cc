@@ -403,45 +403,69 @@ void HeatRecorder::EndStep(int64_t num_tokens) {
   s.step_dropped = 0;
 }
 
-HeatSnapshot HeatRecorder::Snapshot(bool with_samples) const {
-  const Impl& s = *impl_;
-  HeatSnapshot out;
-  out.num_layers = s.num_layers;
-  out.num_slots = s.num_slots;
-  out.window.resize(s.cells);
-  if (with_samples) {
-    out.samples.resize(static_cast<size_t>(s.ring_steps) * s.cells);
-  }
+namespace {
+
+// Runs `read` (relaxed loads of the published state) until it saw one whole
+// step: the sequence was even before and unchanged after. The writer never
+// waits for it.
+template <typename Read>
+void ReadConsistent(const std::atomic<uint64_t>& sequence, Read read) {
   for (int attempt = 1;; ++attempt) {
-    const uint64_t seq = s.sequence.load(std::memory_order_acquire);
+    const uint64_t seq = sequence.load(std::memory_order_acquire);
     if ((seq & 1) == 0) {
-      out.steps_counted = s.steps_counted.load(kDataLoad);
-      out.dropped_ids = s.dropped_ids.load(kDataLoad);
-      const int64_t written = s.samples_written.load(kDataLoad);
-      for (size_t i = 0; i < s.cells; ++i) {
-        out.window[i] = s.window[i].load(kDataLoad);
-      }
-      // Clamped, so a torn read (retried below) still indexes in range.
-      const int64_t num_samples =
-          with_samples ? std::clamp<int64_t>(written, 0, s.ring_steps) : 0;
-      const int64_t first = written - num_samples;
-      int64_t* dst = out.samples.data();
-      for (int64_t j = 0; j < num_samples; ++j) {
-        const std::atomic<int64_t>* src =
-            s.ring.data() +
-            static_cast<size_t>((first + j) % s.ring_steps) * s.cells;
-        for (size_t i = 0; i < s.cells; ++i) *dst++ = src[i].load(kDataLoad);
-      }
-      out.num_samples = static_cast<int>(num_samples);
+      read();
       ReaderFence();
-      if (s.sequence.load(std::memory_order_relaxed) == seq) break;
+      if (sequence.load(std::memory_order_relaxed) == seq) return;
     }
     // The writer publishes a step in microseconds; spin a little, then let
     // it run (it may share this core).
     if (attempt % 64 == 0) std::this_thread::yield();
   }
+}
+
+}  // namespace
+
+HeatSnapshot HeatRecorder::Snapshot() const {
+  const Impl& s = *impl_;
+  HeatSnapshot out;
+  out.num_layers = s.num_layers;
+  out.num_slots = s.num_slots;
+  out.window.resize(s.cells);
+  out.samples.resize(static_cast<size_t>(s.ring_steps) * s.cells);
+  ReadConsistent(s.sequence, [&] {
+    out.steps_counted = s.steps_counted.load(kDataLoad);
+    out.dropped_ids = s.dropped_ids.load(kDataLoad);
+    const int64_t written = s.samples_written.load(kDataLoad);
+    for (size_t i = 0; i < s.cells; ++i) {
+      out.window[i] = s.window[i].load(kDataLoad);
+    }
+    // Clamped, so a torn read (retried) still indexes in range.
+    const int64_t num_samples = std::clamp<int64_t>(written, 0, s.ring_steps);
+    const int64_t first = written - num_samples;
+    int64_t* dst = out.samples.data();
+    for (int64_t j = 0; j < num_samples; ++j) {
+      const std::atomic<int64_t>* src =
+          s.ring.data() +
+          static_cast<size_t>((first + j) % s.ring_steps) * s.cells;
+      for (size_t i = 0; i < s.cells; ++i) *dst++ = src[i].load(kDataLoad);
+    }
+    out.num_samples = static_cast<int>(num_samples);
+  });
   out.samples.resize(static_cast<size_t>(out.num_samples) * s.cells);
   return out;
+}
+
+int64_t HeatRecorder::CopyWindow(std::span<int64_t> window) const {
+  const Impl& s = *impl_;
+  EPLB_CHECK(window.size() == s.cells);
+  int64_t steps = 0;
+  ReadConsistent(s.sequence, [&] {
+    steps = s.steps_counted.load(kDataLoad);
+    for (size_t i = 0; i < s.cells; ++i) {
+      window[i] = s.window[i].load(kDataLoad);
+    }
+  });
+  return steps;
 }
 
 void HeatRecorder::Clear() {
