@@ -147,28 +147,32 @@ double Imbalance(const std::vector<double>& ranks) {
 using RankLoadsFn = std::function<std::vector<double>(
     std::span<const int32_t>, const LayerRouting&, std::span<const double>)>;
 
-// How to score a dispatch outside the replay.
-RankLoadsFn RankLoadsUnder(DispatchMode mode) {
+// How to score a dispatch outside the replay, for `num_experts` experts on
+// `t`.
+RankLoadsFn RankLoadsUnder(DispatchMode mode, int num_experts,
+                           const Topology& t) {
   if (mode == DispatchMode::kRoundRobin) {
     return [](std::span<const int32_t>, const LayerRouting& routing,
               std::span<const double> counts) {
       return eplb::DispatchRankLoads(routing, counts);
     };
   }
-  return [](std::span<const int32_t> layer, const LayerRouting& routing,
-            std::span<const double> counts) {
-    eplb::BalancedDispatcher d(routing.num_experts, routing.num_ranks,
-                               routing.slots_per_rank);
-    d.SetPlacement(layer);
-    std::vector<int64_t> tokens(counts.size());
+  // One dispatcher (and its buffers) for every call.
+  auto d = std::make_shared<eplb::BalancedDispatcher>(num_experts, t.num_ranks,
+                                                      t.slots_per_rank);
+  auto tokens = std::make_shared<std::vector<int64_t>>(num_experts);
+  auto quota = std::make_shared<std::vector<int64_t>>(t.num_slots());
+  return [d, tokens, quota](std::span<const int32_t> layer,
+                            const LayerRouting& routing,
+                            std::span<const double> counts) {
+    d->SetPlacement(layer);
     for (size_t e = 0; e < counts.size(); ++e) {
-      tokens[e] = std::llround(counts[e]);
+      (*tokens)[e] = std::llround(counts[e]);
     }
-    std::vector<int64_t> quota(layer.size());
-    d.ComputeQuotas(std::span<const int64_t>(tokens), quota);
+    d->ComputeQuotas(std::span<const int64_t>(*tokens), *quota);
     std::vector<double> ranks(routing.num_ranks, 0.0);
-    for (size_t p = 0; p < quota.size(); ++p) {
-      ranks[p / routing.slots_per_rank] += static_cast<double>(quota[p]);
+    for (size_t p = 0; p < quota->size(); ++p) {
+      ranks[p / routing.slots_per_rank] += static_cast<double>((*quota)[p]);
     }
     return ranks;
   };
@@ -335,7 +339,7 @@ int Run(const Options& opt) {
 
     for (DispatchMode mode : opt.dispatches) {
       const std::string dname(eplb::DispatchModeName(mode));
-      const RankLoadsFn loads = RankLoadsUnder(mode);
+      const RankLoadsFn loads = RankLoadsUnder(mode, experts, *topology);
       // No balancing: the initial placement throughout. Whole-trace figures
       // come from the replay below; the steady-state ones are scored here.
       Row none{.trace = c.name, .dispatch = dname, .label = "no balancing"};
