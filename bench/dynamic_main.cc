@@ -29,7 +29,7 @@
 #include "eplb/dispatch.h"
 #include "eplb/io.h"
 #include "eplb/policy.h"
-#include "eplb/replay.h"
+#include "eplb/sim/replay.h"
 
 namespace {
 

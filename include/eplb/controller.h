@@ -1,4 +1,4 @@
-// Controller: the dynamic EPLB cycle of spec §5, counted in forward steps.
+// Controller: the dynamic EPLB cycle, counted in forward steps.
 //
 //   steps 0 .. H-1       collect heat (HeatRecorder)
 //   end of step H-1      snapshot the window; hand it to the planner thread
@@ -28,7 +28,17 @@
 // state and a semaphore) and, unless sync_migration is set, never waits on a
 // transfer. The planner runs on its own thread, started by Start();
 // Shutdown() is idempotent and joins it. A plan that throws, fails or breaks
-// spec §3.4 is logged and counted, and the current map keeps serving.
+// the placement invariants (CheckPlan) is logged and counted, and the current
+// map keeps serving.
+//
+// Several processes (one per rank, as in an engine): each passes its own
+// weights and the job's Collective. Heat is summed over the ranks before it
+// is judged or planned from; every rank plans from the same sums, so the
+// plans agree, and a plan is taken only when every rank has it and its hash
+// is the same on every rank (a mismatch skips the cycle, logged and
+// counted); layers commit on every rank at the same step. The calls to
+// BeforeForward / AfterForward are then collective: every rank makes them
+// for every step, with the same num_tokens (the whole batch's count).
 #ifndef EPLB_CONTROLLER_H_
 #define EPLB_CONTROLLER_H_
 
@@ -39,6 +49,7 @@
 #include <string_view>
 
 #include "eplb/clock.h"
+#include "eplb/collective.h"
 #include "eplb/config.h"
 #include "eplb/migration.h"
 #include "eplb/model.h"
@@ -48,6 +59,7 @@
 #include "eplb/status.h"
 #include "eplb/topology.h"
 #include "eplb/transport.h"
+#include "eplb/weights.h"
 
 namespace eplb {
 
@@ -61,17 +73,18 @@ struct ControllerOptions {
       policy;  // Null: CreatePolicy(config.eplb_policy_type).
   // Its dispatch and migration_budget are taken from the config.
   PolicyOptions policy_options;
-  Transport* transport = nullptr;  // Not owned.
-  Clock* clock = nullptr;          // Not owned; SystemClock() when null.
-  int64_t real_expert_bytes = 1;   // Bytes of one expert (model, quant).
-  std::vector<ExpertTensor> expert_tensors = {};  // Its tensors (may be empty).
-  int64_t memory_budget_bytes = 256 << 20;        // Weight buffers, all ranks.
+  // The engine's expert weights (not owned): the slots of `initial` on the
+  // ranks this process hosts, and their staging buffers (receives a
+  // migrating batch may land on one rank; two whole layers' worth,
+  // 2 x slots_per_rank, let a step commit a fully re-planned layer and
+  // more).
+  ExpertWeights* weights = nullptr;
+  Transport* transport = nullptr;    // Not owned.
+  Collective* collective = nullptr;  // Not owned; LocalCollective() if null.
+  Clock* clock = nullptr;            // Not owned; SystemClock() when null.
+  int64_t real_expert_bytes = 1;     // Bytes of one expert (model, quant).
   int64_t transfer_timeout_nanos = 10'000'000'000;
   int max_num_reqs = 256;  // Prefill / decode split of the stage filter.
-  // Staging buffers per rank (receives a migrating batch may land on one
-  // rank); 0: 2 x slots_per_rank, two whole layers' worth, so that a step
-  // can commit a fully re-planned layer and more.
-  int staging_per_rank = 0;
   // Per-step logical loads kept for FlashLB across cycles (at least H): a
   // sliding window of the last `sample_history` collected steps. Each window
   // is converted to logical experts under the placement it was collected
@@ -118,6 +131,8 @@ struct ControllerStats {
   int64_t layers_full = 0;
   double predicted_gain = 0.0;
   int64_t max_layers_per_step = 0;  // Largest batch committed in one step.
+  // Plans whose hash differed between ranks (the cycle was skipped).
+  int64_t plan_hash_mismatches = 0;
 };
 
 class Controller {
@@ -144,7 +159,7 @@ class Controller {
   const RoutingTable& routing() const { return *routing_; }
   // Serving thread only: the committed placement.
   const Placement& placement() const { return migration_->placement(); }
-  const WeightStore& weights() const { return migration_->store(); }
+  const ExpertWeights& weights() const { return migration_->weights(); }
   ControllerStats stats() const;
   int64_t step() const { return step_; }
 

@@ -1,9 +1,13 @@
-// Transport: moves expert weights between ranks (spec §7). The migration
-// engine plans what to copy; a Transport copies it. In-process (threads
-// copying between rank buffers) now; MPI / HCCL / NCCL point-to-point later,
-// which is why every transfer names ranks and slots rather than pointers, and
-// why both sides of a rank pair enumerate a layer's transfers in the same
-// order.
+// Transport: moves expert weights between ranks. The migration engine plans
+// what to copy; a Transport copies it: in process (threads copying between
+// the buffers of the ranks one process hosts), or between processes (MPI
+// point to point, eplb/mpi.h; HCCL or NCCL alike). That is why every
+// transfer names ranks and slots rather than pointers, and why both sides
+// of a rank pair enumerate a batch's transfers in the same order.
+//
+// Every transfer carries its source's checksum (SlotChecksum, computed by
+// the sender as it reads the source), so the receiver verifies what landed
+// in its staging buffer end to end, whatever the transport.
 //
 // Transports are thread-safe: Start() is called from the serving thread,
 // copies run on the transport's own threads.
@@ -16,6 +20,7 @@
 #include <span>
 
 #include "eplb/status.h"
+#include "eplb/weights.h"
 
 namespace eplb {
 
@@ -35,18 +40,6 @@ struct Transfer {
   friend bool operator==(const Transfer&, const Transfer&) = default;
 };
 
-// Where the bytes are: implemented by the weight store of the ranks this
-// process hosts.
-class BufferResolver {
- public:
-  virtual ~BufferResolver() = default;
-  // Live weights of (rank, layer, slot); read-only while a layer migrates.
-  virtual std::span<const std::byte> Slot(int rank, int layer,
-                                          int slot) const = 0;
-  // Staging buffer `index` of `rank`.
-  virtual std::span<std::byte> Staging(int rank, int index) = 0;
-};
-
 // The progress of one started batch of transfers.
 class TransferBatch {
  public:
@@ -58,15 +51,20 @@ class TransferBatch {
   // OK when all transfers completed; the first failure otherwise
   // (Unavailable, DeadlineExceeded, DataLoss, ...). Valid once Done().
   virtual Status result() const = 0;
+  // The source checksum of transfer `i` of the batch (in Start's order), as
+  // its sender computed it; valid once Done() for transfers whose dst_rank
+  // this process hosts (0 where the transfer failed).
+  virtual uint64_t source_checksum(size_t i) const = 0;
 };
 
 class Transport {
  public:
   virtual ~Transport() = default;
-  // Starts `transfers` (copied) without blocking. `buffers` must outlive the
-  // batch.
+  // Starts `transfers` (copied) without blocking: this process sends those
+  // whose src_rank it hosts and receives those whose dst_rank it hosts
+  // (both, within a process). `weights` must outlive the batch.
   virtual StatusOr<std::unique_ptr<TransferBatch>> Start(
-      std::span<const Transfer> transfers, BufferResolver* buffers) = 0;
+      std::span<const Transfer> transfers, ExpertWeights* weights) = 0;
 };
 
 struct InProcessTransportOptions {

@@ -105,6 +105,9 @@ StatusOr<std::unique_ptr<Controller>> Controller::Create(ControllerOptions o) {
   const Topology& t = o.topology;
   if (o.transport == nullptr)
     return InvalidArgumentError("controller needs a transport");
+  if (o.weights == nullptr)
+    return InvalidArgumentError("controller needs the expert weights");
+  if (o.collective == nullptr) o.collective = LocalCollective();
   if (o.initial.num_layers() != o.num_layers ||
       o.initial.num_experts() != o.num_experts ||
       o.initial.num_ranks() != t.num_ranks ||
@@ -138,14 +141,11 @@ StatusOr<std::unique_ptr<Controller>> Controller::Create(ControllerOptions o) {
                            .num_layers = o.num_layers,
                            .num_experts = o.num_experts,
                            .real_expert_bytes = o.real_expert_bytes,
-                           .tensors = o.expert_tensors,
-                           .memory_budget_bytes = o.memory_budget_bytes,
+                           .weights = o.weights,
                            .transport = o.transport,
+                           .collective = o.collective,
                            .clock = o.clock,
-                           .timeout_nanos = o.transfer_timeout_nanos,
-                           .staging_per_rank = o.staging_per_rank > 0
-                                                   ? o.staging_per_rank
-                                                   : 2 * t.slots_per_rank},
+                           .timeout_nanos = o.transfer_timeout_nanos},
           o.initial));
   c->planner_ = std::make_unique<Planner>();
   c->planner_->policy = o.policy.get();
@@ -244,6 +244,8 @@ void Controller::AfterForward(int64_t num_tokens, double step_seconds) {
 bool Controller::HeatShowsImbalance() {
   // Buffers sized at Create: nothing allocates on the serving thread.
   if (recorder_->CopyWindow(heat_window_) < kMinWarmupSteps) return false;
+  // Every rank judges the same sums.
+  if (!options_.collective->AllReduceSum(heat_window_).ok()) return false;
   const Topology& t = options_.topology;
   const int k = t.slots_per_rank;
   const int slots = t.num_slots();
@@ -282,7 +284,15 @@ void Controller::EndCollect(bool shifted) {
   // A cycle collects only after its previous plan was taken, so the
   // planner is idle and the window joins its history with this job.
   EPLB_CHECK(planner_->state.load(std::memory_order_acquire) == Planner::kIdle);
-  const HeatSnapshot snap = recorder_->Snapshot();
+  HeatSnapshot snap = recorder_->Snapshot();
+  // The job's heat: every rank's tokens (the sums are the same everywhere,
+  // so every rank plans the same placement). A failed sum plans from
+  // nothing, and the plan's hash check then skips the cycle.
+  if (!options_.collective->AllReduceSum(snap.window).ok() ||
+      !options_.collective->AllReduceSum(snap.samples).ok()) {
+    std::fill(snap.window.begin(), snap.window.end(), 0);
+    Log("summing the heat over the ranks failed");
+  }
   const Placement& serving = migration_->placement();
   Planner::Job& job = planner_->job;
   job.id = step_;
@@ -301,7 +311,12 @@ void Controller::TakePlan() {
       std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
   }
-  if (planner_->state.load(std::memory_order_acquire) != Planner::kDone) {
+  // Ready on every rank: the plan is taken at the same step everywhere.
+  int64_t late[1] = {
+      planner_->state.load(std::memory_order_acquire) != Planner::kDone ? 1
+                                                                        : 0};
+  if (!options_.collective->AllReduceMax(late).ok()) late[0] = 1;
+  if (late[0] != 0) {
     // Late: the current map keeps serving, and the plan is taken at the
     // first step it is ready (it still fits what serves: nothing migrates
     // without a plan).
@@ -321,6 +336,19 @@ void Controller::TakePlan() {
   stats_.max_plan_nanos = std::max(stats_.max_plan_nanos, planner_->plan_nanos);
   planner_->state.store(Planner::kIdle, std::memory_order_release);
   ++stats_.cycles;
+  // The same plan on every rank, or none: the hash of its placement (of
+  // the error when it failed).
+  const uint64_t hash =
+      plan.ok()
+          ? ChecksumBytes(std::as_bytes(std::span(plan->placement.data())))
+          : 1;
+  if (!AllAgree(*options_.collective, hash)) {
+    ++stats_.plan_hash_mismatches;
+    Log("the plan differs between ranks: cycle skipped, the current map "
+        "keeps serving");
+    EndCycle();
+    return;
+  }
   if (!plan.ok()) {
     ++stats_.plans_failed;
     Log("plan failed, the current map keeps serving: " +
@@ -392,11 +420,14 @@ void Controller::TakePlan() {
 
 std::vector<int> Controller::NextBatch() {
   const Topology& t = options_.topology;
-  const int staging = migration_->store().staging_per_rank();
+  const int staging = migration_->weights().staging_per_rank();
   // Bytes the busiest receiving rank may take in one step; one layer per
   // step without a link bandwidth or a step time yet.
-  const double budget =
-      options_.config.eplb_link_gbytes_per_s * 1e9 * step_seconds_;
+  // The longest step of any rank, so every rank makes the same batches.
+  int64_t step_nanos[1] = {static_cast<int64_t>(step_seconds_ * 1e9)};
+  if (!options_.collective->AllReduceMax(step_nanos).ok()) step_nanos[0] = 0;
+  const double budget = options_.config.eplb_link_gbytes_per_s *
+                        static_cast<double>(step_nanos[0]);
   std::vector<int> used(t.num_ranks, 0);
   std::vector<int> batch;
   while (next_layer_ < layers_.size()) {

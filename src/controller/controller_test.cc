@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "eplb/io.h"
+#include "eplb/sim/synthetic_weights.h"
 #include "testing/scratch_dir.h"
 
 namespace eplb {
@@ -57,6 +58,7 @@ class SlowPolicy final : public Policy {
 struct Rig {
   Topology topology = *MakeTopology(kExperts, kRanks, kSlots);
   std::unique_ptr<Transport> transport = *CreateInProcessTransport({});
+  std::unique_ptr<SyntheticWeights> weights;
   std::unique_ptr<Controller> controller;
   std::vector<std::pair<int64_t, int>> commits;
   std::vector<std::string> logs;
@@ -65,7 +67,6 @@ struct Rig {
       bool sync = false, Placement initial = Placement(), bool lockstep = false,
       int staging_per_rank = 0) {
     ControllerOptions o;
-    o.staging_per_rank = staging_per_rank;
     o.config = config;
     o.topology = topology;
     o.num_layers = kLayers;
@@ -74,9 +75,17 @@ struct Rig {
                     ? initial
                     : Placement::Initial(kLayers, kExperts, topology);
     o.policy = std::move(policy);
+    weights = *SyntheticWeights::Create(
+        SyntheticWeightsOptions{.topology = topology,
+                                .num_layers = kLayers,
+                                .num_experts = kExperts,
+                                .real_expert_bytes = 1 << 20,
+                                .memory_budget_bytes = 4 << 20,
+                                .staging_per_rank = staging_per_rank},
+        o.initial);
+    o.weights = weights.get();
     o.transport = transport.get();
     o.real_expert_bytes = 1 << 20;
-    o.memory_budget_bytes = 4 << 20;
     o.sync_migration = sync;
     o.lockstep = lockstep;
     o.on_commit = [this](int64_t step, int layer, const Placement&) {
@@ -142,8 +151,7 @@ TEST(ControllerTest, CycleCommitsOneLayerPerStep) {
   for (int i = 0; i < kLayers; ++i)
     EXPECT_EQ(rig.commits[i].first, 4 + 10 + 1 + i);
   EXPECT_NE(rig.controller->placement(), initial);
-  EXPECT_TRUE(
-      rig.controller->weights().Verify(rig.controller->placement()).ok());
+  EXPECT_TRUE(rig.weights->Verify(rig.controller->placement()).ok());
   // The routing serves the committed placement.
   for (int l = 0; l < kLayers; ++l) {
     LayerRouting expect = BuildLayerRouting(
@@ -253,8 +261,7 @@ TEST(ControllerTest, SeveralLayersCommitInAStepWhenTheLinkAllows) {
   ASSERT_EQ(static_cast<int>(fast.commits.size()), kLayers);
   for (const auto& [step, layer] : fast.commits) EXPECT_EQ(step, 4 + 2 + 1);
   EXPECT_EQ(fast.controller->stats().max_layers_per_step, kLayers);
-  EXPECT_TRUE(
-      fast.controller->weights().Verify(fast.controller->placement()).ok());
+  EXPECT_TRUE(fast.weights->Verify(fast.controller->placement()).ok());
   // 1 KB/s moves nothing worth a layer: one layer per step, as without a
   // link.
   c.eplb_link_gbytes_per_s = 1e-6;
@@ -329,8 +336,7 @@ TEST(ControllerTest, ALatePlanIsTakenAsSoonAsItIsReady) {
   const int64_t taken = 8 + 1 + s.plan_late_steps;
   EXPECT_GE(rig.commits[0].first, taken + 1);
   EXPECT_LT(rig.commits[0].first, taken + 8);
-  EXPECT_TRUE(
-      rig.controller->weights().Verify(rig.controller->placement()).ok());
+  EXPECT_TRUE(rig.weights->Verify(rig.controller->placement()).ok());
 }
 
 TEST(ControllerTest, InvalidPlanIsRejected) {

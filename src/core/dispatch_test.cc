@@ -19,7 +19,7 @@
 #include "core/splitmix.h"
 #include "eplb/load.h"
 #include "eplb/placement.h"
-#include "eplb/replay.h"
+#include "eplb/sim/replay.h"
 #include "eplb/topology.h"
 #include "testing/counting_new.h"
 

@@ -1,10 +1,7 @@
 #include "eplb/migration.h"
 
 #include <algorithm>
-#include <cstring>
 #include <string>
-
-#include "core/splitmix.h"
 
 namespace eplb {
 namespace {
@@ -77,208 +74,34 @@ std::vector<Transfer> PlanLayerTransfers(int layer,
   return out;
 }
 
-// ---------------------------------------------------------------- WeightStore
-
-StatusOr<std::unique_ptr<WeightStore>> WeightStore::Create(
-    const WeightStoreOptions& o, const Placement& initial) {
-  const Topology& t = o.topology;
-  if (o.real_expert_bytes <= 0) {
-    return InvalidArgumentError(
-        "real_expert_bytes = " + std::to_string(o.real_expert_bytes) +
-        ": must be > 0");
-  }
-  if (initial.num_ranks() != t.num_ranks ||
-      initial.slots_per_rank() != t.slots_per_rank ||
-      initial.num_layers() != o.num_layers ||
-      initial.num_experts() != o.num_experts) {
-    return InvalidArgumentError(
-        "weight store: the initial placement does not match "
-        "the topology, layers or experts");
-  }
-  auto store = std::unique_ptr<WeightStore>(new WeightStore());
-  store->topology_ = t;
-  store->num_layers_ = o.num_layers;
-  store->num_experts_ = o.num_experts;
-  store->staging_per_rank_ =
-      o.staging_per_rank > 0 ? o.staging_per_rank : t.slots_per_rank;
-  const int64_t buffers =
-      static_cast<int64_t>(t.num_ranks) *
-      (static_cast<int64_t>(o.num_layers) * t.slots_per_rank +
-       store->staging_per_rank_);
-  // Largest multiple of 8 bytes per buffer within the budget.
-  const int64_t fit = (o.memory_budget_bytes / buffers) / 8 * 8;
-  if (fit < 64) {
-    return InvalidArgumentError("memory budget " +
-                                std::to_string(o.memory_budget_bytes) +
-                                " bytes for " + std::to_string(buffers) +
-                                " expert buffers leaves under 64 bytes each");
-  }
-  // One scale for every tensor; rounding each up to 8 bytes may overflow the
-  // fit, in which case the scale grows until the layout fits.
-  std::vector<ExpertTensor> tensors = o.tensors;
-  if (tensors.empty()) {
-    tensors.push_back(
-        ExpertTensor{"expert", DType::kBf16, {}, o.real_expert_bytes});
-  }
-  if (static_cast<int64_t>(tensors.size()) * 8 > fit) {
-    return InvalidArgumentError(
-        "weight store: " + std::to_string(tensors.size()) +
-        " tensors do not fit in " + std::to_string(fit) +
-        " bytes per expert buffer");
-  }
-  int64_t real_total = 0;
-  for (const ExpertTensor& x : tensors) real_total += x.num_bytes;
-  if (real_total != o.real_expert_bytes) {
-    return InvalidArgumentError("weight store: tensors add up to " +
-                                std::to_string(real_total) + " bytes, not " +
-                                std::to_string(o.real_expert_bytes));
-  }
-  for (int64_t scale = std::max<int64_t>(1, (real_total + fit - 1) / fit);;
-       ++scale) {
-    store->tensors_.clear();
-    int64_t offset = 0;
-    for (const ExpertTensor& x : tensors) {
-      const int64_t stored =
-          std::max<int64_t>(8, ((x.num_bytes + scale - 1) / scale + 7) / 8 * 8);
-      store->tensors_.push_back({x.name, offset, stored, x.num_bytes});
-      offset += stored;
-    }
-    if (offset <= fit) {
-      store->stored_bytes_ = offset;
-      store->scale_ = scale;
-      break;
-    }
-  }
-  store->pool_.reset(
-      new std::byte[static_cast<size_t>(buffers * store->stored_bytes_)]);
-  store->slot_buffer_.resize(static_cast<size_t>(t.num_ranks) * o.num_layers *
-                             t.slots_per_rank);
-  store->staging_buffer_.resize(static_cast<size_t>(t.num_ranks) *
-                                store->staging_per_rank_);
-  int32_t next = 0;
-  for (int32_t& id : store->slot_buffer_) id = next++;
-  for (int32_t& id : store->staging_buffer_) id = next++;
-  store->expected_.assign(static_cast<size_t>(o.num_layers) * o.num_experts, 0);
-  for (int r = 0; r < t.num_ranks; ++r) {
-    for (int l = 0; l < o.num_layers; ++l) {
-      for (int s = 0; s < t.slots_per_rank; ++s) {
-        const int32_t id =
-            store->slot_buffer_[(static_cast<size_t>(r) * o.num_layers + l) *
-                                    t.slots_per_rank +
-                                s];
-        store->Fill(
-            {store->Buffer(id), static_cast<size_t>(store->stored_bytes_)}, l,
-            initial.at(l, r, s));
-      }
-    }
-  }
-  return store;
-}
-
-std::byte* WeightStore::Buffer(int32_t id) const {
-  return pool_.get() +
-         static_cast<size_t>(id) * static_cast<size_t>(stored_bytes_);
-}
-
-std::span<const std::byte> WeightStore::Slot(int rank, int layer,
-                                             int slot) const {
-  const int32_t id =
-      slot_buffer_[(static_cast<size_t>(rank) * num_layers_ + layer) *
-                       topology_.slots_per_rank +
-                   slot];
-  return {Buffer(id), static_cast<size_t>(stored_bytes_)};
-}
-
-std::span<std::byte> WeightStore::Staging(int rank, int index) {
-  if (index < 0 || index >= staging_per_rank_) return {};
-  const int32_t id =
-      staging_buffer_[static_cast<size_t>(rank) * staging_per_rank_ + index];
-  return {Buffer(id), static_cast<size_t>(stored_bytes_)};
-}
-
-void WeightStore::Fill(std::span<std::byte> buffer, int layer,
-                       int expert) const {
-  uint64_t x = (static_cast<uint64_t>(layer) << 32) ^
-               static_cast<uint64_t>(expert) ^ 0x2545f4914f6cdd1dULL;
-  for (size_t i = 0; i + 8 <= buffer.size(); i += 8) {
-    const uint64_t w = internal::SplitMix64(&x);
-    std::memcpy(buffer.data() + i, &w, 8);
-  }
-}
-
-uint64_t WeightStore::Checksum(std::span<const std::byte> bytes) {
-  // FNV-1a over 64-bit words: fast, and any flipped byte changes it.
-  uint64_t h = 0xcbf29ce484222325ULL;
-  size_t i = 0;
-  for (; i + 8 <= bytes.size(); i += 8) {
-    uint64_t w;
-    std::memcpy(&w, bytes.data() + i, 8);
-    h = (h ^ w) * 0x100000001b3ULL;
-  }
-  for (; i < bytes.size(); ++i) {
-    h = (h ^ static_cast<uint64_t>(bytes[i])) * 0x100000001b3ULL;
-  }
-  return h;
-}
-
-uint64_t WeightStore::ExpectedChecksum(int layer, int expert) const {
-  uint64_t& cached =
-      expected_[static_cast<size_t>(layer) * num_experts_ + expert];
-  if (cached == 0) {
-    std::vector<std::byte> tmp(static_cast<size_t>(stored_bytes_));
-    Fill(tmp, layer, expert);
-    cached = Checksum(tmp) | 1;  // Never 0, so 0 means "not computed".
-  }
-  return cached;
-}
-
-void WeightStore::CommitStaging(int rank, int index, int layer, int slot) {
-  std::swap(
-      staging_buffer_[static_cast<size_t>(rank) * staging_per_rank_ + index],
-      slot_buffer_[(static_cast<size_t>(rank) * num_layers_ + layer) *
-                       topology_.slots_per_rank +
-                   slot]);
-}
-
-Status WeightStore::Verify(const Placement& placement) const {
-  for (int l = 0; l < num_layers_; ++l) {
-    for (int r = 0; r < topology_.num_ranks; ++r) {
-      for (int s = 0; s < topology_.slots_per_rank; ++s) {
-        if ((Checksum(Slot(r, l, s)) | 1) !=
-            ExpectedChecksum(l, placement.at(l, r, s))) {
-          return DataLossError("layer " + std::to_string(l) + ", device " +
-                               std::to_string(r) + ", slot " +
-                               std::to_string(s) +
-                               ": weights are not those of expert " +
-                               std::to_string(placement.at(l, r, s)));
-        }
-      }
-    }
-  }
-  return Status::Ok();
-}
-
 // ------------------------------------------------------------ MigrationEngine
 
 StatusOr<std::unique_ptr<MigrationEngine>> MigrationEngine::Create(
     const MigrationOptions& o, const Placement& initial) {
   if (o.transport == nullptr)
     return InvalidArgumentError("migration needs a transport");
+  if (o.weights == nullptr)
+    return InvalidArgumentError("migration needs the expert weights");
+  if (o.weights->num_tensors() < 1 || o.weights->staging_per_rank() < 1) {
+    return InvalidArgumentError(
+        "migration: the expert weights need >= 1 tensor and >= 1 staging "
+        "buffer per rank");
+  }
+  if (initial.num_ranks() != o.topology.num_ranks ||
+      initial.slots_per_rank() != o.topology.slots_per_rank ||
+      initial.num_layers() != o.num_layers ||
+      initial.num_experts() != o.num_experts) {
+    return InvalidArgumentError(
+        "migration: the initial placement does not match the topology, "
+        "layers or experts");
+  }
   auto engine = std::unique_ptr<MigrationEngine>(new MigrationEngine());
   engine->options_ = o;
   if (engine->options_.clock == nullptr) engine->options_.clock = SystemClock();
+  if (engine->options_.collective == nullptr) {
+    engine->options_.collective = LocalCollective();
+  }
   engine->placement_ = initial;
-  EPLB_ASSIGN_OR_RETURN(
-      engine->store_,
-      WeightStore::Create(
-          WeightStoreOptions{.topology = o.topology,
-                             .num_layers = o.num_layers,
-                             .num_experts = o.num_experts,
-                             .real_expert_bytes = o.real_expert_bytes,
-                             .tensors = o.tensors,
-                             .memory_budget_bytes = o.memory_budget_bytes,
-                             .staging_per_rank = o.staging_per_rank},
-          initial));
   return engine;
 }
 
@@ -348,7 +171,7 @@ Status MigrationEngine::StartBatch(
               cur.mutable_layer(0).begin());
     std::copy(target.begin(), target.end(), next.mutable_layer(0).begin());
     std::vector<Violation> bad =
-        CheckPlan(cur, next, store_->staging_per_rank());
+        CheckPlan(cur, next, options_.weights->staging_per_rank());
     if (!bad.empty()) {
       bad[0].layer = layer;
       return InvalidArgumentError("migration rejected: " + bad[0].ToString());
@@ -362,12 +185,13 @@ Status MigrationEngine::StartBatch(
     }
     for (int r = 0; r < t.num_ranks; ++r) {
       staging[r] += used[r];
-      if (staging[r] > store_->staging_per_rank()) {
+      if (staging[r] > options_.weights->staging_per_rank()) {
         return InvalidArgumentError(
             "migration of " + std::to_string(layers.size()) +
             " layers: device " + std::to_string(r) + " would receive " +
             std::to_string(staging[r]) + " experts, more than its " +
-            std::to_string(store_->staging_per_rank()) + " staging buffers");
+            std::to_string(options_.weights->staging_per_rank()) +
+            " staging buffers");
       }
     }
     transfers.insert(transfers.end(), mine.begin(), mine.end());
@@ -380,7 +204,7 @@ Status MigrationEngine::StartBatch(
                      return a.dst_rank < b.dst_rank;
                    });
   EPLB_ASSIGN_OR_RETURN(batch_,
-                        options_.transport->Start(transfers, store_.get()));
+                        options_.transport->Start(transfers, options_.weights));
   transfers_ = std::move(transfers);
   in_flight_.clear();
   targets_.clear();
@@ -396,17 +220,24 @@ Status MigrationEngine::StartBatch(
 
 MigrationEngine::State MigrationEngine::Poll() {
   if (in_flight_.empty()) return State::kIdle;
-  if (!batch_->Done()) {
-    if (options_.clock->NowNanos() - started_at_ <= options_.timeout_nanos) {
-      return State::kInFlight;
-    }
+  // Every rank's view: copies still running here, and past the deadline.
+  const bool done = batch_->Done();
+  int64_t view[2] = {
+      done ? 0 : 1,
+      !done && options_.clock->NowNanos() - started_at_ > options_.timeout_nanos
+          ? 1
+          : 0};
+  if (!options_.collective->AllReduceMax(view).ok()) view[1] = 1;
+  if (view[0] != 0) {
+    if (view[1] == 0) return State::kInFlight;
     // Timed out: copies may still write staging buffers, so the batch drains
     // before they are reused (live slots were never touched); the serving
     // thread does not wait for it.
     draining_ = std::move(batch_);
     last_error_ = DeadlineExceededError(
         "layer " + LayerList(in_flight_) + ": transfers exceeded " +
-        std::to_string(options_.timeout_nanos / 1'000'000) + " ms");
+        std::to_string(options_.timeout_nanos / 1'000'000) + " ms" +
+        (done ? " on another rank" : ""));
     stats_.layers_aborted += static_cast<int64_t>(in_flight_.size());
     committed_.clear();
     aborted_ = std::move(in_flight_);
@@ -428,35 +259,50 @@ MigrationEngine::State MigrationEngine::Finish() {
   committed_.clear();
   aborted_.clear();
   const Status batch_status = batch_->result();
+  ExpertWeights& w = *options_.weights;
+  // Each layer commits only when every one of its staging buffers verified
+  // against its sender's checksum, on every rank; the others keep their
+  // placement. failed[i] = 1: layer i failed on this rank.
+  std::vector<Status> local(layers.size(), batch_status);
+  std::vector<int64_t> failed(layers.size(), batch_status.ok() ? 0 : 1);
+  for (size_t j = 0; j < transfers_.size(); ++j) {
+    const Transfer& t = transfers_[j];
+    if (!w.Hosts(t.dst_rank)) continue;
+    const size_t i = static_cast<size_t>(
+        std::find(layers.begin(), layers.end(), t.layer) - layers.begin());
+    if (failed[i] != 0) continue;
+    if (StagingChecksum(w, t.dst_rank, t.staging) !=
+        batch_->source_checksum(j)) {
+      local[i] = DataLossError(
+          "layer " + std::to_string(t.layer) + ", device " +
+          std::to_string(t.dst_rank) + ", slot " + std::to_string(t.dst_slot) +
+          ": checksum mismatch for expert " + std::to_string(t.expert) +
+          " from device " + std::to_string(t.src_rank));
+      failed[i] = 1;
+    }
+  }
   batch_.reset();
-  // Each layer commits only when every one of its staging buffers verified;
-  // the others keep their placement.
+  const std::vector<int64_t> failed_here = failed;
+  if (!options_.collective->AllReduceMax(failed).ok()) {
+    std::fill(failed.begin(), failed.end(), 1);
+  }
   const int slots = options_.topology.num_slots();
   for (size_t i = 0; i < layers.size(); ++i) {
     const int layer = layers[i];
-    Status s = batch_status;
-    for (size_t j = 0; s.ok() && j < transfers_.size(); ++j) {
-      const Transfer& t = transfers_[j];
-      if (t.layer != layer) continue;
-      if ((WeightStore::Checksum(store_->Staging(t.dst_rank, t.staging)) | 1) !=
-          store_->ExpectedChecksum(layer, t.expert)) {
-        s = DataLossError("layer " + std::to_string(layer) + ", device " +
-                          std::to_string(t.dst_rank) + ", slot " +
-                          std::to_string(t.dst_slot) +
-                          ": checksum mismatch for expert " +
-                          std::to_string(t.expert) + " from device " +
-                          std::to_string(t.src_rank));
-      }
-    }
-    if (!s.ok()) {
-      last_error_ = s;
+    if (failed[i] != 0) {
+      last_error_ = failed_here[i] != 0
+                        ? local[i]
+                        : DataLossError("layer " + std::to_string(layer) +
+                                        ": a transfer failed on another rank");
       ++stats_.layers_aborted;
       aborted_.push_back(layer);
       continue;
     }
     for (const Transfer& t : transfers_) {
       if (t.layer != layer) continue;
-      store_->CommitStaging(t.dst_rank, t.staging, layer, t.dst_slot);
+      if (w.Hosts(t.dst_rank)) {
+        w.CommitStaging(t.dst_rank, t.staging, layer, t.dst_slot);
+      }
       if (t.local) {
         ++stats_.local_copies;
       } else {

@@ -6,6 +6,8 @@
 #include <chrono>
 #include <thread>
 
+#include "eplb/sim/synthetic_weights.h"
+
 namespace eplb {
 namespace {
 
@@ -58,29 +60,38 @@ struct Rig {
       Layers({{7, 2, 0, 3, 5, 6, 1, 4, 7, 2}, {0, 1, 2, 3, 4, 5, 6, 7, 0, 1}},
              2, 5, 8);
   std::unique_ptr<Transport> transport;
+  std::unique_ptr<SyntheticWeights> store;
   std::unique_ptr<MigrationEngine> engine;
 
   explicit Rig(FaultOptions faults = {}, int64_t timeout_nanos = 10'000'000'000,
                int staging_per_rank = 0) {
     transport =
         WrapWithFaults(*CreateInProcessTransport({.num_threads = 2}), faults);
+    store = *SyntheticWeights::Create(
+        SyntheticWeightsOptions{
+            .topology = topology,
+            .num_layers = 2,
+            .num_experts = 8,
+            .real_expert_bytes = 88080384,
+            .memory_budget_bytes = 1 << 20,
+            .staging_per_rank = staging_per_rank > 0 ? staging_per_rank : 5},
+        initial);
     engine = *MigrationEngine::Create(
         MigrationOptions{.topology = topology,
                          .num_layers = 2,
                          .num_experts = 8,
                          .real_expert_bytes = 88080384,
-                         .memory_budget_bytes = 1 << 20,
+                         .weights = store.get(),
                          .transport = transport.get(),
-                         .timeout_nanos = timeout_nanos,
-                         .staging_per_rank = staging_per_rank},
+                         .timeout_nanos = timeout_nanos},
         initial);
   }
 };
 
 TEST(MigrationTest, CommitsAVerifiedLayer) {
   Rig rig;
-  EXPECT_TRUE(rig.engine->store().Verify(rig.initial).ok());
-  EXPECT_GT(rig.engine->store().scale(), 1);  // 88 MB experts scaled down.
+  EXPECT_TRUE((*rig.store).Verify(rig.initial).ok());
+  EXPECT_GT((*rig.store).scale(), 1);  // 88 MB experts scaled down.
   // Layer 1: rank 0 gets 7 in place of 4, rank 1 gets 4 in place of 1.
   const std::vector<int32_t> target = {0, 1, 2, 3, 7, 5, 6, 7, 0, 4};
   ASSERT_TRUE(rig.engine->Start(1, target).ok());
@@ -89,7 +100,7 @@ TEST(MigrationTest, CommitsAVerifiedLayer) {
   Placement expected = rig.initial;
   std::copy(target.begin(), target.end(), expected.mutable_layer(1).begin());
   EXPECT_EQ(rig.engine->placement(), expected);
-  EXPECT_TRUE(rig.engine->store().Verify(expected).ok());
+  EXPECT_TRUE((*rig.store).Verify(expected).ok());
   EXPECT_EQ(rig.engine->stats().experts_moved, 2);
   EXPECT_EQ(rig.engine->stats().bytes_moved, 2 * 88080384LL);
 }
@@ -114,8 +125,7 @@ TEST(MigrationTest, FailedTransferKeepsTheOldLayer) {
   EXPECT_EQ(rig.engine->Wait(), MigrationEngine::State::kAborted);
   EXPECT_EQ(rig.engine->last_error().code(), StatusCode::kUnavailable);
   EXPECT_EQ(rig.engine->placement(), rig.initial);
-  EXPECT_TRUE(rig.engine->store().Verify(rig.initial).ok())
-      << "live weights touched";
+  EXPECT_TRUE((*rig.store).Verify(rig.initial).ok()) << "live weights touched";
   EXPECT_EQ(rig.engine->stats().layers_aborted, 1);
 }
 
@@ -127,7 +137,7 @@ TEST(MigrationTest, CorruptedTransferIsCaughtByChecksum) {
   EXPECT_EQ(rig.engine->last_error().code(), StatusCode::kDataLoss);
   EXPECT_NE(rig.engine->last_error().message().find("checksum mismatch"),
             std::string::npos);
-  EXPECT_TRUE(rig.engine->store().Verify(rig.initial).ok());
+  EXPECT_TRUE((*rig.store).Verify(rig.initial).ok());
 }
 
 TEST(MigrationTest, TimeoutAbortsWithoutBlockingAndDrains) {
@@ -180,7 +190,7 @@ TEST(MigrationTest, ABatchOfLayersCommitsTogether) {
   EXPECT_EQ(rig.engine->committed_layers(), std::vector<int>({1, 0}));
   EXPECT_TRUE(rig.engine->aborted_layers().empty());
   EXPECT_EQ(rig.engine->placement(), target);
-  EXPECT_TRUE(rig.engine->store().Verify(target).ok());
+  EXPECT_TRUE((*rig.store).Verify(target).ok());
   EXPECT_EQ(rig.engine->stats().layers_committed, 2);
 }
 
@@ -218,28 +228,29 @@ TEST(MigrationTest, AFaultInABatchAbortsOnlyItsLayer) {
   std::copy(target.layer(good).begin(), target.layer(good).end(),
             expected.mutable_layer(good).begin());
   EXPECT_EQ(rig.engine->placement(), expected);
-  EXPECT_TRUE(rig.engine->store().Verify(expected).ok())
+  EXPECT_TRUE((*rig.store).Verify(expected).ok())
       << "layer " << bad << " lost weights";
 }
 
-TEST(WeightStoreTest, EveryTensorScaledAlike) {
+TEST(SyntheticWeightsTest, EveryTensorScaledAlike) {
   const ModelSpec v3 = *FindModelPreset("deepseek-v3");
   const Topology t = *MakeTopology(8, 2, 5);
   const std::vector<ExpertTensor> tensors =
       ExpertTensors(v3, QuantType::kMxfp4);
-  std::unique_ptr<WeightStore> store = *WeightStore::Create(
-      WeightStoreOptions{
+  std::unique_ptr<SyntheticWeights> store = *SyntheticWeights::Create(
+      SyntheticWeightsOptions{
           .topology = t,
           .num_layers = 2,
           .num_experts = 8,
           .real_expert_bytes = ExpertBytes(v3, QuantType::kMxfp4),
           .tensors = tensors,
-          .memory_budget_bytes = 4 << 20},
+          .memory_budget_bytes = 4 << 20,
+          .staging_per_rank = 5},
       Placement::Initial(2, 8, t));
   ASSERT_EQ(store->tensors().size(), tensors.size());
   int64_t offset = 0, real = 0;
   for (size_t i = 0; i < tensors.size(); ++i) {
-    const WeightStore::StoredTensor& x = store->tensors()[i];
+    const SyntheticWeights::StoredTensor& x = store->tensors()[i];
     EXPECT_EQ(x.name, tensors[i].name);
     EXPECT_EQ(x.offset, offset);
     EXPECT_EQ(x.real_bytes, tensors[i].num_bytes);
@@ -255,14 +266,42 @@ TEST(WeightStoreTest, EveryTensorScaledAlike) {
   // 2 ranks x (2 layers x 5 slots + 5 staging) buffers within 4 MiB.
   EXPECT_LE(store->stored_expert_bytes() * 30, 4 << 20);
   // Tensors that do not add up to the expert are refused.
-  EXPECT_EQ(WeightStore::Create(WeightStoreOptions{.topology = t,
-                                                   .num_layers = 2,
-                                                   .num_experts = 8,
-                                                   .real_expert_bytes = 1000,
-                                                   .tensors = tensors},
-                                Placement::Initial(2, 8, t))
+  EXPECT_EQ(SyntheticWeights::Create(
+                SyntheticWeightsOptions{.topology = t,
+                                        .num_layers = 2,
+                                        .num_experts = 8,
+                                        .real_expert_bytes = 1000,
+                                        .tensors = tensors},
+                Placement::Initial(2, 8, t))
                 .status()
                 .code(),
+            StatusCode::kInvalidArgument);
+}
+
+TEST(SyntheticWeightsTest, AProcessHostsSomeRanksAtTheSameScale) {
+  const Topology t = *MakeTopology(8, 2, 5);
+  const Placement initial = Placement::Initial(2, 8, t);
+  SyntheticWeightsOptions o{.topology = t,
+                            .num_layers = 2,
+                            .num_experts = 8,
+                            .real_expert_bytes = 1 << 20,
+                            .memory_budget_bytes = 1 << 20};
+  std::unique_ptr<SyntheticWeights> all = *SyntheticWeights::Create(o, initial);
+  o.hosted_ranks = {1};
+  std::unique_ptr<SyntheticWeights> one = *SyntheticWeights::Create(o, initial);
+  EXPECT_TRUE(all->Hosts(0) && all->Hosts(1));
+  EXPECT_FALSE(one->Hosts(0));
+  EXPECT_TRUE(one->Hosts(1));
+  // Every process stores an expert in the same bytes, whatever it hosts.
+  EXPECT_EQ(one->stored_expert_bytes(), all->stored_expert_bytes());
+  EXPECT_TRUE(one->Slot(0, 0, 0, 0).empty());
+  EXPECT_TRUE(one->Staging(0, 0, 0).empty());
+  EXPECT_EQ(SlotChecksum(*one, 1, 1, 3), SlotChecksum(*all, 1, 1, 3));
+  EXPECT_EQ(SlotChecksum(*one, 1, 1, 3),
+            one->ExpectedChecksum(1, initial.at(1, 1, 3)));
+  EXPECT_TRUE(one->Verify(initial).ok());
+  o.hosted_ranks = {2};
+  EXPECT_EQ(SyntheticWeights::Create(o, initial).status().code(),
             StatusCode::kInvalidArgument);
 }
 

@@ -18,7 +18,8 @@ namespace {
 // Shared between the serving thread (Done / result) and the copy threads.
 class InProcessBatch final : public TransferBatch {
  public:
-  explicit InProcessBatch(int remaining) : remaining_(remaining) {}
+  explicit InProcessBatch(int remaining)
+      : remaining_(remaining), checksums_(static_cast<size_t>(remaining), 0) {}
   bool Done() const override {
     return remaining_.load(std::memory_order_acquire) == 0;
   }
@@ -30,11 +31,16 @@ class InProcessBatch final : public TransferBatch {
     std::lock_guard<std::mutex> lock(mu_);
     return status_;
   }
-  // Called by a copy thread when one transfer ends.
-  void Finish(const Status& s) {
+  uint64_t source_checksum(size_t i) const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return checksums_[i];
+  }
+  // Called by a copy thread when transfer `i` ends.
+  void Finish(size_t i, const Status& s, uint64_t checksum) {
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (!s.ok() && status_.ok()) status_ = s;
+      checksums_[i] = checksum;
     }
     if (remaining_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
       std::lock_guard<std::mutex> lock(mu_);
@@ -47,11 +53,13 @@ class InProcessBatch final : public TransferBatch {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   Status status_;
+  std::vector<uint64_t> checksums_;
 };
 
 struct Job {
   Transfer transfer;
-  BufferResolver* buffers;
+  size_t index = 0;  // In the batch.
+  ExpertWeights* weights = nullptr;
   std::shared_ptr<InProcessBatch> batch;
 };
 
@@ -62,6 +70,9 @@ class BatchHandle final : public TransferBatch {
   bool Done() const override { return b_->Done(); }
   void Wait() override { b_->Wait(); }
   Status result() const override { return b_->result(); }
+  uint64_t source_checksum(size_t i) const override {
+    return b_->source_checksum(i);
+  }
 
  private:
   std::shared_ptr<InProcessBatch> b_;
@@ -83,13 +94,23 @@ class InProcessTransport final : public Transport {
   }
 
   StatusOr<std::unique_ptr<TransferBatch>> Start(
-      std::span<const Transfer> transfers, BufferResolver* buffers) override {
+      std::span<const Transfer> transfers, ExpertWeights* weights) override {
+    for (const Transfer& t : transfers) {
+      if (!weights->Hosts(t.src_rank) || !weights->Hosts(t.dst_rank)) {
+        return InvalidArgumentError(
+            "in-process transport: the transfer of expert " +
+            std::to_string(t.expert) + " from rank " +
+            std::to_string(t.src_rank) + " to rank " +
+            std::to_string(t.dst_rank) +
+            " leaves this process (an MPI transport moves it)");
+      }
+    }
     auto batch =
         std::make_shared<InProcessBatch>(static_cast<int>(transfers.size()));
     if (!transfers.empty()) {
       std::lock_guard<std::mutex> lock(mu_);
-      for (const Transfer& t : transfers)
-        queue_.push_back(Job{t, buffers, batch});
+      for (size_t i = 0; i < transfers.size(); ++i)
+        queue_.push_back(Job{transfers[i], i, weights, batch});
     }
     cv_.notify_all();
     return std::unique_ptr<TransferBatch>(std::make_unique<BatchHandle>(batch));
@@ -107,17 +128,24 @@ class InProcessTransport final : public Transport {
         queue_.pop_front();
       }
       const Transfer& t = job.transfer;
-      std::span<const std::byte> src =
-          job.buffers->Slot(t.src_rank, t.layer, t.src_slot);
-      std::span<std::byte> dst = job.buffers->Staging(t.dst_rank, t.staging);
-      if (src.size() != dst.size() || src.empty()) {
-        job.batch->Finish(InternalError(
-            "transfer of expert " + std::to_string(t.expert) + " to rank " +
-            std::to_string(t.dst_rank) + ": buffer sizes differ"));
-        continue;
+      ExpertWeights& w = *job.weights;
+      // The sender's checksum, read from the source as it is copied.
+      const uint64_t checksum =
+          SlotChecksum(w, t.src_rank, t.layer, t.src_slot);
+      Status status;
+      for (int x = 0; x < w.num_tensors() && status.ok(); ++x) {
+        std::span<const std::byte> src =
+            w.Slot(t.src_rank, t.layer, t.src_slot, x);
+        std::span<std::byte> dst = w.Staging(t.dst_rank, t.staging, x);
+        if (src.size() != dst.size() || src.empty()) {
+          status = InternalError(
+              "transfer of expert " + std::to_string(t.expert) + " to rank " +
+              std::to_string(t.dst_rank) + ": buffer sizes differ");
+          break;
+        }
+        std::memcpy(dst.data(), src.data(), src.size());
       }
-      std::memcpy(dst.data(), src.data(), src.size());
-      job.batch->Finish(Status::Ok());
+      job.batch->Finish(job.index, status, status.ok() ? checksum : 0);
     }
   }
 
@@ -131,18 +159,19 @@ class InProcessTransport final : public Transport {
 class FaultyBatch final : public TransferBatch {
  public:
   FaultyBatch(std::unique_ptr<TransferBatch> inner,
-              std::vector<Transfer> corrupt, BufferResolver* buffers,
-              Status injected, int64_t ready_at)
+              std::vector<Transfer> corrupt, std::vector<int64_t> inner_index,
+              ExpertWeights* weights, Status injected, int64_t ready_at)
       : inner_(std::move(inner)),
         corrupt_(std::move(corrupt)),
-        buffers_(buffers),
+        inner_index_(std::move(inner_index)),
+        weights_(weights),
         injected_(std::move(injected)),
         ready_at_(ready_at) {}
   bool Done() const override {
     if (!inner_->Done() || SystemClock()->NowNanos() < ready_at_) return false;
     std::call_once(corrupted_, [this] {
       for (const Transfer& t : corrupt_) {
-        std::span<std::byte> dst = buffers_->Staging(t.dst_rank, t.staging);
+        std::span<std::byte> dst = weights_->Staging(t.dst_rank, t.staging, 0);
         if (!dst.empty()) dst[dst.size() / 2] ^= std::byte{0x5a};
       }
     });
@@ -156,11 +185,17 @@ class FaultyBatch final : public TransferBatch {
     Status s = inner_->result();
     return s.ok() ? injected_ : s;
   }
+  uint64_t source_checksum(size_t i) const override {
+    return inner_index_[i] < 0
+               ? 0
+               : inner_->source_checksum(static_cast<size_t>(inner_index_[i]));
+  }
 
  private:
   std::unique_ptr<TransferBatch> inner_;
   std::vector<Transfer> corrupt_;
-  BufferResolver* buffers_;
+  std::vector<int64_t> inner_index_;  // Outer index -> inner; -1: failed.
+  ExpertWeights* weights_;
   Status injected_;
   int64_t ready_at_;
   mutable std::once_flag corrupted_;
@@ -172,11 +207,13 @@ class FaultyTransport final : public Transport {
       : inner_(std::move(inner)), faults_(f) {}
 
   StatusOr<std::unique_ptr<TransferBatch>> Start(
-      std::span<const Transfer> transfers, BufferResolver* buffers) override {
+      std::span<const Transfer> transfers, ExpertWeights* weights) override {
     std::vector<Transfer> pass, corrupt;
+    std::vector<int64_t> inner_index;
     Status injected;
     for (const Transfer& t : transfers) {
       ++count_;
+      inner_index.push_back(-1);
       if (faults_.fail_every > 0 && count_ % faults_.fail_every == 0) {
         if (injected.ok()) {
           injected =
@@ -189,13 +226,14 @@ class FaultyTransport final : public Transport {
       if (faults_.corrupt_every > 0 && count_ % faults_.corrupt_every == 0) {
         corrupt.push_back(t);
       }
+      inner_index.back() = static_cast<int64_t>(pass.size());
       pass.push_back(t);
     }
     EPLB_ASSIGN_OR_RETURN(std::unique_ptr<TransferBatch> inner,
-                          inner_->Start(pass, buffers));
+                          inner_->Start(pass, weights));
     return std::unique_ptr<TransferBatch>(std::make_unique<FaultyBatch>(
-        std::move(inner), std::move(corrupt), buffers, injected,
-        SystemClock()->NowNanos() + faults_.delay_nanos));
+        std::move(inner), std::move(corrupt), std::move(inner_index), weights,
+        injected, SystemClock()->NowNanos() + faults_.delay_nanos));
   }
 
  private:

@@ -12,7 +12,7 @@
 #include "cli_util.h"
 #include "eplb/config.h"
 #include "eplb/io.h"
-#include "eplb/replay.h"
+#include "eplb/sim/replay.h"
 
 namespace eplb::cli {
 namespace {

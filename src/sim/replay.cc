@@ -1,9 +1,10 @@
-#include "eplb/replay.h"
+#include "eplb/sim/replay.h"
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <memory>
 #include <thread>
@@ -12,6 +13,8 @@
 #include "eplb/io.h"
 #include "eplb/load.h"
 #include "eplb/migration.h"
+#include "eplb/sim/expert_ffn.h"
+#include "eplb/sim/synthetic_weights.h"
 #include "eplb/transport.h"
 
 namespace eplb {
@@ -79,6 +82,19 @@ std::string PlacementLine(int64_t step, int layer, const Placement& p) {
   return s;
 }
 
+// A transport the caller owns, wrapped without taking it over.
+class TransportRef final : public Transport {
+ public:
+  explicit TransportRef(Transport* inner) : inner_(inner) {}
+  StatusOr<std::unique_ptr<TransferBatch>> Start(
+      std::span<const Transfer> transfers, ExpertWeights* weights) override {
+    return inner_->Start(transfers, weights);
+  }
+
+ private:
+  Transport* inner_;
+};
+
 // One scored side of the replay (with or without balancing).
 struct Side {
   std::vector<double> imbalance;  // Per scored (step, layer).
@@ -116,6 +132,24 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
                                      t.ranks_per_node));
   (void)checked;
   const EplbMode mode = o.config.mode();
+  // One process per rank, or one for all.
+  Collective* collective =
+      o.collective != nullptr ? o.collective : LocalCollective();
+  const bool multi = collective->size() > 1;
+  if (multi && collective->size() != t.num_ranks) {
+    return InvalidArgumentError(
+        "replay over " + std::to_string(collective->size()) +
+        " processes needs one per rank, but there are " +
+        std::to_string(t.num_ranks) + " ranks");
+  }
+  if (multi && o.transport == nullptr) {
+    return InvalidArgumentError(
+        "replay over several processes needs their transport");
+  }
+  const int me = collective->rank();
+  auto hosts = [&](int rank) { return !multi || rank == me; };
+  // Logs are written by one process (they describe the whole job).
+  const bool writer = me == 0;
   Placement initial = Placement::Initial(num_layers, num_experts, t);
   if (o.config.expert_map_path.has_value()) {
     EPLB_ASSIGN_OR_RETURN(
@@ -137,7 +171,7 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
   // The placement log: checked before the first step.
   std::unique_ptr<std::FILE, int (*)(std::FILE*)> log_file(nullptr,
                                                            &std::fclose);
-  if (!o.placement_log_path.empty()) {
+  if (writer && !o.placement_log_path.empty()) {
     const std::filesystem::path dir =
         std::filesystem::path(o.placement_log_path).parent_path();
     if (!dir.empty() && !std::filesystem::is_directory(dir)) {
@@ -172,8 +206,40 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
   };
   for (int l = 0; l < num_layers; ++l) write_line(PlacementLine(0, l, initial));
 
-  EPLB_ASSIGN_OR_RETURN(std::unique_ptr<Transport> transport,
-                        CreateInProcessTransport({.num_threads = 1}));
+  // The engine's side of the seam: weights, transport, collective.
+  SyntheticWeightsOptions wopts{
+      .topology = t,
+      .num_layers = num_layers,
+      .num_experts = num_experts,
+      .real_expert_bytes = ExpertBytes(o.model, o.quant),
+      .tensors = ExpertTensors(o.model, o.quant),
+      .memory_budget_bytes = o.memory_budget_bytes};
+  if (multi) wopts.hosted_ranks = {me};
+  EPLB_ASSIGN_OR_RETURN(std::unique_ptr<SyntheticWeights> weights,
+                        SyntheticWeights::Create(wopts, initial));
+  if (o.verify_outputs && weights->stored_expert_bytes() < kFfnWeightBytes) {
+    return InvalidArgumentError(
+        "verifying outputs needs " + std::to_string(kFfnWeightBytes) +
+        " stored bytes per expert, the memory budget gives " +
+        std::to_string(weights->stored_expert_bytes()) +
+        "; raise the memory budget");
+  }
+  std::unique_ptr<Transport> owned_transport;
+  Transport* transport = o.transport;
+  if (transport == nullptr) {
+    EPLB_ASSIGN_OR_RETURN(owned_transport,
+                          CreateInProcessTransport({.num_threads = 1}));
+    transport = owned_transport.get();
+  }
+  if (o.faults.fail_every > 0 || o.faults.corrupt_every > 0 ||
+      o.faults.delay_nanos > 0) {
+    owned_transport = WrapWithFaults(
+        owned_transport != nullptr
+            ? std::move(owned_transport)
+            : std::unique_ptr<Transport>(new TransportRef(transport)),
+        o.faults);
+    transport = owned_transport.get();
+  }
   ControllerOptions copts;
   copts.config = o.config;
   copts.config.eplb_dispatch = o.dispatch;
@@ -186,10 +252,10 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
   copts.num_experts = num_experts;
   copts.initial = initial;
   copts.policy = std::move(policy);
-  copts.transport = transport.get();
+  copts.weights = weights.get();
+  copts.transport = transport;
+  copts.collective = collective;
   copts.real_expert_bytes = ExpertBytes(o.model, o.quant);
-  copts.expert_tensors = ExpertTensors(o.model, o.quant);
-  copts.memory_budget_bytes = o.memory_budget_bytes;
   copts.max_num_reqs = o.max_num_reqs;
   copts.sample_history = o.sample_history;
   copts.sync_migration = o.sync_migration;
@@ -201,14 +267,15 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
   EPLB_ASSIGN_OR_RETURN(std::unique_ptr<Controller> controller,
                         Controller::Create(std::move(copts)));
   controller->Start();
-  result.weight_scale = controller->weights().scale();
+  result.weight_scale = weights->scale();
+  result.processes = collective->size();
 
   const int64_t steps = (trace.num_steps() + o.batch_steps - 1) / o.batch_steps;
   if ((mode == EplbMode::kDynamic || mode == EplbMode::kRecording) &&
       o.config.expert_heat_collection_interval +
               o.config.algorithm_execution_interval >=
           steps &&
-      o.log) {
+      o.log && writer) {
     o.log("heat interval " +
           std::to_string(o.config.expert_heat_collection_interval) +
           " + algorithm interval " +
@@ -267,12 +334,59 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
     }
   };
   std::string rank_log;
+  // The heat this process records: its own ranks' slots.
+  std::vector<int64_t> my_slots(t.num_slots());
+  // Output verification: each expert's original weights, and the running
+  // occurrence count of each expert over the slots of a layer.
+  std::vector<std::byte> original;
+  std::vector<int64_t> occurrence(num_experts);
+  if (o.verify_outputs) {
+    const auto bytes = static_cast<size_t>(weights->stored_expert_bytes());
+    original.resize(static_cast<size_t>(num_layers) * num_experts * bytes);
+    for (int l = 0; l < num_layers; ++l) {
+      for (int e = 0; e < num_experts; ++e) {
+        weights->FillExpert(
+            l, e,
+            std::span<std::byte>(original).subspan(
+                (static_cast<size_t>(l) * num_experts + e) * bytes, bytes));
+      }
+    }
+  }
+  auto verify_layer = [&](int64_t step, int l,
+                          std::span<const int64_t> slot_tokens) {
+    const auto bytes = static_cast<size_t>(weights->stored_expert_bytes());
+    const Placement& serving = controller->placement();
+    std::fill(occurrence.begin(), occurrence.end(), 0);
+    float x[kFfnModel], y[kFfnModel], want[kFfnModel];
+    for (int phy = 0; phy < t.num_slots(); ++phy) {
+      const int r = phy / t.slots_per_rank;
+      const int e = serving.at(l, r, phy % t.slots_per_rank);
+      const int64_t first = occurrence[e];
+      occurrence[e] += slot_tokens[phy];
+      if (!hosts(r)) continue;
+      const std::span<const std::byte> slot =
+          weights->SlotBytes(r, l, phy % t.slots_per_rank);
+      const std::span<const std::byte> ref =
+          std::span<const std::byte>(original).subspan(
+              (static_cast<size_t>(l) * num_experts + e) * bytes, bytes);
+      for (int64_t j = first; j < occurrence[e]; ++j) {
+        TokenActivation(step, l, e, j, x);
+        ExpertFfn(slot, x, y);
+        ExpertFfn(ref, x, want);
+        ++result.outputs_verified;
+        if (std::memcmp(y, want, sizeof(y)) != 0) ++result.outputs_mismatched;
+      }
+    }
+  };
   int64_t first_done = -1;  // Replay steps before the first plan committed.
   const double dense_s = o.hardware.dense_us_per_layer * 1e-6 * num_layers;
   const auto wall_start = std::chrono::steady_clock::now();
   int64_t bytes_before = 0;
   for (int64_t s = 0; s < steps; ++s) {
-    if (o.interrupt != nullptr && o.interrupt->load()) {
+    int64_t stop[1] = {o.interrupt != nullptr && o.interrupt->load() ? 1 : 0};
+    // Every process stops at the same step (their calls are collective).
+    if (multi && !collective->AllReduceMax(stop).ok()) stop[0] = 1;
+    if (stop[0] != 0) {
       result.interrupted = true;
       break;
     }
@@ -313,9 +427,18 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
         }
       }
       dispatch(*routing, balanced ? &with_dispatch[l] : nullptr, slot_counts);
-      controller->recorder().RecordSlotCounts(l, slot_counts);
+      if (multi) {
+        // This rank's slots only; the controller sums the ranks' heat.
+        std::fill(my_slots.begin(), my_slots.end(), 0);
+        std::copy_n(slot_counts.begin() + me * t.slots_per_rank,
+                    t.slots_per_rank, my_slots.begin() + me * t.slots_per_rank);
+        controller->recorder().RecordSlotCounts(l, my_slots);
+      } else {
+        controller->recorder().RecordSlotCounts(l, slot_counts);
+      }
+      if (o.verify_outputs) verify_layer(s, l, slot_counts);
       rank_sums(slot_counts, ranks);
-      if (!o.rank_load_log_path.empty()) {
+      if (writer && !o.rank_load_log_path.empty()) {
         for (int r = 0; r < t.num_ranks; ++r) {
           rank_log += std::to_string(s) + ',' + std::to_string(l) + ',' +
                       std::to_string(r) + ',' +
@@ -369,6 +492,13 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
     if (o.progress) o.progress(s + 1, steps);
   }
   controller->Shutdown();
+  if (multi) {
+    int64_t sums[2] = {result.outputs_verified, result.outputs_mismatched};
+    EPLB_RETURN_IF_ERROR(
+        collective->AllReduceSum(sums).WithPrefix("summing the outputs"));
+    result.outputs_verified = sums[0];
+    result.outputs_mismatched = sums[1];
+  }
   result.wall_ms = std::chrono::duration<double, std::milli>(
                        std::chrono::steady_clock::now() - wall_start)
                        .count();
@@ -385,7 +515,7 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
     }
     result.imbalance_steady = Summarise(std::move(steady));
   }
-  if (!o.rank_load_log_path.empty()) {
+  if (writer && !o.rank_load_log_path.empty()) {
     EPLB_RETURN_IF_ERROR(WriteFileAtomic(o.rank_load_log_path,
                                          "step,layer,rank,tokens\n" + rank_log)
                              .WithPrefix("rank-load log"));
@@ -409,6 +539,7 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
   result.predicted_gain = cs.predicted_gain;
   result.max_layers_per_step = cs.max_layers_per_step;
   result.warmup_steps = cs.warmup_steps;
+  result.plan_hash_mismatches = cs.plan_hash_mismatches;
   if (cs.rebalances > 0) {
     result.moved_per_rebalance =
         static_cast<double>(cs.experts_moved) /

@@ -1,7 +1,17 @@
 // Replay: feeds a recorded trace, step by step, through the real recorder,
-// controller and migration engine over R virtual ranks, while a step loop
-// plays the forward passes; measures the realized balance and, through the
-// cost model, the serving impact, with and without balancing.
+// controller and migration engine, while a step loop plays the forward
+// passes; measures the realized balance and, through the cost model, the
+// serving impact, with and without balancing. It drives the library through
+// the seam an engine uses: its weights are SyntheticWeights (an
+// ExpertWeights), its transport and collective are the in-process ones, or,
+// with one process per rank (eplb replay --transport mpi), MPI's: each
+// process then hosts one rank's weights, records the heat of the tokens its
+// slots serve, and the controller sums it with the other ranks'.
+//
+// With verify_outputs, every rank runs a small expert FFN (sim/expert_ffn.h)
+// for every token its slots receive, on the weights in the slot, and checks
+// the output bit for bit against the expert's original weights (what the
+// initial placement computes without balancing).
 //
 // Each replay step takes `batch_steps` consecutive trace steps. In a step,
 // every expert's tokens go to its replicas under the routing in force at
@@ -18,14 +28,16 @@
 #include <string>
 #include <vector>
 
+#include "eplb/collective.h"
 #include "eplb/config.h"
-#include "eplb/cost_model.h"
 #include "eplb/dispatch.h"
 #include "eplb/load.h"
 #include "eplb/model.h"
 #include "eplb/placement.h"
+#include "eplb/sim/cost_model.h"
 #include "eplb/status.h"
 #include "eplb/topology.h"
+#include "eplb/transport.h"
 
 namespace eplb {
 
@@ -66,6 +78,14 @@ struct ReplayOptions {
   // replayed, and every file written is whole.
   const std::atomic<bool>* interrupt = nullptr;
   std::function<void(std::string_view line)> log;  // Controller problems.
+  // One process per rank: the job's collective (size() == the topology's
+  // ranks; this process hosts rank collective->rank()) and transport. Null:
+  // this process hosts every rank over the in-process transport.
+  Collective* collective = nullptr;
+  Transport* transport = nullptr;
+  // Faults injected into the transport (tests): see WrapWithFaults.
+  FaultOptions faults;
+  bool verify_outputs = false;
 };
 
 struct Distribution {
@@ -115,6 +135,12 @@ struct ReplayResult {
   double predicted_gain = 0.0;
   int64_t max_layers_per_step = 0;
   int64_t warmup_steps = -1;  // Steps before the first plan fully committed.
+  int processes = 1;          // Processes the ranks ran in.
+  int64_t plan_hash_mismatches = 0;
+  // verify_outputs: tokens whose expert output was checked, and those that
+  // differed from the original weights' output (over every rank).
+  int64_t outputs_verified = 0;
+  int64_t outputs_mismatched = 0;
 };
 
 // Replays `trace` (its layers and experts must match the model and the map).

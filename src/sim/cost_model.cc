@@ -1,4 +1,4 @@
-#include "eplb/cost_model.h"
+#include "eplb/sim/cost_model.h"
 
 #include <algorithm>
 #include <cctype>

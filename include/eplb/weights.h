@@ -1,0 +1,60 @@
+// ExpertWeights: the engine's expert weights as the controller and the
+// migration engine see them. This is the seam an inference engine
+// implements over its own tensors; the simulator implements it over a
+// synthetic store (eplb/sim/synthetic_weights.h). The library never
+// allocates expert weights of its own.
+//
+// Per rank this process hosts, per MoE layer and physical slot: the
+// expert's tensors, num_tensors() buffers laid out as the model and its
+// quantisation lay them out (for example w13, w2 and their scales), each of
+// the same byte size in every slot of a layer. Plus staging buffers, per
+// hosted rank, that incoming experts land in before their layer commits:
+// staging_per_rank() of them, each with the same tensors.
+//
+// Threads: Slot() and Staging() are called from the transport's threads
+// while layers migrate (a migrating layer's slot buffers are only read
+// then); CommitStaging() from the serving thread, between forward steps.
+#ifndef EPLB_WEIGHTS_H_
+#define EPLB_WEIGHTS_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+namespace eplb {
+
+class ExpertWeights {
+ public:
+  virtual ~ExpertWeights() = default;
+
+  // Whether this process holds the buffers of `rank` (a process hosts one
+  // rank in an engine, every rank in a single-process simulation).
+  virtual bool Hosts(int rank) const = 0;
+  // Tensors per expert (>= 1).
+  virtual int num_tensors() const = 0;
+  // Tensor `tensor` of the expert in (rank, layer, slot); rank hosted.
+  virtual std::span<const std::byte> Slot(int rank, int layer, int slot,
+                                          int tensor) const = 0;
+  // Staging buffers per hosted rank (>= 1).
+  virtual int staging_per_rank() const = 0;
+  // Tensor `tensor` of staging buffer `index` of `rank`; empty when index
+  // is out of range.
+  virtual std::span<std::byte> Staging(int rank, int index, int tensor) = 0;
+  // Makes the contents of staging buffer `index` of `rank` the weights of
+  // (layer, slot): a pointer swap or a copy, as the engine's layout allows.
+  // The staging buffer's contents are undefined afterwards.
+  virtual void CommitStaging(int rank, int index, int layer, int slot) = 0;
+};
+
+// FNV-1a over 64-bit words of `bytes` (then its tail bytes), continuing from
+// `seed`: fast, and any flipped byte changes it.
+uint64_t ChecksumBytes(std::span<const std::byte> bytes,
+                       uint64_t seed = 0xcbf29ce484222325ULL);
+// The checksum of an expert: its tensors in order. Never 0.
+uint64_t SlotChecksum(const ExpertWeights& weights, int rank, int layer,
+                      int slot);
+uint64_t StagingChecksum(ExpertWeights& weights, int rank, int index);
+
+}  // namespace eplb
+
+#endif  // EPLB_WEIGHTS_H_
