@@ -13,6 +13,9 @@
 #include "eplb/config.h"
 #include "eplb/io.h"
 #include "eplb/sim/replay.h"
+#ifdef EPLB_HAVE_MPI
+#include "eplb/mpi.h"
+#endif
 
 namespace eplb::cli {
 namespace {
@@ -41,6 +44,9 @@ struct ReplayFlags {
   int64_t steady_from = -1;
   std::string report;
   bool json = false;
+  std::string transport = "inprocess";
+  bool verify_outputs = false;
+  int corrupt_every = 0;
 };
 
 // The trace shipped in data/: found next to the sources (build tree) or the
@@ -142,6 +148,36 @@ std::string Html(const ReplayResult& r, const std::string& title,
 }
 
 int RunReplayCommand(const ReplayFlags& f) {
+  // One process per rank: MPI first, so that every process fails alike.
+  const bool mpi = f.transport == "mpi";
+  if (!mpi && f.transport != "inprocess") {
+    return Fail(InvalidArgumentError("--transport " + f.transport +
+                                     ": must be inprocess or mpi"));
+  }
+  if (f.corrupt_every < 0) {
+    return Fail(InvalidArgumentError("--corrupt-every " +
+                                     std::to_string(f.corrupt_every) +
+                                     ": must be >= 0"));
+  }
+#ifdef EPLB_HAVE_MPI
+  std::unique_ptr<MpiJob> job;
+  std::unique_ptr<Transport> mpi_transport;
+  if (mpi) {
+    StatusOr<std::unique_ptr<MpiJob>> j = MpiJob::Init(nullptr, nullptr);
+    if (!j.ok()) return Fail(j.status().WithPrefix("--transport mpi"));
+    job = std::move(*j);
+  }
+  const int process = job != nullptr ? job->rank() : 0;
+#else
+  if (mpi) {
+    return Fail(FailedPreconditionError(
+        "--transport mpi: this eplb was built without MPI (install "
+        "libopenmpi-dev and rebuild)"));
+  }
+  const int process = 0;
+#endif
+  // Rank 0 speaks for the job.
+  const bool speaks = process == 0;
   const bool embedded = f.trace.empty();
   const std::string trace_path = embedded ? EmbeddedTrace() : f.trace;
   StatusOr<LoadTrace> trace = ReadLoadFile(trace_path);
@@ -189,6 +225,23 @@ int RunReplayCommand(const ReplayFlags& f) {
   if (!topology.ok()) return Fail(topology.status());
 
   ReplayOptions o;
+#ifdef EPLB_HAVE_MPI
+  if (job != nullptr) {
+    if (job->size() != topology->num_ranks) {
+      return Fail(InvalidArgumentError(
+          "--ranks " + std::to_string(topology->num_ranks) + " but mpirun " +
+          "started " + std::to_string(job->size()) +
+          " processes: --transport mpi runs one process per rank"));
+    }
+    StatusOr<std::unique_ptr<Transport>> t = job->CreateTransport({});
+    if (!t.ok()) return Fail(t.status());
+    mpi_transport = std::move(*t);
+    o.collective = &job->collective();
+    o.transport = mpi_transport.get();
+  }
+#endif
+  o.verify_outputs = f.verify_outputs;
+  o.faults.corrupt_every = f.corrupt_every;
   o.model = model;
   o.quant = *quant;
   o.hardware = *hw;
@@ -208,14 +261,17 @@ int RunReplayCommand(const ReplayFlags& f) {
     o.dispatch = *d;
   }
   o.interrupt = &g_interrupted;
-  o.log = [](std::string_view line) {
+  o.log = [speaks](std::string_view line) {
+    if (!speaks) return;
     std::fprintf(stderr, "eplb: %.*s\n", static_cast<int>(line.size()),
                  line.data());
   };
-  for (const std::string& w : warnings)
-    std::fprintf(stderr, "eplb: warning: %s\n", w.c_str());
-  if (!note.empty()) std::fprintf(stderr, "eplb: note: %s\n", note.c_str());
-  const bool bar = !f.json && isatty(STDERR_FILENO);
+  if (speaks) {
+    for (const std::string& w : warnings)
+      std::fprintf(stderr, "eplb: warning: %s\n", w.c_str());
+    if (!note.empty()) std::fprintf(stderr, "eplb: note: %s\n", note.c_str());
+  }
+  const bool bar = speaks && !f.json && isatty(STDERR_FILENO);
   if (bar) {
     o.progress = [](int64_t step, int64_t steps) {
       const int width = 40;
@@ -232,6 +288,7 @@ int RunReplayCommand(const ReplayFlags& f) {
   StatusOr<ReplayResult> r = RunReplay(*trace, o);
   std::signal(SIGINT, SIG_DFL);
   if (!r.ok()) return Fail(r.status());
+  if (!speaks) return r->interrupted ? 130 : 0;
   if (r->interrupted)
     std::fprintf(stderr, "\neplb: interrupted after %lld steps\n",
                  static_cast<long long>(r->steps));
@@ -317,6 +374,13 @@ int RunReplayCommand(const ReplayFlags& f) {
                {"predicted_gain", r->predicted_gain},
                {"max_layers_per_step", r->max_layers_per_step},
                {"weight_scale", r->weight_scale},
+               {"transport", f.transport},
+               {"processes", r->processes},
+               {"plan_hash_mismatches", r->plan_hash_mismatches},
+               {"outputs_verified", r->outputs_verified},
+               {"outputs_mismatched",
+                f.verify_outputs ? nlohmann::json(r->outputs_mismatched)
+                                 : nlohmann::json(nullptr)},
                {"interrupted", r->interrupted},
                {"wall_ms", r->wall_ms}});
     return r->interrupted ? 130 : 0;
@@ -334,6 +398,12 @@ int RunReplayCommand(const ReplayFlags& f) {
     std::printf("%-28s %14s %14.3f\n", label, "", r->imbalance_steady.median);
     std::printf("%-28s %14s %14.3f\n", "  from that step: p90", "",
                 r->imbalance_steady.p90);
+  }
+  if (f.verify_outputs) {
+    std::printf("%-28s %14s %14s\n", "outputs mismatched", "-",
+                (std::to_string(r->outputs_mismatched) + " of " +
+                 std::to_string(r->outputs_verified))
+                    .c_str());
   }
   std::printf("%-28s %14s %14lld\n", "rebalances", "-",
               static_cast<long long>(r->rebalances));
@@ -424,6 +494,17 @@ void AddReplayCommand(CLI::App* app, int* exit_code) {
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--report", f->report, "Write a self-contained HTML report");
   cmd->add_flag("--json", f->json, "Print one JSON object");
+  cmd->add_option("--transport", f->transport,
+                  "inprocess (default: one process hosts every rank) or mpi "
+                  "(one process per rank: mpirun -np R eplb replay "
+                  "--transport mpi --ranks R ...)");
+  cmd->add_flag("--verify-outputs", f->verify_outputs,
+                "Run every token through its expert's FFN on the weights its "
+                "slot holds and check the output bit for bit against the "
+                "expert's original weights");
+  cmd->add_option("--corrupt-every", f->corrupt_every,
+                  "Testing: flip a byte of every N-th transferred expert "
+                  "after it lands (the layer must not commit)");
   cmd->callback([f, exit_code] { *exit_code = RunReplayCommand(*f); });
 }
 

@@ -1,0 +1,66 @@
+// eplb over MPI: one process per rank, as an engine runs them.
+//
+// MpiJob initialises MPI for the process (MPI_THREAD_MULTIPLE: the serving
+// thread makes the collective calls while the transport's thread moves
+// weights), and gives the two halves of the seam the library needs from a
+// multi-process job:
+//   - collective(): the Collective over every process (MPI_Iallreduce on a
+//     communicator of its own, each call bounded by a timeout, so a rank
+//     that stops answering becomes an error rather than a hang);
+//   - CreateTransport(): point-to-point weight transfers (MPI_Isend /
+//     MPI_Irecv on another communicator) on a background thread, in bounded
+//     chunks: at most max_in_flight messages of at most chunk_bytes posted
+//     at once per process. Each transfer's sender computes the checksum of
+//     the expert it reads and sends it after the data.
+// Built when CMake finds MPI (EPLB_MPI); the library itself does not need
+// MPI. Multi-node is the same program under `mpirun -H host1,host2 ...`.
+#ifndef EPLB_MPI_H_
+#define EPLB_MPI_H_
+
+#include <cstdint>
+#include <memory>
+
+#include "eplb/collective.h"
+#include "eplb/status.h"
+#include "eplb/transport.h"
+
+namespace eplb {
+
+struct MpiTransportOptions {
+  int max_in_flight = 16;         // Messages posted at once, >= 1.
+  int64_t chunk_bytes = 4 << 20;  // Largest message, >= 8.
+};
+
+class MpiJob {
+ public:
+  // Initialises MPI (once per process). FailedPrecondition when MPI cannot
+  // give MPI_THREAD_MULTIPLE or was initialised already.
+  static StatusOr<std::unique_ptr<MpiJob>> Init(int* argc, char*** argv);
+  // Finalises MPI. Transports it created must be gone by then.
+  ~MpiJob();
+  MpiJob(const MpiJob&) = delete;
+  MpiJob& operator=(const MpiJob&) = delete;
+
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  // Valid while the job lives. A call that takes longer than
+  // collective_timeout_nanos fails with DeadlineExceeded.
+  Collective& collective();
+  void set_collective_timeout_nanos(int64_t nanos);
+  StatusOr<std::unique_ptr<Transport>> CreateTransport(
+      const MpiTransportOptions& options);
+  // The host name of this process (for logs).
+  const char* processor_name() const { return processor_name_; }
+
+ private:
+  MpiJob() = default;
+  class MpiCollective;
+  int rank_ = 0;
+  int size_ = 1;
+  char processor_name_[256] = {};
+  std::unique_ptr<MpiCollective> collective_;
+};
+
+}  // namespace eplb
+
+#endif  // EPLB_MPI_H_

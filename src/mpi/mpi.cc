@@ -1,0 +1,370 @@
+#include "eplb/mpi.h"
+
+#include <mpi.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "eplb/clock.h"
+#include "eplb/weights.h"
+
+namespace eplb {
+namespace {
+
+constexpr int kDataTag = 1;
+constexpr int kChecksumTag = 2;
+
+std::string MpiError(int code) {
+  char text[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(code, text, &len);
+  return std::string(text, static_cast<size_t>(len));
+}
+
+// One batch's progress, shared by the caller's handle and the worker.
+class MpiBatch final : public TransferBatch {
+ public:
+  MpiBatch(std::vector<Transfer> transfers, ExpertWeights* weights)
+      : transfers_(std::move(transfers)),
+        weights_(weights),
+        checksums_(transfers_.size(), 0) {}
+  bool Done() const override { return done_.load(std::memory_order_acquire); }
+  void Wait() override {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [this] { return Done(); });
+  }
+  Status result() const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return status_;
+  }
+  uint64_t source_checksum(size_t i) const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return checksums_[i];
+  }
+
+  // Worker thread.
+  void Finish(Status s) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (status_.ok()) status_ = std::move(s);
+      done_.store(true, std::memory_order_release);
+    }
+    cv_.notify_all();
+  }
+  std::vector<Transfer> transfers_;
+  ExpertWeights* weights_;
+  // Written by the worker before Finish; read after Done().
+  std::vector<uint64_t> checksums_;
+
+ private:
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::atomic<bool> done_{false};
+  Status status_;
+};
+
+class BatchHandle final : public TransferBatch {
+ public:
+  explicit BatchHandle(std::shared_ptr<MpiBatch> b) : b_(std::move(b)) {}
+  bool Done() const override { return b_->Done(); }
+  void Wait() override { b_->Wait(); }
+  Status result() const override { return b_->result(); }
+  uint64_t source_checksum(size_t i) const override {
+    return b_->source_checksum(i);
+  }
+
+ private:
+  std::shared_ptr<MpiBatch> b_;
+};
+
+class MpiTransport final : public Transport {
+ public:
+  MpiTransport(MPI_Comm comm, int rank, const MpiTransportOptions& o)
+      : comm_(comm), rank_(rank), options_(o) {
+    worker_ = std::thread([this] { Run(); });
+  }
+  ~MpiTransport() override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    worker_.join();
+    MPI_Comm_free(&comm_);
+  }
+
+  StatusOr<std::unique_ptr<TransferBatch>> Start(
+      std::span<const Transfer> transfers, ExpertWeights* weights) override {
+    auto batch = std::make_shared<MpiBatch>(
+        std::vector<Transfer>(transfers.begin(), transfers.end()), weights);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      queue_.push_back(batch);
+    }
+    cv_.notify_all();
+    return std::unique_ptr<TransferBatch>(std::make_unique<BatchHandle>(batch));
+  }
+
+ private:
+  // One message of a batch, in the order both sides enumerate them.
+  struct Message {
+    bool send = false;
+    int peer = 0;
+    int tag = kDataTag;
+    std::byte* data = nullptr;
+    int bytes = 0;
+  };
+
+  void Run() {
+    for (;;) {
+      std::shared_ptr<MpiBatch> batch;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [this] { return stop_ || !queue_.empty(); });
+        if (stop_) {
+          for (auto& b : queue_)
+            b->Finish(UnavailableError("transport stopped"));
+          queue_.clear();
+          return;
+        }
+        batch = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      batch->Finish(Move(*batch));
+    }
+  }
+
+  // Moves one batch: local copies at once, then every message through a
+  // window of at most max_in_flight posted requests.
+  Status Move(MpiBatch& b) {
+    ExpertWeights& w = *b.weights_;
+    std::vector<Message> messages;
+    std::vector<uint64_t> sent_sums(b.transfers_.size(), 0);
+    const auto chunk = static_cast<size_t>(options_.chunk_bytes);
+    auto add = [&](bool send, int peer, std::byte* data, size_t bytes) {
+      for (size_t at = 0; at < bytes || (bytes == 0 && at == 0); at += chunk) {
+        messages.push_back({send, peer, kDataTag, data + at,
+                            static_cast<int>(std::min(chunk, bytes - at))});
+        if (bytes == 0) break;
+      }
+    };
+    for (size_t i = 0; i < b.transfers_.size(); ++i) {
+      const Transfer& t = b.transfers_[i];
+      const bool src = t.src_rank == rank_;
+      const bool dst = t.dst_rank == rank_;
+      if (!src && !dst) continue;
+      if (src && dst) {
+        b.checksums_[i] = SlotChecksum(w, t.src_rank, t.layer, t.src_slot);
+        for (int x = 0; x < w.num_tensors(); ++x) {
+          auto from = w.Slot(t.src_rank, t.layer, t.src_slot, x);
+          auto to = w.Staging(t.dst_rank, t.staging, x);
+          if (from.size() != to.size()) {
+            return InternalError("MPI transport: tensor sizes differ");
+          }
+          std::memcpy(to.data(), from.data(), from.size());
+        }
+        continue;
+      }
+      for (int x = 0; x < w.num_tensors(); ++x) {
+        if (src) {
+          auto from = w.Slot(t.src_rank, t.layer, t.src_slot, x);
+          // MPI's send buffers are const in spirit; the API takes void*.
+          add(true, t.dst_rank, const_cast<std::byte*>(from.data()),
+              from.size());
+        } else {
+          auto to = w.Staging(t.dst_rank, t.staging, x);
+          if (to.empty()) {
+            return InternalError("MPI transport: no staging buffer " +
+                                 std::to_string(t.staging) + " on rank " +
+                                 std::to_string(rank_));
+          }
+          add(false, t.src_rank, to.data(), to.size());
+        }
+      }
+      if (src) {
+        sent_sums[i] = SlotChecksum(w, t.src_rank, t.layer, t.src_slot);
+        messages.push_back({true, t.dst_rank, kChecksumTag,
+                            reinterpret_cast<std::byte*>(&sent_sums[i]), 8});
+      } else {
+        messages.push_back({false, t.src_rank, kChecksumTag,
+                            reinterpret_cast<std::byte*>(&b.checksums_[i]), 8});
+      }
+    }
+    const size_t window = static_cast<size_t>(options_.max_in_flight);
+    std::vector<MPI_Request> requests(window, MPI_REQUEST_NULL);
+    std::vector<int> done_index(window);
+    size_t next = 0;
+    size_t active = 0;
+    while (next < messages.size() || active > 0) {
+      for (size_t slot = 0; slot < window && next < messages.size(); ++slot) {
+        if (requests[slot] != MPI_REQUEST_NULL) continue;
+        const Message& m = messages[next++];
+        const int rc = m.send ? MPI_Isend(m.data, m.bytes, MPI_BYTE, m.peer,
+                                          m.tag, comm_, &requests[slot])
+                              : MPI_Irecv(m.data, m.bytes, MPI_BYTE, m.peer,
+                                          m.tag, comm_, &requests[slot]);
+        if (rc != MPI_SUCCESS) {
+          Cancel(requests);
+          return UnavailableError("MPI transport: " + MpiError(rc));
+        }
+        ++active;
+      }
+      int completed = 0;
+      const int rc =
+          MPI_Testsome(static_cast<int>(window), requests.data(), &completed,
+                       done_index.data(), MPI_STATUSES_IGNORE);
+      if (rc != MPI_SUCCESS) {
+        Cancel(requests);
+        return UnavailableError("MPI transport: " + MpiError(rc));
+      }
+      if (completed == MPI_UNDEFINED) completed = 0;
+      active -= static_cast<size_t>(completed);
+      if (completed == 0) {
+        bool stopping;
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          stopping = stop_;
+        }
+        if (stopping) {
+          Cancel(requests);
+          return UnavailableError("MPI transport stopped mid-batch");
+        }
+        // Nothing finished: let the other processes on this core run.
+        std::this_thread::sleep_for(std::chrono::microseconds(20));
+      }
+    }
+    return Status::Ok();
+  }
+
+  static void Cancel(std::vector<MPI_Request>& requests) {
+    for (MPI_Request& r : requests) {
+      if (r == MPI_REQUEST_NULL) continue;
+      MPI_Cancel(&r);
+      MPI_Request_free(&r);
+    }
+  }
+
+  MPI_Comm comm_;
+  int rank_;
+  MpiTransportOptions options_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::shared_ptr<MpiBatch>> queue_;
+  bool stop_ = false;
+  std::thread worker_;
+};
+
+}  // namespace
+
+class MpiJob::MpiCollective final : public Collective {
+ public:
+  MpiCollective(MPI_Comm comm, int rank, int size)
+      : comm_(comm), rank_(rank), size_(size) {}
+  ~MpiCollective() override { MPI_Comm_free(&comm_); }
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  Status AllReduceSum(std::span<int64_t> values) override {
+    return Reduce(values, MPI_SUM);
+  }
+  Status AllReduceMax(std::span<int64_t> values) override {
+    return Reduce(values, MPI_MAX);
+  }
+  std::atomic<int64_t> timeout_nanos{60'000'000'000};
+
+ private:
+  Status Reduce(std::span<int64_t> values, MPI_Op op) {
+    if (values.empty()) return Status::Ok();
+    MPI_Request request;
+    int rc = MPI_Iallreduce(MPI_IN_PLACE, values.data(),
+                            static_cast<int>(values.size()), MPI_INT64_T, op,
+                            comm_, &request);
+    if (rc != MPI_SUCCESS) return UnavailableError("MPI: " + MpiError(rc));
+    const int64_t deadline = SystemClock()->NowNanos() + timeout_nanos.load();
+    for (int spin = 0;; ++spin) {
+      int flag = 0;
+      rc = MPI_Test(&request, &flag, MPI_STATUS_IGNORE);
+      if (rc != MPI_SUCCESS) return UnavailableError("MPI: " + MpiError(rc));
+      if (flag) return Status::Ok();
+      if (SystemClock()->NowNanos() > deadline) {
+        // The request stays posted: the job cannot use this communicator
+        // again, which the caller learns from the error.
+        return DeadlineExceededError(
+            "MPI: a collective call got no answer from every rank within " +
+            std::to_string(timeout_nanos.load() / 1'000'000) + " ms");
+      }
+      if (spin > 64) std::this_thread::sleep_for(std::chrono::microseconds(10));
+    }
+  }
+
+  MPI_Comm comm_;
+  int rank_;
+  int size_;
+};
+
+StatusOr<std::unique_ptr<MpiJob>> MpiJob::Init(int* argc, char*** argv) {
+  int initialized = 0;
+  MPI_Initialized(&initialized);
+  if (initialized) return FailedPreconditionError("MPI is initialised already");
+  int provided = 0;
+  if (MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided) !=
+      MPI_SUCCESS) {
+    return UnavailableError("MPI_Init_thread failed");
+  }
+  if (provided < MPI_THREAD_MULTIPLE) {
+    MPI_Finalize();
+    return FailedPreconditionError(
+        "this MPI does not support MPI_THREAD_MULTIPLE (eplb's transport "
+        "moves weights on a thread of its own)");
+  }
+  auto job = std::unique_ptr<MpiJob>(new MpiJob());
+  MPI_Comm_rank(MPI_COMM_WORLD, &job->rank_);
+  MPI_Comm_size(MPI_COMM_WORLD, &job->size_);
+  int len = 0;
+  MPI_Get_processor_name(job->processor_name_, &len);
+  MPI_Comm comm;
+  MPI_Comm_dup(MPI_COMM_WORLD, &comm);
+  MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN);
+  job->collective_ =
+      std::make_unique<MpiCollective>(comm, job->rank_, job->size_);
+  return job;
+}
+
+MpiJob::~MpiJob() {
+  collective_.reset();
+  MPI_Finalize();
+}
+
+Collective& MpiJob::collective() { return *collective_; }
+
+void MpiJob::set_collective_timeout_nanos(int64_t nanos) {
+  collective_->timeout_nanos.store(nanos);
+}
+
+StatusOr<std::unique_ptr<Transport>> MpiJob::CreateTransport(
+    const MpiTransportOptions& options) {
+  if (options.max_in_flight < 1 || options.max_in_flight > 4096) {
+    return InvalidArgumentError("MPI transport max_in_flight = " +
+                                std::to_string(options.max_in_flight) +
+                                ": must be in [1, 4096]");
+  }
+  if (options.chunk_bytes < 8 || options.chunk_bytes > (int64_t{1} << 30)) {
+    return InvalidArgumentError(
+        "MPI transport chunk_bytes = " + std::to_string(options.chunk_bytes) +
+        ": must be in [8, 2^30]");
+  }
+  MPI_Comm comm;
+  MPI_Comm_dup(MPI_COMM_WORLD, &comm);
+  MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN);
+  return std::unique_ptr<Transport>(
+      std::make_unique<MpiTransport>(comm, rank_, options));
+}
+
+}  // namespace eplb
