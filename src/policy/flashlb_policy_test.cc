@@ -1,4 +1,4 @@
-// Tests of policy 3, FlashLB (spec §6.3): the shot statistics, plan validity,
+// Tests of policy 3, FlashLB: the shot statistics, plan validity,
 // the replica cap, determinism, the update trigger, covariance-aware
 // placement, move-aware re-plans, and quality and plan time on the real
 // DeepSeek-V3 data.
@@ -20,7 +20,7 @@
 #include "eplb/policy.h"
 #include "eplb/topology.h"
 #include "policy/algorithms.h"
-#include "policy/flashlb_stats.h"
+#include "policy/shot_stats.h"
 
 namespace eplb::policy {
 namespace {

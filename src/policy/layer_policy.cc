@@ -8,7 +8,7 @@
 #include <thread>
 
 #include "policy/algorithms.h"
-#include "policy/flashlb_model.h"
+#include "policy/layer_model.h"
 
 namespace eplb::policy {
 namespace {

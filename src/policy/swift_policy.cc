@@ -1,28 +1,28 @@
-// Policy 2, SwiftBalancer (spec §6.2): incremental and move-bounded.
+// Policy 2, SwiftBalancer: incremental and move-bounded.
 //
 // Instead of re-planning the redundant slots from scratch and then swapping,
 // this SwiftBalancer walks from the current layer by the cheapest improving
 // steps, which reaches the same balance with a fraction of the moves:
 //  - re-point: a replica of an expert that has several is replaced by one
 //    more replica of an expert on the most loaded rank (1 move; this is the
-//    spec's "redundant slots re-planned by largest share", done one slot at a
-//    time and only where it helps);
+//    published SwiftBalancer's "redundant slots re-planned by largest
+//    share", done one slot at a time and only where it helps);
 //  - swap: an expert of the most loaded rank trades places with one of
-//    another rank (2 moves; the spec's swap phase).
+//    another rank (2 moves; the published algorithm's swap phase).
 // Each step is the one with the largest peak reduction per moved expert; it
 // must lower the most loaded rank's peak by >= 1% of the mean rank load. Rules
-// kept from the spec: layers below 1.01 are skipped, at most 100 swaps, at
-// most one transfer per ordered (source, destination) rank pair, shares are
-// load / count (not the reference's w(c+1)/(c+2)) with per-layer means, and a
-// layer is adopted only when its predicted imbalance is lower. With nodes, a
-// re-point prefers a source on the receiver's node, and a cross-node step
-// (re-point from another node, or a swap between nodes) is scored 1% of the
-// mean rank load below its gain per move, so traffic crosses nodes only when
-// that buys a clearly lower peak.
+// kept from the published algorithm: layers below 1.01 are skipped, at most
+// 100 swaps, at most one transfer per ordered (source, destination) rank
+// pair, shares are load / count (not the reference's w(c+1)/(c+2)) with
+// per-layer means, and a layer is adopted only when its predicted imbalance
+// is lower. With nodes, a re-point prefers a source on the receiver's node,
+// and a cross-node step (re-point from another node, or a swap between
+// nodes) is scored 1% of the mean rank load below its gain per move, so
+// traffic crosses nodes only when that buys a clearly lower peak.
 //
 // The walk is one of four candidates the policy frame weighs against the
 // current layer (layer_policy.h): the walk's layer; the same refined by up
-// to 2R swaps scored on the per-step samples (FlashLB's SwapOnShots: the
+// to 2R swaps scored on the per-step samples (LayerModel::SwapOnShots: the
 // mean over steps of each step's peak / mean rank load, since the mean
 // hides experts that are hot in the same steps); few moves toward the
 // replica counts of DeepSeek's algorithm on the scored load (every expert
@@ -45,7 +45,7 @@
 
 #include "policy/algorithms.h"
 #include "policy/default_eplb.h"
-#include "policy/flashlb_model.h"
+#include "policy/layer_model.h"
 #include "policy/layer_policy.h"
 #include "policy/policies.h"
 

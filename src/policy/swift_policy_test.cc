@@ -1,4 +1,4 @@
-// Tests of policy 2, SwiftBalancer (spec §6.2) beyond the shared property
+// Tests of policy 2, SwiftBalancer beyond the shared property
 // tests: the walk on the mean alone, the swaps scored on per-step samples, and
 // the shot score they use.
 #include <gtest/gtest.h>
@@ -12,7 +12,7 @@
 #include "eplb/placement.h"
 #include "eplb/policy.h"
 #include "eplb/topology.h"
-#include "policy/flashlb_model.h"
+#include "policy/layer_model.h"
 #include "policy/layer_policy.h"
 
 namespace eplb::policy {

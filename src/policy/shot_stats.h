@@ -1,9 +1,9 @@
-// Statistics over time for FlashLB (spec §6.3): per-step samples grouped
-// into "shots", and the mean / variance / covariance of expert loads over a
-// window of shots with incremental (Add) and sliding (Remove + Add) updates.
-// The definitions live in flashlb_policy.cc. Private to the library.
-#ifndef EPLB_SRC_POLICY_FLASHLB_STATS_H_
-#define EPLB_SRC_POLICY_FLASHLB_STATS_H_
+// Statistics over time for the layer model (layer_model.h): per-step samples
+// grouped into "shots", and the mean / variance / covariance of expert loads
+// over a window of shots with incremental (Add) and sliding (Remove + Add)
+// updates. The definitions live in shot_stats.cc. Private to the library.
+#ifndef EPLB_SRC_POLICY_SHOT_STATS_H_
+#define EPLB_SRC_POLICY_SHOT_STATS_H_
 
 #include <span>
 #include <vector>
@@ -61,4 +61,4 @@ class ShotStats {
 
 }  // namespace eplb::policy
 
-#endif  // EPLB_SRC_POLICY_FLASHLB_STATS_H_
+#endif  // EPLB_SRC_POLICY_SHOT_STATS_H_

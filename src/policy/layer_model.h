@@ -1,9 +1,10 @@
-// FlashLB's model of one layer (spec §6.3): the window's per-step samples
-// grouped into shots, their statistics, the shot score and the searches over
-// placements. Defined in flashlb_policy.cc; SwiftBalancer uses the shot score
-// and the shot-scored swaps too. Private to the library.
-#ifndef EPLB_SRC_POLICY_FLASHLB_MODEL_H_
-#define EPLB_SRC_POLICY_FLASHLB_MODEL_H_
+// The model of one layer, shared by SwiftBalancer, FlashLB and the policy
+// frame (layer_policy.h): the window's per-step samples grouped into shots,
+// their statistics, the shot score and the searches over placements. Defined
+// in layer_model.cc; the step numbers below are those of FlashLB's
+// description in flashlb_policy.cc. Private to the library.
+#ifndef EPLB_SRC_POLICY_LAYER_MODEL_H_
+#define EPLB_SRC_POLICY_LAYER_MODEL_H_
 
 #include <cstdint>
 #include <memory>
@@ -11,8 +12,8 @@
 #include <vector>
 
 #include "eplb/dispatch.h"
-#include "policy/flashlb_stats.h"
 #include "policy/layer_policy.h"
+#include "policy/shot_stats.h"
 
 namespace eplb::policy {
 
@@ -190,4 +191,4 @@ class LayerModel {
 
 }  // namespace eplb::policy
 
-#endif  // EPLB_SRC_POLICY_FLASHLB_MODEL_H_
+#endif  // EPLB_SRC_POLICY_LAYER_MODEL_H_
