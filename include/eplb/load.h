@@ -119,6 +119,10 @@ std::vector<double> RankLoads(std::span<const int32_t> layer,
                               std::span<const double> expert_load,
                               int num_ranks, int slots_per_rank);
 
+// The imbalance measure, everywhere in eplb: the busiest rank's load over
+// the mean rank load (max / mean), 1.0 when there is no load.
+double RankImbalance(std::span<const double> rank_loads);
+
 // max rank load / mean rank load of one layer; 1.0 when the layer has no load.
 double LayerImbalance(std::span<const int32_t> layer,
                       std::span<const double> expert_load, int num_ranks,

@@ -19,6 +19,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "eplb/collective.h"
 #include "eplb/status.h"
@@ -49,6 +50,16 @@ class MpiJob {
   void set_collective_timeout_nanos(int64_t nanos);
   StatusOr<std::unique_ptr<Transport>> CreateTransport(
       const MpiTransportOptions& options);
+  // After a collective call failed because a process stopped answering:
+  // every surviving process calls it. Each sends a heartbeat to every other
+  // process of the job and waits for theirs until `timeout_nanos`; those
+  // that answered form a new communicator (MPI_Comm_create_group), over
+  // which the collective continues (rank() and size() change). Returns the
+  // survivors' indices among the processes before, ascending. Transports
+  // created before must be destroyed first (their communicator includes the
+  // lost process); CreateTransport() then spans the survivors.
+  // Unavailable when the survivors do not agree on who survived.
+  StatusOr<std::vector<int>> Recover(int64_t timeout_nanos);
   // The host name of this process (for logs).
   const char* processor_name() const { return processor_name_; }
 
@@ -56,6 +67,7 @@ class MpiJob {
   MpiJob() = default;
   class MpiCollective;
   int rank_ = 0;
+  int epoch_ = 0;  // Recoveries so far.
   int size_ = 1;
   char processor_name_[256] = {};
   std::unique_ptr<MpiCollective> collective_;

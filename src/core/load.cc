@@ -94,10 +94,7 @@ std::vector<double> RankLoads(std::span<const int32_t> layer,
   return loads;
 }
 
-namespace {
-
-// max / mean of rank loads; 1.0 without load.
-double PeakOverMean(std::span<const double> loads) {
+double RankImbalance(std::span<const double> loads) {
   double total = 0.0;
   double peak = 0.0;
   for (double v : loads) {
@@ -108,12 +105,11 @@ double PeakOverMean(std::span<const double> loads) {
   return peak / (total / static_cast<double>(loads.size()));
 }
 
-}  // namespace
-
 double LayerImbalance(std::span<const int32_t> layer,
                       std::span<const double> expert_load, int num_ranks,
                       int slots_per_rank) {
-  return PeakOverMean(RankLoads(layer, expert_load, num_ranks, slots_per_rank));
+  return RankImbalance(
+      RankLoads(layer, expert_load, num_ranks, slots_per_rank));
 }
 
 double StepImbalance(const Placement& placement, int layer,
@@ -150,7 +146,7 @@ double StepImbalance(const Placement& placement, int layer,
       loads[p / per_rank] += static_cast<double>(WholeTokenShare(
           static_cast<int64_t>(tokens[e]), count[e], replica[p]));
     }
-    sum += PeakOverMean(loads);
+    sum += RankImbalance(loads);
   }
   return sum / steps;
 }

@@ -267,8 +267,14 @@ class MpiTransport final : public Transport {
 class MpiJob::MpiCollective final : public Collective {
  public:
   MpiCollective(MPI_Comm comm, int rank, int size)
-      : comm_(comm), rank_(rank), size_(size) {}
-  ~MpiCollective() override { MPI_Comm_free(&comm_); }
+      : comm_(comm), rank_(rank), size_(size) {
+    MPI_Comm_dup(comm_, &heartbeat_);
+    MPI_Comm_set_errhandler(heartbeat_, MPI_ERRORS_RETURN);
+  }
+  ~MpiCollective() override {
+    MPI_Comm_free(&comm_);
+    MPI_Comm_free(&heartbeat_);
+  }
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   Status AllReduceSum(std::span<int64_t> values) override {
@@ -278,6 +284,74 @@ class MpiJob::MpiCollective final : public Collective {
     return Reduce(values, MPI_MAX);
   }
   std::atomic<int64_t> timeout_nanos{60'000'000'000};
+
+  // See MpiJob::Recover.
+  StatusOr<std::vector<int>> Recover(int64_t timeout, int epoch) {
+    const int tag = 1000 + epoch;
+    char out = 1;
+    std::vector<char> in(static_cast<size_t>(size_), 0);
+    std::vector<MPI_Request> sends(static_cast<size_t>(size_),
+                                   MPI_REQUEST_NULL);
+    std::vector<MPI_Request> recvs(static_cast<size_t>(size_),
+                                   MPI_REQUEST_NULL);
+    for (int p = 0; p < size_; ++p) {
+      if (p == rank_) continue;
+      MPI_Isend(&out, 1, MPI_CHAR, p, tag, heartbeat_, &sends[p]);
+      MPI_Irecv(&in[p], 1, MPI_CHAR, p, tag, heartbeat_, &recvs[p]);
+    }
+    in[rank_] = 1;
+    // Every answer, or the deadline: a lost process never answers.
+    const int64_t deadline = SystemClock()->NowNanos() + timeout;
+    for (;;) {
+      int all = 0;
+      MPI_Testall(size_, recvs.data(), &all, MPI_STATUSES_IGNORE);
+      if (all || SystemClock()->NowNanos() > deadline) break;
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+    }
+    std::vector<int> alive;
+    for (int p = 0; p < size_; ++p) {
+      if (recvs[p] != MPI_REQUEST_NULL) {
+        MPI_Cancel(&recvs[p]);
+        MPI_Request_free(&recvs[p]);
+      }
+      if (sends[p] != MPI_REQUEST_NULL) MPI_Request_free(&sends[p]);
+      if (in[p] != 0) alive.push_back(p);
+    }
+    MPI_Group all_group, alive_group;
+    MPI_Comm_group(heartbeat_, &all_group);
+    MPI_Group_incl(all_group, static_cast<int>(alive.size()), alive.data(),
+                   &alive_group);
+    MPI_Comm survivors;
+    const int rc =
+        MPI_Comm_create_group(heartbeat_, alive_group, tag, &survivors);
+    MPI_Group_free(&alive_group);
+    MPI_Group_free(&all_group);
+    if (rc != MPI_SUCCESS || survivors == MPI_COMM_NULL) {
+      return UnavailableError("MPI: forming the survivors' communicator: " +
+                              MpiError(rc));
+    }
+    MPI_Comm_set_errhandler(survivors, MPI_ERRORS_RETURN);
+    // Every survivor must have seen the same survivors.
+    std::vector<int> seen(static_cast<size_t>(size_), 0);
+    for (int p : alive) seen[p] = 1;
+    std::vector<int> lo = seen, hi = seen;
+    MPI_Allreduce(MPI_IN_PLACE, lo.data(), size_, MPI_INT, MPI_MIN, survivors);
+    MPI_Allreduce(MPI_IN_PLACE, hi.data(), size_, MPI_INT, MPI_MAX, survivors);
+    if (lo != hi) {
+      MPI_Comm_free(&survivors);
+      return UnavailableError(
+          "MPI: the surviving processes disagree on who survived");
+    }
+    // The old communicators may hold a collective the lost process never
+    // joined: they are abandoned, not freed.
+    comm_ = survivors;
+    MPI_Comm_dup(comm_, &heartbeat_);
+    MPI_Comm_set_errhandler(heartbeat_, MPI_ERRORS_RETURN);
+    MPI_Comm_rank(comm_, &rank_);
+    MPI_Comm_size(comm_, &size_);
+    return alive;
+  }
+  MPI_Comm comm() const { return comm_; }
 
  private:
   Status Reduce(std::span<int64_t> values, MPI_Op op) {
@@ -305,6 +379,7 @@ class MpiJob::MpiCollective final : public Collective {
   }
 
   MPI_Comm comm_;
+  MPI_Comm heartbeat_;
   int rank_;
   int size_;
 };
@@ -344,6 +419,14 @@ MpiJob::~MpiJob() {
 
 Collective& MpiJob::collective() { return *collective_; }
 
+StatusOr<std::vector<int>> MpiJob::Recover(int64_t timeout_nanos) {
+  EPLB_ASSIGN_OR_RETURN(std::vector<int> alive,
+                        collective_->Recover(timeout_nanos, ++epoch_));
+  rank_ = collective_->rank();
+  size_ = collective_->size();
+  return alive;
+}
+
 void MpiJob::set_collective_timeout_nanos(int64_t nanos) {
   collective_->timeout_nanos.store(nanos);
 }
@@ -361,7 +444,7 @@ StatusOr<std::unique_ptr<Transport>> MpiJob::CreateTransport(
         ": must be in [8, 2^30]");
   }
   MPI_Comm comm;
-  MPI_Comm_dup(MPI_COMM_WORLD, &comm);
+  MPI_Comm_dup(collective_->comm(), &comm);
   MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN);
   return std::unique_ptr<Transport>(
       std::make_unique<MpiTransport>(comm, rank_, options));

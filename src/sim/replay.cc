@@ -56,14 +56,12 @@ Distribution Summarise(std::vector<double> v) {
   return d;
 }
 
-// Imbalance of rank loads; 0 when the layer had no tokens (not scored).
+// Imbalance of rank loads (RankImbalance); 0 when the layer had no tokens
+// (not scored).
 double Imbalance(std::span<const double> ranks) {
-  double peak = 0, total = 0;
-  for (double x : ranks) {
-    peak = std::max(peak, x);
-    total += x;
-  }
-  return total > 0 ? peak / (total / static_cast<double>(ranks.size())) : 0.0;
+  double total = 0;
+  for (double x : ranks) total += x;
+  return total > 0 ? RankImbalance(ranks) : 0.0;
 }
 
 std::string PlacementLine(int64_t step, int layer, const Placement& p) {
@@ -104,11 +102,86 @@ struct Side {
   int64_t utilization_n = 0;
 };
 
+// The serving side of the job: its ranks, weights, transport and controller.
+// Rebuilt over the survivors when a rank fails.
+struct Serving {
+  Topology topology;
+  std::vector<int> ranks;  // [R]: each rank's index when the replay started.
+  int me = -1;             // The rank this process hosts; -1: every rank.
+  std::unique_ptr<SyntheticWeights> weights;
+  std::unique_ptr<Transport> owned_transport;
+  Transport* transport = nullptr;
+  std::unique_ptr<Controller> controller;
+  // Balanced dispatch: one dispatcher per layer, told each placement as it
+  // starts serving.
+  std::vector<BalancedDispatcher> dispatchers;
+  std::vector<int32_t> dispatched;  // [L][R*K]: what the dispatchers hold.
+  bool Hosts(int rank) const { return me < 0 || rank == me; }
+};
+
+// The placement of the survivors of a failure: each survivor keeps its
+// slots and takes an equal share of the lost slots (K' = ceil(R*K / R')
+// slots per rank), which receive first the experts left without any
+// replica, then replicas of the experts with the fewest, lowest id first,
+// never twice on a rank.
+Placement SurvivorPlacement(const Placement& before,
+                            const std::vector<int>& survivors,
+                            int new_slots_per_rank,
+                            std::vector<int32_t>* lost) {
+  const int num_layers = before.num_layers();
+  const int num_experts = before.num_experts();
+  const int k = before.slots_per_rank();
+  const int r2 = static_cast<int>(survivors.size());
+  const int k2 = new_slots_per_rank;
+  Placement after(num_layers, r2, k2, num_experts);
+  lost->clear();
+  std::vector<int> replicas(num_experts);
+  for (int l = 0; l < num_layers; ++l) {
+    std::fill(replicas.begin(), replicas.end(), 0);
+    for (int j = 0; j < r2; ++j) {
+      for (int s = 0; s < k; ++s) {
+        const int32_t e = before.at(l, survivors[j], s);
+        after.mutable_layer(l)[static_cast<size_t>(j) * k2 + s] = e;
+        ++replicas[e];
+      }
+    }
+    std::vector<int32_t> todo;
+    for (int e = 0; e < num_experts; ++e) {
+      if (replicas[e] == 0) {
+        todo.push_back(e);
+        lost->push_back(l * num_experts + e);
+      }
+    }
+    size_t next = 0;
+    for (int s = k; s < k2; ++s) {
+      for (int j = 0; j < r2; ++j) {
+        std::span<int32_t> row = after.mutable_layer(l).subspan(
+            static_cast<size_t>(j) * k2, static_cast<size_t>(k2));
+        auto on_rank = [&](int32_t e) {
+          return std::find(row.begin(), row.begin() + s, e) != row.begin() + s;
+        };
+        int32_t pick = -1;
+        if (next < todo.size()) {
+          pick = todo[next++];
+        } else {
+          for (int e = 0; e < num_experts; ++e) {
+            if (on_rank(e)) continue;
+            if (pick < 0 || replicas[e] < replicas[pick]) pick = e;
+          }
+        }
+        row[s] = pick;
+        ++replicas[pick];
+      }
+    }
+  }
+  return after;
+}
+
 }  // namespace
 
 StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
                                  const ReplayOptions& o) {
-  const Topology& t = o.topology;
+  const Topology& t0 = o.topology;
   const int num_layers = trace.num_layers();
   const int num_experts = trace.num_experts();
   if (num_experts != o.model.num_experts) {
@@ -128,44 +201,61 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
   }
   EPLB_RETURN_IF_ERROR(ValidateLoad(trace));
   EPLB_ASSIGN_OR_RETURN(Topology checked,
-                        MakeTopology(num_experts, t.num_ranks, t.slots_per_rank,
-                                     t.ranks_per_node));
+                        MakeTopology(num_experts, t0.num_ranks,
+                                     t0.slots_per_rank, t0.ranks_per_node));
   (void)checked;
   const EplbMode mode = o.config.mode();
   // One process per rank, or one for all.
   Collective* collective =
       o.collective != nullptr ? o.collective : LocalCollective();
   const bool multi = collective->size() > 1;
-  if (multi && collective->size() != t.num_ranks) {
+  if (multi && collective->size() != t0.num_ranks) {
     return InvalidArgumentError(
         "replay over " + std::to_string(collective->size()) +
         " processes needs one per rank, but there are " +
-        std::to_string(t.num_ranks) + " ranks");
+        std::to_string(t0.num_ranks) + " ranks");
   }
   if (multi && o.transport == nullptr) {
     return InvalidArgumentError(
         "replay over several processes needs their transport");
   }
-  const int me = collective->rank();
-  auto hosts = [&](int rank) { return !multi || rank == me; };
-  // Logs are written by one process (they describe the whole job).
-  const bool writer = me == 0;
-  Placement initial = Placement::Initial(num_layers, num_experts, t);
+  if (o.fail_rank >= 0 || o.fail_at_step >= 0) {
+    if (o.fail_rank < 1 || o.fail_rank >= t0.num_ranks) {
+      return InvalidArgumentError("fail rank " + std::to_string(o.fail_rank) +
+                                  ": must be in [1, " +
+                                  std::to_string(t0.num_ranks - 1) +
+                                  "] (rank 0 prints the job's results)");
+    }
+    if (o.fail_at_step < 0) {
+      return InvalidArgumentError("fail rank " + std::to_string(o.fail_rank) +
+                                  " needs the step it fails at (>= 0)");
+    }
+    if (multi && (!o.recover || !o.leave)) {
+      return InvalidArgumentError(
+          "failing a rank over several processes needs their recovery");
+    }
+  }
+  // Logs are written by process 0 (they describe the whole job), which
+  // never fails.
+  const bool writer = collective->rank() == 0;
+  Placement initial = Placement::Initial(num_layers, num_experts, t0);
   if (o.config.expert_map_path.has_value()) {
     EPLB_ASSIGN_OR_RETURN(
-        initial,
-        ReadExpertMapJson(*o.config.expert_map_path,
-                          MapExpectations{.num_layers = num_layers,
-                                          .num_ranks = t.num_ranks,
-                                          .num_experts = num_experts,
-                                          .slots_per_rank = t.slots_per_rank}));
+        initial, ReadExpertMapJson(
+                     *o.config.expert_map_path,
+                     MapExpectations{.num_layers = num_layers,
+                                     .num_ranks = t0.num_ranks,
+                                     .num_experts = num_experts,
+                                     .slots_per_rank = t0.slots_per_rank}));
   }
   const std::string policy_name =
       o.policy.empty() ? std::to_string(o.config.eplb_policy_type) : o.policy;
-  EPLB_ASSIGN_OR_RETURN(std::unique_ptr<Policy> policy,
-                        CreatePolicy(policy_name));
   ReplayResult result;
-  result.policy = std::string(policy->name());
+  {
+    EPLB_ASSIGN_OR_RETURN(std::unique_ptr<Policy> policy,
+                          CreatePolicy(policy_name));
+    result.policy = std::string(policy->name());
+  }
   result.mode = std::string(EplbModeName(mode));
 
   // The placement log: checked before the first step.
@@ -206,68 +296,95 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
   };
   for (int l = 0; l < num_layers; ++l) write_line(PlacementLine(0, l, initial));
 
-  // The engine's side of the seam: weights, transport, collective.
-  SyntheticWeightsOptions wopts{
-      .topology = t,
-      .num_layers = num_layers,
-      .num_experts = num_experts,
-      .real_expert_bytes = ExpertBytes(o.model, o.quant),
-      .tensors = ExpertTensors(o.model, o.quant),
-      .memory_budget_bytes = o.memory_budget_bytes};
-  if (multi) wopts.hosted_ranks = {me};
-  EPLB_ASSIGN_OR_RETURN(std::unique_ptr<SyntheticWeights> weights,
-                        SyntheticWeights::Create(wopts, initial));
-  if (o.verify_outputs && weights->stored_expert_bytes() < kFfnWeightBytes) {
-    return InvalidArgumentError(
-        "verifying outputs needs " + std::to_string(kFfnWeightBytes) +
-        " stored bytes per expert, the memory budget gives " +
-        std::to_string(weights->stored_expert_bytes()) +
-        "; raise the memory budget");
-  }
-  std::unique_ptr<Transport> owned_transport;
-  Transport* transport = o.transport;
-  if (transport == nullptr) {
-    EPLB_ASSIGN_OR_RETURN(owned_transport,
-                          CreateInProcessTransport({.num_threads = 1}));
-    transport = owned_transport.get();
-  }
-  if (o.faults.fail_every > 0 || o.faults.corrupt_every > 0 ||
-      o.faults.delay_nanos > 0) {
-    owned_transport = WrapWithFaults(
-        owned_transport != nullptr
-            ? std::move(owned_transport)
-            : std::unique_ptr<Transport>(new TransportRef(transport)),
-        o.faults);
-    transport = owned_transport.get();
-  }
-  ControllerOptions copts;
-  copts.config = o.config;
-  copts.config.eplb_dispatch = o.dispatch;
-  // The simulated hardware's link, unless the config names one.
-  if (copts.config.eplb_link_gbytes_per_s <= 0.0) {
-    copts.config.eplb_link_gbytes_per_s = o.hardware.link_gbytes_per_s;
-  }
-  copts.topology = t;
-  copts.num_layers = num_layers;
-  copts.num_experts = num_experts;
-  copts.initial = initial;
-  copts.policy = std::move(policy);
-  copts.weights = weights.get();
-  copts.transport = transport;
-  copts.collective = collective;
-  copts.real_expert_bytes = ExpertBytes(o.model, o.quant);
-  copts.max_num_reqs = o.max_num_reqs;
-  copts.sample_history = o.sample_history;
-  copts.sync_migration = o.sync_migration;
-  copts.lockstep = !o.pace;
-  copts.log = o.log;
-  copts.on_commit = [&](int64_t step, int layer, const Placement& p) {
-    write_line(PlacementLine(step, layer, p));
+  const bool balanced = o.dispatch == DispatchMode::kBalanced;
+  const bool faulty = o.faults.fail_every > 0 || o.faults.corrupt_every > 0 ||
+                      o.faults.delay_nanos > 0;
+  // Builds the engine's side of the seam (weights, transport, collective)
+  // and the controller over it, for `topology` starting from `start`.
+  auto make_serving = [&](const Topology& topology, const Placement& start,
+                          std::vector<int> ranks, int me, Transport* transport,
+                          int64_t scale) -> StatusOr<std::unique_ptr<Serving>> {
+    auto sv = std::make_unique<Serving>();
+    sv->topology = topology;
+    sv->ranks = std::move(ranks);
+    sv->me = me;
+    SyntheticWeightsOptions wopts{
+        .topology = topology,
+        .num_layers = num_layers,
+        .num_experts = num_experts,
+        .real_expert_bytes = ExpertBytes(o.model, o.quant),
+        .tensors = ExpertTensors(o.model, o.quant),
+        .memory_budget_bytes = o.memory_budget_bytes,
+        .scale = scale};
+    if (me >= 0) wopts.hosted_ranks = {me};
+    EPLB_ASSIGN_OR_RETURN(sv->weights, SyntheticWeights::Create(wopts, start));
+    if (o.verify_outputs &&
+        sv->weights->stored_expert_bytes() < kFfnWeightBytes) {
+      return InvalidArgumentError(
+          "verifying outputs needs " + std::to_string(kFfnWeightBytes) +
+          " stored bytes per expert, the memory budget gives " +
+          std::to_string(sv->weights->stored_expert_bytes()) +
+          "; raise the memory budget");
+    }
+    sv->transport = transport;
+    if (transport == nullptr) {
+      EPLB_ASSIGN_OR_RETURN(sv->owned_transport,
+                            CreateInProcessTransport({.num_threads = 1}));
+      sv->transport = sv->owned_transport.get();
+    }
+    if (faulty) {
+      sv->owned_transport = WrapWithFaults(
+          sv->owned_transport != nullptr
+              ? std::move(sv->owned_transport)
+              : std::unique_ptr<Transport>(new TransportRef(sv->transport)),
+          o.faults);
+      sv->transport = sv->owned_transport.get();
+    }
+    ControllerOptions copts;
+    copts.config = o.config;
+    copts.config.eplb_dispatch = o.dispatch;
+    copts.config.num_redundant_experts = topology.num_slots() - num_experts;
+    // The simulated hardware's link, unless the config names one.
+    if (copts.config.eplb_link_gbytes_per_s <= 0.0) {
+      copts.config.eplb_link_gbytes_per_s = o.hardware.link_gbytes_per_s;
+    }
+    copts.topology = topology;
+    copts.num_layers = num_layers;
+    copts.num_experts = num_experts;
+    copts.initial = start;
+    EPLB_ASSIGN_OR_RETURN(copts.policy, CreatePolicy(policy_name));
+    copts.weights = sv->weights.get();
+    copts.transport = sv->transport;
+    copts.collective = collective;
+    copts.real_expert_bytes = ExpertBytes(o.model, o.quant);
+    copts.max_num_reqs = o.max_num_reqs;
+    copts.sample_history = o.sample_history;
+    copts.sync_migration = o.sync_migration;
+    copts.lockstep = !o.pace;
+    copts.log = o.log;
+    copts.on_commit = [&write_line](int64_t step, int layer,
+                                    const Placement& p) {
+      write_line(PlacementLine(step, layer, p));
+    };
+    EPLB_ASSIGN_OR_RETURN(sv->controller, Controller::Create(std::move(copts)));
+    if (balanced) {
+      for (int l = 0; l < num_layers; ++l) {
+        sv->dispatchers.emplace_back(num_experts, topology.num_ranks,
+                                     topology.slots_per_rank);
+        sv->dispatchers.back().SetPlacement(start.layer(l));
+      }
+      sv->dispatched = start.data();
+    }
+    sv->controller->Start();
+    return sv;
   };
-  EPLB_ASSIGN_OR_RETURN(std::unique_ptr<Controller> controller,
-                        Controller::Create(std::move(copts)));
-  controller->Start();
-  result.weight_scale = weights->scale();
+  std::vector<int> all_ranks(t0.num_ranks);
+  for (int r = 0; r < t0.num_ranks; ++r) all_ranks[r] = r;
+  EPLB_ASSIGN_OR_RETURN(
+      std::unique_ptr<Serving> sv,
+      make_serving(t0, initial, all_ranks, multi ? collective->rank() : -1,
+                   o.transport, 0));
+  result.weight_scale = sv->weights->scale();
   result.processes = collective->size();
 
   const int64_t steps = (trace.num_steps() + o.batch_steps - 1) / o.batch_steps;
@@ -289,35 +406,24 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
   }
   // No balancing: the engine's default placement (experts in order, the
   // redundant slots holding experts 0, 1, ...) throughout, also when a map
-  // file gave the starting placement.
-  const Placement unbalanced = Placement::Initial(num_layers, num_experts, t);
+  // file gave the starting placement, on every rank (no failure).
+  const Placement unbalanced = Placement::Initial(num_layers, num_experts, t0);
   std::vector<LayerRouting> baseline_routing;
   baseline_routing.reserve(num_layers);
+  std::vector<BalancedDispatcher> base_dispatch;
   for (int l = 0; l < num_layers; ++l) {
     baseline_routing.push_back(
-        BuildLayerRouting(unbalanced.layer(l), num_experts, t));
+        BuildLayerRouting(unbalanced.layer(l), num_experts, t0));
+    if (balanced) {
+      base_dispatch.emplace_back(num_experts, t0.num_ranks, t0.slots_per_rank);
+      base_dispatch.back().SetPlacement(unbalanced.layer(l));
+    }
   }
   Side with, without;
   std::vector<double> counts(num_experts);
   std::vector<int64_t> tokens_of(num_experts);
-  std::vector<int64_t> slot_counts(t.num_slots());
-  std::vector<int64_t> base_slots(t.num_slots());
-  std::vector<double> ranks(t.num_ranks);
-  std::vector<double> base(t.num_ranks);
-  // Balanced dispatch: one dispatcher per layer and side, told each
-  // placement as it starts serving.
-  const bool balanced = o.dispatch == DispatchMode::kBalanced;
-  std::vector<BalancedDispatcher> with_dispatch, base_dispatch;
-  std::vector<int32_t> dispatched;  // [L][R*K]: what with_dispatch holds.
-  if (balanced) {
-    for (int l = 0; l < num_layers; ++l) {
-      with_dispatch.emplace_back(num_experts, t.num_ranks, t.slots_per_rank);
-      base_dispatch.emplace_back(num_experts, t.num_ranks, t.slots_per_rank);
-      with_dispatch.back().SetPlacement(initial.layer(l));
-      base_dispatch.back().SetPlacement(unbalanced.layer(l));
-    }
-    dispatched = initial.data();
-  }
+  std::vector<int64_t> base_slots(t0.num_slots());
+  std::vector<double> base(t0.num_ranks);
   // The dispatch of both sides: the same rule, each under its own routing.
   auto dispatch = [&](const LayerRouting& routing, BalancedDispatcher* d,
                       std::span<int64_t> slots) {
@@ -327,35 +433,37 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
       RoundRobinQuotas(routing, tokens_of, slots);
     }
   };
-  auto rank_sums = [&](std::span<const int64_t> slots, std::span<double> out) {
+  auto rank_sums = [](const Topology& t, std::span<const int64_t> slots,
+                      std::span<double> out) {
     std::fill(out.begin(), out.end(), 0.0);
     for (int phy = 0; phy < t.num_slots(); ++phy) {
       out[phy / t.slots_per_rank] += static_cast<double>(slots[phy]);
     }
   };
-  std::string rank_log;
-  // The heat this process records: its own ranks' slots.
-  std::vector<int64_t> my_slots(t.num_slots());
-  // Output verification: each expert's original weights, and the running
-  // occurrence count of each expert over the slots of a layer.
+  // Output verification: each expert's original weights (what the initial
+  // placement serves without balancing), and the running occurrence count
+  // of each expert over the slots of a layer.
   std::vector<std::byte> original;
   std::vector<int64_t> occurrence(num_experts);
   if (o.verify_outputs) {
-    const auto bytes = static_cast<size_t>(weights->stored_expert_bytes());
+    const auto bytes = static_cast<size_t>(sv->weights->stored_expert_bytes());
     original.resize(static_cast<size_t>(num_layers) * num_experts * bytes);
     for (int l = 0; l < num_layers; ++l) {
       for (int e = 0; e < num_experts; ++e) {
-        weights->FillExpert(
+        sv->weights->FillExpert(
             l, e,
             std::span<std::byte>(original).subspan(
                 (static_cast<size_t>(l) * num_experts + e) * bytes, bytes));
       }
     }
   }
+  // This process's outputs verified and mismatched in the current step.
+  int64_t step_verified[2] = {0, 0};
   auto verify_layer = [&](int64_t step, int l,
                           std::span<const int64_t> slot_tokens) {
-    const auto bytes = static_cast<size_t>(weights->stored_expert_bytes());
-    const Placement& serving = controller->placement();
+    const Topology& t = sv->topology;
+    const auto bytes = static_cast<size_t>(sv->weights->stored_expert_bytes());
+    const Placement& serving = sv->controller->placement();
     std::fill(occurrence.begin(), occurrence.end(), 0);
     float x[kFfnModel], y[kFfnModel], want[kFfnModel];
     for (int phy = 0; phy < t.num_slots(); ++phy) {
@@ -363,9 +471,9 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
       const int e = serving.at(l, r, phy % t.slots_per_rank);
       const int64_t first = occurrence[e];
       occurrence[e] += slot_tokens[phy];
-      if (!hosts(r)) continue;
+      if (!sv->Hosts(r)) continue;
       const std::span<const std::byte> slot =
-          weights->SlotBytes(r, l, phy % t.slots_per_rank);
+          sv->weights->SlotBytes(r, l, phy % t.slots_per_rank);
       const std::span<const std::byte> ref =
           std::span<const std::byte>(original).subspan(
               (static_cast<size_t>(l) * num_experts + e) * bytes, bytes);
@@ -373,25 +481,168 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
         TokenActivation(step, l, e, j, x);
         ExpertFfn(slot, x, y);
         ExpertFfn(ref, x, want);
-        ++result.outputs_verified;
-        if (std::memcmp(y, want, sizeof(y)) != 0) ++result.outputs_mismatched;
+        ++step_verified[0];
+        if (std::memcmp(y, want, sizeof(y)) != 0) ++step_verified[1];
       }
     }
   };
+  // The controllers' figures, summed over the ones a failure retired.
+  ControllerStats retired;
+  auto add_stats = [](ControllerStats* sum, const ControllerStats& s) {
+    sum->rebalances += s.rebalances;
+    sum->cycles_late += s.cycles_late;
+    sum->plan_late_steps += s.plan_late_steps;
+    sum->plans_failed += s.plans_failed;
+    sum->plans_rejected += s.plans_rejected;
+    sum->layers_committed += s.layers_committed;
+    sum->layers_aborted += s.layers_aborted;
+    sum->experts_moved += s.experts_moved;
+    sum->bytes_moved += s.bytes_moved;
+    sum->maps_written += s.maps_written;
+    sum->max_stall_nanos = std::max(sum->max_stall_nanos, s.max_stall_nanos);
+    sum->max_plan_nanos = std::max(sum->max_plan_nanos, s.max_plan_nanos);
+    sum->layers_kept += s.layers_kept;
+    sum->layers_incremental += s.layers_incremental;
+    sum->layers_full += s.layers_full;
+    sum->predicted_gain += s.predicted_gain;
+    sum->max_layers_per_step =
+        std::max(sum->max_layers_per_step, s.max_layers_per_step);
+    sum->plan_hash_mismatches += s.plan_hash_mismatches;
+    if (sum->warmup_steps < 0) sum->warmup_steps = s.warmup_steps;
+  };
+  // Experts (l * E + e) whose tokens wait for a reload, and until when.
+  std::vector<char> reloading(static_cast<size_t>(num_layers) * num_experts, 0);
+  int64_t reload_until = -1;
+
+  // A failure: re-forms the job over `survivors` (indices among the current
+  // ranks), reloading what was lost, at replay step `step`.
+  auto recover = [&](const std::vector<int>& survivors, Transport* transport,
+                     int64_t step) -> Status {
+    const Topology& t = sv->topology;
+    const int r2 = static_cast<int>(survivors.size());
+    if (r2 < 1) return UnavailableError("no rank survived");
+    const int k2 = (t.num_slots() + r2 - 1) / r2;
+    if (k2 > num_experts) {
+      return UnavailableError("the " + std::to_string(r2) +
+                              " surviving ranks cannot hold " +
+                              std::to_string(t.num_slots()) +
+                              " slots without an expert twice on a rank");
+    }
+    const int per_node = t.ranks_per_node > 0 && r2 % t.ranks_per_node == 0
+                             ? t.ranks_per_node
+                             : r2;
+    EPLB_ASSIGN_OR_RETURN(Topology t2,
+                          MakeTopology(num_experts, r2, k2, per_node));
+    const Placement before = sv->controller->placement();
+    std::vector<int32_t> lost;
+    const Placement after = SurvivorPlacement(before, survivors, k2, &lost);
+    std::vector<int> ranks2;
+    int me2 = -1;
+    for (int j = 0; j < r2; ++j) {
+      ranks2.push_back(sv->ranks[survivors[j]]);
+      if (sv->me >= 0 && survivors[j] == sv->me) me2 = j;
+    }
+    if (sv->me >= 0 && me2 < 0) {
+      return InternalError("this process is not among the survivors");
+    }
+    // The old controller first: its planner stops and its migration ends
+    // (over MPI the old transport is gone, so its batches have ended).
+    sv->controller->Shutdown();
+    add_stats(&retired, sv->controller->stats());
+    std::unique_ptr<Serving> old = std::move(sv);
+    EPLB_ASSIGN_OR_RETURN(sv, make_serving(t2, after, std::move(ranks2), me2,
+                                           transport, old->weights->scale()));
+    // The survivors keep their weights: the slots they held are copied as
+    // they are (a wrong byte there shows in the outputs); the new slots
+    // were loaded from the weight source.
+    const int k = t.slots_per_rank;
+    for (int j = 0; j < r2; ++j) {
+      if (!sv->Hosts(j)) continue;
+      for (int l = 0; l < num_layers; ++l) {
+        for (int s = 0; s < k; ++s) {
+          for (int x = 0; x < sv->weights->num_tensors(); ++x) {
+            std::span<const std::byte> from =
+                old->weights->Slot(survivors[j], l, s, x);
+            std::span<const std::byte> to = sv->weights->Slot(j, l, s, x);
+            std::memcpy(const_cast<std::byte*>(to.data()), from.data(),
+                        from.size());
+          }
+        }
+      }
+    }
+    old.reset();
+    ++result.ranks_failed;
+    result.experts_lost += static_cast<int64_t>(lost.size());
+    const int64_t reloaded = static_cast<int64_t>(num_layers) * r2 * (k2 - k);
+    result.experts_reloaded += reloaded;
+    result.bytes_reloaded += reloaded * ExpertBytes(o.model, o.quant);
+    for (int32_t x : lost) reloading[x] = 1;
+    // The lost experts' tokens of this step wait for their reload.
+    reload_until = step;
+    if (writer && o.log) {
+      o.log("rank lost before step " + std::to_string(step) + ": " +
+            std::to_string(r2) + " ranks serve on with " + std::to_string(k2) +
+            " slots each; " + std::to_string(lost.size()) +
+            " experts had no surviving replica and were reloaded");
+    }
+    for (int l = 0; l < num_layers; ++l) {
+      write_line(PlacementLine(step, l, after));
+    }
+    return Status::Ok();
+  };
+
+  std::string rank_log;
+  std::vector<int64_t> slot_counts;
+  std::vector<int64_t> my_slots;
+  std::vector<double> ranks;
   int64_t first_done = -1;  // Replay steps before the first plan committed.
+  int64_t recovering_since = -1;
   const double dense_s = o.hardware.dense_us_per_layer * 1e-6 * num_layers;
   const auto wall_start = std::chrono::steady_clock::now();
   int64_t bytes_before = 0;
   for (int64_t s = 0; s < steps; ++s) {
+    // Fault injection: the failing rank stops serving here.
+    const bool failing = s == o.fail_at_step && o.fail_rank >= 0 &&
+                         o.fail_rank < static_cast<int>(sv->ranks.size());
+    if (failing && multi && sv->ranks[sv->me] == o.fail_rank) {
+      // Its weights are gone with it; the others will miss its heartbeat.
+      sv->controller->Shutdown();
+      o.leave();
+      result.failed_here = true;
+      return result;
+    }
     int64_t stop[1] = {o.interrupt != nullptr && o.interrupt->load() ? 1 : 0};
-    // Every process stops at the same step (their calls are collective).
-    if (multi && !collective->AllReduceMax(stop).ok()) stop[0] = 1;
+    // The step's heartbeat: every process stops at the same step (their
+    // calls are collective), and a process that stopped answering is found.
+    if (multi) {
+      Status beat = collective->AllReduceMax(stop);
+      if (!beat.ok()) {
+        EPLB_ASSIGN_OR_RETURN(ReplayOptions::Survivors survivors, o.recover());
+        EPLB_RETURN_IF_ERROR(
+            recover(survivors.processes, survivors.transport, s));
+        recovering_since = s;
+        stop[0] = o.interrupt != nullptr && o.interrupt->load() ? 1 : 0;
+        EPLB_RETURN_IF_ERROR(collective->AllReduceMax(stop));
+      }
+    } else if (failing) {
+      std::vector<int> survivors;
+      for (int r = 0; r < sv->topology.num_ranks; ++r) {
+        if (sv->ranks[r] != o.fail_rank) survivors.push_back(r);
+      }
+      EPLB_RETURN_IF_ERROR(recover(survivors, nullptr, s));
+      recovering_since = s;
+    }
     if (stop[0] != 0) {
       result.interrupted = true;
       break;
     }
+    const Topology& t = sv->topology;
+    Controller& controller = *sv->controller;
+    slot_counts.resize(t.num_slots());
+    my_slots.resize(t.num_slots());
+    ranks.resize(t.num_ranks);
     const auto step_start = std::chrono::steady_clock::now();
-    controller->BeforeForward();
+    controller.BeforeForward();
     double step_with = dense_s, step_without = dense_s;
     double sum_with = 0, sum_without = 0;
     int scored = 0;
@@ -404,8 +655,14 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
         std::span<const double> row = trace.row(ts, l);
         for (int e = 0; e < num_experts; ++e) counts[e] += row[e];
       }
+      int64_t layer_tokens = 0;
       for (int e = 0; e < num_experts; ++e) {
         tokens_of[e] = std::llround(counts[e]);
+        layer_tokens += tokens_of[e];
+        if (s <= reload_until &&
+            reloading[static_cast<size_t>(l) * num_experts + e]) {
+          result.tokens_delayed += tokens_of[e];
+        }
       }
       if (l == 0) {
         double assignments = 0;
@@ -413,35 +670,38 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
         tokens = std::llround(assignments / std::max(1, o.model.top_k));
       }
       // With balancing: the routing in force at this step.
-      std::shared_ptr<const LayerRouting> routing =
-          controller->routing().Get(l);
+      std::shared_ptr<const LayerRouting> routing = controller.routing().Get(l);
       if (balanced) {
         // The committed placement is what the routing serves (both change
         // together on this thread).
-        const std::span<const int32_t> now = controller->placement().layer(l);
+        const std::span<const int32_t> now = controller.placement().layer(l);
         int32_t* held =
-            dispatched.data() + static_cast<size_t>(l) * t.num_slots();
+            sv->dispatched.data() + static_cast<size_t>(l) * t.num_slots();
         if (!std::equal(now.begin(), now.end(), held)) {
           std::copy(now.begin(), now.end(), held);
-          with_dispatch[l].SetPlacement(now);
+          sv->dispatchers[l].SetPlacement(now);
         }
       }
-      dispatch(*routing, balanced ? &with_dispatch[l] : nullptr, slot_counts);
+      dispatch(*routing, balanced ? &sv->dispatchers[l] : nullptr, slot_counts);
+      int64_t served = 0;
+      for (int64_t c : slot_counts) served += c;
+      result.tokens_dropped += layer_tokens - served;
       if (multi) {
         // This rank's slots only; the controller sums the ranks' heat.
         std::fill(my_slots.begin(), my_slots.end(), 0);
-        std::copy_n(slot_counts.begin() + me * t.slots_per_rank,
-                    t.slots_per_rank, my_slots.begin() + me * t.slots_per_rank);
-        controller->recorder().RecordSlotCounts(l, my_slots);
+        std::copy_n(slot_counts.begin() + sv->me * t.slots_per_rank,
+                    t.slots_per_rank,
+                    my_slots.begin() + sv->me * t.slots_per_rank);
+        controller.recorder().RecordSlotCounts(l, my_slots);
       } else {
-        controller->recorder().RecordSlotCounts(l, slot_counts);
+        controller.recorder().RecordSlotCounts(l, slot_counts);
       }
       if (o.verify_outputs) verify_layer(s, l, slot_counts);
-      rank_sums(slot_counts, ranks);
+      rank_sums(t, slot_counts, ranks);
       if (writer && !o.rank_load_log_path.empty()) {
         for (int r = 0; r < t.num_ranks; ++r) {
           rank_log += std::to_string(s) + ',' + std::to_string(l) + ',' +
-                      std::to_string(r) + ',' +
+                      std::to_string(sv->ranks[r]) + ',' +
                       std::to_string(std::llround(ranks[r])) + '\n';
         }
       }
@@ -451,7 +711,7 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
       // Without: the default placement throughout.
       dispatch(baseline_routing[l], balanced ? &base_dispatch[l] : nullptr,
                base_slots);
-      rank_sums(base_slots, base);
+      rank_sums(t0, base_slots, base);
       double base_util = 1;
       step_without += MoeLayerSeconds(o.hardware, o.model, base, &base_util);
       const double y = Imbalance(base);
@@ -468,17 +728,34 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
         ++scored;
       }
     }
+    if (recovering_since >= 0 && s >= reload_until) {
+      // Every expert serves again after this step.
+      result.recovery_steps += s - recovering_since + 1;
+      recovering_since = -1;
+    }
     if (o.pace) {
       // The forward pass: the step lasts its modelled time.
       std::this_thread::sleep_until(
           step_start +
           std::chrono::nanoseconds(static_cast<int64_t>(step_with * 1e9)));
     }
-    controller->AfterForward(tokens, step_with);
-    if (first_done < 0) first_done = controller->stats().warmup_steps;
+    controller.AfterForward(tokens, step_with);
+    if (o.verify_outputs) {
+      // Summed over the ranks every step, so that a rank that fails later
+      // has its outputs counted.
+      if (multi) {
+        EPLB_RETURN_IF_ERROR(collective->AllReduceSum(step_verified)
+                                 .WithPrefix("summing the outputs"));
+      }
+      result.outputs_verified += step_verified[0];
+      result.outputs_mismatched += step_verified[1];
+      step_verified[0] = step_verified[1] = 0;
+    }
+    if (first_done < 0) first_done = controller.stats().warmup_steps;
     // Migration traffic of this step: stop-the-world stalls the step; async
     // copies overlap the forward and only cost what exceeds it.
-    const int64_t bytes_now = controller->stats().bytes_moved;
+    const int64_t bytes_now =
+        retired.bytes_moved + controller.stats().bytes_moved;
     const double copy_s = TransferSeconds(
         o.hardware,
         static_cast<double>(bytes_now - bytes_before) / t.num_ranks);
@@ -491,18 +768,13 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
     ++result.steps;
     if (o.progress) o.progress(s + 1, steps);
   }
-  controller->Shutdown();
-  if (multi) {
-    int64_t sums[2] = {result.outputs_verified, result.outputs_mismatched};
-    EPLB_RETURN_IF_ERROR(
-        collective->AllReduceSum(sums).WithPrefix("summing the outputs"));
-    result.outputs_verified = sums[0];
-    result.outputs_mismatched = sums[1];
-  }
+  sv->controller->Shutdown();
+  result.final_ranks = sv->topology.num_ranks;
   result.wall_ms = std::chrono::duration<double, std::milli>(
                        std::chrono::steady_clock::now() - wall_start)
                        .count();
-  const ControllerStats cs = controller->stats();
+  ControllerStats cs = retired;
+  add_stats(&cs, sv->controller->stats());
   result.imbalance = Summarise(with.imbalance);
   result.steady_from = o.steady_from >= 0 ? o.steady_from : first_done;
   if (result.steady_from >= 0) {
@@ -544,7 +816,7 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
     result.moved_per_rebalance =
         static_cast<double>(cs.experts_moved) /
         static_cast<double>(cs.rebalances) /
-        (static_cast<double>(num_layers) * t.num_slots());
+        (static_cast<double>(num_layers) * sv->topology.num_slots());
   }
   result.max_stall_ms = static_cast<double>(cs.max_stall_nanos) / 1e6;
   const Distribution tw = Summarise(with.step_seconds);

@@ -49,7 +49,11 @@ StatusOr<std::unique_ptr<SyntheticWeights>> SyntheticWeights::Create(
   const int64_t buffers = static_cast<int64_t>(t.num_ranks) * per_rank;
   // Largest multiple of 8 bytes per buffer within the budget.
   const int64_t fit = (o.memory_budget_bytes / buffers) / 8 * 8;
-  if (fit < 64) {
+  if (o.scale < 0) {
+    return InvalidArgumentError("synthetic weights: scale = " +
+                                std::to_string(o.scale) + ": must be >= 0");
+  }
+  if (fit < 64 && o.scale == 0) {
     return InvalidArgumentError("memory budget " +
                                 std::to_string(o.memory_budget_bytes) +
                                 " bytes for " + std::to_string(buffers) +
@@ -62,7 +66,7 @@ StatusOr<std::unique_ptr<SyntheticWeights>> SyntheticWeights::Create(
     tensors.push_back(
         ExpertTensor{"expert", DType::kBf16, {}, o.real_expert_bytes});
   }
-  if (static_cast<int64_t>(tensors.size()) * 8 > fit) {
+  if (static_cast<int64_t>(tensors.size()) * 8 > fit && o.scale == 0) {
     return InvalidArgumentError(
         "synthetic weights: " + std::to_string(tensors.size()) +
         " tensors do not fit in " + std::to_string(fit) +
@@ -75,8 +79,10 @@ StatusOr<std::unique_ptr<SyntheticWeights>> SyntheticWeights::Create(
                                 std::to_string(real_total) + " bytes, not " +
                                 std::to_string(o.real_expert_bytes));
   }
-  for (int64_t scale = std::max<int64_t>(1, (real_total + fit - 1) / fit);;
-       ++scale) {
+  for (int64_t scale = o.scale > 0
+                           ? o.scale
+                           : std::max<int64_t>(1, (real_total + fit - 1) / fit);
+       ; ++scale) {
     w->tensors_.clear();
     int64_t offset = 0;
     for (const ExpertTensor& x : tensors) {
@@ -85,7 +91,7 @@ StatusOr<std::unique_ptr<SyntheticWeights>> SyntheticWeights::Create(
       w->tensors_.push_back({x.name, offset, stored, x.num_bytes});
       offset += stored;
     }
-    if (offset <= fit) {
+    if (offset <= fit || o.scale > 0) {
       w->stored_bytes_ = offset;
       w->scale_ = scale;
       break;

@@ -47,6 +47,9 @@ struct ReplayFlags {
   std::string transport = "inprocess";
   bool verify_outputs = false;
   int corrupt_every = 0;
+  int fail_rank = -1;
+  int64_t fail_at_step = -1;
+  int64_t rank_timeout_ms = 5000;
 };
 
 // The trace shipped in data/: found next to the sources (build tree) or the
@@ -154,6 +157,11 @@ int RunReplayCommand(const ReplayFlags& f) {
     return Fail(InvalidArgumentError("--transport " + f.transport +
                                      ": must be inprocess or mpi"));
   }
+  if (f.rank_timeout_ms < 1 || f.rank_timeout_ms > 3'600'000) {
+    return Fail(InvalidArgumentError("--rank-timeout-ms " +
+                                     std::to_string(f.rank_timeout_ms) +
+                                     ": must be in [1, 3600000]"));
+  }
   if (f.corrupt_every < 0) {
     return Fail(InvalidArgumentError("--corrupt-every " +
                                      std::to_string(f.corrupt_every) +
@@ -236,10 +244,24 @@ int RunReplayCommand(const ReplayFlags& f) {
     StatusOr<std::unique_ptr<Transport>> t = job->CreateTransport({});
     if (!t.ok()) return Fail(t.status());
     mpi_transport = std::move(*t);
+    job->set_collective_timeout_nanos(f.rank_timeout_ms * 1'000'000);
     o.collective = &job->collective();
     o.transport = mpi_transport.get();
+    // A lost process: the old transport goes first (its batches end), then
+    // the job re-forms over the processes that still answer.
+    o.recover = [&job, &mpi_transport,
+                 timeout = f.rank_timeout_ms *
+                           1'000'000]() -> StatusOr<ReplayOptions::Survivors> {
+      mpi_transport.reset();
+      EPLB_ASSIGN_OR_RETURN(std::vector<int> alive, job->Recover(timeout));
+      EPLB_ASSIGN_OR_RETURN(mpi_transport, job->CreateTransport({}));
+      return ReplayOptions::Survivors{std::move(alive), mpi_transport.get()};
+    };
+    o.leave = [&mpi_transport] { mpi_transport.reset(); };
   }
 #endif
+  o.fail_rank = f.fail_rank;
+  o.fail_at_step = f.fail_at_step;
   o.verify_outputs = f.verify_outputs;
   o.faults.corrupt_every = f.corrupt_every;
   o.model = model;
@@ -288,7 +310,7 @@ int RunReplayCommand(const ReplayFlags& f) {
   StatusOr<ReplayResult> r = RunReplay(*trace, o);
   std::signal(SIGINT, SIG_DFL);
   if (!r.ok()) return Fail(r.status());
-  if (!speaks) return r->interrupted ? 130 : 0;
+  if (!speaks || r->failed_here) return r->interrupted ? 130 : 0;
   if (r->interrupted)
     std::fprintf(stderr, "\neplb: interrupted after %lld steps\n",
                  static_cast<long long>(r->steps));
@@ -378,6 +400,14 @@ int RunReplayCommand(const ReplayFlags& f) {
                {"processes", r->processes},
                {"plan_hash_mismatches", r->plan_hash_mismatches},
                {"outputs_verified", r->outputs_verified},
+               {"ranks_failed", r->ranks_failed},
+               {"final_ranks", r->final_ranks},
+               {"tokens_dropped", r->tokens_dropped},
+               {"tokens_delayed", r->tokens_delayed},
+               {"recovery_steps", r->recovery_steps},
+               {"experts_lost", r->experts_lost},
+               {"experts_reloaded", r->experts_reloaded},
+               {"bytes_reloaded", r->bytes_reloaded},
                {"outputs_mismatched",
                 f.verify_outputs ? nlohmann::json(r->outputs_mismatched)
                                  : nlohmann::json(nullptr)},
@@ -502,6 +532,15 @@ void AddReplayCommand(CLI::App* app, int* exit_code) {
                 "Run every token through its expert's FFN on the weights its "
                 "slot holds and check the output bit for bit against the "
                 "expert's original weights");
+  cmd->add_option("--fail-rank", f->fail_rank,
+                  "Fault injection: this rank (not 0) stops serving and its "
+                  "weights are gone at --fail-at-step; the others recover "
+                  "and serve on");
+  cmd->add_option("--fail-at-step", f->fail_at_step,
+                  "The replay step at which --fail-rank fails");
+  cmd->add_option("--rank-timeout-ms", f->rank_timeout_ms,
+                  "--transport mpi: a rank that does not answer a collective "
+                  "call within this time is taken for lost (default 5000)");
   cmd->add_option("--corrupt-every", f->corrupt_every,
                   "Testing: flip a byte of every N-th transferred expert "
                   "after it lands (the layer must not commit)");

@@ -86,6 +86,26 @@ struct ReplayOptions {
   // Faults injected into the transport (tests): see WrapWithFaults.
   FaultOptions faults;
   bool verify_outputs = false;
+  // A failed rank (fault injection): rank `fail_rank` (its index when the
+  // replay starts) stops serving before replay step `fail_at_step` and its
+  // weights are gone; -1: none. The survivors switch the lost slots'
+  // experts to surviving replicas at once, reload the experts that had no
+  // surviving replica from the weight source, re-form the job over
+  // themselves (each takes a share of the lost rank's slots, so the same
+  // slots serve on fewer ranks) and keep serving, re-planning from there.
+  // In one process the failure is simulated; over MPI the failed process
+  // leaves (calling `leave`) and the others find out through the transport:
+  // the per-step heartbeat (a collective call) times out, and `recover`
+  // re-forms the job over the processes that still answer. Rank 0 prints
+  // the job's results, so it may not be the one to fail.
+  int fail_rank = -1;
+  int64_t fail_at_step = -1;
+  struct Survivors {
+    std::vector<int> processes;      // Indices among the processes before.
+    Transport* transport = nullptr;  // Spanning the survivors.
+  };
+  std::function<StatusOr<Survivors>()> recover;
+  std::function<void()> leave;
 };
 
 struct Distribution {
@@ -141,6 +161,22 @@ struct ReplayResult {
   // differed from the original weights' output (over every rank).
   int64_t outputs_verified = 0;
   int64_t outputs_mismatched = 0;
+  // Rank failures: ranks lost; tokens never served (no slot held their
+  // expert); tokens that waited for their expert's reload; replay steps
+  // from a failure until every expert served again; experts that had no
+  // surviving replica; experts loaded from the weight source onto the
+  // survivors (real bytes too).
+  int ranks_failed = 0;
+  int64_t tokens_dropped = 0;
+  int64_t tokens_delayed = 0;
+  int64_t recovery_steps = 0;
+  int64_t experts_lost = 0;
+  int64_t experts_reloaded = 0;
+  int64_t bytes_reloaded = 0;
+  int final_ranks = 0;  // Ranks serving at the end.
+  // This process is the one that failed (over MPI): its figures are not
+  // the job's.
+  bool failed_here = false;
 };
 
 // Replays `trace` (its layers and experts must match the model and the map).

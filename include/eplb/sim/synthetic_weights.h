@@ -41,6 +41,9 @@ struct SyntheticWeightsOptions {
   int64_t memory_budget_bytes = 256 << 20;
   int staging_per_rank = 0;  // 0: 2 x slots_per_rank (two whole layers).
   std::vector<int> hosted_ranks = {};  // Empty: every rank.
+  // The scale-down factor; 0: the smallest that fits the budget. (A job
+  // re-formed over fewer ranks keeps its scale, so kept slots copy as is.)
+  int64_t scale = 0;
 };
 
 class SyntheticWeights final : public ExpertWeights {
