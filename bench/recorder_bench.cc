@@ -1,4 +1,4 @@
-// Heat recorder hot-path speed (spec §4) in the DeepSeek-V3 shape: 58 MoE
+// Heat recorder hot-path speed in the DeepSeek-V3 shape: 58 MoE
 // layers, E = 256 experts, 288 slots (32 ranks x 9), top-8 routing. Router
 // ids come from fixed-seed generators:
 // - "real" (the default cases): drawn from the most skewed layer of

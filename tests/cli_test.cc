@@ -88,7 +88,7 @@ TEST_F(CliTest, ValidateMapAcceptsTheVllmAscendFixture) {
   EXPECT_EQ(o["max_replicas"], 2);
 }
 
-// Every broken variant of issue 2 is rejected with a message naming the place.
+// Every broken variant of a map is rejected with a message naming the place.
 TEST_F(CliTest, ValidateMapRejectsEveryBrokenVariant) {
   auto layer = [](const std::string& devices, int id = 0, int count = 2) {
     return "{\"layer_id\": " + std::to_string(id) +

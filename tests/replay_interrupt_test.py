@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Ctrl-C during `eplb replay` (issue 4): the run stops, exits 130, and every
+"""Ctrl-C during `eplb replay`: the run stops, exits 130, and every
 line of the placement log and the recorded map are whole.
 Usage: replay_interrupt_test.py EPLB TRACE WORK_DIR"""
 import json

@@ -1,4 +1,4 @@
-// The eplb_config object (spec §2): modes, intervals, policy and the
+// The eplb_config object: modes, intervals, policy and the
 // environment guard. Parsed and validated at the edge (start-up); nothing in
 // the library reads the environment itself (ReadConfigEnv is the one place).
 //
@@ -24,7 +24,7 @@ enum class EplbMode {
 };
 std::string_view EplbModeName(EplbMode mode);  // "disabled", "static", ...
 
-// Which steps count as heat (spec §4): prefill steps have more than
+// Which steps count as heat: prefill steps have more than
 // max_num_reqs tokens, decode steps at most that.
 enum class HeatStage { kAll, kPrefill, kDecode };
 std::string_view HeatStageName(HeatStage stage);  // "all", "prefill", "decode"

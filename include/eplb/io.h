@@ -1,5 +1,5 @@
-// Reading and writing the files EPLB exchanges with engines (spec §3.3,
-// docs/formats.md): vllm-ascend expert-map JSON, SGLang's logical_count and
+// Reading and writing the files EPLB exchanges with engines
+// (docs/formats.md): vllm-ascend expert-map JSON, SGLang's logical_count and
 // physical_to_logical_map, DeepSeek EPLB's phy2log/log2phy/logcnt triple, and
 // the project's trace CSV.
 //
@@ -42,7 +42,7 @@ struct MapExpectations {
 // Parses the vllm-ascend expert-map JSON:
 //   {"moe_layer_count": L, "layer_list": [{"layer_id": l, "device_count": R,
 //     "device_list": [{"device_id": r, "device_expert": [e, ...]}, ...]}, ...]}
-// and checks it (spec §3.3): well-formed JSON; object types; moe_layer_count
+// and checks it: well-formed JSON; object types; moe_layer_count
 // equal to the list length (and to expect.num_layers); layer ids 0..L-1 once
 // each; device_count equal to its list (and to expect.num_ranks); device ids
 // 0..R-1 once each; the same slot count on every device (and equal to

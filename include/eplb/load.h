@@ -100,7 +100,7 @@ LoadTrace TraceFromAggregate(const LoadMatrix& load);
 Status ValidateLoad(const LoadMatrix& load);
 Status ValidateLoad(const LoadTrace& trace);
 
-// The default dispatch (spec §3.1): an expert's n tokens go round robin over
+// The default dispatch: an expert's n tokens go round robin over
 // its c replicas in physical-id order, so replica j (0-based) receives
 // n / c tokens, plus one when j < n % c.
 constexpr int64_t WholeTokenShare(int64_t n, int64_t c, int64_t j) {
@@ -147,7 +147,7 @@ StatusOr<ImbalanceReport> ComputeImbalance(const Placement& placement,
 // `samples` of each step's max / mean rank load (a step without load counts
 // 1); 1.0 without steps. When the layer's samples are whole numbers (token
 // counts, below 2^31), each expert's tokens are split as the default
-// dispatch does (spec §3.1: whole tokens, round robin over its replicas in
+// dispatch does (whole tokens, round robin over its replicas in
 // slot order); otherwise evenly, as LayerImbalance. What Swift and FlashLB
 // plan for when they are given per-step samples. Precondition: shapes agree.
 double StepImbalance(const Placement& placement, int layer,

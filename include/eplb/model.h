@@ -1,4 +1,4 @@
-// Model specs and quantised expert formats (spec §8).
+// Model specs and quantised expert formats.
 //
 // A ModelSpec names the MoE geometry of a model; a QuantType fixes the
 // tensors one routed expert holds and their exact byte sizes, which is what a
@@ -63,7 +63,7 @@ struct ExpertTensor {
   int64_t num_bytes = 0;
 };
 
-// The tensors one routed expert of `spec` holds in `quant` (spec §8):
+// The tensors one routed expert of `spec` holds in `quant`:
 // w13 ([2I][H], gate and up) and w2 ([H][I]) plus their scales.
 //  - bf16: 2 bytes a weight, no scales.
 //  - w8a8 / w8a8-dynamic: int8 weights, fp32 per-output-channel scales for

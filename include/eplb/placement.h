@@ -1,5 +1,5 @@
 // Placement of logical experts on physical slots, and the structures derived
-// from it (spec §3).
+// from it.
 //
 // A Placement is the source of truth: int
 // [num_layers][num_ranks][slots_per_rank] holding the logical expert of every
@@ -26,7 +26,7 @@ class Placement {
   Placement(int num_layers, int num_ranks, int slots_per_rank, int num_experts,
             int32_t fill = -1);
 
-  // The default placement of spec §3.2: physical i holds i < E ? i : (i - E) %
+  // The default placement (the engine's initial one): physical i holds i < E ? i : (i - E) %
   // E. Precondition: R*K >= E (EPLB_CHECK).
   static Placement Initial(int num_layers, int num_experts,
                            const Topology& topology);
@@ -70,7 +70,7 @@ class Placement {
   std::vector<int32_t> data_;
 };
 
-// Per-layer views derived from a placement (spec §3.1).
+// Per-layer views derived from a placement.
 struct LayerRouting {
   int num_ranks = 0;
   int slots_per_rank = 0;
@@ -118,7 +118,7 @@ struct Violation {
   std::string ToString() const;
 };
 
-// Checks invariants 1-3 of spec §3.4 (and ids in range) on every layer:
+// Checks the placement invariants (and ids in range) on every layer:
 // every expert has >= 1 replica, no expert twice on a rank, ids in [0, E).
 // Returns every violation, in layer, rank, slot order; empty when valid.
 std::vector<Violation> CheckPlacement(const Placement& placement);

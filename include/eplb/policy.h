@@ -1,10 +1,10 @@
-// Balancing policies (spec §6): from the current placement and a load to a
+// Balancing policies: from the current placement and a load to a
 // new placement with redundant replicas of hot experts.
 //
 // A Policy is a pure function of its inputs (plus, for FlashLB, the state it
 // keeps between calls): the same inputs give a bit-identical plan on every
 // rank and every run. Ties go to the lower id; comparisons are exactly
-// ordered. Every plan passes spec §3.4's invariants before it is returned: a
+// ordered. Every plan passes the placement invariants (CheckPlan) before it is returned: a
 // layer a policy would break keeps its current placement, and the plan says
 // so in `notes`.
 //

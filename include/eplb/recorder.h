@@ -1,4 +1,4 @@
-// HeatRecorder: counts expert load (heat) on one rank's serving path (spec §4).
+// HeatRecorder: counts expert load (heat) on one rank's serving path.
 //
 // Hot path (one serving thread, the writer): Record*() for every MoE layer of
 // a step, then EndStep(). Counting is a fixed-cost add per routed token; the

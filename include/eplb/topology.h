@@ -1,4 +1,4 @@
-// Topology of the expert-parallel group: ranks, nodes and slots (spec §1).
+// Topology of the expert-parallel group: ranks, nodes and slots.
 //
 // Value type; thread-safe to read.
 #ifndef EPLB_TOPOLOGY_H_

@@ -36,7 +36,7 @@ TEST(ModelTest, DeepSeekV3Geometry) {
   EXPECT_EQ(spec.num_topk_groups, 4);
 }
 
-// Spec §8 / issue 2 "must show" 4: exact bytes per DeepSeek-V3 expert.
+// Exact bytes per DeepSeek-V3 expert.
 TEST(ModelTest, DeepSeekV3BytesPerExpert) {
   ModelSpec spec = *FindModelPreset("deepseek-v3");
   EXPECT_EQ(ExpertBytes(spec, QuantType::kBf16), 88080384);

@@ -1,4 +1,4 @@
-// The vllm-ascend expert-map JSON (spec §3.3): a validating reader that
+// The vllm-ascend expert-map JSON: a validating reader that
 // reports every problem it finds, each naming its layer / device / slot, and
 // a deterministic writer. Stateless: thread-safe.
 #include <algorithm>

@@ -1,4 +1,4 @@
-// DeepSeek's open-source EPLB algorithm (spec §6.1) as pure functions on one
+// DeepSeek's open-source EPLB algorithm as pure functions on one
 // layer, with the project's one fix: packing never puts a second replica of
 // an expert on a rank that already holds one. Private to the library.
 #ifndef EPLB_SRC_POLICY_DEFAULT_EPLB_H_

@@ -1,4 +1,4 @@
-// Policy 0, Random (spec §6.0): per layer, swap two slots on two distinct
+// Policy 0, Random: per layer, swap two slots on two distinct
 // ranks such that no rank ends up with a duplicate. Seeded and deterministic
 // (splitmix64, not std:: distributions, whose output is
 // implementation-defined). For tests.

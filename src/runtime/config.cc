@@ -1,4 +1,4 @@
-// The eplb_config layer (spec §2): parses the JSON object (bare, or inside a
+// The eplb_config layer: parses the JSON object (bare, or inside a
 // whole --additional-config object), checks every key's type and range, the
 // environment guard of the dynamic and recording modes, and the config
 // against the model and the EP group. Every error is one line naming the key,
@@ -342,7 +342,7 @@ Status ReadKeys(const Json& object, EplbConfig* config) {
     EPLB_RETURN_IF_ERROR(
         ReadIntAtLeast(*v, kPlannerThreads, 1, &config->eplb_planner_threads));
   }
-  // Recording is a dynamic run that also writes its map (spec §2).
+  // Recording is a dynamic run that also writes its map.
   if (config->expert_map_record_path.has_value()) config->dynamic_eplb = true;
   return Status::Ok();
 }

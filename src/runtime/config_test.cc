@@ -1,4 +1,4 @@
-// Tests of the eplb_config layer (spec §2), table-driven: every rejection
+// Tests of the eplb_config layer, table-driven: every rejection
 // rule with the exact message (key, value and fix, on one line), the
 // environment guard's accepted and rejected values, valid configs with every
 // parsed field and the mode, the start-up warning, file reading, and the
@@ -90,7 +90,7 @@ std::string CaseName(const testing::TestParamInfo<ParseCase>& param_info) {
   return param_info.param.name;
 }
 
-// Every rule of spec §2 except the guard, each with its full message.
+// Every rule of the config layer except the guard, each with its full message.
 const ParseCase kRuleCases[] = {
     // Unknown keys list the valid ones.
     {"UnknownKey", R"({"dynamic_eplbb": true})", kNoEnv,

@@ -1,4 +1,4 @@
-// HeatRecorder (spec §4): per-step counting on the serving thread, published
+// HeatRecorder: per-step counting on the serving thread, published
 // to readers through a seqlock.
 //
 // Writer (the serving thread) state is private and plain: the step's per-slot

@@ -1,4 +1,4 @@
-// Tests of HeatRecorder (spec §4): counting through log2phy, dropped ids,
+// Tests of HeatRecorder: counting through log2phy, dropped ids,
 // slot counts, the stage filter, the window and the ring, Clear(), logical
 // loads over replicas, seqlock consistency under a concurrent reader, and a
 // hot path that never allocates.
@@ -24,7 +24,7 @@
 namespace eplb {
 namespace {
 
-// The vllm-ascend fixture layer (spec §3.3): E = 8, R = 2, K = 5.
+// The vllm-ascend fixture layer (its expert-map example): E = 8, R = 2, K = 5.
 const std::vector<int32_t> kFixtureLayer = {7, 2, 0, 3, 5, 6, 1, 4, 7, 2};
 // log2phy of rank 0 (own replicas first): 7 -> slot 0, 2 -> slot 1, 0 -> 2,
 // 3 -> 3, 5 -> 4; 6, 1 and 4 only live on rank 1 (physical 5, 6, 7).

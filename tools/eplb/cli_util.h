@@ -39,7 +39,7 @@ struct TopologyFlags {
 };
 
 // The map at `path` checked against the load's layers and experts and the
-// topology, or the initial placement (spec §3.2) when `path` is empty.
+// topology, or the default initial placement when `path` is empty.
 StatusOr<Placement> MapOrInitial(const std::string& path, int num_layers,
                                  int num_experts, const Topology& topology);
 

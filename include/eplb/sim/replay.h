@@ -15,7 +15,7 @@
 //
 // Each replay step takes `batch_steps` consecutive trace steps. In a step,
 // every expert's tokens go to its replicas under the routing in force at
-// that step, split by the default dispatch (spec §3.1: whole tokens, round
+// that step, split by the default dispatch (whole tokens, round
 // robin over replicas in physical-id order); a rank's load is the tokens its
 // slots received, and the realized imbalance of a (step, layer) is max / mean
 // rank load. Steps with no tokens in a layer are not scored.
