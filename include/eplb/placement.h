@@ -26,8 +26,8 @@ class Placement {
   Placement(int num_layers, int num_ranks, int slots_per_rank, int num_experts,
             int32_t fill = -1);
 
-  // The default placement (the engine's initial one): physical i holds i < E ? i : (i - E) %
-  // E. Precondition: R*K >= E (EPLB_CHECK).
+  // The default placement (the engine's initial one): physical i holds i < E ?
+  // i : (i - E) % E. Precondition: R*K >= E (EPLB_CHECK).
   static Placement Initial(int num_layers, int num_experts,
                            const Topology& topology);
 
