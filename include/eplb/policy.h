@@ -4,9 +4,9 @@
 // A Policy is a pure function of its inputs (plus, for FlashLB, the state it
 // keeps between calls): the same inputs give a bit-identical plan on every
 // rank and every run. Ties go to the lower id; comparisons are exactly
-// ordered. Every plan passes the placement invariants (CheckPlan) before it is returned: a
-// layer a policy would break keeps its current placement, and the plan says
-// so in `notes`.
+// ordered. Every plan passes the placement invariants (CheckPlan) before it is
+// returned: a layer a policy would break keeps its current placement, and the
+// plan says so in `notes`.
 //
 // Policies are thread-compatible: one object must not be used from two
 // threads at once; distinct objects may run concurrently.

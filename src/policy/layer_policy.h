@@ -1,8 +1,8 @@
 // LayerPolicy: the shared frame of every policy. It validates the inputs,
 // plans each layer through the subclass, applies slot keeping (invariant 4),
-// checks every planned layer against the placement invariants (CheckPlan) and keeps the current layer
-// (with a note) when a check fails, and fills the per-layer report. Private
-// to the library.
+// checks every planned layer against the placement invariants (CheckPlan) and
+// keeps the current layer (with a note) when a check fails, and fills the
+// per-layer report. Private to the library.
 //
 // Policies that select (Swift and FlashLB) offer several candidates per
 // layer instead of one plan, and the frame chooses:
