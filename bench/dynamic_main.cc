@@ -83,25 +83,6 @@ std::vector<TraceCase> AllCases() {
   return cases;
 }
 
-// The preset whose shape matches the trace, else a custom spec of that shape
-// with DeepSeek-V2-Lite's expert size: a copy of the helper `eplb replay`
-// uses (tools/eplb/cmd_replay.cc keeps it private to the command line), so
-// that the harness replays what the command would.
-eplb::ModelSpec ModelFor(const LoadTrace& trace) {
-  for (const eplb::ModelSpec& m : eplb::ModelPresets()) {
-    if (m.num_moe_layers == trace.num_layers() &&
-        m.num_experts == trace.num_experts()) {
-      return m;
-    }
-  }
-  eplb::ModelSpec m = *eplb::FindModelPreset("deepseek-v2-lite");
-  m.name = "custom";
-  m.num_moe_layers = trace.num_layers();
-  m.num_experts = trace.num_experts();
-  m.top_k = std::min(m.top_k, m.num_experts);
-  return m;
-}
-
 // Median and p90, nearest rank, as the replay summarises (src/replay).
 struct Figures {
   double median = 0, p90 = 0;
@@ -315,7 +296,9 @@ int Run(const Options& opt) {
     const double gen_s = SecondsSince(gen_start);
     const int layers = trace->num_layers(), experts = trace->num_experts();
     eplb::ModelSpec model =
-        c.model.empty() ? ModelFor(*trace) : *eplb::FindModelPreset(c.model);
+        c.model.empty()
+            ? eplb::ModelForShape(trace->num_layers(), trace->num_experts())
+            : *eplb::FindModelPreset(c.model);
     eplb::StatusOr<Topology> topology =
         eplb::MakeTopologyFromRedundant(experts, c.ranks, c.redundant);
     if (!topology.ok()) {

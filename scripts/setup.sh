@@ -13,6 +13,7 @@ PACKAGES=(
   libcli11-dev                          # command-line parsing
   libgtest-dev libgmock-dev             # unit and integration tests
   libbenchmark-dev                      # bench/ speed measurements
+  openmpi-bin libopenmpi-dev            # ranks as processes (replay --transport mpi)
   python3                               # independent re-scoring of plans in tests
 )
 

@@ -551,6 +551,17 @@ TEST_F(CliTest, ReplayRejectsBadInput) {
        "expert_heat_collection_interval = 0"},
       {"--trace " + csv + " --config " + cfg_static, "", 1, "none.json"},
       {"--trace " + csv + " --policy 7", "", 1, "unknown policy '7'"},
+      {"--trace " + csv + " --transport tcp", "", 1, "--transport tcp"},
+      {"--trace " + csv + " --rank-timeout-ms 0", "", 1, "--rank-timeout-ms 0"},
+      {"--trace " + csv + " --corrupt-every -1", "", 1, "--corrupt-every -1"},
+      {"--trace " + csv + " --forge-checksums", "", 1,
+       "--forge-checksums: needs --corrupt-every"},
+      {"--trace " + csv + " --fail-rank 0 --fail-at-step 3", "", 1,
+       "fail rank 0"},
+      {"--trace " + csv +
+           " --ranks 4 --redundant 4 --fail-rank 9 "
+           "--fail-at-step 3",
+       "", 1, "fail rank 9"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.args);

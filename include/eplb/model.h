@@ -36,6 +36,14 @@ const std::vector<ModelSpec>& ModelPresets();
 // valid names.
 StatusOr<ModelSpec> FindModelPreset(std::string_view name);
 
+// The preset with `num_moe_layers` MoE layers of `num_experts` experts (the
+// first in ModelPresets() order); when none has that shape, a spec named
+// "custom" of that shape with DeepSeek-V2-Lite's expert size and top-k
+// (capped at the experts), and `*note` (when not null) says so. For a trace
+// of known shape and unknown model.
+ModelSpec ModelForShape(int num_moe_layers, int num_experts,
+                        std::string* note = nullptr);
+
 // Checks a (custom) spec: every count positive, top_k <= num_experts, groups
 // dividing the experts, num_topk_groups <= num_groups. InvalidArgument names
 // the field and its value.

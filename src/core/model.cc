@@ -86,6 +86,27 @@ StatusOr<ModelSpec> FindModelPreset(std::string_view name) {
                        "' (valid: " + valid + ")");
 }
 
+ModelSpec ModelForShape(int num_moe_layers, int num_experts,
+                        std::string* note) {
+  for (const ModelSpec& m : ModelPresets()) {
+    if (m.num_moe_layers == num_moe_layers && m.num_experts == num_experts) {
+      return m;
+    }
+  }
+  ModelSpec m = *FindModelPreset("deepseek-v2-lite");
+  m.name = "custom";
+  m.num_moe_layers = num_moe_layers;
+  m.num_experts = num_experts;
+  m.top_k = std::min(m.top_k, num_experts);
+  if (note != nullptr) {
+    *note = "no model preset has " + std::to_string(num_moe_layers) +
+            " layers x " + std::to_string(num_experts) +
+            " experts; using DeepSeek-V2-Lite's expert size (give --model to "
+            "choose)";
+  }
+  return m;
+}
+
 Status ValidateModelSpec(const ModelSpec& spec) {
   auto positive = [](std::string_view field, int64_t value) -> Status {
     if (value > 0) return Status::Ok();

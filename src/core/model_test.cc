@@ -112,5 +112,21 @@ TEST(ModelTest, ValidateCustomSpecNamesTheField) {
             std::string::npos);
 }
 
+TEST(ModelTest, ModelForShapeFindsThePresetOrSaysItMadeOne) {
+  std::string note;
+  const ModelSpec v3 = ModelForShape(58, 256, &note);
+  EXPECT_EQ(v3.name, "deepseek-v3");
+  EXPECT_TRUE(note.empty());
+  const ModelSpec custom = ModelForShape(3, 4, &note);
+  EXPECT_EQ(custom.name, "custom");
+  EXPECT_EQ(custom.num_moe_layers, 3);
+  EXPECT_EQ(custom.num_experts, 4);
+  EXPECT_LE(custom.top_k, 4);
+  EXPECT_EQ(custom.hidden_size,
+            FindModelPreset("deepseek-v2-lite")->hidden_size);
+  EXPECT_NE(note.find("3 layers x 4 experts"), std::string::npos) << note;
+  EXPECT_TRUE(ValidateModelSpec(custom).ok());
+}
+
 }  // namespace
 }  // namespace eplb

@@ -160,10 +160,13 @@ class FaultyBatch final : public TransferBatch {
  public:
   FaultyBatch(std::unique_ptr<TransferBatch> inner,
               std::vector<Transfer> corrupt, std::vector<int64_t> inner_index,
+              std::vector<int64_t> corrupted_index, bool forge,
               ExpertWeights* weights, Status injected, int64_t ready_at)
       : inner_(std::move(inner)),
         corrupt_(std::move(corrupt)),
         inner_index_(std::move(inner_index)),
+        corrupted_index_(std::move(corrupted_index)),
+        forge_(forge),
         weights_(weights),
         injected_(std::move(injected)),
         ready_at_(ready_at) {}
@@ -186,15 +189,20 @@ class FaultyBatch final : public TransferBatch {
     return s.ok() ? injected_ : s;
   }
   uint64_t source_checksum(size_t i) const override {
-    return inner_index_[i] < 0
-               ? 0
-               : inner_->source_checksum(static_cast<size_t>(inner_index_[i]));
+    if (inner_index_[i] < 0) return 0;
+    if (forge_ && corrupted_index_[i] >= 0) {
+      const Transfer& t = corrupt_[static_cast<size_t>(corrupted_index_[i])];
+      return StagingChecksum(*weights_, t.dst_rank, t.staging);
+    }
+    return inner_->source_checksum(static_cast<size_t>(inner_index_[i]));
   }
 
  private:
   std::unique_ptr<TransferBatch> inner_;
   std::vector<Transfer> corrupt_;
-  std::vector<int64_t> inner_index_;  // Outer index -> inner; -1: failed.
+  std::vector<int64_t> inner_index_;      // Outer index -> inner; -1: failed.
+  std::vector<int64_t> corrupted_index_;  // Outer -> corrupt_; -1: intact.
+  bool forge_;
   ExpertWeights* weights_;
   Status injected_;
   int64_t ready_at_;
@@ -209,11 +217,12 @@ class FaultyTransport final : public Transport {
   StatusOr<std::unique_ptr<TransferBatch>> Start(
       std::span<const Transfer> transfers, ExpertWeights* weights) override {
     std::vector<Transfer> pass, corrupt;
-    std::vector<int64_t> inner_index;
+    std::vector<int64_t> inner_index, corrupted_index;
     Status injected;
     for (const Transfer& t : transfers) {
       ++count_;
       inner_index.push_back(-1);
+      corrupted_index.push_back(-1);
       if (faults_.fail_every > 0 && count_ % faults_.fail_every == 0) {
         if (injected.ok()) {
           injected =
@@ -224,6 +233,7 @@ class FaultyTransport final : public Transport {
         continue;
       }
       if (faults_.corrupt_every > 0 && count_ % faults_.corrupt_every == 0) {
+        corrupted_index.back() = static_cast<int64_t>(corrupt.size());
         corrupt.push_back(t);
       }
       inner_index.back() = static_cast<int64_t>(pass.size());
@@ -232,8 +242,9 @@ class FaultyTransport final : public Transport {
     EPLB_ASSIGN_OR_RETURN(std::unique_ptr<TransferBatch> inner,
                           inner_->Start(pass, weights));
     return std::unique_ptr<TransferBatch>(std::make_unique<FaultyBatch>(
-        std::move(inner), std::move(corrupt), std::move(inner_index), weights,
-        injected, SystemClock()->NowNanos() + faults_.delay_nanos));
+        std::move(inner), std::move(corrupt), std::move(inner_index),
+        std::move(corrupted_index), faults_.forge_checksums, weights, injected,
+        SystemClock()->NowNanos() + faults_.delay_nanos));
   }
 
  private:

@@ -116,6 +116,12 @@ struct Serving {
   // starts serving.
   std::vector<BalancedDispatcher> dispatchers;
   std::vector<int32_t> dispatched;  // [L][R*K]: what the dispatchers hold.
+  // Output verification: the FFN weights folded from each hosted slot's
+  // bytes [L][R*K], and the expert each was folded for (-1: not yet). A
+  // slot's bytes change only when a commit or a reload puts another expert
+  // there, and then it is folded again.
+  std::vector<FfnWeights> ffn;
+  std::vector<int32_t> ffn_expert;
   bool Hosts(int rank) const { return me < 0 || rank == me; }
 };
 
@@ -318,14 +324,6 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
         .scale = scale};
     if (me >= 0) wopts.hosted_ranks = {me};
     EPLB_ASSIGN_OR_RETURN(sv->weights, SyntheticWeights::Create(wopts, start));
-    if (o.verify_outputs &&
-        sv->weights->stored_expert_bytes() < kFfnWeightBytes) {
-      return InvalidArgumentError(
-          "verifying outputs needs " + std::to_string(kFfnWeightBytes) +
-          " stored bytes per expert, the memory budget gives " +
-          std::to_string(sv->weights->stored_expert_bytes()) +
-          "; raise the memory budget");
-    }
     sv->transport = transport;
     if (transport == nullptr) {
       EPLB_ASSIGN_OR_RETURN(sv->owned_transport,
@@ -440,20 +438,20 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
       out[phy / t.slots_per_rank] += static_cast<double>(slots[phy]);
     }
   };
-  // Output verification: each expert's original weights (what the initial
-  // placement serves without balancing), and the running occurrence count
-  // of each expert over the slots of a layer.
-  std::vector<std::byte> original;
+  // Output verification: the FFN weights of each expert's original bytes
+  // (what the initial placement serves without balancing), and the running
+  // occurrence count of each expert over the slots of a layer.
+  std::vector<FfnWeights> original;
   std::vector<int64_t> occurrence(num_experts);
   if (o.verify_outputs) {
-    const auto bytes = static_cast<size_t>(sv->weights->stored_expert_bytes());
-    original.resize(static_cast<size_t>(num_layers) * num_experts * bytes);
+    std::vector<std::byte> bytes(
+        static_cast<size_t>(sv->weights->stored_expert_bytes()));
+    original.resize(static_cast<size_t>(num_layers) * num_experts);
     for (int l = 0; l < num_layers; ++l) {
       for (int e = 0; e < num_experts; ++e) {
-        sv->weights->FillExpert(
-            l, e,
-            std::span<std::byte>(original).subspan(
-                (static_cast<size_t>(l) * num_experts + e) * bytes, bytes));
+        sv->weights->FillExpert(l, e, bytes);
+        FoldExpertWeights(bytes,
+                          &original[static_cast<size_t>(l) * num_experts + e]);
       }
     }
   }
@@ -462,8 +460,11 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
   auto verify_layer = [&](int64_t step, int l,
                           std::span<const int64_t> slot_tokens) {
     const Topology& t = sv->topology;
-    const auto bytes = static_cast<size_t>(sv->weights->stored_expert_bytes());
     const Placement& serving = sv->controller->placement();
+    if (sv->ffn.empty()) {
+      sv->ffn.resize(static_cast<size_t>(num_layers) * t.num_slots());
+      sv->ffn_expert.assign(sv->ffn.size(), -1);
+    }
     std::fill(occurrence.begin(), occurrence.end(), 0);
     float x[kFfnModel], y[kFfnModel], want[kFfnModel];
     for (int phy = 0; phy < t.num_slots(); ++phy) {
@@ -472,14 +473,17 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
       const int64_t first = occurrence[e];
       occurrence[e] += slot_tokens[phy];
       if (!sv->Hosts(r)) continue;
-      const std::span<const std::byte> slot =
-          sv->weights->SlotBytes(r, l, phy % t.slots_per_rank);
-      const std::span<const std::byte> ref =
-          std::span<const std::byte>(original).subspan(
-              (static_cast<size_t>(l) * num_experts + e) * bytes, bytes);
+      const size_t at = static_cast<size_t>(l) * t.num_slots() + phy;
+      if (sv->ffn_expert[at] != e) {
+        FoldExpertWeights(sv->weights->SlotBytes(r, l, phy % t.slots_per_rank),
+                          &sv->ffn[at]);
+        sv->ffn_expert[at] = e;
+      }
+      const FfnWeights& ref =
+          original[static_cast<size_t>(l) * num_experts + e];
       for (int64_t j = first; j < occurrence[e]; ++j) {
         TokenActivation(step, l, e, j, x);
-        ExpertFfn(slot, x, y);
+        ExpertFfn(sv->ffn[at], x, y);
         ExpertFfn(ref, x, want);
         ++step_verified[0];
         if (std::memcmp(y, want, sizeof(y)) != 0) ++step_verified[1];

@@ -47,6 +47,7 @@ struct ReplayFlags {
   std::string transport = "inprocess";
   bool verify_outputs = false;
   int corrupt_every = 0;
+  bool forge_checksums = false;
   int fail_rank = -1;
   int64_t fail_at_step = -1;
   int64_t rank_timeout_ms = 5000;
@@ -62,26 +63,6 @@ std::string EmbeddedTrace() {
     if (std::filesystem::is_regular_file(p)) return p;
   }
   return std::string(EPLB_DATA_DIR) + "/" + rel;
-}
-
-// The preset whose shape matches the trace, else a custom spec of that shape.
-ModelSpec ModelFor(const LoadTrace& trace, std::string* note) {
-  for (const ModelSpec& m : ModelPresets()) {
-    if (m.num_moe_layers == trace.num_layers() &&
-        m.num_experts == trace.num_experts()) {
-      return m;
-    }
-  }
-  ModelSpec m = *FindModelPreset("deepseek-v2-lite");
-  m.name = "custom";
-  m.num_moe_layers = trace.num_layers();
-  m.num_experts = trace.num_experts();
-  m.top_k = std::min(m.top_k, m.num_experts);
-  *note =
-      "no model preset has " + std::to_string(trace.num_layers()) +
-      " layers x " + std::to_string(trace.num_experts()) +
-      " experts; using DeepSeek-V2-Lite's expert size (give --model to choose)";
-  return m;
 }
 
 std::string Bytes(double b) {
@@ -167,6 +148,10 @@ int RunReplayCommand(const ReplayFlags& f) {
                                      std::to_string(f.corrupt_every) +
                                      ": must be >= 0"));
   }
+  if (f.forge_checksums && f.corrupt_every == 0) {
+    return Fail(InvalidArgumentError(
+        "--forge-checksums: needs --corrupt-every (nothing to forge)"));
+  }
 #ifdef EPLB_HAVE_MPI
   std::unique_ptr<MpiJob> job;
   std::unique_ptr<Transport> mpi_transport;
@@ -197,7 +182,7 @@ int RunReplayCommand(const ReplayFlags& f) {
     if (!m.ok()) return Fail(m.status().WithPrefix("--model"));
     model = *m;
   } else {
-    model = ModelFor(*trace, &note);
+    model = ModelForShape(trace->num_layers(), trace->num_experts(), &note);
   }
   StatusOr<QuantType> quant = ParseQuantType(f.quant);
   if (!quant.ok()) return Fail(quant.status().WithPrefix("--quant"));
@@ -206,11 +191,8 @@ int RunReplayCommand(const ReplayFlags& f) {
 
   // The config: a file (validated like an engine's, environment guard
   // included) or a dynamic default; flags override it.
-  EplbConfig config;
-  config.dynamic_eplb = true;
-  config.expert_heat_collection_interval = 8;
-  config.algorithm_execution_interval = 1;
-  config.num_redundant_experts = embedded ? 16 : 8;
+  const ReplayDefaults defaults = DefaultReplay(embedded);
+  EplbConfig config = defaults.config;
   std::vector<std::string> warnings;
   if (!f.config_path.empty()) {
     StatusOr<ParsedConfig> parsed =
@@ -224,7 +206,7 @@ int RunReplayCommand(const ReplayFlags& f) {
   if (f.algo_interval > 0)
     config.algorithm_execution_interval = f.algo_interval;
   if (f.redundant >= 0) config.num_redundant_experts = f.redundant;
-  const int ranks = f.ranks > 0 ? f.ranks : (embedded ? 16 : 8);
+  const int ranks = f.ranks > 0 ? f.ranks : defaults.ranks;
   StatusOr<int> slots = ValidateConfigForModel(config, trace->num_layers(),
                                                trace->num_experts(), ranks);
   if (!slots.ok()) return Fail(slots.status());
@@ -264,13 +246,14 @@ int RunReplayCommand(const ReplayFlags& f) {
   o.fail_at_step = f.fail_at_step;
   o.verify_outputs = f.verify_outputs;
   o.faults.corrupt_every = f.corrupt_every;
+  o.faults.forge_checksums = f.forge_checksums;
   o.model = model;
   o.quant = *quant;
   o.hardware = *hw;
   o.topology = *topology;
   o.config = config;
   o.policy = f.policy;
-  o.batch_steps = f.batch_steps > 0 ? f.batch_steps : (embedded ? 16 : 1);
+  o.batch_steps = f.batch_steps > 0 ? f.batch_steps : defaults.batch_steps;
   o.sync_migration = f.sync;
   o.pace = !f.no_pace;
   o.placement_log_path = f.placement_log;
@@ -342,77 +325,9 @@ int RunReplayCommand(const ReplayFlags& f) {
     Status s = WriteFileAtomic(f.report, Html(*r, title, column));
     if (!s.ok()) return Fail(s);
   }
-  auto dist = [](const Distribution& d) {
-    return nlohmann::json{{"median", d.median},
-                          {"p90", d.p90},
-                          {"p99", d.p99},
-                          {"mean", d.mean},
-                          {"max", d.max}};
-  };
   if (f.json) {
-    PrintJson({{"trace", trace_path},
-               {"model", model.name},
-               {"quant", f.quant},
-               {"hardware", hw->name},
-               {"mode", r->mode},
-               {"steps", r->steps},
-               {"batch_steps", o.batch_steps},
-               {"layers", trace->num_layers()},
-               {"experts", trace->num_experts()},
-               {"ranks", topology->num_ranks},
-               {"slots_per_rank", topology->slots_per_rank},
-               {"redundant", config.num_redundant_experts},
-               {"policy", r->policy},
-               {"heat_interval", config.expert_heat_collection_interval},
-               {"algo_interval", config.algorithm_execution_interval},
-               {"sync_migration", f.sync},
-               {"dispatch", DispatchModeName(o.dispatch)},
-               {"imbalance", dist(r->imbalance)},
-               {"baseline_imbalance", dist(r->baseline_imbalance)},
-               {"steady_from", r->steady_from},
-               {"imbalance_steady", dist(r->imbalance_steady)},
-               {"warmup_steps", r->warmup_steps},
-               {"rebalances", r->rebalances},
-               {"cycles_late", r->cycles_late},
-               {"plan_late_steps", r->plan_late_steps},
-               {"max_plan_ms", r->max_plan_ms},
-               {"plans_failed", r->plans_failed},
-               {"layers_committed", r->layers_committed},
-               {"layers_aborted", r->layers_aborted},
-               {"experts_moved", r->experts_moved},
-               {"bytes_moved", r->bytes_moved},
-               {"moved_per_rebalance", r->moved_per_rebalance},
-               {"max_stall_ms", r->max_stall_ms},
-               {"ttft_p99_ms", r->ttft_p99_ms},
-               {"tpot_avg_ms", r->tpot_avg_ms},
-               {"utilization", r->utilization},
-               {"baseline_ttft_p99_ms", r->baseline_ttft_p99_ms},
-               {"baseline_tpot_avg_ms", r->baseline_tpot_avg_ms},
-               {"baseline_utilization", r->baseline_utilization},
-               {"maps_written", r->maps_written},
-               {"layers_kept", r->layers_kept},
-               {"layers_incremental", r->layers_incremental},
-               {"layers_full", r->layers_full},
-               {"predicted_gain", r->predicted_gain},
-               {"max_layers_per_step", r->max_layers_per_step},
-               {"weight_scale", r->weight_scale},
-               {"transport", f.transport},
-               {"processes", r->processes},
-               {"plan_hash_mismatches", r->plan_hash_mismatches},
-               {"outputs_verified", r->outputs_verified},
-               {"ranks_failed", r->ranks_failed},
-               {"final_ranks", r->final_ranks},
-               {"tokens_dropped", r->tokens_dropped},
-               {"tokens_delayed", r->tokens_delayed},
-               {"recovery_steps", r->recovery_steps},
-               {"experts_lost", r->experts_lost},
-               {"experts_reloaded", r->experts_reloaded},
-               {"bytes_reloaded", r->bytes_reloaded},
-               {"outputs_mismatched",
-                f.verify_outputs ? nlohmann::json(r->outputs_mismatched)
-                                 : nlohmann::json(nullptr)},
-               {"interrupted", r->interrupted},
-               {"wall_ms", r->wall_ms}});
+    std::printf("%s\n",
+                ReplayResultJson(*r, o, trace_path, f.transport).c_str());
     return r->interrupted ? 130 : 0;
   }
   std::printf("%s\n\n", title);
@@ -544,6 +459,11 @@ void AddReplayCommand(CLI::App* app, int* exit_code) {
   cmd->add_option("--corrupt-every", f->corrupt_every,
                   "Testing: flip a byte of every N-th transferred expert "
                   "after it lands (the layer must not commit)");
+  cmd->add_flag("--forge-checksums", f->forge_checksums,
+                "Testing, with --corrupt-every: the corrupted transfers also "
+                "report the checksum of what landed, so they pass the "
+                "migration's check and commit (--verify-outputs must catch "
+                "them)");
   cmd->callback([f, exit_code] { *exit_code = RunReplayCommand(*f); });
 }
 

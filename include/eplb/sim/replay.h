@@ -179,6 +179,30 @@ struct ReplayResult {
   bool failed_here = false;
 };
 
+// The replay's defaults: one set, used by `eplb replay` and the harnesses
+// alike. The shipped DeepSeek-V2-Lite trace (prefill, 64 experts, few
+// tokens per trace step) replays on 16 ranks with 16 redundant experts, 16
+// trace steps per replay step; any other trace on 8 ranks with 8 redundant
+// experts, one trace step per replay step. Both: dynamic mode, heat
+// interval 8, algorithm interval 1, the config's other defaults.
+struct ReplayDefaults {
+  int ranks = 8;
+  int batch_steps = 1;
+  EplbConfig config;  // num_redundant_experts and the intervals set.
+};
+ReplayDefaults DefaultReplay(bool shipped_trace);
+
+// The result of a replay as one JSON object on one line (`eplb replay
+// --json`; every field is listed in docs/formats.md): the options it ran
+// with (model, topology, intervals, dispatch, ...), the balance figures as
+// {median, p90, p99, mean, max}, migration, cost model, ranks and outputs.
+// `trace` and `transport` name what the caller replayed and over what.
+// `outputs_mismatched` is null unless options.verify_outputs.
+std::string ReplayResultJson(const ReplayResult& result,
+                             const ReplayOptions& options,
+                             std::string_view trace,
+                             std::string_view transport);
+
 // Replays `trace` (its layers and experts must match the model and the map).
 // InvalidArgument for shape mismatches and bad options; NotFound for a
 // static map that does not exist.
