@@ -1,5 +1,7 @@
 #include "eplb/sim/expert_ffn.h"
 
+#include <bit>
+
 #include "core/splitmix.h"
 
 namespace eplb {
@@ -63,6 +65,15 @@ void ExpertFfn(const FfnWeights& weights, const float* x, float* y) {
     for (int j = 0; j < kFfnHidden; ++j) acc += w2[i * kFfnHidden + j] * h[j];
     y[i] = acc;
   }
+}
+
+bool SameBits(const float* a, const float* b, int n) {
+  for (int i = 0; i < n; ++i) {
+    if (std::bit_cast<uint32_t>(a[i]) != std::bit_cast<uint32_t>(b[i])) {
+      return false;
+    }
+  }
+  return true;
 }
 
 }  // namespace eplb

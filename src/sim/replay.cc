@@ -486,7 +486,7 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
         ExpertFfn(sv->ffn[at], x, y);
         ExpertFfn(ref, x, want);
         ++step_verified[0];
-        if (std::memcmp(y, want, sizeof(y)) != 0) ++step_verified[1];
+        if (!SameBits(y, want, kFfnModel)) ++step_verified[1];
       }
     }
   };

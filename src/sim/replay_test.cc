@@ -5,7 +5,6 @@
 
 #include <gtest/gtest.h>
 
-#include <cstring>
 #include <nlohmann/json.hpp>
 #include <vector>
 
@@ -64,20 +63,20 @@ TEST(ExpertFfnTest, AByteWrongAnywhereChangesTheWeights) {
       bad[i] ^= flip;
       FfnWeights got;
       FoldExpertWeights(bad, &got);
-      EXPECT_NE(std::memcmp(&got, &want, sizeof got), 0) << i;
+      EXPECT_FALSE(SameBits(got.w, want.w, kFfnWeightCount)) << i;
     }
   }
   // The last, partial word too.
   bytes.back() ^= std::byte{0x10};
   FfnWeights tail;
   FoldExpertWeights(bytes, &tail);
-  EXPECT_NE(std::memcmp(&tail, &want, sizeof tail), 0);
+  EXPECT_FALSE(SameBits(tail.w, want.w, kFfnWeightCount));
   // Same weights, same activation: the same output bit for bit.
   float x[kFfnModel], y1[kFfnModel], y2[kFfnModel];
   TokenActivation(3, 1, 5, 0, x);
   ExpertFfn(want, x, y1);
   ExpertFfn(want, x, y2);
-  EXPECT_EQ(std::memcmp(y1, y2, sizeof y1), 0);
+  EXPECT_TRUE(SameBits(y1, y2, kFfnModel));
   for (float v : x) {
     EXPECT_GE(v, -1.0f);
     EXPECT_LT(v, 1.0f);

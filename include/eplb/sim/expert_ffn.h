@@ -44,6 +44,8 @@ void TokenActivation(int64_t step, int layer, int expert, int64_t occurrence,
                      float* x);
 // y [kFfnModel] = W2 · relu(W1 · x).
 void ExpertFfn(const FfnWeights& weights, const float* x, float* y);
+// The first `n` floats of `a` and `b` are the same bit for bit.
+bool SameBits(const float* a, const float* b, int n);
 
 }  // namespace eplb
 
