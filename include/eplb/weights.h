@@ -69,6 +69,29 @@ uint64_t SlotChecksum(const ExpertWeights& weights, int rank, int layer,
                       int slot);
 uint64_t StagingChecksum(ExpertWeights& weights, int rank, int index);
 
+// SlotChecksum a piece at a time, for a sender that interleaves it with
+// other work (the MPI transport computes it while the expert's data is in
+// flight). The slot must stay unchanged until done().
+class SlotChecksumCursor {
+ public:
+  SlotChecksumCursor(const ExpertWeights& weights, int rank, int layer,
+                     int slot)
+      : weights_(&weights), rank_(rank), layer_(layer), slot_(slot) {}
+  // Reads about `max_bytes` more (whole blocks, at least one, and a
+  // tensor's tail with its last block); true once the whole expert is read.
+  bool Advance(size_t max_bytes);
+  bool done() const { return tensor_ >= weights_->num_tensors(); }
+  // SlotChecksum(weights, rank, layer, slot); valid once done().
+  uint64_t value() const { return h_ | 1; }
+
+ private:
+  const ExpertWeights* weights_;
+  int rank_, layer_, slot_;
+  int tensor_ = 0;
+  size_t offset_ = 0;  // Read of tensor_ so far.
+  uint64_t h_ = kChecksumSeed;
+};
+
 }  // namespace eplb
 
 #endif  // EPLB_WEIGHTS_H_

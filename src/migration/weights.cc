@@ -1,5 +1,6 @@
 #include "eplb/weights.h"
 
+#include <algorithm>
 #include <bit>
 #include <cstring>
 
@@ -56,6 +57,35 @@ uint64_t ChecksumBytes(std::span<const std::byte> bytes, uint64_t seed) {
     h = (h ^ static_cast<uint64_t>(p[i])) * kFnvPrime;
   }
   return h;
+}
+
+bool SlotChecksumCursor::Advance(size_t max_bytes) {
+  const size_t budget = std::max(kChecksumBlockBytes, max_bytes);
+  size_t read = 0;
+  while (!done()) {
+    const std::span<const std::byte> t =
+        weights_->Slot(rank_, layer_, slot_, tensor_);
+    const size_t rest = t.size() - offset_;
+    size_t take = rest;
+    if (read + rest > budget) {
+      // Whole blocks within the budget (at least one per call), so that the
+      // pieces chain; a tail shorter than a block goes with the last one.
+      const size_t room =
+          budget > read
+              ? (budget - read) / kChecksumBlockBytes * kChecksumBlockBytes
+              : 0;
+      if (room == 0) break;
+      take = rest - room < kChecksumBlockBytes ? rest : room;
+    }
+    h_ = ChecksumBytes(t.subspan(offset_, take), h_);
+    read += take;
+    offset_ += take;
+    if (offset_ == t.size()) {
+      ++tensor_;
+      offset_ = 0;
+    }
+  }
+  return done();
 }
 
 uint64_t SlotChecksum(const ExpertWeights& weights, int rank, int layer,

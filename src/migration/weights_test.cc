@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <span>
 #include <vector>
 
@@ -110,6 +111,28 @@ TEST(ChecksumTest, SlotChecksumChainsTheTensors) {
   }
   EXPECT_EQ(SlotChecksum(w, 0, 0, 0), h | 1);
   EXPECT_EQ(StagingChecksum(w, 0, 0), h | 1);
+}
+
+TEST(ChecksumTest, CursorGivesSlotChecksumInAnyPieces) {
+  const TensorWeights w(
+      {5000, kChecksumBlockBytes * 3 + 3, 0, 17, kChecksumBlockBytes});
+  const uint64_t want = SlotChecksum(w, 0, 0, 0);
+  for (const size_t piece :
+       {size_t{0}, size_t{1}, kChecksumBlockBytes, kChecksumBlockBytes + 5,
+        2 * kChecksumBlockBytes, std::numeric_limits<size_t>::max()}) {
+    SlotChecksumCursor cursor(w, 0, 0, 0);
+    int calls = 0;
+    while (!cursor.Advance(piece)) {
+      ASSERT_LT(++calls, 100) << "piece " << piece;
+    }
+    EXPECT_TRUE(cursor.done());
+    EXPECT_EQ(cursor.value(), want) << "piece " << piece;
+  }
+  // An expert with no tensors' bytes at all.
+  const TensorWeights empty({0});
+  SlotChecksumCursor cursor(empty, 0, 0, 0);
+  EXPECT_TRUE(cursor.Advance(1));
+  EXPECT_EQ(cursor.value(), SlotChecksum(empty, 0, 0, 0));
 }
 
 }  // namespace
