@@ -11,7 +11,8 @@
 //     MPI_Irecv on another communicator) on a background thread, in bounded
 //     chunks: at most max_in_flight messages of at most chunk_bytes posted
 //     at once per process. Each transfer's sender computes the checksum of
-//     the expert it reads and sends it after the data.
+//     the expert it reads while the expert's data is in flight, and sends
+//     it after the data.
 // Built when CMake finds MPI (EPLB_MPI); the library itself does not need
 // MPI. Multi-node is the same program under `mpirun -H host1,host2 ...`.
 #ifndef EPLB_MPI_H_

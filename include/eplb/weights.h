@@ -46,14 +46,51 @@ class ExpertWeights {
   virtual void CommitStaging(int rank, int index, int layer, int slot) = 0;
 };
 
-// FNV-1a over 64-bit words of `bytes` (then its tail bytes), continuing from
-// `seed`: fast, and any flipped byte changes it.
+// The checksum of `bytes`, continuing from `seed`. Deterministic and the
+// same on every platform (words are read little-endian); any change
+// confined to one 8-byte word (a flipped byte, say) changes it, since every
+// step is a bijection of both its state and its input word. Whole blocks of
+// kChecksumBlockBytes go through four independent lanes (so it runs at about
+// memory speed rather than at one multiply's latency per word), each block's
+// lanes folded into the running value; the tail after the last whole block
+// word by word, then byte by byte. Chaining it over consecutive pieces gives
+// the checksum of the whole as long as every piece but the last is a
+// multiple of the block:
+//   ChecksumBytes(b, s) ==
+//       ChecksumBytes(b.subspan(k), ChecksumBytes(b.first(k), s))
+// for every k that is a multiple of kChecksumBlockBytes.
+inline constexpr size_t kChecksumBlockBytes = 4096;
+inline constexpr uint64_t kChecksumSeed = 0xcbf29ce484222325ULL;
 uint64_t ChecksumBytes(std::span<const std::byte> bytes,
-                       uint64_t seed = 0xcbf29ce484222325ULL);
-// The checksum of an expert: its tensors in order. Never 0.
+                       uint64_t seed = kChecksumSeed);
+// The checksum of an expert: ChecksumBytes chained over its tensors in
+// order, from kChecksumSeed. Never 0.
 uint64_t SlotChecksum(const ExpertWeights& weights, int rank, int layer,
                       int slot);
 uint64_t StagingChecksum(ExpertWeights& weights, int rank, int index);
+
+// SlotChecksum a piece at a time, for a sender that interleaves it with
+// other work (the MPI transport computes it while the expert's data is in
+// flight). The slot must stay unchanged until done().
+class SlotChecksumCursor {
+ public:
+  SlotChecksumCursor(const ExpertWeights& weights, int rank, int layer,
+                     int slot)
+      : weights_(&weights), rank_(rank), layer_(layer), slot_(slot) {}
+  // Reads about `max_bytes` more (whole blocks, at least one, and a
+  // tensor's tail with its last block); true once the whole expert is read.
+  bool Advance(size_t max_bytes);
+  bool done() const { return tensor_ >= weights_->num_tensors(); }
+  // SlotChecksum(weights, rank, layer, slot); valid once done().
+  uint64_t value() const { return h_ | 1; }
+
+ private:
+  const ExpertWeights* weights_;
+  int rank_, layer_, slot_;
+  int tensor_ = 0;
+  size_t offset_ = 0;  // Read of tensor_ so far.
+  uint64_t h_ = kChecksumSeed;
+};
 
 }  // namespace eplb
 

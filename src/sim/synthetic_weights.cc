@@ -181,7 +181,7 @@ uint64_t SyntheticWeights::ExpectedChecksum(int layer, int expert) const {
     std::vector<std::byte> tmp(static_cast<size_t>(stored_bytes_));
     FillExpert(layer, expert, tmp);
     // Tensor by tensor, as SlotChecksum reads them.
-    uint64_t h = 0xcbf29ce484222325ULL;
+    uint64_t h = kChecksumSeed;
     for (const StoredTensor& x : tensors_) {
       h = ChecksumBytes(std::span<const std::byte>(tmp).subspan(
                             static_cast<size_t>(x.offset),
