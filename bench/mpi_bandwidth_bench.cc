@@ -12,9 +12,9 @@
 //
 //   - eplb: MpiJob::CreateTransport's Transport::Start, waiting until the
 //     batch is Done(), then the receiver's verification as the migration
-//     engine does it (StagingChecksum of every staging buffer against the
-//     batch's source_checksum); the sender's checksum is inside the
-//     transport;
+//     engine does it (every transfer's landed_checksum against its
+//     source_checksum); the sender's checksum and the read-back of what
+//     landed happen inside the transport, while the data moves;
 //   - MPI: MPI_Isend / MPI_Irecv of the same bytes in the same messages (the
 //     transport's chunks, in the same order) through a window of the same
 //     number of requests, completed with MPI_Waitsome: no checksum, no
@@ -270,16 +270,18 @@ class Bench {
       const eplb::Transfer& t = transfers_[j];
       if (t.dst_rank != me) continue;
       got[j] = (*batch)->source_checksum(j);
-      if (eplb::StagingChecksum(*weights_, me, t.staging) != got[j]) {
-        ++mismatches_;
-      }
+      if ((*batch)->landed_checksum(j) != got[j]) ++mismatches_;
     }
     const double t2 = MPI_Wtime();
     MPI_Barrier(comm_);
     const double t3 = MPI_Wtime();
-    // Untimed: the checksums the transport carried are the senders'.
+    // Untimed: the checksums the transport carried are the senders', and
+    // what the staging buffers hold now matches them.
     for (size_t j = 0; j < transfers_.size(); ++j) {
-      if (transfers_[j].dst_rank == me && got[j] != expected_[j]) {
+      const eplb::Transfer& t = transfers_[j];
+      if (t.dst_rank != me) continue;
+      if (got[j] != expected_[j] ||
+          eplb::StagingChecksum(*weights_, me, t.staging) != expected_[j]) {
         ++mismatches_;
       }
     }
@@ -542,7 +544,7 @@ int Main(int argc, char** argv) {
       }
       std::printf(
           "eplb: Start to Done, then the receiver's verification "
-          "(StagingChecksum against source_checksum); transfer: Start to "
+          "(landed_checksum against source_checksum); transfer: Start to "
           "Done alone; verify: that verification's median time\n");
       std::printf("checksum mismatches: %lld%s\n",
                   static_cast<long long>(mismatches),

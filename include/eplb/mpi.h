@@ -12,7 +12,8 @@
 //     chunks: at most max_in_flight messages of at most chunk_bytes posted
 //     at once per process. Each transfer's sender computes the checksum of
 //     the expert it reads while the expert's data is in flight, and sends
-//     it after the data.
+//     it after the data; the receiver reads each chunk back as it lands
+//     (TransferBatch::landed_checksum).
 // Built when CMake finds MPI (EPLB_MPI); the library itself does not need
 // MPI. Multi-node is the same program under `mpirun -H host1,host2 ...`.
 #ifndef EPLB_MPI_H_
@@ -29,8 +30,10 @@
 namespace eplb {
 
 struct MpiTransportOptions {
-  int max_in_flight = 16;         // Messages posted at once, >= 1.
-  int64_t chunk_bytes = 4 << 20;  // Largest message, >= 8.
+  int max_in_flight = 16;  // Messages posted at once, >= 1.
+  // Largest message: a multiple of kChecksumBlockBytes (4096), so that the
+  // receiver reads back each chunk's checksum as it lands.
+  int64_t chunk_bytes = 4 << 20;
 };
 
 class MpiJob {

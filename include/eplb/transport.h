@@ -6,8 +6,9 @@
 // of a rank pair enumerate a batch's transfers in the same order.
 //
 // Every transfer carries its source's checksum (SlotChecksum, computed by
-// the sender as it reads the source), so the receiver verifies what landed
-// in its staging buffer end to end, whatever the transport.
+// the sender as it reads the source) and the checksum of what landed in the
+// staging buffer (read back by the receiver), so that what commits is
+// verified end to end, whatever the transport.
 //
 // Transports are thread-safe: Start() is called from the serving thread,
 // copies run on the transport's own threads.
@@ -55,6 +56,14 @@ class TransferBatch {
   // its sender computed it; valid once Done() for transfers whose dst_rank
   // this process hosts (0 where the transfer failed).
   virtual uint64_t source_checksum(size_t i) const = 0;
+  // The checksum of what landed in transfer `i`'s staging buffer
+  // (StagingChecksum of it), read back by the receiving side once the data
+  // arrived, while the rest of the batch still moves, so that neither the
+  // serving thread nor the end of the batch pays for a second pass over the
+  // bytes. Valid once Done() for transfers whose dst_rank this process
+  // hosts (0 where the transfer failed). The migration engine commits a
+  // staging buffer only when it equals source_checksum(i).
+  virtual uint64_t landed_checksum(size_t i) const = 0;
 };
 
 class Transport {

@@ -50,7 +50,7 @@ class ExpertWeights {
 // same on every platform (words are read little-endian); any change
 // confined to one 8-byte word (a flipped byte, say) changes it, since every
 // step is a bijection of both its state and its input word. Whole blocks of
-// kChecksumBlockBytes go through four independent lanes (so it runs at about
+// kChecksumBlockBytes go through eight independent lanes (so it runs at about
 // memory speed rather than at one multiply's latency per word), each block's
 // lanes folded into the running value; the tail after the last whole block
 // word by word, then byte by byte. Chaining it over consecutive pieces gives

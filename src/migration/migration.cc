@@ -271,8 +271,8 @@ MigrationEngine::State MigrationEngine::Finish() {
     const size_t i = static_cast<size_t>(
         std::find(layers.begin(), layers.end(), t.layer) - layers.begin());
     if (failed[i] != 0) continue;
-    if (StagingChecksum(w, t.dst_rank, t.staging) !=
-        batch_->source_checksum(j)) {
+    if (batch_->landed_checksum(j) != batch_->source_checksum(j) ||
+        batch_->source_checksum(j) == 0) {
       local[i] = DataLossError(
           "layer " + std::to_string(t.layer) + ", device " +
           std::to_string(t.dst_rank) + ", slot " + std::to_string(t.dst_slot) +

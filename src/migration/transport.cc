@@ -19,7 +19,9 @@ namespace {
 class InProcessBatch final : public TransferBatch {
  public:
   explicit InProcessBatch(int remaining)
-      : remaining_(remaining), checksums_(static_cast<size_t>(remaining), 0) {}
+      : remaining_(remaining),
+        checksums_(static_cast<size_t>(remaining), 0),
+        landed_(static_cast<size_t>(remaining), 0) {}
   bool Done() const override {
     return remaining_.load(std::memory_order_acquire) == 0;
   }
@@ -35,12 +37,17 @@ class InProcessBatch final : public TransferBatch {
     std::lock_guard<std::mutex> lock(mu_);
     return checksums_[i];
   }
+  uint64_t landed_checksum(size_t i) const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return landed_[i];
+  }
   // Called by a copy thread when transfer `i` ends.
-  void Finish(size_t i, const Status& s, uint64_t checksum) {
+  void Finish(size_t i, const Status& s, uint64_t checksum, uint64_t landed) {
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (!s.ok() && status_.ok()) status_ = s;
       checksums_[i] = checksum;
+      landed_[i] = landed;
     }
     if (remaining_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
       std::lock_guard<std::mutex> lock(mu_);
@@ -54,6 +61,7 @@ class InProcessBatch final : public TransferBatch {
   std::condition_variable cv_;
   Status status_;
   std::vector<uint64_t> checksums_;
+  std::vector<uint64_t> landed_;
 };
 
 struct Job {
@@ -72,6 +80,9 @@ class BatchHandle final : public TransferBatch {
   Status result() const override { return b_->result(); }
   uint64_t source_checksum(size_t i) const override {
     return b_->source_checksum(i);
+  }
+  uint64_t landed_checksum(size_t i) const override {
+    return b_->landed_checksum(i);
   }
 
  private:
@@ -145,7 +156,10 @@ class InProcessTransport final : public Transport {
         }
         std::memcpy(dst.data(), src.data(), src.size());
       }
-      job.batch->Finish(job.index, status, status.ok() ? checksum : 0);
+      // What landed, read back while it is still in cache.
+      const uint64_t landed =
+          status.ok() ? StagingChecksum(w, t.dst_rank, t.staging) : 0;
+      job.batch->Finish(job.index, status, status.ok() ? checksum : 0, landed);
     }
   }
 
@@ -188,16 +202,26 @@ class FaultyBatch final : public TransferBatch {
     Status s = inner_->result();
     return s.ok() ? injected_ : s;
   }
+  // A corrupted transfer's bytes changed after they landed, as if in
+  // transit: the receiver reads back what is there now; with forge, the
+  // sender's checksum is made to match it.
   uint64_t source_checksum(size_t i) const override {
     if (inner_index_[i] < 0) return 0;
-    if (forge_ && corrupted_index_[i] >= 0) {
-      const Transfer& t = corrupt_[static_cast<size_t>(corrupted_index_[i])];
-      return StagingChecksum(*weights_, t.dst_rank, t.staging);
-    }
+    if (forge_ && corrupted_index_[i] >= 0) return Reread(i);
     return inner_->source_checksum(static_cast<size_t>(inner_index_[i]));
+  }
+  uint64_t landed_checksum(size_t i) const override {
+    if (inner_index_[i] < 0) return 0;
+    if (corrupted_index_[i] >= 0) return Reread(i);
+    return inner_->landed_checksum(static_cast<size_t>(inner_index_[i]));
   }
 
  private:
+  uint64_t Reread(size_t i) const {
+    const Transfer& t = corrupt_[static_cast<size_t>(corrupted_index_[i])];
+    return StagingChecksum(*weights_, t.dst_rank, t.staging);
+  }
+
   std::unique_ptr<TransferBatch> inner_;
   std::vector<Transfer> corrupt_;
   std::vector<int64_t> inner_index_;      // Outer index -> inner; -1: failed.

@@ -36,7 +36,9 @@ class MpiBatch final : public TransferBatch {
   MpiBatch(std::vector<Transfer> transfers, ExpertWeights* weights)
       : transfers_(std::move(transfers)),
         weights_(weights),
-        checksums_(transfers_.size(), 0) {}
+        checksums_(transfers_.size(), 0),
+        landed_(transfers_.size(), 0),
+        landing_(transfers_.size(), kChecksumSeed) {}
   bool Done() const override { return done_.load(std::memory_order_acquire); }
   void Wait() override {
     std::unique_lock<std::mutex> lock(mu_);
@@ -49,6 +51,10 @@ class MpiBatch final : public TransferBatch {
   uint64_t source_checksum(size_t i) const override {
     std::lock_guard<std::mutex> lock(mu_);
     return checksums_[i];
+  }
+  uint64_t landed_checksum(size_t i) const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return landed_[i];
   }
 
   // Worker thread.
@@ -64,6 +70,8 @@ class MpiBatch final : public TransferBatch {
   ExpertWeights* weights_;
   // Written by the worker before Finish; read after Done().
   std::vector<uint64_t> checksums_;
+  std::vector<uint64_t> landed_;
+  std::vector<uint64_t> landing_;  // The read-back thread's running sums.
 
  private:
   mutable std::mutex mu_;
@@ -81,9 +89,79 @@ class BatchHandle final : public TransferBatch {
   uint64_t source_checksum(size_t i) const override {
     return b_->source_checksum(i);
   }
+  uint64_t landed_checksum(size_t i) const override {
+    return b_->landed_checksum(i);
+  }
 
  private:
   std::shared_ptr<MpiBatch> b_;
+};
+
+// Reads landed data back on a thread of its own: with single-copy shared
+// memory the receiving process's transport thread is the one copying, so a
+// read-back there would follow the copy instead of overlapping it.
+class ReadBackThread {
+ public:
+  ReadBackThread() : thread_([this] { Run(); }) {}
+  ~ReadBackThread() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  ReadBackThread(const ReadBackThread&) = delete;
+  ReadBackThread& operator=(const ReadBackThread&) = delete;
+
+  // Chains `data` into *state (ChecksumBytes); then, when `out` is set,
+  // writes *state | 1 to it. Pieces are read in the order pushed.
+  void Push(std::span<const std::byte> data, uint64_t* state, uint64_t* out) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      queue_.push_back({data, state, out});
+      ++pushed_;
+    }
+    cv_.notify_one();
+  }
+  // Blocks until every piece pushed so far is read.
+  void Drain() {
+    std::unique_lock<std::mutex> lock(mu_);
+    drained_.wait(lock, [this] { return read_ == pushed_; });
+  }
+
+ private:
+  struct Piece {
+    std::span<const std::byte> data;
+    uint64_t* state;
+    uint64_t* out;
+  };
+  void Run() {
+    for (;;) {
+      Piece p;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [this] { return stop_ || !queue_.empty(); });
+        if (queue_.empty()) return;  // Stopping.
+        p = queue_.front();
+        queue_.pop_front();
+      }
+      if (!p.data.empty()) *p.state = ChecksumBytes(p.data, *p.state);
+      if (p.out != nullptr) *p.out = *p.state | 1;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        ++read_;
+      }
+      drained_.notify_all();
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_, drained_;
+  std::deque<Piece> queue_;
+  int64_t pushed_ = 0, read_ = 0;
+  bool stop_ = false;
+  std::thread thread_;
 };
 
 class MpiTransport final : public Transport {
@@ -124,6 +202,9 @@ class MpiTransport final : public Transport {
     int bytes = 0;
     // A sent checksum: its index in `sums` (Move), finished before posting.
     int sum = -1;
+    // A received piece of transfer `landing`'s data (read back once it
+    // lands), or its checksum (`landing` complete).
+    int landing = -1;
   };
   // The checksum of an expert this process sends, computed while the data
   // is in flight.
@@ -150,7 +231,9 @@ class MpiTransport final : public Transport {
         batch = std::move(queue_.front());
         queue_.pop_front();
       }
-      batch->Finish(Move(*batch));
+      Status moved = Move(*batch);
+      read_back_.Drain();  // Its pieces point into the batch.
+      batch->Finish(std::move(moved));
     }
   }
 
@@ -165,10 +248,12 @@ class MpiTransport final : public Transport {
     std::vector<uint64_t> sent_sums(b.transfers_.size(), 0);
     std::vector<PendingSum> sums;
     const auto chunk = static_cast<size_t>(options_.chunk_bytes);
-    auto add = [&](bool send, int peer, std::byte* data, size_t bytes) {
+    auto add = [&](bool send, int peer, std::byte* data, size_t bytes,
+                   int landing) {
       for (size_t at = 0; at < bytes || (bytes == 0 && at == 0); at += chunk) {
         messages.push_back({send, peer, kDataTag, data + at,
-                            static_cast<int>(std::min(chunk, bytes - at))});
+                            static_cast<int>(std::min(chunk, bytes - at)), -1,
+                            landing});
         if (bytes == 0) break;
       }
     };
@@ -187,6 +272,7 @@ class MpiTransport final : public Transport {
           }
           std::memcpy(to.data(), from.data(), from.size());
         }
+        b.landed_[i] = StagingChecksum(w, t.dst_rank, t.staging);
         continue;
       }
       for (int x = 0; x < w.num_tensors(); ++x) {
@@ -194,7 +280,7 @@ class MpiTransport final : public Transport {
           auto from = w.Slot(t.src_rank, t.layer, t.src_slot, x);
           // MPI's send buffers are const in spirit; the API takes void*.
           add(true, t.dst_rank, const_cast<std::byte*>(from.data()),
-              from.size());
+              from.size(), -1);
         } else {
           auto to = w.Staging(t.dst_rank, t.staging, x);
           if (to.empty()) {
@@ -202,7 +288,7 @@ class MpiTransport final : public Transport {
                                  std::to_string(t.staging) + " on rank " +
                                  std::to_string(rank_));
           }
-          add(false, t.src_rank, to.data(), to.size());
+          add(false, t.src_rank, to.data(), to.size(), static_cast<int>(i));
         }
       }
       if (src) {
@@ -213,13 +299,35 @@ class MpiTransport final : public Transport {
             {i, SlotChecksumCursor(w, t.src_rank, t.layer, t.src_slot)});
       } else {
         messages.push_back({false, t.src_rank, kChecksumTag,
-                            reinterpret_cast<std::byte*>(&b.checksums_[i]), 8});
+                            reinterpret_cast<std::byte*>(&b.checksums_[i]), 8,
+                            -1, static_cast<int>(i)});
       }
     }
     const size_t window = static_cast<size_t>(options_.max_in_flight);
     std::vector<MPI_Request> requests(window, MPI_REQUEST_NULL);
+    std::vector<size_t> posted_as(window);  // The message each slot holds.
     std::vector<int> done_index(window);
-    size_t next = 0;
+    std::vector<char> completed_flag(messages.size(), 0);
+    // Received data is read back in message order as it lands, chunk by
+    // chunk, on the read-back thread (ChecksumBytes chains over chunks that
+    // are whole blocks).
+    size_t next = 0;  // The next message to post.
+    size_t next_landed = 0;
+    auto read_back = [&] {
+      for (; next_landed < next; ++next_landed) {
+        const Message& m = messages[next_landed];
+        if (m.send || m.landing < 0) continue;
+        if (completed_flag[next_landed] == 0) return;
+        const auto i = static_cast<size_t>(m.landing);
+        if (m.tag == kDataTag) {
+          read_back_.Push(
+              std::span<const std::byte>(m.data, static_cast<size_t>(m.bytes)),
+              &b.landing_[i], nullptr);
+        } else {
+          read_back_.Push({}, &b.landing_[i], &b.landed_[i]);
+        }
+      }
+    };
     size_t active = 0;
     size_t next_sum = 0;  // sums[< next_sum] are done.
     auto finish_sums = [&](size_t upto) {
@@ -234,6 +342,7 @@ class MpiTransport final : public Transport {
         if (requests[slot] != MPI_REQUEST_NULL) continue;
         const Message& m = messages[next++];
         if (m.sum >= 0) finish_sums(static_cast<size_t>(m.sum) + 1);
+        posted_as[slot] = next - 1;
         const int rc = m.send ? MPI_Isend(m.data, m.bytes, MPI_BYTE, m.peer,
                                           m.tag, comm_, &requests[slot])
                               : MPI_Irecv(m.data, m.bytes, MPI_BYTE, m.peer,
@@ -244,6 +353,8 @@ class MpiTransport final : public Transport {
         }
         ++active;
       }
+      // The window is full again: read back what landed meanwhile.
+      read_back();
       int completed = 0;
       const int rc =
           MPI_Testsome(static_cast<int>(window), requests.data(), &completed,
@@ -254,6 +365,9 @@ class MpiTransport final : public Transport {
       }
       if (completed == MPI_UNDEFINED) completed = 0;
       active -= static_cast<size_t>(completed);
+      for (int k = 0; k < completed; ++k) {
+        completed_flag[posted_as[static_cast<size_t>(done_index[k])]] = 1;
+      }
       if (completed == 0) {
         bool stopping;
         {
@@ -277,6 +391,7 @@ class MpiTransport final : public Transport {
         }
       }
     }
+    read_back();
     return Status::Ok();
   }
 
@@ -291,6 +406,7 @@ class MpiTransport final : public Transport {
   MPI_Comm comm_;
   int rank_;
   MpiTransportOptions options_;
+  ReadBackThread read_back_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::shared_ptr<MpiBatch>> queue_;
@@ -474,10 +590,13 @@ StatusOr<std::unique_ptr<Transport>> MpiJob::CreateTransport(
                                 std::to_string(options.max_in_flight) +
                                 ": must be in [1, 4096]");
   }
-  if (options.chunk_bytes < 8 || options.chunk_bytes > (int64_t{1} << 30)) {
+  const auto block = static_cast<int64_t>(kChecksumBlockBytes);
+  if (options.chunk_bytes < block || options.chunk_bytes > (int64_t{1} << 30) ||
+      options.chunk_bytes % block != 0) {
     return InvalidArgumentError(
         "MPI transport chunk_bytes = " + std::to_string(options.chunk_bytes) +
-        ": must be in [8, 2^30]");
+        ": must be a multiple of " + std::to_string(block) +
+        " (the checksum's block) in [" + std::to_string(block) + ", 2^30]");
   }
   MPI_Comm comm;
   MPI_Comm_dup(collective_->comm(), &comm);
