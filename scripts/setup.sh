@@ -15,6 +15,8 @@ PACKAGES=(
   libbenchmark-dev                      # bench/ speed measurements
   openmpi-bin libopenmpi-dev            # ranks as processes (replay --transport mpi)
   python3                               # independent re-scoring of plans in tests
+  python3-dev pybind11-dev python3-numpy  # the Python module (build/python)
+  python3-torch python3-pytest          # its torch paths; its tests
 )
 
 install_deps() {
