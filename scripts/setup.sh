@@ -17,6 +17,8 @@ PACKAGES=(
   python3                               # independent re-scoring of plans in tests
   python3-dev pybind11-dev python3-numpy  # the Python module (build/python)
   python3-torch python3-pytest          # its torch paths; its tests
+  pkg-config libcpp-httplib-dev         # the /metrics endpoint (replay --metrics-port)
+  prometheus                            # promtool, which checks the metrics in tests
 )
 
 install_deps() {

@@ -42,8 +42,11 @@
 #ifndef EPLB_CONTROLLER_H_
 #define EPLB_CONTROLLER_H_
 
+#include <array>
+#include <atomic>
 #include <cstdint>
 #include <functional>
+#include <iterator>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -104,6 +107,14 @@ struct ControllerOptions {
   std::function<void(std::string_view line)> log;
 };
 
+// Upper bounds (seconds) of the plan-time histogram's buckets; a last,
+// unbounded bucket follows.
+inline constexpr double kPlanTimeBoundsSeconds[] = {
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0};
+inline constexpr int kPlanTimeBuckets =
+    static_cast<int>(std::size(kPlanTimeBoundsSeconds)) + 1;
+
+// Trivially copyable (the controller publishes it with a seqlock).
 struct ControllerStats {
   int64_t steps = 0;
   int64_t cycles = 0;           // Cycles whose plan was taken.
@@ -133,6 +144,12 @@ struct ControllerStats {
   int64_t max_layers_per_step = 0;  // Largest batch committed in one step.
   // Plans whose hash differed between ranks (the cycle was skipped).
   int64_t plan_hash_mismatches = 0;
+  // Every plan's time on the planner thread: how many fell in each bucket
+  // (not cumulative; bucket i holds times <= kPlanTimeBoundsSeconds[i] and
+  // above the bound before), and their sum.
+  int64_t plan_time_buckets[kPlanTimeBuckets] = {};
+  int64_t plans_timed = 0;
+  int64_t plan_nanos_sum = 0;
 };
 
 class Controller {
@@ -157,10 +174,13 @@ class Controller {
 
   // --- Any thread. ---
   const RoutingTable& routing() const { return *routing_; }
+  // The figures as of the serving thread's last BeforeForward /
+  // AfterForward (a seqlock snapshot: never blocks the serving thread,
+  // never torn).
+  ControllerStats stats() const;
   // Serving thread only: the committed placement.
   const Placement& placement() const { return migration_->placement(); }
   const ExpertWeights& weights() const { return migration_->weights(); }
-  ControllerStats stats() const;
   int64_t step() const { return step_; }
 
  private:
@@ -191,7 +211,15 @@ class Controller {
   std::unique_ptr<RoutingTable> routing_;
   std::unique_ptr<MigrationEngine> migration_;
   std::unique_ptr<Planner> planner_;
+  // AfterForward's work (the stats are published after it).
+  void Advance(int64_t num_tokens, double step_seconds);
+  // Serving thread: stats_ with the migration engine's figures merged in,
+  // published to published_ under stats_seq_ (odd while writing).
+  void PublishStats();
   ControllerStats stats_;
+  static constexpr size_t kStatsWords = sizeof(ControllerStats) / 8;
+  std::atomic<uint64_t> stats_seq_{0};
+  std::array<std::atomic<uint64_t>, kStatsWords> published_{};
   int64_t step_ = 0;        // Steps served.
   int64_t cycle_step_ = 0;  // Steps since the cycle started.
   enum class Phase { kCollect, kPlan, kMigrate } phase_ = Phase::kCollect;

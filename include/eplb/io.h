@@ -28,6 +28,10 @@ StatusOr<std::string> ReadFileToString(const std::string& path);
 // Writes `contents` to `path` atomically: a temp file next to it, flushed and
 // fsync'ed, then renamed over `path`. On any failure `path` is untouched and
 // the temp file removed. NotFound when the directory does not exist.
+// The checks WriteFileAtomic makes before writing: a file path whose
+// directory exists and that is not a directory. For callers that must fail
+// before a long run rather than after it.
+Status CheckWritablePath(const std::string& path);
 Status WriteFileAtomic(const std::string& path, std::string_view contents);
 
 // What a map must match. 0 = not checked (layers, ranks, slots) or inferred

@@ -5,9 +5,11 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <exception>
 #include <semaphore>
 #include <thread>
+#include <type_traits>
 
 #include "eplb/io.h"
 
@@ -162,6 +164,7 @@ StatusOr<std::unique_ptr<Controller>> Controller::Create(ControllerOptions o) {
   c->heat_window_.assign(static_cast<size_t>(o.num_layers) * t.num_slots(), 0);
   c->rank_heat_.assign(t.num_ranks, 0.0);
   c->options_ = std::move(o);
+  c->PublishStats();
   return c;
 }
 
@@ -189,21 +192,54 @@ void Controller::Log(const std::string& line) {
   }
 }
 
-ControllerStats Controller::stats() const {
+static_assert(std::is_trivially_copyable_v<ControllerStats>);
+static_assert(sizeof(ControllerStats) % 8 == 0);
+
+void Controller::PublishStats() {
   ControllerStats s = stats_;
   const MigrationStats& m = migration_->stats();
   s.layers_committed = m.layers_committed;
   s.layers_aborted = m.layers_aborted;
   s.experts_moved = m.experts_moved;
   s.bytes_moved = m.bytes_moved;
+  std::array<uint64_t, kStatsWords> words;
+  std::memcpy(words.data(), &s, sizeof s);
+  const uint64_t seq = stats_seq_.load(std::memory_order_relaxed);
+  stats_seq_.store(seq + 1, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_release);
+  for (size_t i = 0; i < kStatsWords; ++i) {
+    published_[i].store(words[i], std::memory_order_relaxed);
+  }
+  stats_seq_.store(seq + 2, std::memory_order_release);
+}
+
+ControllerStats Controller::stats() const {
+  std::array<uint64_t, kStatsWords> words;
+  for (;;) {
+    const uint64_t before = stats_seq_.load(std::memory_order_acquire);
+    if (before % 2 != 0) continue;
+    for (size_t i = 0; i < kStatsWords; ++i) {
+      words[i] = published_[i].load(std::memory_order_relaxed);
+    }
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if (stats_seq_.load(std::memory_order_relaxed) == before) break;
+  }
+  ControllerStats s;
+  std::memcpy(&s, words.data(), sizeof s);
   return s;
 }
 
 void Controller::BeforeForward() {
   if (phase_ == Phase::kMigrate) MigrateStep(/*before=*/true);
+  PublishStats();
 }
 
 void Controller::AfterForward(int64_t num_tokens, double step_seconds) {
+  Advance(num_tokens, step_seconds);
+  PublishStats();
+}
+
+void Controller::Advance(int64_t num_tokens, double step_seconds) {
   recorder_->EndStep(num_tokens);
   ++step_;
   stats_.steps = step_;
@@ -334,6 +370,17 @@ void Controller::TakePlan() {
   StatusOr<Plan> plan = std::move(planner_->result);
   planner_->result = InternalError("no plan");
   stats_.max_plan_nanos = std::max(stats_.max_plan_nanos, planner_->plan_nanos);
+  {
+    const double seconds = static_cast<double>(planner_->plan_nanos) * 1e-9;
+    int bucket = 0;
+    while (bucket < kPlanTimeBuckets - 1 &&
+           seconds > kPlanTimeBoundsSeconds[bucket]) {
+      ++bucket;
+    }
+    ++stats_.plan_time_buckets[bucket];
+    ++stats_.plans_timed;
+    stats_.plan_nanos_sum += planner_->plan_nanos;
+  }
   planner_->state.store(Planner::kIdle, std::memory_order_release);
   ++stats_.cycles;
   // The same plan on every rank, or none: the hash of its placement (of

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <stdexcept>
@@ -134,6 +135,43 @@ EplbConfig Dynamic(int heat, int algo) {
   c.eplb_fast_warmup = false;  // The reference cycle, unless a test says.
   c.eplb_shift_replan = false;
   return c;
+}
+
+// stats() from another thread while the serving thread steps: each read is
+// one consistent snapshot (counters never go back, the plan-time histogram
+// always sums to plans_timed). TSan checks the absence of races.
+TEST(ControllerTest, StatsReadFromAnotherThreadAreConsistent) {
+  Rig rig(Dynamic(4, 1));
+  const ControllerStats initial = rig.controller->stats();
+  EXPECT_EQ(initial.warmup_steps, -1);
+  EXPECT_EQ(initial.steps, 0);
+  std::atomic<bool> done{false};
+  std::atomic<int64_t> reads{0}, bad{0};
+  std::thread reader([&] {
+    ControllerStats last;
+    while (!done.load()) {
+      const ControllerStats s = rig.controller->stats();
+      int64_t sum = 0;
+      for (int64_t b : s.plan_time_buckets) sum += b;
+      if (sum != s.plans_timed || s.steps < last.steps ||
+          s.rebalances < last.rebalances ||
+          s.layers_committed < last.layers_committed) {
+        ++bad;
+      }
+      last = s;
+      ++reads;
+    }
+  });
+  for (int i = 0; i < 40; ++i) rig.Step();
+  done.store(true);
+  reader.join();
+  EXPECT_GT(reads.load(), 0);
+  EXPECT_EQ(bad.load(), 0);
+  const ControllerStats s = rig.controller->stats();
+  EXPECT_EQ(s.steps, 40);
+  EXPECT_GE(s.rebalances, 1);
+  EXPECT_GE(s.plans_timed, 1);
+  EXPECT_EQ(s.plans_timed, s.cycles);
 }
 
 TEST(ControllerTest, CycleCommitsOneLayerPerStep) {

@@ -122,7 +122,7 @@ StatusOr<std::string> ReadFileToString(const std::string& path) {
   return contents;
 }
 
-Status WriteFileAtomic(const std::string& path, std::string_view contents) {
+Status CheckWritablePath(const std::string& path) {
   if (path.empty() || path.back() == '/') {
     return InvalidArgumentError("\"" + path + "\": not a file path");
   }
@@ -134,6 +134,12 @@ Status WriteFileAtomic(const std::string& path, std::string_view contents) {
   if (::stat(path.c_str(), &info) == 0 && S_ISDIR(info.st_mode)) {
     return InvalidArgumentError(path + ": is a directory");
   }
+  return Status::Ok();
+}
+
+Status WriteFileAtomic(const std::string& path, std::string_view contents) {
+  EPLB_RETURN_IF_ERROR(CheckWritablePath(path));
+  const std::string dir = DirectoryOf(path);
   const std::string temp = TempPathFor(path);
   const int fd =
       ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);

@@ -12,6 +12,7 @@
 #include "eplb/controller.h"
 #include "eplb/io.h"
 #include "eplb/load.h"
+#include "eplb/metrics.h"
 #include "eplb/migration.h"
 #include "eplb/sim/expert_ffn.h"
 #include "eplb/sim/synthetic_weights.h"
@@ -513,6 +514,30 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
         std::max(sum->max_layers_per_step, s.max_layers_per_step);
     sum->plan_hash_mismatches += s.plan_hash_mismatches;
     if (sum->warmup_steps < 0) sum->warmup_steps = s.warmup_steps;
+    sum->cycles += s.cycles;
+    sum->total_stall_nanos += s.total_stall_nanos;
+    for (int b = 0; b < kPlanTimeBuckets; ++b) {
+      sum->plan_time_buckets[b] += s.plan_time_buckets[b];
+    }
+    sum->plans_timed += s.plans_timed;
+    sum->plan_nanos_sum += s.plan_nanos_sum;
+  };
+  // Metrics: the heat of the latest step per logical expert (opt-in).
+  LoadMatrix step_heat(o.metrics_heat ? num_layers : 0,
+                       o.metrics_heat ? num_experts : 0);
+  auto render_metrics = [&](const ControllerStats& cs,
+                            const ServingMetrics* serving) {
+    MetricsInput in;
+    in.stats = &cs;
+    const size_t have = result.imbalance_by_step_layer.size();
+    if (have >= static_cast<size_t>(num_layers)) {
+      in.layer_balance = std::span<const double>(
+          result.imbalance_by_step_layer.data() + have - num_layers,
+          static_cast<size_t>(num_layers));
+    }
+    if (o.metrics_heat) in.expert_heat = &step_heat;
+    in.serving = serving;
+    return RenderPrometheus(in);
   };
   // Experts (l * E + e) whose tokens wait for a reload, and until when.
   std::vector<char> reloading(static_cast<size_t>(num_layers) * num_experts, 0);
@@ -659,6 +684,9 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
         std::span<const double> row = trace.row(ts, l);
         for (int e = 0; e < num_experts; ++e) counts[e] += row[e];
       }
+      if (o.metrics_heat) {
+        for (int e = 0; e < num_experts; ++e) step_heat.at(l, e) = counts[e];
+      }
       int64_t layer_tokens = 0;
       for (int e = 0; e < num_experts; ++e) {
         tokens_of[e] = std::llround(counts[e]);
@@ -771,6 +799,12 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
     without.per_step.push_back(scored ? sum_without / scored : 1.0);
     ++result.steps;
     if (o.progress) o.progress(s + 1, steps);
+    if (o.metrics) {
+      ControllerStats cs = retired;
+      add_stats(&cs, controller.stats());
+      cs.steps = result.steps;
+      o.metrics(render_metrics(cs, nullptr));
+    }
   }
   sv->controller->Shutdown();
   result.final_ranks = sv->topology.num_ranks;
@@ -837,6 +871,12 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
       without.utilization_n
           ? without.utilization_sum / static_cast<double>(without.utilization_n)
           : 1;
+  cs.steps = result.steps;
+  const ServingMetrics serving{.ttft_p99_seconds = tw.p99,
+                               .tpot_avg_seconds = tw.mean,
+                               .utilization = result.utilization};
+  result.metrics = render_metrics(cs, &serving);
+  if (o.metrics) o.metrics(result.metrics);
   return result;
 }
 

@@ -16,6 +16,9 @@
 #ifdef EPLB_HAVE_MPI
 #include "eplb/mpi.h"
 #endif
+#ifdef EPLB_HAVE_HTTP
+#include "eplb/metrics_server.h"
+#endif
 
 namespace eplb::cli {
 namespace {
@@ -51,6 +54,10 @@ struct ReplayFlags {
   int fail_rank = -1;
   int64_t fail_at_step = -1;
   int64_t rank_timeout_ms = 5000;
+  int metrics_port = 0;
+  std::string metrics_host = "0.0.0.0";
+  std::string metrics_file;
+  bool metrics_heat = false;
 };
 
 // The trace shipped in data/: found next to the sources (build tree) or the
@@ -148,6 +155,23 @@ int RunReplayCommand(const ReplayFlags& f) {
                                      std::to_string(f.corrupt_every) +
                                      ": must be >= 0"));
   }
+  if (f.metrics_port != 0 && (f.metrics_port < 1 || f.metrics_port > 65535)) {
+    return Fail(InvalidArgumentError("--metrics-port " +
+                                     std::to_string(f.metrics_port) +
+                                     ": must be in [1, 65535]"));
+  }
+  if (!f.metrics_file.empty()) {
+    // Fail now, not after the whole run.
+    Status dir = CheckWritablePath(f.metrics_file);
+    if (!dir.ok()) return Fail(dir.WithPrefix("--metrics-file"));
+  }
+#ifndef EPLB_HAVE_HTTP
+  if (f.metrics_port != 0) {
+    return Fail(FailedPreconditionError(
+        "--metrics-port: this eplb was built without cpp-httplib (install "
+        "libcpp-httplib-dev and rebuild)"));
+  }
+#endif
   if (f.forge_checksums && f.corrupt_every == 0) {
     return Fail(InvalidArgumentError(
         "--forge-checksums: needs --corrupt-every (nothing to forge)"));
@@ -265,6 +289,19 @@ int RunReplayCommand(const ReplayFlags& f) {
     if (!d.ok()) return Fail(d.status().WithPrefix("--dispatch"));
     o.dispatch = *d;
   }
+  o.metrics_heat = f.metrics_heat;
+#ifdef EPLB_HAVE_HTTP
+  std::unique_ptr<MetricsServer> metrics_server;
+  if (f.metrics_port != 0 && speaks) {
+    StatusOr<std::unique_ptr<MetricsServer>> server =
+        MetricsServer::Start(f.metrics_host, f.metrics_port);
+    if (!server.ok()) return Fail(server.status().WithPrefix("--metrics-port"));
+    metrics_server = std::move(*server);
+    o.metrics = [&metrics_server](const std::string& text) {
+      metrics_server->Set(text);
+    };
+  }
+#endif
   o.interrupt = &g_interrupted;
   o.log = [speaks](std::string_view line) {
     if (!speaks) return;
@@ -324,6 +361,10 @@ int RunReplayCommand(const ReplayFlags& f) {
   if (!f.report.empty()) {
     Status s = WriteFileAtomic(f.report, Html(*r, title, column));
     if (!s.ok()) return Fail(s);
+  }
+  if (!f.metrics_file.empty()) {
+    Status s = WriteFileAtomic(f.metrics_file, r->metrics);
+    if (!s.ok()) return Fail(s.WithPrefix("--metrics-file"));
   }
   if (f.json) {
     std::printf("%s\n",
@@ -459,6 +500,16 @@ void AddReplayCommand(CLI::App* app, int* exit_code) {
   cmd->add_option("--corrupt-every", f->corrupt_every,
                   "Testing: flip a byte of every N-th transferred expert "
                   "after it lands (the layer must not commit)");
+  cmd->add_option("--metrics-port", f->metrics_port,
+                  "Serve GET /metrics (Prometheus text format) on this port "
+                  "while the replay runs (rank 0)");
+  cmd->add_option("--metrics-host", f->metrics_host,
+                  "Address the metrics endpoint binds (default 0.0.0.0)");
+  cmd->add_option("--metrics-file", f->metrics_file,
+                  "Write the final metrics (Prometheus text format)");
+  cmd->add_flag("--metrics-heat", f->metrics_heat,
+                "Include each expert's tokens of the latest step in the "
+                "metrics (layers x experts series)");
   cmd->add_flag("--forge-checksums", f->forge_checksums,
                 "Testing, with --corrupt-every: the corrupted transfers also "
                 "report the checksum of what landed, so they pass the "

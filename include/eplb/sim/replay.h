@@ -106,6 +106,13 @@ struct ReplayOptions {
   };
   std::function<StatusOr<Survivors>()> recover;
   std::function<void()> leave;
+  // Called on the replay thread after every replay step with the figures so
+  // far in the Prometheus text format (eplb/metrics.h; for a /metrics
+  // endpoint), and once more at the end with the final ones (as
+  // ReplayResult::metrics). With metrics_heat, the exposition includes each
+  // logical expert's tokens in the latest step.
+  std::function<void(const std::string& exposition)> metrics;
+  bool metrics_heat = false;
 };
 
 struct Distribution {
@@ -177,6 +184,9 @@ struct ReplayResult {
   // This process is the one that failed (over MPI): its figures are not
   // the job's.
   bool failed_here = false;
+  // The final figures in the Prometheus text format, the cost model's
+  // serving figures included.
+  std::string metrics;
 };
 
 // The replay's defaults: one set, used by `eplb replay` and the harnesses
