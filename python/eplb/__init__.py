@@ -18,16 +18,38 @@ ascending, -1 padded; logcnt [layers, experts] its replica count.
 incremental policies move as little as they can. Unlike DeepSeek's
 reference, no two replicas of an expert are placed on one rank.
 
+Also bound (numpy arrays or CPU torch tensors in; the GIL released while
+C++ works):
+  HeatRecorder(num_layers, num_experts, num_slots, ring_steps=64,
+               stage="all", max_num_reqs=256): record_topk(layer, topk_ids,
+               log2phy), record_slot_counts(layer, counts), end_step(tokens),
+               snapshot() -> {"window", "samples", "steps_counted", ...}
+  BalancedDispatcher(num_experts, num_ranks, slots_per_rank):
+               set_placement(phy2log_row), compute_quotas(counts) ->
+               (quota per slot, busiest rank's load), map_tokens(topk_ids)
+  parse_config(json_text) -> dict (the eplb_config, validated; the
+               DYNAMIC_EPLB / EXPERT_MAP_RECORD guard read from os.environ)
+  read_expert_map(path) / write_expert_map(path, placement, num_experts) /
+  validate_map(placement, num_experts): vllm-ascend expert maps as
+               [layers, ranks, slots_per_rank] int32 arrays
+  replay(trace, ranks=..., redundant=..., policy=..., ...) -> dict, the
+               same figures as `eplb replay --json` (lockstep simulation)
+
 Errors raise eplb.EplbError (a ValueError) with the library's one-line
 message naming the argument and its value.
 """
 
 import numpy as _np
 
-from ._eplb import EplbError
+import json as _json
+
+from ._eplb import (EplbError, parse_config, read_expert_map, validate_map,
+                    write_expert_map)
 from . import _eplb
 
-__all__ = ["EplbError", "rebalance_experts"]
+__all__ = ["BalancedDispatcher", "EplbError", "HeatRecorder", "parse_config",
+           "read_expert_map", "rebalance_experts", "replay", "validate_map",
+           "write_expert_map"]
 
 
 def _torch_tensor(x):
@@ -60,3 +82,55 @@ def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus,
         import torch
         return tuple(torch.from_numpy(a) for a in out)
     return out
+
+
+def replay(trace, **options):
+    """Replays `trace` (a trace CSV / SGLang dump path, or a [steps, layers,
+    experts] array) in lockstep; returns `eplb replay --json`'s figures."""
+    if not isinstance(trace, str):
+        trace = _as_numpy(trace, _np.float64, "trace")
+    return _json.loads(_eplb.replay(trace, **options))
+
+
+def _view(x, what):
+    """A CPU torch tensor as a numpy view of its memory (no copy)."""
+    if _torch_tensor(x):
+        t = x.detach()
+        if t.device.type != "cpu":
+            raise EplbError(f"{what}: a tensor on {t.device}; pass a CPU tensor")
+        return t.contiguous().numpy()
+    return x
+
+
+class HeatRecorder(_eplb.HeatRecorder):
+    __doc__ = _eplb.HeatRecorder.__doc__
+
+    def record_topk(self, layer, topk_ids, log2phy):
+        super().record_topk(layer, _view(topk_ids, "topk_ids"),
+                            _view(log2phy, "log2phy"))
+
+    def record_slot_counts(self, layer, slot_counts):
+        super().record_slot_counts(layer, _view(slot_counts, "slot_counts"))
+
+
+class BalancedDispatcher(_eplb.BalancedDispatcher):
+    __doc__ = _eplb.BalancedDispatcher.__doc__
+
+    def set_placement(self, placement):
+        super().set_placement(_view(placement, "placement"))
+
+    def compute_quotas(self, counts):
+        as_torch = _torch_tensor(counts)
+        quota, peak = super().compute_quotas(_view(counts, "counts"))
+        if as_torch:
+            import torch
+            quota = torch.from_numpy(quota)
+        return quota, peak
+
+    def map_tokens(self, topk_ids):
+        as_torch = _torch_tensor(topk_ids)
+        out = super().map_tokens(_view(topk_ids, "topk_ids"))
+        if as_torch:
+            import torch
+            out = torch.from_numpy(out)
+        return out

@@ -1,0 +1,112 @@
+"""The heat recorder, balanced dispatch, config, maps and replay from Python."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import eplb
+
+try:
+    import torch
+except ImportError:  # pragma: no cover
+    torch = None
+
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
+TRACE = os.path.join(ROOT, "data", "dsv2lite-puffin", "prefill_by_prompt.csv")
+
+
+def test_heat_recorder_counts_through_log2phy():
+    rec = eplb.HeatRecorder(num_layers=2, num_experts=4, num_slots=6)
+    log2phy = np.array([0, 1, 2, 3], np.int32)
+    rec.record_topk(0, np.array([[0, 1], [0, 3], [7, 0]], np.int64), log2phy)
+    rec.record_topk(1, np.array([2, 2, 2], np.int32), log2phy)
+    rec.end_step(3)
+    snap = rec.snapshot()
+    assert snap["steps_counted"] == 1
+    assert snap["dropped_ids"] == 1  # Expert 7 is out of range.
+    assert snap["window"].shape == (2, 6)
+    assert list(snap["window"][0]) == [3, 1, 0, 1, 0, 0]
+    assert list(snap["window"][1]) == [0, 0, 3, 0, 0, 0]
+    assert snap["samples"].shape == (1, 2, 6)
+    with pytest.raises(eplb.EplbError, match="layer = 2"):
+        rec.record_topk(2, np.array([0], np.int32), log2phy)
+    with pytest.raises(eplb.EplbError, match="log2phy"):
+        rec.record_topk(0, np.array([0], np.int32), np.array([0, 1], np.int32))
+    with pytest.raises(eplb.EplbError, match="stage"):
+        eplb.HeatRecorder(1, 4, 4, stage="sometimes")
+
+
+@pytest.mark.skipif(torch is None, reason="python3-torch not installed")
+def test_heat_recorder_takes_torch_tensors():
+    rec = eplb.HeatRecorder(1, 4, 4)
+    rec.record_topk(0, torch.tensor([[1, 2]]), torch.tensor([0, 1, 2, 3],
+                                                           dtype=torch.int32))
+    rec.end_step(1)
+    assert list(rec.snapshot()["window"][0]) == [0, 1, 1, 0]
+    d = eplb.BalancedDispatcher(3, 2, 2)
+    d.set_placement(torch.tensor([0, 1, 0, 2], dtype=torch.int32))
+    quota, peak = d.compute_quotas(torch.tensor([6, 1, 1]))
+    assert isinstance(quota, torch.Tensor) and peak == 4
+    phys = d.map_tokens(torch.tensor([[0, 1], [0, 2]]))
+    assert isinstance(phys, torch.Tensor) and phys.dtype == torch.int64
+    assert phys.tolist() == [[0, 1], [0, 3]]
+
+
+def test_balanced_dispatch_quotas_and_mapping():
+    d = eplb.BalancedDispatcher(num_experts=3, num_ranks=2, slots_per_rank=2)
+    d.set_placement(np.array([0, 1, 0, 2], np.int32))  # Expert 0 twice.
+    quota, peak = d.compute_quotas(np.array([6, 1, 1], np.int64))
+    assert list(quota) == [3, 1, 3, 1] and peak == 4
+    ids = np.array([0, 0, 1, 0, 0, 2, 0, 0], np.int64)
+    phys = d.map_tokens(ids)
+    assert phys.dtype == np.int64 and phys.shape == ids.shape
+    assert list(phys) == [0, 0, 1, 0, 2, 3, 2, 2]
+    with pytest.raises(eplb.EplbError, match="placement"):
+        d.set_placement(np.array([0, 0, 1, 2], np.int32))  # 0 twice on rank 0.
+    with pytest.raises(eplb.EplbError, match="counts"):
+        d.compute_quotas(np.array([1, -1, 0], np.int64))
+
+
+def test_parse_config(monkeypatch):
+    monkeypatch.setenv("DYNAMIC_EPLB", "true")
+    c = eplb.parse_config(json.dumps({"dynamic_eplb": True,
+                                      "num_redundant_experts": 16,
+                                      "eplb_policy_type": 3}))
+    assert c["mode"] == "dynamic"
+    assert c["num_redundant_experts"] == 16 and c["eplb_policy_type"] == 3
+    with pytest.raises(eplb.EplbError, match="eplb_policy_type"):
+        eplb.parse_config('{"eplb_policy_type": 9}')
+    monkeypatch.delenv("DYNAMIC_EPLB")
+    with pytest.raises(eplb.EplbError, match="DYNAMIC_EPLB"):
+        eplb.parse_config('{"dynamic_eplb": true}')
+
+
+def test_maps_round_trip(tmp_path):
+    placement = np.array([[[0, 1], [2, 3]], [[3, 2], [1, 0]]], np.int32)
+    path = str(tmp_path / "map.json")
+    eplb.write_expert_map(path, placement, 4)
+    assert (eplb.read_expert_map(path) == placement).all()
+    assert eplb.validate_map(placement, 4) == []
+    bad = placement.copy()
+    bad[0, 0, 1] = 0
+    problems = eplb.validate_map(bad, 4)
+    assert problems and "layer 0" in problems[0]
+    with pytest.raises(eplb.EplbError):
+        eplb.write_expert_map(str(tmp_path / "bad.json"), bad, 4)
+    assert not (tmp_path / "bad.json").exists()
+    with pytest.raises(eplb.EplbError, match="nope.json"):
+        eplb.read_expert_map(str(tmp_path / "nope.json"))
+
+
+def test_replay_from_python_matches_the_cli_figures():
+    r = eplb.replay(TRACE, ranks=4, redundant=4, batch_steps=16,
+                    verify_outputs=True)
+    assert r["steps"] == 63 and r["rebalances"] >= 1
+    assert r["outputs_mismatched"] == 0 and r["outputs_verified"] > 0
+    assert r["imbalance"]["median"] < r["baseline_imbalance"]["median"]
+    trace = np.random.default_rng(1).poisson(3.0, size=(40, 2, 8)).astype(float)
+    small = eplb.replay(trace, ranks=2, redundant=2, heat_interval=4)
+    assert small["steps"] == 40 and small["experts"] == 8
+    with pytest.raises(eplb.EplbError, match="redundant"):
+        eplb.replay(trace, ranks=3, redundant=2)
