@@ -19,6 +19,7 @@ PACKAGES=(
   python3-torch python3-pytest          # its torch paths; its tests
   pkg-config libcpp-httplib-dev         # the /metrics endpoint (replay --metrics-port)
   prometheus                            # promtool, which checks the metrics in tests
+  chromium                              # renders the --report page in a test
 )
 
 install_deps() {

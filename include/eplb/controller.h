@@ -131,7 +131,8 @@ struct ControllerStats {
   int64_t max_stall_nanos =
       0;  // Longest the serving thread waited on migration.
   int64_t total_stall_nanos = 0;
-  int64_t max_plan_nanos = 0;  // Planner thread, per plan.
+  int64_t max_plan_nanos = 0;   // Planner thread, per plan.
+  int64_t last_plan_nanos = 0;  // The latest plan taken.
   // Steps served before the first plan was fully committed; -1 until then.
   int64_t warmup_steps = -1;
   // Over the plans taken: layers the policy kept, re-planned incrementally

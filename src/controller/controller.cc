@@ -379,6 +379,7 @@ void Controller::TakePlan() {
     }
     ++stats_.plan_time_buckets[bucket];
     ++stats_.plans_timed;
+    stats_.last_plan_nanos = planner_->plan_nanos;
     stats_.plan_nanos_sum += planner_->plan_nanos;
   }
   planner_->state.store(Planner::kIdle, std::memory_order_release);

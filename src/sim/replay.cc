@@ -361,9 +361,16 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
     copts.sync_migration = o.sync_migration;
     copts.lockstep = !o.pace;
     copts.log = o.log;
-    copts.on_commit = [&write_line](int64_t step, int layer,
-                                    const Placement& p) {
+    copts.on_commit = [&write_line, &result](int64_t step, int layer,
+                                             const Placement& p) {
       write_line(PlacementLine(step, layer, p));
+      if (step >= 0) {
+        const auto at = static_cast<size_t>(step);
+        if (result.commits_per_step.size() <= at) {
+          result.commits_per_step.resize(at + 1, 0);
+        }
+        ++result.commits_per_step[at];
+      }
     };
     EPLB_ASSIGN_OR_RETURN(sv->controller, Controller::Create(std::move(copts)));
     if (balanced) {
@@ -629,6 +636,12 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
   const double dense_s = o.hardware.dense_us_per_layer * 1e-6 * num_layers;
   const auto wall_start = std::chrono::steady_clock::now();
   int64_t bytes_before = 0;
+  result.report_ranks = t0.num_ranks;
+  result.rank_layer_load.assign(static_cast<size_t>(num_layers) * t0.num_ranks,
+                                0.0);
+  result.baseline_rank_layer_load = result.rank_layer_load;
+  std::vector<int64_t> load_steps(num_layers, 0);
+  ControllerStats seen;  // The previous step's, for the report's series.
   for (int64_t s = 0; s < steps; ++s) {
     // Fault injection: the failing rank stops serving here.
     const bool failing = s == o.fail_at_step && o.fail_rank >= 0 &&
@@ -744,6 +757,24 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
       dispatch(baseline_routing[l], balanced ? &base_dispatch[l] : nullptr,
                base_slots);
       rank_sums(t0, base_slots, base);
+      if (t.num_ranks == t0.num_ranks) {
+        // The report's rank x layer loads, on the starting ranks.
+        double m = 0, mb = 0;
+        for (int r = 0; r < t0.num_ranks; ++r) {
+          m += ranks[r];
+          mb += base[r];
+        }
+        if (m > 0 && mb > 0) {
+          m /= t0.num_ranks;
+          mb /= t0.num_ranks;
+          for (int r = 0; r < t0.num_ranks; ++r) {
+            const size_t at = static_cast<size_t>(l) * t0.num_ranks + r;
+            result.rank_layer_load[at] += ranks[r] / m;
+            result.baseline_rank_layer_load[at] += base[r] / mb;
+          }
+          ++load_steps[l];
+        }
+      }
       double base_util = 1;
       step_without += MoeLayerSeconds(o.hardware, o.model, base, &base_util);
       const double y = Imbalance(base);
@@ -798,6 +829,29 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
     with.per_step.push_back(scored ? sum_with / scored : 1.0);
     without.per_step.push_back(scored ? sum_without / scored : 1.0);
     ++result.steps;
+    {
+      // The report's series: moves by rebalance, plans taken.
+      ControllerStats now = retired;
+      add_stats(&now, controller.stats());
+      if (now.rebalances > 0) {
+        const auto k = static_cast<size_t>(now.rebalances - 1);
+        if (result.experts_moved_by_rebalance.size() <= k) {
+          result.experts_moved_by_rebalance.resize(k + 1, 0);
+          result.bytes_moved_by_rebalance.resize(k + 1, 0);
+        }
+        result.experts_moved_by_rebalance[k] +=
+            now.experts_moved - seen.experts_moved;
+        result.bytes_moved_by_rebalance[k] +=
+            now.bytes_moved - seen.bytes_moved;
+      }
+      if (now.cycles > seen.cycles) {
+        result.plan_steps.push_back(s);
+        result.plan_ms.push_back(
+            static_cast<double>(controller.stats().last_plan_nanos) / 1e6);
+        result.plan_late.push_back(now.cycles_late > seen.cycles_late ? 1 : 0);
+      }
+      seen = now;
+    }
     if (o.progress) o.progress(s + 1, steps);
     if (o.metrics) {
       ControllerStats cs = retired;
@@ -871,6 +925,15 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
       without.utilization_n
           ? without.utilization_sum / static_cast<double>(without.utilization_n)
           : 1;
+  for (int l = 0; l < num_layers; ++l) {
+    for (int r = 0; r < t0.num_ranks && load_steps[l] > 0; ++r) {
+      const size_t at = static_cast<size_t>(l) * t0.num_ranks + r;
+      result.rank_layer_load[at] /= static_cast<double>(load_steps[l]);
+      result.baseline_rank_layer_load[at] /= static_cast<double>(load_steps[l]);
+    }
+  }
+  result.commits_per_step.resize(static_cast<size_t>(result.steps), 0);
+  result.plan_budget_ms = o.config.algorithm_execution_interval * tw.mean * 1e3;
   cs.steps = result.steps;
   const ServingMetrics serving{.ttft_p99_seconds = tw.p99,
                                .tpot_avg_seconds = tw.mean,

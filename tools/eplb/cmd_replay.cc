@@ -13,6 +13,7 @@
 #include "eplb/config.h"
 #include "eplb/io.h"
 #include "eplb/sim/replay.h"
+#include "eplb/sim/report.h"
 #ifdef EPLB_HAVE_MPI
 #include "eplb/mpi.h"
 #endif
@@ -84,60 +85,6 @@ std::string Bytes(double b) {
   return buf;
 }
 
-std::string Html(const ReplayResult& r, const std::string& title,
-                 const std::string& column) {
-  auto polyline = [&](const std::vector<double>& v, double lo, double hi) {
-    std::string pts;
-    const double w = 900, h = 300;
-    for (size_t i = 0; i < v.size(); ++i) {
-      const double x = v.size() > 1 ? w * static_cast<double>(i) /
-                                          static_cast<double>(v.size() - 1)
-                                    : 0;
-      const double y = h - h * (std::clamp(v[i], lo, hi) - lo) / (hi - lo);
-      pts += std::to_string(x + 50) + "," + std::to_string(y + 20) + " ";
-    }
-    return pts;
-  };
-  double hi = 1.1;
-  for (double x : r.baseline_imbalance_per_step) hi = std::max(hi, x);
-  for (double x : r.imbalance_per_step) hi = std::max(hi, x);
-  char summary[1024];
-  std::snprintf(
-      summary, sizeof summary,
-      "<tr><td>imbalance median / p90</td><td>%.3f / %.3f</td><td>%.3f / "
-      "%.3f</td></tr>"
-      "<tr><td>TTFT p99 (model)</td><td>%.2f ms</td><td>%.2f ms</td></tr>"
-      "<tr><td>TPOT avg (model)</td><td>%.2f ms</td><td>%.2f ms</td></tr>"
-      "<tr><td>experts moved</td><td>0</td><td>%lld</td></tr>",
-      r.baseline_imbalance.median, r.baseline_imbalance.p90, r.imbalance.median,
-      r.imbalance.p90, r.baseline_ttft_p99_ms, r.ttft_p99_ms,
-      r.baseline_tpot_avg_ms, r.tpot_avg_ms,
-      static_cast<long long>(r.experts_moved));
-  return "<!doctype html><html><head><meta charset=\"utf-8\"><title>eplb "
-         "replay</title>"
-         "<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 12px}"
-         "</style></head><body><h1>eplb replay</h1><p>" +
-         title + "</p><table><tr><th></th><th>no balancing</th><th>" + column +
-         "</th></tr>" + summary +
-         "</table><h2>Realized imbalance per step (max/mean rank load, mean "
-         "over layers)"
-         "</h2><svg width=\"1000\" height=\"360\" "
-         "xmlns=\"http://www.w3.org/2000/svg\">"
-         "<rect x=\"50\" y=\"20\" width=\"900\" height=\"300\" fill=\"none\" "
-         "stroke=\"#999\"/><text x=\"5\" y=\"25\">" +
-         std::to_string(hi).substr(0, 4) +
-         "</text><text x=\"5\" y=\"320\">1.0</text><polyline fill=\"none\" "
-         "stroke=\"#c33\" stroke-width=\"1.5\" points=\"" +
-         polyline(r.baseline_imbalance_per_step, 1.0, hi) +
-         "\"/><polyline fill=\"none\" stroke=\"#36c\" stroke-width=\"1.5\" "
-         "points=\"" +
-         polyline(r.imbalance_per_step, 1.0, hi) +
-         "\"/><text x=\"60\" y=\"350\" fill=\"#c33\">no balancing</text><text "
-         "x=\"200\" "
-         "y=\"350\" fill=\"#36c\">" +
-         column + "</text></svg></body></html>\n";
-}
-
 int RunReplayCommand(const ReplayFlags& f) {
   // One process per rank: MPI first, so that every process fails alike.
   const bool mpi = f.transport == "mpi";
@@ -159,6 +106,10 @@ int RunReplayCommand(const ReplayFlags& f) {
     return Fail(InvalidArgumentError("--metrics-port " +
                                      std::to_string(f.metrics_port) +
                                      ": must be in [1, 65535]"));
+  }
+  if (!f.report.empty()) {
+    Status dir = CheckWritablePath(f.report);
+    if (!dir.ok()) return Fail(dir.WithPrefix("--report"));
   }
   if (!f.metrics_file.empty()) {
     // Fail now, not after the whole run.
@@ -359,7 +310,8 @@ int RunReplayCommand(const ReplayFlags& f) {
       f.sync ? "stop-the-world" : "async",
       std::string(DispatchModeName(o.dispatch)).c_str(), hw->name.c_str());
   if (!f.report.empty()) {
-    Status s = WriteFileAtomic(f.report, Html(*r, title, column));
+    Status s =
+        WriteFileAtomic(f.report, ReplayReportHtml(*r, o, title, column));
     if (!s.ok()) return Fail(s);
   }
   if (!f.metrics_file.empty()) {

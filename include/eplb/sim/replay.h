@@ -187,6 +187,25 @@ struct ReplayResult {
   // The final figures in the Prometheus text format, the cost model's
   // serving figures included.
   std::string metrics;
+  // For the report (ReplayReportHtml):
+  // layers committed at each replay step (serving from that step) [steps];
+  std::vector<int> commits_per_step;
+  // mean over the steps served on the starting ranks of each rank's load
+  // over the mean rank load, [L][R] (R: the ranks at the start), with and
+  // without balancing;
+  std::vector<double> rank_layer_load;
+  std::vector<double> baseline_rank_layer_load;
+  int report_ranks = 0;
+  // experts moved and real bytes moved by each rebalance, in order;
+  std::vector<int64_t> experts_moved_by_rebalance;
+  std::vector<int64_t> bytes_moved_by_rebalance;
+  // each plan taken: the replay step it was taken at, its time on the
+  // planner thread, and whether it was late; the time a plan may take
+  // (algorithm_execution_interval x the mean modelled step).
+  std::vector<int64_t> plan_steps;
+  std::vector<double> plan_ms;
+  std::vector<char> plan_late;
+  double plan_budget_ms = 0;
 };
 
 // The replay's defaults: one set, used by `eplb replay` and the harnesses
