@@ -392,6 +392,87 @@ std::string Replay(const py::object& trace_arg, int ranks, int redundant,
                                     : "<array>",
                                 "inprocess");
 }
+
+py::tuple Plan(const py::object& load_arg, int num_ranks, int slots_per_rank,
+               const std::string& policy_name,
+               const std::optional<CArray<int32_t>>& current_arg,
+               int num_groups, int ranks_per_node, const std::string& dispatch,
+               double migration_budget, int window) {
+  auto a = load_arg.cast<CArray<double>>();
+  if (a.ndim() != 2 && a.ndim() != 3) {
+    Raise("load: must be [layers, experts] or [steps, layers, experts], has " +
+          std::to_string(a.ndim()) + " dimensions");
+  }
+  const int steps = a.ndim() == 3 ? static_cast<int>(a.shape(0)) : 1;
+  const int layers = static_cast<int>(a.shape(a.ndim() - 2));
+  const int experts = static_cast<int>(a.shape(a.ndim() - 1));
+  eplb::LoadTrace trace(steps, layers, experts);
+  std::copy(a.data(), a.data() + a.size(), trace.mutable_data().begin());
+  Check(eplb::ValidateLoad(trace).WithPrefix("load"));
+  if (window < 0)
+    Raise("window = " + std::to_string(window) + ": must be >= 0");
+  const int first = window > 0 ? std::max(0, steps - window) : 0;
+  eplb::LoadMatrix load(layers, experts);
+  for (int t = first; t < steps; ++t) {
+    for (int l = 0; l < layers; ++l) {
+      for (int e = 0; e < experts; ++e) load.at(l, e) += trace.at(t, l, e);
+    }
+  }
+  const eplb::Topology topology = Value(
+      eplb::MakeTopology(experts, num_ranks, slots_per_rank, ranks_per_node));
+  eplb::Placement current =
+      current_arg.has_value()
+          ? ToPlacement(*current_arg, experts)
+          : eplb::Placement::Initial(layers, experts, topology);
+  if (current.num_layers() != layers || current.num_ranks() != num_ranks ||
+      current.slots_per_rank() != slots_per_rank) {
+    Raise("current: must be [layers, num_ranks, slots_per_rank] = [" +
+          std::to_string(layers) + ", " + std::to_string(num_ranks) + ", " +
+          std::to_string(slots_per_rank) + "]");
+  }
+  Check(eplb::ViolationsToStatus(eplb::CheckPlacement(current))
+            .WithPrefix("current"));
+  std::unique_ptr<eplb::Policy> policy = Value(eplb::CreatePolicy(policy_name));
+  eplb::PolicyOptions options;
+  options.num_groups = num_groups;
+  options.dispatch = Value(eplb::ParseDispatchMode(dispatch));
+  options.migration_budget = migration_budget;
+  if (!(migration_budget > 0 && migration_budget <= 1)) {
+    Raise("migration_budget = " + std::to_string(migration_budget) +
+          ": must be in (0, 1]");
+  }
+  eplb::PolicyInput input;
+  input.current = &current;
+  input.load = &load;
+  input.samples = steps > 1 ? &trace : nullptr;
+  input.topology = topology;
+  input.window_steps = steps - first;
+  std::optional<eplb::StatusOr<eplb::Plan>> plan;
+  {
+    py::gil_scoped_release release;
+    plan.emplace(policy->Rebalance(input, options));
+  }
+  const eplb::Plan p = Value(std::move(*plan));
+  py::dict report;
+  std::vector<double> cur, pred, bound;
+  std::vector<int> moved;
+  std::vector<std::string> choice;
+  for (const eplb::LayerPlan& lp : p.layers) {
+    cur.push_back(lp.current_imbalance);
+    pred.push_back(lp.predicted_imbalance);
+    bound.push_back(lp.lower_bound);
+    moved.push_back(lp.moved_experts);
+    choice.emplace_back(eplb::LayerChoiceName(lp.choice));
+  }
+  report["policy"] = std::string(policy->name());
+  report["current_imbalance"] = cur;
+  report["predicted_imbalance"] = pred;
+  report["lower_bound"] = bound;
+  report["moved_experts"] = moved;
+  report["choice"] = choice;
+  report["notes"] = p.notes;
+  return py::make_tuple(FromPlacement(p.placement), report);
+}
 }  // namespace
 
 PYBIND11_MODULE(_eplb, m) {
@@ -427,6 +508,11 @@ PYBIND11_MODULE(_eplb, m) {
         py::arg("num_experts"));
   m.def("validate_map", &ValidateMap, py::arg("placement"),
         py::arg("num_experts"));
+  m.def("plan", &Plan, py::arg("load"), py::arg("num_ranks"),
+        py::arg("slots_per_rank"), py::arg("policy") = "swift",
+        py::arg("current") = py::none(), py::arg("num_groups") = 1,
+        py::arg("ranks_per_node") = 0, py::arg("dispatch") = "rr",
+        py::arg("migration_budget") = 1.0, py::arg("window") = 0);
   m.def("replay", &Replay, py::arg("trace"), py::arg("ranks") = 0,
         py::arg("redundant") = -1, py::arg("policy") = "",
         py::arg("heat_interval") = 0, py::arg("algo_interval") = 0,

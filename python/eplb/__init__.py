@@ -32,6 +32,11 @@ C++ works):
   read_expert_map(path) / write_expert_map(path, placement, num_experts) /
   validate_map(placement, num_experts): vllm-ascend expert maps as
                [layers, ranks, slots_per_rank] int32 arrays
+  plan(load, num_ranks, slots_per_rank, policy="swift", current=None,
+       num_groups=1, ranks_per_node=0, dispatch="rr", migration_budget=1.0,
+       window=0) -> (placement [layers, ranks, slots] int32, report dict):
+               `eplb plan` on a [layers, experts] load or a [steps, layers,
+               experts] trace (per-step samples for swift and flashlb)
   replay(trace, ranks=..., redundant=..., policy=..., ...) -> dict, the
                same figures as `eplb replay --json` (lockstep simulation)
 
@@ -48,7 +53,8 @@ from ._eplb import (EplbError, parse_config, read_expert_map, validate_map,
 from . import _eplb
 
 __all__ = ["BalancedDispatcher", "EplbError", "HeatRecorder", "parse_config",
-           "read_expert_map", "rebalance_experts", "replay", "validate_map",
+           "plan", "read_expert_map", "rebalance_experts", "replay",
+           "validate_map",
            "write_expert_map"]
 
 
@@ -134,3 +140,11 @@ class BalancedDispatcher(_eplb.BalancedDispatcher):
             import torch
             out = torch.from_numpy(out)
         return out
+
+
+def plan(load, num_ranks, slots_per_rank, *, policy="swift", current=None,
+         **options):
+    """See the module's documentation."""
+    cur = None if current is None else _as_numpy(current, _np.int32, "current")
+    return _eplb.plan(_as_numpy(load, _np.float64, "load"), int(num_ranks),
+                      int(slots_per_rank), str(policy), cur, **options)

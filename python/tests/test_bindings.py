@@ -110,3 +110,22 @@ def test_replay_from_python_matches_the_cli_figures():
     assert small["steps"] == 40 and small["experts"] == 8
     with pytest.raises(eplb.EplbError, match="redundant"):
         eplb.replay(trace, ranks=3, redundant=2)
+
+
+def test_plan_from_a_load_and_a_trace():
+    rng = np.random.default_rng(7)
+    load = rng.gamma(0.5, 100.0, size=(3, 16))
+    placement, report = eplb.plan(load, 4, 5, policy="flashlb")
+    assert placement.shape == (3, 4, 5) and placement.dtype == np.int32
+    assert eplb.validate_map(placement, 16) == []
+    assert all(p <= c + 1e-12 for p, c in zip(report["predicted_imbalance"],
+                                              report["current_imbalance"]))
+    assert report["policy"] == "flashlb" and len(report["choice"]) == 3
+    trace = rng.poisson(5.0, size=(12, 3, 16)).astype(float)
+    again, rep2 = eplb.plan(trace, 4, 5, current=placement, window=8,
+                            migration_budget=0.1)
+    assert sum(rep2["moved_experts"]) <= 0.1 * 3 * 4 * 5 + 1e-9
+    with pytest.raises(eplb.EplbError, match="migration_budget"):
+        eplb.plan(load, 4, 5, migration_budget=0.0)
+    with pytest.raises(eplb.EplbError, match="current"):
+        eplb.plan(load, 4, 5, current=np.zeros((3, 4, 5), np.int32))
