@@ -2,10 +2,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <cstring>
 #include <exception>
 #include <semaphore>
 #include <thread>
@@ -202,8 +202,7 @@ void Controller::PublishStats() {
   s.layers_aborted = m.layers_aborted;
   s.experts_moved = m.experts_moved;
   s.bytes_moved = m.bytes_moved;
-  std::array<uint64_t, kStatsWords> words;
-  std::memcpy(words.data(), &s, sizeof s);
+  const auto words = std::bit_cast<std::array<uint64_t, kStatsWords>>(s);
   const uint64_t seq = stats_seq_.load(std::memory_order_relaxed);
   stats_seq_.store(seq + 1, std::memory_order_relaxed);
   std::atomic_thread_fence(std::memory_order_release);
@@ -224,9 +223,7 @@ ControllerStats Controller::stats() const {
     std::atomic_thread_fence(std::memory_order_acquire);
     if (stats_seq_.load(std::memory_order_relaxed) == before) break;
   }
-  ControllerStats s;
-  std::memcpy(&s, words.data(), sizeof s);
-  return s;
+  return std::bit_cast<ControllerStats>(words);
 }
 
 void Controller::BeforeForward() {
