@@ -25,7 +25,9 @@ enum class EplbMode {
 std::string_view EplbModeName(EplbMode mode);  // "disabled", "static", ...
 
 // Which steps count as heat: prefill steps have more than
-// max_num_reqs tokens, decode steps at most that.
+// max_num_reqs tokens, decode steps at most that. Set by
+// eplb_heat_collection_stage or by its newer vllm-ascend name,
+// load_collection_phase (same values).
 enum class HeatStage { kAll, kPrefill, kDecode };
 std::string_view HeatStageName(HeatStage stage);  // "all", "prefill", "decode"
 
@@ -90,7 +92,8 @@ struct ParsedConfig {
 //  - JSON well-formed and an object; unknown key (lists the valid keys);
 //    wrong type (bool / string / integer; 3.0 is not an integer);
 //  - intervals >= 1; num_redundant_experts >= 0; eplb_policy_type in 0..3;
-//    eplb_heat_collection_stage in all / prefill / decode;
+//    eplb_heat_collection_stage and load_collection_phase (its newer name)
+//    in all / prefill / decode, and equal when both are given;
 //  - expert_map_path and expert_map_record_path end in ".json";
 //  - the environment guard: dynamic and recording modes need DYNAMIC_EPLB or
 //    EXPERT_MAP_RECORD set to true or 1 (case-insensitive); the error names

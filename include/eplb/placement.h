@@ -12,12 +12,15 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "eplb/status.h"
 #include "eplb/topology.h"
 
 namespace eplb {
+
+class LoadMatrix;
 
 class Placement {
  public:
@@ -118,10 +121,66 @@ struct Violation {
   std::string ToString() const;
 };
 
+// Whose rules a map is checked under. The engines differ on one point:
+// whether two replicas of one expert may sit on the same rank.
+enum class MapTarget {
+  // No expert twice on a rank: vllm-ascend's rule, and what eplb's own
+  // policies produce and expect.
+  kVllmAscend,
+  // Replicas of one expert may share a rank: SGLang serves such maps, and
+  // DeepSeek's reference planner (rebalance_experts) writes them.
+  kSglang,
+};
+std::string_view MapTargetName(MapTarget target);  // "vllm-ascend", "sglang"
+// Parses "vllm-ascend" or "sglang"; InvalidArgument lists the valid names.
+StatusOr<MapTarget> ParseMapTarget(std::string_view name);
+
 // Checks the placement invariants (and ids in range) on every layer:
-// every expert has >= 1 replica, no expert twice on a rank, ids in [0, E).
+// every expert has >= 1 replica, ids in [0, E), and, under
+// MapTarget::kVllmAscend, no expert twice on a rank.
 // Returns every violation, in layer, rank, slot order; empty when valid.
-std::vector<Violation> CheckPlacement(const Placement& placement);
+std::vector<Violation> CheckPlacement(
+    const Placement& placement, MapTarget target = MapTarget::kVllmAscend);
+
+// The layers (ascending) where some rank holds two replicas of one expert.
+// Ids outside [0, E) are ignored.
+std::vector<int> ColocatedLayers(const Placement& placement);
+
+// The one-line warning for those layers, e.g. "layers 3, 7, 12: an expert
+// twice on one rank (DeepSeek's and SGLang's planners allow it; eplb's
+// policies and vllm-ascend do not)"; at most 16 layers are named, then
+// "and N more". Empty when `layers` is empty.
+std::string ColocationWarning(std::span<const int> layers);
+
+// What RepairColocated changed.
+struct ColocationRepair {
+  int duplicates = 0;       // Replicas that shared a rank with another replica.
+  int swaps = 0;            // Slot pairs exchanged.
+  std::vector<int> layers;  // Layers changed, ascending.
+};
+
+// Moves every replica that shares a rank with another replica of its expert
+// to another rank, so the result passes CheckPlacement under
+// MapTarget::kVllmAscend. Each move swaps the duplicate with one slot of
+// another rank: one holding an expert the duplicate's rank lacks, on a rank
+// that lacks the duplicate's expert, so both ranks end with distinct experts
+// and every expert keeps its replica count; the other slots stay as they
+// are. While a layer has duplicates, the first in physical-id order that
+// some swap can move is moved (one always can: see placement.cc).
+// The partner slot is chosen by, in order:
+//  - with `load` ([L][E], tokens per logical expert, split evenly over an
+//    expert's replicas): the lowest busiest-rank load after the swap, then
+//    the lower of the two swapped ranks' loads;
+//  - a partner that is itself a duplicate (one swap fixes two);
+//  - the lowest physical id.
+// Without a load the result depends only on the placement. InvalidArgument
+// when the placement breaks another invariant (ids out of range, an expert on
+// no rank), when an expert has more replicas than there are ranks (two must
+// then share one; the message names the layer and the expert), or when
+// `load`'s shape differs from the placement's. On error `*placement` is
+// unchanged. O(L * D * R * K * (R + K)) for D duplicates per layer.
+StatusOr<ColocationRepair> RepairColocated(Placement* placement,
+                                           const LoadMatrix* load = nullptr);
 
 // Checks a plan against the placement it replaces: CheckPlacement(plan), same
 // shape, invariant 4 (an expert that stays on a rank keeps its slot) and

@@ -1,7 +1,12 @@
 #include "eplb/placement.h"
 
 #include <algorithm>
+#include <array>
+#include <cmath>
 #include <string>
+#include <string_view>
+
+#include "eplb/load.h"
 
 namespace eplb {
 
@@ -108,8 +113,10 @@ std::string Violation::ToString() const {
 
 namespace {
 
-// Invariants 1-2 and id range for one layer; appends to `out`.
-void CheckLayer(const Placement& p, int l, std::vector<Violation>* out) {
+// Invariants 1-2 and id range for one layer; appends to `out`. A second
+// replica on a rank is a violation under MapTarget::kVllmAscend only.
+void CheckLayer(const Placement& p, int l, MapTarget target,
+                std::vector<Violation>* out) {
   const int e_count = p.num_experts();
   const int k = p.slots_per_rank();
   std::vector<int> seen_slot(e_count, -1);  // Slot of e on the current rank.
@@ -125,7 +132,7 @@ void CheckLayer(const Placement& p, int l, std::vector<Violation>* out) {
         continue;
       }
       placed[e] = 1;
-      if (seen_rank[e] == r) {
+      if (seen_rank[e] == r && target == MapTarget::kVllmAscend) {
         out->push_back({l, r, s,
                         "expert " + std::to_string(e) +
                             " appears twice on the device (slots " +
@@ -147,7 +154,26 @@ void CheckLayer(const Placement& p, int l, std::vector<Violation>* out) {
 
 }  // namespace
 
-std::vector<Violation> CheckPlacement(const Placement& placement) {
+std::string_view MapTargetName(MapTarget target) {
+  switch (target) {
+    case MapTarget::kVllmAscend:
+      return "vllm-ascend";
+    case MapTarget::kSglang:
+      return "sglang";
+  }
+  return "unknown";
+}
+
+StatusOr<MapTarget> ParseMapTarget(std::string_view name) {
+  for (const MapTarget target : {MapTarget::kVllmAscend, MapTarget::kSglang}) {
+    if (name == MapTargetName(target)) return target;
+  }
+  return InvalidArgumentError("map target '" + std::string(name) +
+                              "': unknown (valid: vllm-ascend, sglang)");
+}
+
+std::vector<Violation> CheckPlacement(const Placement& placement,
+                                      MapTarget target) {
   std::vector<Violation> out;
   if (placement.num_experts() > placement.num_slots()) {
     out.push_back({-1, -1, -1,
@@ -155,9 +181,282 @@ std::vector<Violation> CheckPlacement(const Placement& placement) {
                        " experts do not fit in " +
                        std::to_string(placement.num_slots()) + " slots"});
   }
-  for (int l = 0; l < placement.num_layers(); ++l)
-    CheckLayer(placement, l, &out);
+  for (int l = 0; l < placement.num_layers(); ++l) {
+    CheckLayer(placement, l, target, &out);
+  }
   return out;
+}
+
+std::vector<int> ColocatedLayers(const Placement& placement) {
+  std::vector<int> layers;
+  const int e_count = placement.num_experts();
+  std::vector<int> seen_rank(e_count);
+  for (int l = 0; l < placement.num_layers(); ++l) {
+    std::fill(seen_rank.begin(), seen_rank.end(), -1);
+    bool colocated = false;
+    for (int r = 0; r < placement.num_ranks() && !colocated; ++r) {
+      for (int s = 0; s < placement.slots_per_rank(); ++s) {
+        const int32_t e = placement.at(l, r, s);
+        if (e < 0 || e >= e_count) continue;
+        if (seen_rank[e] == r) {
+          colocated = true;
+          break;
+        }
+        seen_rank[e] = r;
+      }
+    }
+    if (colocated) layers.push_back(l);
+  }
+  return layers;
+}
+
+std::string ColocationWarning(std::span<const int> layers) {
+  if (layers.empty()) return "";
+  constexpr size_t kMaxNamed = 16;
+  std::string out = layers.size() == 1 ? "layer " : "layers ";
+  for (size_t i = 0; i < layers.size() && i < kMaxNamed; ++i) {
+    if (i > 0) out += ", ";
+    out += std::to_string(layers[i]);
+  }
+  if (layers.size() > kMaxNamed) {
+    out += " and " + std::to_string(layers.size() - kMaxNamed) + " more";
+  }
+  out +=
+      ": an expert twice on one rank (DeepSeek's and SGLang's planners allow "
+      "it; eplb's policies and vllm-ascend do not)";
+  return out;
+}
+
+namespace {
+
+// One layer's state during a repair: the slots, how many replicas of each
+// expert every rank holds, and (with a load) every rank's load.
+class LayerRepair {
+ public:
+  LayerRepair(Placement* placement, int layer, std::span<const double> load)
+      : p_(*placement),
+        layer_(layer),
+        num_ranks_(placement->num_ranks()),
+        k_(placement->slots_per_rank()),
+        num_experts_(placement->num_experts()),
+        holds_(static_cast<size_t>(num_ranks_) * num_experts_, 0),
+        share_(num_experts_, 0.0),
+        rank_load_(num_ranks_, 0.0),
+        has_load_(!load.empty()) {
+    std::vector<int> count(num_experts_, 0);
+    for (int r = 0; r < num_ranks_; ++r) {
+      for (int s = 0; s < k_; ++s) {
+        const int32_t e = p_.at(layer_, r, s);
+        ++Holds(r, e);
+        ++count[e];
+      }
+    }
+    if (has_load_) {
+      for (int e = 0; e < num_experts_; ++e) share_[e] = load[e] / count[e];
+      for (int r = 0; r < num_ranks_; ++r) {
+        for (int s = 0; s < k_; ++s)
+          rank_load_[r] += share_[p_.at(layer_, r, s)];
+      }
+    }
+  }
+
+  // Swaps duplicates away until none is left; returns how many duplicates
+  // there were and adds the swaps to `*swaps`. Precondition: no expert has
+  // more replicas than there are ranks.
+  StatusOr<int> Run(int* swaps) {
+    int duplicates = 0;
+    for (int r = 0; r < num_ranks_; ++r) {
+      for (int s = 0; s < k_; ++s) {
+        if (IsDuplicate(r, s)) ++duplicates;
+      }
+    }
+    int left = duplicates;
+    while (left > 0) {
+      bool moved = false;
+      for (int r = 0; r < num_ranks_ && !moved; ++r) {
+        for (int s = 0; s < k_ && !moved; ++s) {
+          if (!IsDuplicate(r, s)) continue;
+          const int partner = BestPartner(r, s);
+          if (partner < 0) continue;
+          left -= Swap(r, s, partner);
+          ++*swaps;
+          moved = true;
+        }
+      }
+      if (!moved) {
+        return InternalError("layer " + std::to_string(layer_) +
+                             ": no swap moves any of its " +
+                             std::to_string(left) + " duplicates");
+      }
+    }
+    return duplicates;
+  }
+
+ private:
+  int& Holds(int r, int32_t e) {
+    return holds_[static_cast<size_t>(r) * num_experts_ + e];
+  }
+
+  // Slot s of rank r holds a replica that an earlier slot of r also holds.
+  bool IsDuplicate(int r, int s) const {
+    const int32_t e = p_.at(layer_, r, s);
+    for (int before = 0; before < s; ++before) {
+      if (p_.at(layer_, r, before) == e) return true;
+    }
+    return false;
+  }
+
+  // The best physical id to swap duplicate (r, s) with, or -1 when none
+  // keeps both ranks free of duplicates.
+  int BestPartner(int r, int s) {
+    const int32_t e = p_.at(layer_, r, s);
+    // The three busiest ranks: the busiest rank other than two given ones is
+    // among them.
+    std::array<int, 3> top = {-1, -1, -1};
+    if (has_load_) {
+      for (int q = 0; q < num_ranks_; ++q) {
+        int carry = q;  // Inserted into `top`, kept sorted busiest first.
+        for (int& t : top) {
+          if (t < 0) {
+            t = carry;
+            break;
+          }
+          if (rank_load_[carry] > rank_load_[t]) std::swap(t, carry);
+        }
+      }
+    }
+    struct Score {
+      double peak = 0;     // The busiest rank's load after the swap.
+      double pair = 0;     // The busier of the two swapped ranks after it.
+      bool single = true;  // The partner is not itself a duplicate.
+    };
+    // Loads differ from their sums in other orders by rounding only.
+    double scale = 0;
+    for (const double v : rank_load_) scale = std::max(scale, v);
+    const double eps = 1e-9 * scale;
+    auto better = [eps](const Score& a, const Score& b) {
+      if (a.peak < b.peak - eps) return true;
+      if (a.peak > b.peak + eps) return false;
+      if (a.pair < b.pair - eps) return true;
+      if (a.pair > b.pair + eps) return false;
+      return !a.single && b.single;
+    };
+    int best = -1;
+    Score best_score;
+    for (int r2 = 0; r2 < num_ranks_; ++r2) {
+      if (r2 == r || Holds(r2, e) > 0) continue;
+      for (int s2 = 0; s2 < k_; ++s2) {
+        const int32_t f = p_.at(layer_, r2, s2);
+        if (Holds(r, f) > 0) continue;
+        Score score;
+        score.single = Holds(r2, f) < 2;
+        if (has_load_) {
+          const double load_r = rank_load_[r] - share_[e] + share_[f];
+          const double load_r2 = rank_load_[r2] - share_[f] + share_[e];
+          score.pair = std::max(load_r, load_r2);
+          score.peak = score.pair;
+          for (const int t : top) {
+            if (t >= 0 && t != r && t != r2) {
+              score.peak = std::max(score.peak, rank_load_[t]);
+              break;
+            }
+          }
+        }
+        if (best < 0 || better(score, best_score)) {
+          best = r2 * k_ + s2;
+          best_score = score;
+        }
+      }
+    }
+    return best;
+  }
+
+  // Exchanges slot (r, s) with physical id `partner`; returns how many
+  // duplicates that removed (1, or 2 when the partner was one too).
+  int Swap(int r, int s, int partner) {
+    const int r2 = partner / k_;
+    const int s2 = partner % k_;
+    const int32_t e = p_.at(layer_, r, s);
+    const int32_t f = p_.at(layer_, r2, s2);
+    const int fixed = Holds(r2, f) > 1 ? 2 : 1;
+    p_.set(layer_, r, s, f);
+    p_.set(layer_, r2, s2, e);
+    --Holds(r, e);
+    ++Holds(r, f);
+    --Holds(r2, f);
+    ++Holds(r2, e);
+    if (has_load_) {
+      rank_load_[r] += share_[f] - share_[e];
+      rank_load_[r2] += share_[e] - share_[f];
+    }
+    return fixed;
+  }
+
+  Placement& p_;
+  const int layer_;
+  const int num_ranks_;
+  const int k_;
+  const int num_experts_;
+  std::vector<int> holds_;         // [R][E]: replicas of e on r.
+  std::vector<double> share_;      // [E]: load of one replica of e.
+  std::vector<double> rank_load_;  // [R].
+  const bool has_load_;
+};
+
+// InvalidArgument naming the first expert with more replicas than ranks.
+Status CheckReplicasFitRanks(const Placement& placement) {
+  std::vector<int> count(placement.num_experts());
+  for (int l = 0; l < placement.num_layers(); ++l) {
+    std::fill(count.begin(), count.end(), 0);
+    for (const int32_t e : placement.layer(l)) ++count[e];
+    for (int e = 0; e < placement.num_experts(); ++e) {
+      if (count[e] > placement.num_ranks()) {
+        return InvalidArgumentError("layer " + std::to_string(l) + ": expert " +
+                                    std::to_string(e) + " has " +
+                                    std::to_string(count[e]) + " replicas on " +
+                                    std::to_string(placement.num_ranks()) +
+                                    " ranks, so two of them must share a rank");
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+// Why a movable duplicate always exists: let rank r hold expert e twice.
+// Some rank t lacks e (e has at most R replicas, two of them on r). If no
+// swap moves this duplicate, every slot of every such t holds an expert of
+// r other than e: t's K slots hold at most K - 2 distinct experts, so t
+// holds some g twice, with t's experts a strict subset of r's. Repeating
+// the argument from t gives ranks with ever fewer distinct experts, which
+// cannot go on: some duplicate along the way has a swap.
+StatusOr<ColocationRepair> RepairColocated(Placement* placement,
+                                           const LoadMatrix* load) {
+  EPLB_RETURN_IF_ERROR(
+      ViolationsToStatus(CheckPlacement(*placement, MapTarget::kSglang)));
+  if (load != nullptr && (load->num_layers() != placement->num_layers() ||
+                          load->num_experts() != placement->num_experts())) {
+    return InvalidArgumentError(
+        "the load has " + std::to_string(load->num_layers()) + " layers x " +
+        std::to_string(load->num_experts()) + " experts but the map has " +
+        std::to_string(placement->num_layers()) + " x " +
+        std::to_string(placement->num_experts()));
+  }
+  if (load != nullptr) EPLB_RETURN_IF_ERROR(ValidateLoad(*load));
+  EPLB_RETURN_IF_ERROR(CheckReplicasFitRanks(*placement));
+  Placement repaired = *placement;
+  ColocationRepair report;
+  for (const int l : ColocatedLayers(repaired)) {
+    LayerRepair layer(
+        &repaired, l,
+        load != nullptr ? load->row(l) : std::span<const double>());
+    EPLB_ASSIGN_OR_RETURN(const int duplicates, layer.Run(&report.swaps));
+    report.duplicates += duplicates;
+    report.layers.push_back(l);
+  }
+  *placement = std::move(repaired);
+  return report;
 }
 
 std::vector<Violation> CheckPlan(const Placement& current,

@@ -2,7 +2,12 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <random>
+#include <string>
 #include <vector>
+
+#include "eplb/load.h"
 
 namespace eplb {
 namespace {
@@ -156,6 +161,221 @@ TEST(PlacementTest, KeepSlotsKeepsStayingExperts) {
   std::copy(current.begin(), current.end(), cur.mutable_layer(0).begin());
   std::copy(plan.begin(), plan.end(), next.mutable_layer(0).begin());
   EXPECT_TRUE(CheckPlan(cur, next).empty());
+}
+
+TEST(PlacementTest, MapTargetNamesRoundTrip) {
+  for (const MapTarget t : {MapTarget::kVllmAscend, MapTarget::kSglang}) {
+    const StatusOr<MapTarget> parsed = ParseMapTarget(MapTargetName(t));
+    ASSERT_TRUE(parsed.ok());
+    EXPECT_EQ(*parsed, t);
+  }
+  const StatusOr<MapTarget> bad = ParseMapTarget("vllm");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().message(),
+            "map target 'vllm': unknown (valid: vllm-ascend, sglang)");
+}
+
+// SGLang's rules allow an expert twice on a rank; the other invariants hold
+// under both targets.
+TEST(PlacementTest, CheckPlacementUnderSglangRulesAllowsColocation) {
+  const Placement colocated =
+      FromLayers({{{7, 7, 0, 3, 5}, {6, 1, 4, 2, 2}}}, 8);
+  EXPECT_TRUE(CheckPlacement(colocated, MapTarget::kSglang).empty());
+  EXPECT_EQ(CheckPlacement(colocated).size(), 2u);
+  EXPECT_EQ(CheckPlacement(colocated, MapTarget::kVllmAscend).size(), 2u);
+  const Placement broken = FromLayers({{{7, 7, 0, 3, 5}, {6, 1, 4, 2, 9}}}, 8);
+  const std::vector<Violation> v = CheckPlacement(broken, MapTarget::kSglang);
+  ASSERT_EQ(v.size(), 1u);
+  EXPECT_EQ(v[0].ToString(),
+            "layer 0, device 1, slot 4: expert 9 out of range [0, 8)");
+  const Placement missing = FromLayers({{{7, 7, 0, 3, 5}, {6, 1, 4, 2, 2}}}, 9);
+  const std::vector<Violation> m = CheckPlacement(missing, MapTarget::kSglang);
+  ASSERT_EQ(m.size(), 1u);
+  EXPECT_EQ(m[0].ToString(), "layer 0: expert 8 is on no device");
+}
+
+TEST(PlacementTest, ColocatedLayersAndTheirWarning) {
+  const Placement p = FromLayers({{{0, 1, 2}, {3, 0, 1}},
+                                  {{0, 0, 2}, {3, 1, 1}},
+                                  {{0, 1, 2}, {3, 2, 1}},
+                                  {{3, 1, 3}, {0, 2, 1}}},
+                                 4);
+  EXPECT_EQ(ColocatedLayers(p), (std::vector<int>{1, 3}));
+  EXPECT_EQ(ColocatedLayers(Fixture()), std::vector<int>{});
+  EXPECT_EQ(ColocationWarning(std::vector<int>{}), "");
+  EXPECT_EQ(ColocationWarning(std::vector<int>{3}),
+            "layer 3: an expert twice on one rank (DeepSeek's and SGLang's "
+            "planners allow it; eplb's policies and vllm-ascend do not)");
+  EXPECT_EQ(ColocationWarning(std::vector<int>{3, 7, 12}),
+            "layers 3, 7, 12: an expert twice on one rank (DeepSeek's and "
+            "SGLang's planners allow it; eplb's policies and vllm-ascend do "
+            "not)");
+  std::vector<int> many(20);
+  for (int i = 0; i < 20; ++i) many[i] = i;
+  EXPECT_TRUE(ColocationWarning(many).starts_with(
+      "layers 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15 and 4 "
+      "more: an expert twice"));
+}
+
+// Layer 1 of tests/data/deepseek_colocated.json: DeepSeek's algorithm put
+// both replicas of expert 2 on rank 3.
+Placement DeepSeekColocated() {
+  return FromLayers({{{6, 4, 5}, {6, 4, 1}, {7, 2, 3}, {7, 0, 5}},
+                     {{3, 1, 7}, {3, 1, 7}, {4, 6, 5}, {2, 2, 0}},
+                     {{5, 7, 0}, {5, 7, 4}, {5, 2, 3}, {1, 6, 2}}},
+                    8);
+}
+
+// Replica counts of every layer: what a repair must keep.
+std::vector<std::vector<int>> ReplicaCounts(const Placement& p) {
+  std::vector<std::vector<int>> counts(p.num_layers(),
+                                       std::vector<int>(p.num_experts(), 0));
+  for (int l = 0; l < p.num_layers(); ++l) {
+    for (const int32_t e : p.layer(l)) ++counts[l][e];
+  }
+  return counts;
+}
+
+int ChangedSlots(const Placement& a, const Placement& b) {
+  int changed = 0;
+  for (size_t i = 0; i < a.data().size(); ++i) {
+    changed += a.data()[i] != b.data()[i] ? 1 : 0;
+  }
+  return changed;
+}
+
+// Without a load: the first slot, by physical id, of a rank that lacks the
+// duplicate's expert and holds an expert the duplicate's rank lacks.
+TEST(PlacementTest, RepairColocatedSwapsWithTheLowestIdWithoutALoad) {
+  Placement p = DeepSeekColocated();
+  const StatusOr<ColocationRepair> repair = RepairColocated(&p);
+  ASSERT_TRUE(repair.ok()) << repair.status().ToString();
+  EXPECT_EQ(repair->duplicates, 1);
+  EXPECT_EQ(repair->swaps, 1);
+  EXPECT_EQ(repair->layers, std::vector<int>{1});
+  // Rank 3's second 2 (physical 10) and rank 0's 3 (physical 0) swap.
+  const std::vector<int32_t> layer(p.layer(1).begin(), p.layer(1).end());
+  EXPECT_EQ(layer, (std::vector<int32_t>{2, 1, 7, 3, 1, 7, 4, 6, 5, 2, 3, 0}));
+  EXPECT_TRUE(CheckPlacement(p).empty());
+  EXPECT_EQ(ReplicaCounts(p), ReplicaCounts(DeepSeekColocated()));
+  EXPECT_EQ(ChangedSlots(p, DeepSeekColocated()), 2);
+}
+
+// With the load DeepSeek planned for (tests/data/deepseek_colocated_load.json
+// layer 1): the swap that leaves the swapped ranks least loaded.
+TEST(PlacementTest, RepairColocatedKeepsTheBalanceUnderALoad) {
+  LoadMatrix load(3, 8);
+  const double layer1[] = {1, 77, 87, 91, 44, 9, 40, 46};
+  for (int e = 0; e < 8; ++e) {
+    load.at(0, e) = 10;
+    load.at(1, e) = layer1[e];
+    load.at(2, e) = 10;
+  }
+  Placement p = DeepSeekColocated();
+  const double before = LayerImbalance(p.layer(1), load.row(1), 4, 3);
+  const StatusOr<ColocationRepair> repair = RepairColocated(&p, &load);
+  ASSERT_TRUE(repair.ok()) << repair.status().ToString();
+  // Rank loads 107, 107, 93, 88: swapping rank 3's 2 (43.5 a replica) with
+  // rank 2's 4 (44) leaves 92.5 and 88.5 under the busiest 107.
+  const std::vector<int32_t> layer(p.layer(1).begin(), p.layer(1).end());
+  EXPECT_EQ(layer, (std::vector<int32_t>{3, 1, 7, 3, 1, 7, 2, 6, 5, 2, 4, 0}));
+  EXPECT_TRUE(CheckPlacement(p).empty());
+  EXPECT_DOUBLE_EQ(LayerImbalance(p.layer(1), load.row(1), 4, 3), before);
+}
+
+// A partner that is itself a duplicate is preferred: one swap fixes two.
+TEST(PlacementTest, RepairColocatedPrefersASwapThatFixesTwo) {
+  Placement p = FromLayers({{{0, 0, 1}, {2, 3, 4}, {5, 5, 6}}}, 7);
+  const StatusOr<ColocationRepair> repair = RepairColocated(&p);
+  ASSERT_TRUE(repair.ok()) << repair.status().ToString();
+  EXPECT_EQ(repair->duplicates, 2);
+  EXPECT_EQ(repair->swaps, 1);
+  const std::vector<int32_t> layer(p.layer(0).begin(), p.layer(0).end());
+  EXPECT_EQ(layer, (std::vector<int32_t>{0, 5, 1, 2, 3, 4, 0, 5, 6}));
+}
+
+TEST(PlacementTest, RepairColocatedLeavesAValidMapAlone) {
+  Placement p = Fixture();
+  const StatusOr<ColocationRepair> repair = RepairColocated(&p);
+  ASSERT_TRUE(repair.ok());
+  EXPECT_EQ(repair->duplicates, 0);
+  EXPECT_EQ(repair->swaps, 0);
+  EXPECT_TRUE(repair->layers.empty());
+  EXPECT_EQ(p, Fixture());
+}
+
+TEST(PlacementTest, RepairColocatedRejectsWhatCannotBeRepaired) {
+  // Expert 3 has 5 replicas on 4 ranks: two must share one.
+  const Placement crowded =
+      FromLayers({{{3, 1, 3}, {3, 7, 0}, {3, 6, 5}, {2, 3, 4}}}, 8);
+  Placement p = crowded;
+  StatusOr<ColocationRepair> repair = RepairColocated(&p);
+  ASSERT_FALSE(repair.ok());
+  EXPECT_EQ(repair.status().message(),
+            "layer 0: expert 3 has 5 replicas on 4 ranks, so two of them must "
+            "share a rank");
+  EXPECT_EQ(p, crowded);
+  // Other broken invariants stay errors.
+  Placement missing = FromLayers({{{0, 0, 1}, {2, 3, 4}}}, 6);
+  repair = RepairColocated(&missing);
+  ASSERT_FALSE(repair.ok());
+  EXPECT_EQ(repair.status().message(), "layer 0: expert 5 is on no device");
+  // A load of another shape.
+  Placement ds = DeepSeekColocated();
+  const LoadMatrix load(2, 8);
+  repair = RepairColocated(&ds, &load);
+  ASSERT_FALSE(repair.ok());
+  EXPECT_EQ(repair.status().message(),
+            "the load has 2 layers x 8 experts but the map has 3 x 8");
+  EXPECT_EQ(ds, DeepSeekColocated());
+}
+
+// Random placements with every expert on at most R ranks: the repair always
+// succeeds, keeps every replica count, changes two slots a swap and no more
+// than two per duplicate, and is deterministic.
+TEST(PlacementTest, RepairColocatedRepairsRandomPlacements) {
+  std::mt19937 rng(11);
+  for (int trial = 0; trial < 300; ++trial) {
+    const int ranks = 2 + static_cast<int>(rng() % 6);
+    const int k = 2 + static_cast<int>(rng() % 5);
+    // At least K experts, so that R replicas each can fill R*K slots.
+    const int experts =
+        k + static_cast<int>(rng() % static_cast<unsigned>(ranks * k - k + 1));
+    // Replica counts in [1, ranks] summing to R*K.
+    std::vector<int> count(experts, 1);
+    int extra = ranks * k - experts;
+    while (extra > 0) {
+      const int e = static_cast<int>(rng() % experts);
+      if (count[e] < ranks) {
+        ++count[e];
+        --extra;
+      }
+    }
+    std::vector<int32_t> slots;
+    for (int e = 0; e < experts; ++e) slots.insert(slots.end(), count[e], e);
+    std::shuffle(slots.begin(), slots.end(), rng);
+    Placement p(1, ranks, k, experts);
+    std::copy(slots.begin(), slots.end(), p.mutable_layer(0).begin());
+    LoadMatrix load(1, experts);
+    for (int e = 0; e < experts; ++e)
+      load.at(0, e) = static_cast<double>(rng() % 1000);
+    for (const LoadMatrix* l : {static_cast<const LoadMatrix*>(nullptr),
+                                static_cast<const LoadMatrix*>(&load)}) {
+      SCOPED_TRACE("trial " + std::to_string(trial) +
+                   (l != nullptr ? " with load" : ""));
+      Placement repaired = p;
+      const StatusOr<ColocationRepair> repair = RepairColocated(&repaired, l);
+      ASSERT_TRUE(repair.ok()) << repair.status().ToString();
+      EXPECT_TRUE(CheckPlacement(repaired).empty());
+      EXPECT_EQ(ReplicaCounts(repaired), ReplicaCounts(p));
+      const int changed = ChangedSlots(p, repaired);
+      EXPECT_LE(changed, 2 * repair->swaps);
+      EXPECT_LE(repair->swaps, repair->duplicates);
+      Placement again = p;
+      ASSERT_TRUE(RepairColocated(&again, l).ok());
+      EXPECT_EQ(again, repaired);
+    }
+  }
 }
 
 }  // namespace

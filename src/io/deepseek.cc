@@ -179,7 +179,8 @@ std::string DeepSeekMapsToJson(const Placement& placement) {
 }
 
 StatusOr<Placement> ParseDeepSeekMaps(std::string_view text, int num_ranks,
-                                      int num_experts) {
+                                      int num_experts,
+                                      std::vector<std::string>* warnings) {
   Json root;
   EPLB_RETURN_IF_ERROR(internal::ParseJson(text, &root));
   if (!root.is_object()) {
@@ -190,15 +191,32 @@ StatusOr<Placement> ParseDeepSeekMaps(std::string_view text, int num_ranks,
   if (phy2log == root.end()) {
     return InvalidArgumentError("missing key \"phy2log\"");
   }
-  EPLB_ASSIGN_OR_RETURN(Placement placement,
-                        internal::PlacementFromPhysicalRows(
-                            *phy2log, "phy2log", num_ranks, num_experts));
+  // Warnings wait until log2phy and logcnt agree.
+  std::vector<std::string> noticed;
+  EPLB_ASSIGN_OR_RETURN(
+      Placement placement,
+      internal::PlacementFromPhysicalRows(*phy2log, "phy2log", num_ranks,
+                                          num_experts, &noticed));
   if (const auto it = root.find("log2phy"); it != root.end()) {
     EPLB_RETURN_IF_ERROR(CheckLog2Phy(*it, placement));
   }
   if (const auto it = root.find("logcnt"); it != root.end()) {
     EPLB_RETURN_IF_ERROR(CheckLogcnt(*it, placement));
   }
+  if (warnings != nullptr) {
+    warnings->insert(warnings->end(), noticed.begin(), noticed.end());
+  }
+  return placement;
+}
+
+StatusOr<Placement> ReadDeepSeekMaps(const std::string& path, int num_ranks,
+                                     int num_experts,
+                                     std::vector<std::string>* warnings) {
+  EPLB_ASSIGN_OR_RETURN(const std::string text, ReadFileToString(path));
+  EPLB_RETURN_IF_ERROR(RejectTorchFile(path, text, "phy2log"));
+  StatusOr<Placement> placement =
+      ParseDeepSeekMaps(text, num_ranks, num_experts, warnings);
+  if (!placement.ok()) return placement.status().WithPrefix(path);
   return placement;
 }
 

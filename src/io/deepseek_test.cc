@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "eplb/io.h"
 
@@ -81,9 +82,8 @@ struct BadTriple {
 const BadTriple kBadTriples[] = {
     {"MissingPhy2Log", [](Json& t) { t.erase("phy2log"); },
      "missing key \"phy2log\""},
-    {"Phy2LogInvalid", [](Json& t) { t["phy2log"][0][1] = 7; },
-     "layer 0, device 0, slot 1: expert 7 appears twice on the device (slots "
-     "0 and 1)"},
+    {"Phy2LogInvalid", [](Json& t) { t["phy2log"][0][1] = -1; },
+     "layer 0, device 0, slot 1: expert -1 out of range [0, 8)"},
     {"Phy2LogNotInteger", [](Json& t) { t["phy2log"][0][3] = 1.5; },
      "phy2log[0][3]: 1.5 is not an expert id"},
     {"Log2PhyWrongReplicas",
@@ -137,6 +137,39 @@ TEST(DeepSeekTest, RejectsNonObjectAndMalformed) {
   ASSERT_FALSE(malformed.ok());
   EXPECT_TRUE(malformed.status().message().starts_with("malformed JSON: "))
       << malformed.status().message();
+}
+
+// tests/data/deepseek_colocated.json: DeepSeek's algorithm (one node, one
+// group) on 3 layers of 8 experts, 12 replicas on 4 GPUs; in layer 1 both
+// replicas of expert 2 landed on GPU 3. log2phy lists replicas in DeepSeek's
+// order (by replica rank, not physical id).
+TEST(DeepSeekTest, ReadsColocatedReplicasWithAWarning) {
+  std::vector<std::string> warnings;
+  const StatusOr<Placement> map = ReadDeepSeekMaps(
+      EPLB_SOURCE_DIR "/tests/data/deepseek_colocated.json", 4, 0, &warnings);
+  ASSERT_TRUE(map.ok()) << map.status().ToString();
+  EXPECT_EQ(map->num_layers(), 3);
+  EXPECT_EQ(map->num_experts(), 8);
+  EXPECT_EQ(map->at(1, 3, 0), 2);
+  EXPECT_EQ(map->at(1, 3, 1), 2);
+  EXPECT_EQ(warnings,
+            std::vector<std::string>{
+                "layer 1: an expert twice on one rank (DeepSeek's and "
+                "SGLang's planners allow it; eplb's policies and vllm-ascend "
+                "do not)"});
+  // The triple written back lists the same replicas, ascending.
+  const StatusOr<Placement> again =
+      ParseDeepSeekMaps(DeepSeekMapsToJson(*map), 4);
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_EQ(*again, *map);
+}
+
+TEST(DeepSeekTest, ReadingAMissingFileNamesIt) {
+  const StatusOr<Placement> map = ReadDeepSeekMaps("/nonexistent/ds.json", 4);
+  ASSERT_FALSE(map.ok());
+  EXPECT_EQ(map.status().code(), StatusCode::kNotFound);
+  EXPECT_TRUE(map.status().message().starts_with("/nonexistent/ds.json"))
+      << map.status().message();
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // The vllm-ascend expert-map JSON: a validating reader that
 // reports every problem it finds, each naming its layer / device / slot, and
-// a deterministic writer. Stateless: thread-safe.
+// what it accepts but vllm-ascend might read otherwise as warnings; and a
+// deterministic writer. Stateless: thread-safe.
 #include <algorithm>
 #include <cstdint>
 #include <limits>
@@ -48,9 +49,11 @@ class ExpertMapParser {
  public:
   explicit ExpertMapParser(const MapExpectations& expect) : expect_(expect) {}
 
-  // Returns the placement, or the problems (also appended to `problems`).
+  // Returns the placement (and appends its warnings to `warnings`), or the
+  // problems (also appended to `problems`).
   StatusOr<Placement> Parse(std::string_view text,
-                            std::vector<std::string>* problems);
+                            std::vector<std::string>* problems,
+                            std::vector<std::string>* warnings);
 
  private:
   void Problem(std::string message) { problems_.push_back(std::move(message)); }
@@ -74,6 +77,7 @@ class ExpertMapParser {
   void CheckDeviceExperts(const DeviceEntry& entry);
   void CheckCoverage(int layer);
   Placement Build() const;
+  void Warn(const Placement& placement, std::vector<std::string>* warnings);
 
   const MapExpectations expect_;
   std::vector<std::string> problems_;
@@ -85,6 +89,12 @@ class ExpertMapParser {
   int num_experts_ = 0;
   std::vector<int> layer_index_;  // [L]: layer_list index of each id, or -1.
   std::vector<DeviceEntry> devices_;
+  // Entries without an id key (their position is their id), and whether
+  // some entry's id differs from its position.
+  size_t layers_without_id_ = 0;
+  size_t devices_without_id_ = 0;
+  bool layers_out_of_order_ = false;
+  bool devices_out_of_order_ = false;
 };
 
 const Json* ExpertMapParser::Member(const Json& object, const char* key,
@@ -110,7 +120,8 @@ bool ExpertMapParser::IntMember(const Json& object, const char* key,
 }
 
 StatusOr<Placement> ExpertMapParser::Parse(std::string_view text,
-                                           std::vector<std::string>* problems) {
+                                           std::vector<std::string>* problems,
+                                           std::vector<std::string>* warnings) {
   Json root;
   if (Status status = internal::ParseJson(text, &root); !status.ok()) {
     Problem(status.message());
@@ -119,7 +130,11 @@ StatusOr<Placement> ExpertMapParser::Parse(std::string_view text,
   } else {
     ReadTop(root);
   }
-  if (problems_.empty()) return Build();
+  if (problems_.empty()) {
+    Placement placement = Build();
+    if (warnings != nullptr) Warn(placement, warnings);
+    return placement;
+  }
   if (problems != nullptr) {
     problems->insert(problems->end(), problems_.begin(), problems_.end());
   }
@@ -174,10 +189,17 @@ void ExpertMapParser::CheckLayerCount(const Json& root) {
 }
 
 // Returns the layer's id when valid and first seen, else -1 (reported).
+// Without a layer_id key the entry's position is its id.
 int ExpertMapParser::ClaimLayerId(const Json& layer, size_t index) {
   const std::string where = "layer_list[" + std::to_string(index) + "]";
-  int64_t id = 0;
-  if (!IntMember(layer, "layer_id", where, &id)) return -1;
+  int64_t id = static_cast<int64_t>(index);
+  if (!layer.contains("layer_id")) {
+    ++layers_without_id_;
+  } else if (!IntMember(layer, "layer_id", where, &id)) {
+    return -1;
+  } else if (id != static_cast<int64_t>(index)) {
+    layers_out_of_order_ = true;
+  }
   if (id < 0 || id >= num_layers_) {
     Problem(where + ": layer id " + std::to_string(id) + " out of range " +
             Range(num_layers_));
@@ -264,8 +286,17 @@ void ExpertMapParser::ReadDevice(const Json& device, size_t index, int layer_id,
     return;
   }
   DeviceEntry entry;
-  int64_t id = 0;
-  if (IntMember(device, "device_id", list_where, &id)) {
+  // Without a device_id key the entry's position is its id.
+  int64_t id = static_cast<int64_t>(index);
+  bool has_id = true;
+  if (!device.contains("device_id")) {
+    ++devices_without_id_;
+  } else if (!IntMember(device, "device_id", list_where, &id)) {
+    has_id = false;
+  } else if (id != static_cast<int64_t>(index)) {
+    devices_out_of_order_ = true;
+  }
+  if (has_id) {
     const int64_t num_devices = static_cast<int64_t>(seen->size());
     if (id < 0 || id >= num_devices) {
       Problem(list_where + ": device id " + std::to_string(id) +
@@ -343,7 +374,7 @@ void ExpertMapParser::InferNumExperts() {
   num_experts_ = static_cast<int>(max_id + 1);
 }
 
-// Ids in [0, E) and none twice on the device.
+// Ids in [0, E) and, under vllm-ascend's rules, none twice on the device.
 void ExpertMapParser::CheckDeviceExperts(const DeviceEntry& entry) {
   std::vector<std::pair<int64_t, size_t>> by_id;  // (expert, slot)
   for (size_t k = 0; k < entry.experts.size(); ++k) {
@@ -356,6 +387,7 @@ void ExpertMapParser::CheckDeviceExperts(const DeviceEntry& entry) {
     }
     by_id.emplace_back(id, k);
   }
+  if (expect_.target != MapTarget::kVllmAscend) return;
   std::sort(by_id.begin(), by_id.end());
   for (size_t i = 1; i < by_id.size(); ++i) {
     if (by_id[i].first != by_id[i - 1].first) continue;
@@ -413,19 +445,53 @@ Placement ExpertMapParser::Build() const {
   return placement;
 }
 
+void ExpertMapParser::Warn(const Placement& placement,
+                           std::vector<std::string>* warnings) {
+  constexpr char kPositions[] =
+      " (vllm-ascend's reader goes by position and ignores ";
+  if (layers_without_id_ > 0) {
+    warnings->push_back(
+        std::to_string(layers_without_id_) + " of " +
+        std::to_string(num_layers_) +
+        " layer_list entries have no layer_id: each one's position in "
+        "layer_list is its layer id" +
+        kPositions + "layer_id)");
+  }
+  if (devices_without_id_ > 0) {
+    warnings->push_back(
+        std::to_string(devices_without_id_) + " of " +
+        std::to_string(devices_.size()) +
+        " device_list entries have no device_id: each one's position in its "
+        "device_list is its device id" +
+        kPositions + "device_id)");
+  }
+  if (layers_out_of_order_ || devices_out_of_order_) {
+    warnings->push_back(
+        std::string(layers_out_of_order_ ? "layer_list" : "a device_list") +
+        " is not in id order: eplb reads entries by id, but vllm-ascend's "
+        "reader goes by position and would place these experts elsewhere");
+  }
+  const std::vector<int> colocated = ColocatedLayers(placement);
+  if (!colocated.empty()) warnings->push_back(ColocationWarning(colocated));
+}
+
 }  // namespace
 
 StatusOr<Placement> ParseExpertMapJson(std::string_view text,
                                        const MapExpectations& expect,
-                                       std::vector<std::string>* problems) {
-  return ExpertMapParser(expect).Parse(text, problems);
+                                       std::vector<std::string>* problems,
+                                       std::vector<std::string>* warnings) {
+  return ExpertMapParser(expect).Parse(text, problems, warnings);
 }
 
 StatusOr<Placement> ReadExpertMapJson(const std::string& path,
                                       const MapExpectations& expect,
-                                      std::vector<std::string>* problems) {
+                                      std::vector<std::string>* problems,
+                                      std::vector<std::string>* warnings) {
   EPLB_ASSIGN_OR_RETURN(const std::string text, ReadFileToString(path));
-  StatusOr<Placement> placement = ParseExpertMapJson(text, expect, problems);
+  EPLB_RETURN_IF_ERROR(RejectTorchFile(path, text, "layer_list"));
+  StatusOr<Placement> placement =
+      ParseExpertMapJson(text, expect, problems, warnings);
   if (!placement.ok()) return placement.status().WithPrefix(path);
   return placement;
 }

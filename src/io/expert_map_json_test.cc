@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "eplb/io.h"
@@ -251,11 +252,14 @@ const BrokenMapCase kBrokenMaps[] = {
      nullptr,
      {},
      "expert map: missing key \"layer_list\""},
-    {"MissingLayerId",
-     [](Json& m) { Layer(m, 1).erase("layer_id"); },
+    {"MissingLayerIdClashesWithAnother",
+     [](Json& m) {
+       Layer(m, 0).erase("layer_id");
+       Layer(m, 1)["layer_id"] = 0;
+     },
      nullptr,
      {},
-     "layer_list[1]: missing key \"layer_id\""},
+     "layer_list[1]: layer id 0 appears twice (also layer_list[0])"},
     {"MissingDeviceCount",
      [](Json& m) { Layer(m, 0).erase("device_count"); },
      nullptr,
@@ -266,11 +270,15 @@ const BrokenMapCase kBrokenMaps[] = {
      nullptr,
      {},
      "layer_list[1]: missing key \"device_list\""},
-    {"MissingDeviceId",
-     [](Json& m) { Device(m, 0, 1).erase("device_id"); },
+    {"MissingDeviceIdClashesWithAnother",
+     [](Json& m) {
+       Device(m, 0, 1).erase("device_id");
+       Device(m, 0, 0)["device_id"] = 1;
+     },
      nullptr,
      {},
-     "layer 0, device_list[1]: missing key \"device_id\""},
+     "layer 0: device id 1 appears twice (device_list[0] and "
+     "device_list[1])"},
     {"MissingDeviceExpert",
      [](Json& m) { Device(m, 1, 0).erase("device_expert"); },
      nullptr,
@@ -505,6 +513,108 @@ INSTANTIATE_TEST_SUITE_P(
     [](const testing::TestParamInfo<BrokenMapCase>& param_info) {
       return std::string(param_info.param.name);
     });
+
+// vllm-ascend's own reader ignores layer_id and device_id and goes by
+// position; a map without them reads the same way, with a warning.
+TEST(ExpertMapJsonTest, MapWithoutIdsReadsByPosition) {
+  std::vector<std::string> problems, warnings;
+  const StatusOr<Placement> placement = ReadExpertMapJson(
+      EPLB_SOURCE_DIR "/tests/data/vllm_ascend_map_no_ids.json",
+      MapExpectations{}, &problems, &warnings);
+  ASSERT_TRUE(placement.ok()) << placement.status().ToString();
+  EXPECT_TRUE(problems.empty());
+  const StatusOr<Placement> with_ids =
+      ParseExpertMapJson(TwoLayerMap().dump(), MapExpectations{});
+  ASSERT_TRUE(with_ids.ok());
+  EXPECT_EQ(*placement, *with_ids);
+  EXPECT_EQ(warnings,
+            (std::vector<std::string>{
+                "2 of 2 layer_list entries have no layer_id: each one's "
+                "position in layer_list is its layer id (vllm-ascend's "
+                "reader goes by position and ignores layer_id)",
+                "4 of 4 device_list entries have no device_id: each one's "
+                "position in its device_list is its device id (vllm-ascend's "
+                "reader goes by position and ignores device_id)"}));
+}
+
+TEST(ExpertMapJsonTest, SomeIdsMissing) {
+  Json map = TwoLayerMap();
+  Layer(map, 1).erase("layer_id");
+  Device(map, 0, 1).erase("device_id");
+  std::vector<std::string> warnings;
+  const StatusOr<Placement> placement =
+      ParseExpertMapJson(map.dump(), MapExpectations{}, nullptr, &warnings);
+  ASSERT_TRUE(placement.ok()) << placement.status().ToString();
+  EXPECT_EQ(*placement, *ParseExpertMapJson(TwoLayerMap().dump(), {}));
+  ASSERT_EQ(warnings.size(), 2u);
+  EXPECT_TRUE(warnings[0].starts_with("1 of 2 layer_list entries"))
+      << warnings[0];
+  EXPECT_TRUE(warnings[1].starts_with("1 of 4 device_list entries"))
+      << warnings[1];
+}
+
+// eplb reads by id, vllm-ascend by position: a list out of id order is read
+// differently by the two, which the warning says.
+TEST(ExpertMapJsonTest, ListsOutOfIdOrderWarn) {
+  Json map = TwoLayerMap();
+  std::swap(Layer(map, 0), Layer(map, 1));
+  std::vector<std::string> warnings;
+  ASSERT_TRUE(
+      ParseExpertMapJson(map.dump(), MapExpectations{}, nullptr, &warnings)
+          .ok());
+  EXPECT_EQ(warnings, std::vector<std::string>{
+                          "layer_list is not in id order: eplb reads entries "
+                          "by id, but vllm-ascend's reader goes by position "
+                          "and would place these experts elsewhere"});
+  map = TwoLayerMap();
+  std::swap(Device(map, 1, 0), Device(map, 1, 1));
+  warnings.clear();
+  ASSERT_TRUE(
+      ParseExpertMapJson(map.dump(), MapExpectations{}, nullptr, &warnings)
+          .ok());
+  ASSERT_EQ(warnings.size(), 1u);
+  EXPECT_TRUE(warnings[0].starts_with("a device_list is not in id order"))
+      << warnings[0];
+  // In order: no warning.
+  warnings.clear();
+  ASSERT_TRUE(ParseExpertMapJson(TwoLayerMap().dump(), MapExpectations{},
+                                 nullptr, &warnings)
+                  .ok());
+  EXPECT_TRUE(warnings.empty());
+}
+
+// Under SGLang's rules an expert twice on a device is a warning, not a
+// problem; the other rules still hold.
+TEST(ExpertMapJsonTest, SglangTargetAllowsAnExpertTwiceOnADevice) {
+  Json map = TwoLayerMap();
+  Experts(map, 1, 0)[4] = 0;  // Layer 1, device 0: 0, 1, 2, 3, 0.
+  Experts(map, 1, 1)[3] = 4;  // Expert 4 stays placed.
+  std::vector<std::string> problems, warnings;
+  const StatusOr<Placement> sglang = ParseExpertMapJson(
+      map.dump(), MapExpectations{.target = MapTarget::kSglang}, &problems,
+      &warnings);
+  ASSERT_TRUE(sglang.ok()) << sglang.status().ToString();
+  EXPECT_EQ(warnings,
+            std::vector<std::string>{
+                "layer 1: an expert twice on one rank (DeepSeek's and "
+                "SGLang's planners allow it; eplb's policies and vllm-ascend "
+                "do not)"});
+  const StatusOr<Placement> vllm =
+      ParseExpertMapJson(map.dump(), MapExpectations{}, &problems);
+  ASSERT_FALSE(vllm.ok());
+  EXPECT_EQ(vllm.status().message(),
+            "layer 1, device 0, slot 4: expert 0 appears twice on the device "
+            "(slots 0 and 4)");
+  Experts(map, 1, 1)[0] = 9;
+  const StatusOr<Placement> out_of_range = ParseExpertMapJson(
+      map.dump(),
+      MapExpectations{.num_experts = 8, .target = MapTarget::kSglang});
+  ASSERT_FALSE(out_of_range.ok());
+  EXPECT_NE(out_of_range.status().message().find(
+                "layer 1, device 1, slot 0: expert 9 out of range [0, 8)"),
+            std::string::npos)
+      << out_of_range.status().message();
+}
 
 }  // namespace
 }  // namespace eplb

@@ -127,11 +127,17 @@ void AppendArray(std::string* out, std::span<const T> values) {
 
 // Reads `rows`, a [L][R*K] array of physical -> logical ids named `key`, into
 // a Placement with `num_ranks` ranks and `num_experts` experts (0: max id +
-// 1), and checks it with CheckPlacement. Every problem names the row and
-// column, or the layer, device and slot. Defined in sglang.cc.
-StatusOr<Placement> PlacementFromPhysicalRows(const Json& rows,
-                                              std::string_view key,
-                                              int num_ranks, int num_experts);
+// 1), and checks it with CheckPlacement under SGLang's rules: an expert
+// twice on a rank is accepted and appended to `warnings` (when given) as
+// ColocationWarning. Every problem names the row and column, or the layer,
+// device and slot. The first `drop_rows` rows are skipped (precondition:
+// fewer than there are); -1 skips the leading run of rows in the initial
+// placement (physical i -> i mod E), at most all but one. `*dropped` (when
+// given) is how many were skipped. Defined in sglang.cc.
+StatusOr<Placement> PlacementFromPhysicalRows(
+    const Json& rows, std::string_view key, int num_ranks, int num_experts,
+    std::vector<std::string>* warnings, int drop_rows = 0,
+    int* dropped = nullptr);
 
 // Writes `placement` as "[\n  [..],\n  [..]\n]" (one layer per line) with
 // every line after the first indented by `indent`. Defined in sglang.cc.

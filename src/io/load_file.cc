@@ -1,6 +1,7 @@
 // Reads a load file by its content: an SGLang logical_count JSON when the
 // first non-blank byte is '{', else a trace CSV (whose header check names
-// what was expected). Stateless: thread-safe.
+// what was expected, and which recognises a PyTorch file). Stateless:
+// thread-safe.
 #include <sys/stat.h>
 
 #include <cctype>

@@ -1,9 +1,12 @@
 // SGLang's expert-distribution dump ({"logical_count": [L][E] or
 // [steps][L][E]}) and its {"physical_to_logical_map": [L][R*K]}, both read
-// with full validation and written deterministically. Also the [L][R*K]
-// row reader shared with the DeepSeek triple. Stateless: thread-safe.
+// with full validation and written deterministically; the map's dense-layer
+// rows are dropped on reading when the model's layers are known, and
+// written on request. Also the [L][R*K] row reader shared with the DeepSeek
+// triple. Stateless: thread-safe.
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <limits>
 #include <span>
@@ -13,6 +16,7 @@
 
 #include "eplb/io.h"
 #include "io/json_util.h"
+#include "io/torch_file.h"
 
 namespace eplb {
 namespace {
@@ -159,13 +163,34 @@ std::vector<int64_t> ReadIdRows(const Json& rows, std::string_view key,
   return ids;
 }
 
+// Whether row `row` of `ids` ([rows][row_size]) is the initial placement of
+// `num_experts` experts: physical i holds i mod E.
+bool IsInitialRow(const std::vector<int64_t>& ids, size_t row, size_t row_size,
+                  int64_t num_experts) {
+  for (size_t i = 0; i < row_size; ++i) {
+    if (ids[row * row_size + i] != static_cast<int64_t>(i) % num_experts) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// Appends the initial placement's row (physical i -> i mod E), [R*K].
+void AppendInitialRow(std::string* out, const Placement& placement) {
+  std::vector<int32_t> row(placement.num_slots());
+  for (size_t i = 0; i < row.size(); ++i) {
+    row[i] = static_cast<int32_t>(i % placement.num_experts());
+  }
+  internal::AppendArray(out, std::span<const int32_t>(row));
+}
+
 }  // namespace
 
 namespace internal {
 
-StatusOr<Placement> PlacementFromPhysicalRows(const Json& rows,
-                                              std::string_view key,
-                                              int num_ranks, int num_experts) {
+StatusOr<Placement> PlacementFromPhysicalRows(
+    const Json& rows, std::string_view key, int num_ranks, int num_experts,
+    std::vector<std::string>* warnings, int drop_rows, int* dropped) {
   if (num_ranks <= 0 || num_experts < 0) {
     return InvalidArgumentError(
         "num_ranks must be positive and num_experts "
@@ -178,8 +203,23 @@ StatusOr<Placement> PlacementFromPhysicalRows(const Json& rows,
   const std::vector<int64_t> ids =
       ReadIdRows(rows, key, num_ranks, &row_size, &problems);
   if (!problems.empty()) return ProblemsToStatus(problems, key);
+  const size_t num_rows = rows.size();
+  size_t first = drop_rows > 0 ? static_cast<size_t>(drop_rows) : 0;
+  if (drop_rows < 0) {
+    int64_t max_all = -1;
+    for (const int64_t id : ids) max_all = std::max(max_all, id);
+    const int64_t e_all = num_experts > 0 ? num_experts : max_all + 1;
+    while (e_all > 0 && first + 1 < num_rows &&
+           IsInitialRow(ids, first, row_size, e_all)) {
+      ++first;
+    }
+  }
+  EPLB_CHECK(first < num_rows);
+  if (dropped != nullptr) *dropped = static_cast<int>(first);
   int64_t max_id = -1;
-  for (const int64_t id : ids) max_id = std::max(max_id, id);
+  for (size_t i = first * row_size; i < ids.size(); ++i) {
+    max_id = std::max(max_id, ids[i]);
+  }
   const int num_experts_used =
       num_experts > 0 ? num_experts : static_cast<int>(max_id + 1);
   if (num_experts_used <= 0) {
@@ -192,19 +232,24 @@ StatusOr<Placement> PlacementFromPhysicalRows(const Json& rows,
                                 " experts do not fit in " +
                                 std::to_string(row_size) + " slots per layer");
   }
-  const int num_layers = static_cast<int>(rows.size());
+  const int num_layers = static_cast<int>(num_rows - first);
   const int slots_per_rank = static_cast<int>(row_size) / num_ranks;
   Placement placement(num_layers, num_ranks, slots_per_rank, num_experts_used);
   for (int l = 0; l < num_layers; ++l) {
     std::span<int32_t> layer = placement.mutable_layer(l);
     for (size_t i = 0; i < row_size; ++i) {
-      layer[i] = static_cast<int32_t>(ids[l * row_size + i]);
+      layer[i] = static_cast<int32_t>(ids[(first + l) * row_size + i]);
     }
   }
-  for (const Violation& violation : CheckPlacement(placement)) {
+  for (const Violation& violation :
+       CheckPlacement(placement, MapTarget::kSglang)) {
     problems.push_back(violation.ToString());
   }
   if (!problems.empty()) return ProblemsToStatus(problems, key);
+  const std::vector<int> colocated = ColocatedLayers(placement);
+  if (warnings != nullptr && !colocated.empty()) {
+    warnings->push_back(ColocationWarning(colocated));
+  }
   return placement;
 }
 
@@ -264,6 +309,7 @@ StatusOr<LoadTrace> ParseSglangLogicalCount(std::string_view text) {
 
 StatusOr<LoadTrace> ReadSglangLogicalCount(const std::string& path) {
   EPLB_ASSIGN_OR_RETURN(const std::string text, ReadFileToString(path));
+  EPLB_RETURN_IF_ERROR(RejectTorchFile(path, text, kLogicalCount));
   StatusOr<LoadTrace> trace = ParseSglangLogicalCount(text);
   if (!trace.ok()) return trace.status().WithPrefix(path);
   return trace;
@@ -286,19 +332,106 @@ std::string SglangLogicalCountToJson(const LoadTrace& trace) {
   return out;
 }
 
-StatusOr<Placement> ParseSglangPhysicalToLogical(std::string_view text,
-                                                 int num_ranks,
-                                                 int num_experts) {
+StatusOr<Placement> ParseSglangPhysicalToLogical(
+    std::string_view text, int num_ranks, int num_experts,
+    std::vector<std::string>* warnings) {
+  return ParseSglangPhysicalToLogical(
+      text,
+      SglangMapOptions{.num_ranks = num_ranks, .num_experts = num_experts},
+      warnings);
+}
+
+StatusOr<Placement> ParseSglangPhysicalToLogical(
+    std::string_view text, const SglangMapOptions& options,
+    std::vector<std::string>* warnings) {
+  const int hidden = options.num_hidden_layers;
+  const int dense = options.num_dense_layers;
+  if (hidden < 0 || dense < -1 || (hidden > 0 && dense >= hidden)) {
+    return InvalidArgumentError(
+        "num_hidden_layers must be >= 0 and num_dense_layers in [-1, "
+        "num_hidden_layers), got " +
+        std::to_string(hidden) + " and " + std::to_string(dense));
+  }
   Json root;
   EPLB_RETURN_IF_ERROR(internal::ParseJson(text, &root));
   EPLB_ASSIGN_OR_RETURN(const Json* rows, TopMember(root, kPhysicalToLogical));
-  return internal::PlacementFromPhysicalRows(*rows, kPhysicalToLogical,
-                                             num_ranks, num_experts);
+  EPLB_RETURN_IF_ERROR(CheckArray(*rows, kPhysicalToLogical));
+  const int num_rows = static_cast<int>(rows->size());
+  // How many leading rows are dense: -1 = the leading initial rows.
+  int drop = 0;
+  if (hidden > 0) {
+    const std::string model =
+        "the model has " + std::to_string(hidden) + " hidden layers" +
+        (dense >= 0 ? " (" + std::to_string(dense) + " dense, " +
+                          std::to_string(hidden - dense) + " MoE)"
+                    : "");
+    if (num_rows > hidden ||
+        (dense >= 0 && num_rows != hidden && num_rows != hidden - dense)) {
+      return InvalidArgumentError(std::string(kPhysicalToLogical) + " has " +
+                                  std::to_string(num_rows) + " rows but " +
+                                  model);
+    }
+    if (num_rows == hidden) drop = dense;
+  }
+  int dropped = 0;
+  const size_t first_warning = warnings != nullptr ? warnings->size() : 0;
+  EPLB_ASSIGN_OR_RETURN(Placement placement,
+                        internal::PlacementFromPhysicalRows(
+                            *rows, kPhysicalToLogical, options.num_ranks,
+                            options.num_experts, warnings, drop, &dropped));
+  if (warnings != nullptr && hidden > 0 && num_rows == hidden) {
+    const std::string rows_of =
+        " of the " + std::to_string(hidden) + " in " + kPhysicalToLogical;
+    if (dropped > 0) {
+      warnings->insert(
+          warnings->begin() + static_cast<std::ptrdiff_t>(first_warning),
+          "dropped the first " + std::to_string(dropped) + " rows" + rows_of +
+              ": dense layers (SGLang sizes its map by every hidden layer)" +
+              (drop < 0 ? "; taken as dense because they hold the initial "
+                          "placement (naming the model makes this exact)"
+                        : ""));
+    } else if (drop < 0) {
+      warnings->insert(
+          warnings->begin() + static_cast<std::ptrdiff_t>(first_warning),
+          "no leading row" + rows_of +
+              " holds the initial placement, so none was taken "
+              "as a dense layer (naming the model makes this "
+              "exact)");
+    }
+  }
+  return placement;
 }
 
-std::string SglangPhysicalToLogicalToJson(const Placement& placement) {
+StatusOr<Placement> ReadSglangPhysicalToLogical(
+    const std::string& path, const SglangMapOptions& options,
+    std::vector<std::string>* warnings) {
+  EPLB_ASSIGN_OR_RETURN(const std::string text, ReadFileToString(path));
+  EPLB_RETURN_IF_ERROR(RejectTorchFile(path, text, kPhysicalToLogical));
+  StatusOr<Placement> placement =
+      ParseSglangPhysicalToLogical(text, options, warnings);
+  if (!placement.ok()) return placement.status().WithPrefix(path);
+  return placement;
+}
+
+std::string SglangPhysicalToLogicalToJson(const Placement& placement,
+                                          int num_dense_layers) {
   std::string out = "{\"physical_to_logical_map\": ";
-  internal::AppendPhysicalRows(&out, placement, "");
+  if (num_dense_layers <= 0) {
+    internal::AppendPhysicalRows(&out, placement, "");
+  } else {
+    const int num_rows = num_dense_layers + placement.num_layers();
+    out += "[\n";
+    for (int row = 0; row < num_rows; ++row) {
+      out += "  ";
+      if (row < num_dense_layers) {
+        AppendInitialRow(&out, placement);
+      } else {
+        internal::AppendArray(&out, placement.layer(row - num_dense_layers));
+      }
+      out += row + 1 < num_rows ? ",\n" : "\n";
+    }
+    out += ']';
+  }
   out += "}\n";
   return out;
 }

@@ -1,6 +1,7 @@
 // Tests of the SGLang readers and writers: logical_count (real DeepSeek-V3
 // dumps, [L][E] and [S][L][E], dense-layer dropping, every error) and
-// physical_to_logical_map (round trip and map validation).
+// physical_to_logical_map (round trip, map validation under SGLang's rules,
+// co-located replicas, the dense layers' rows).
 #include <gtest/gtest.h>
 
 #include <numeric>
@@ -15,6 +16,13 @@ namespace {
 constexpr char kDsv3Dir[] = EPLB_SOURCE_DIR "/data/dsv3-sglang/";
 constexpr char kFixture[] =
     EPLB_SOURCE_DIR "/tests/data/vllm_ascend_expert_map.json";
+// DeepSeek's algorithm on DeepSeek-V2-Lite's shipped load at EP8 with 8
+// redundant experts, in SGLang's layout: 27 rows, row 0 the dense layer.
+constexpr char kDsv2LiteMap[] =
+    EPLB_SOURCE_DIR "/tests/data/sglang_dsv2lite_ep8.json";
+constexpr char kColocationNote[] =
+    ": an expert twice on one rank (DeepSeek's and SGLang's planners allow "
+    "it; eplb's policies and vllm-ascend do not)";
 
 TEST(SglangTest, ReadsRealDsv3DumpAs58MoeLayers) {
   const StatusOr<LoadTrace> trace =
@@ -224,8 +232,6 @@ TEST(SglangTest, RejectsBadPhysicalToLogical) {
        "layer 0, device 1, slot 3: expert 9 out of range [0, 8)"},
       {"[[7, 2, 0, 3, 5, 6, 1, 4, -1, 2]]", 2, 0,
        "layer 0, device 1, slot 3: expert -1 out of range [0, 8)"},
-      {"[[7, 2, 0, 3, 7, 6, 1, 4, 5, 2]]", 2, 0,
-       "layer 0, device 0, slot 4: expert 7 appears twice on the device"},
       {"[[7, 2, 0, 3, 4, 6, 1, 4, 7, 2]]", 2, 0,
        "layer 0: expert 5 is on no device"},
       {"[[0, 1, 2, 3]]", 2, 20, "20 experts do not fit in 4 slots per layer"},
@@ -260,6 +266,159 @@ TEST(SglangTest, PhysicalToLogicalCountsProblems) {
   EXPECT_EQ(placement.status().message(),
             "2 problems in physical_to_logical_map; first: "
             "physical_to_logical_map[0][1]: 0.5 is not an expert id");
+}
+
+// SGLang's planner may put two replicas of an expert on one rank: read, and
+// the warning names the layers.
+TEST(SglangTest, PhysicalToLogicalAcceptsColocatedReplicas) {
+  std::vector<std::string> warnings;
+  const StatusOr<Placement> placement = ParseSglangPhysicalToLogical(
+      R"({"physical_to_logical_map": [[0, 1, 2, 3, 4, 5, 6, 7, 0, 1],
+                                      [7, 2, 0, 3, 7, 6, 1, 4, 5, 2]]})",
+      2, 0, &warnings);
+  ASSERT_TRUE(placement.ok()) << placement.status().ToString();
+  EXPECT_EQ(placement->at(1, 0, 4), 7);
+  EXPECT_EQ(warnings,
+            std::vector<std::string>{"layer 1" + std::string(kColocationNote)});
+  // Without a warnings vector the placement is the same.
+  const StatusOr<Placement> quiet = ParseSglangPhysicalToLogical(
+      R"({"physical_to_logical_map": [[0, 1, 2, 3, 4, 5, 6, 7, 0, 1],
+                                      [7, 2, 0, 3, 7, 6, 1, 4, 5, 2]]})",
+      2);
+  ASSERT_TRUE(quiet.ok());
+  EXPECT_EQ(*quiet, *placement);
+}
+
+TEST(SglangTest, ReadsDsv2LiteMapWithItsDenseRow) {
+  const std::string colocated =
+      "layers 0, 2, 4, 5, 9, 10, 13, 19, 20, 25" + std::string(kColocationNote);
+  // The model known (27 hidden layers, the first dense): row 0 is dropped.
+  std::vector<std::string> warnings;
+  StatusOr<Placement> map =
+      ReadSglangPhysicalToLogical(kDsv2LiteMap,
+                                  SglangMapOptions{.num_ranks = 8,
+                                                   .num_experts = 64,
+                                                   .num_hidden_layers = 27,
+                                                   .num_dense_layers = 1},
+                                  &warnings);
+  ASSERT_TRUE(map.ok()) << map.status().ToString();
+  EXPECT_EQ(map->num_layers(), 26);
+  EXPECT_EQ(map->num_ranks(), 8);
+  EXPECT_EQ(map->slots_per_rank(), 9);
+  EXPECT_EQ(map->num_experts(), 64);
+  EXPECT_EQ(
+      warnings,
+      (std::vector<std::string>{
+          "dropped the first 1 rows of the 27 in physical_to_logical_map: "
+          "dense layers (SGLang sizes its map by every hidden layer)",
+          colocated}));
+  // Only the hidden layers known: the leading row in the initial placement
+  // is taken as dense.
+  warnings.clear();
+  StatusOr<Placement> detected = ReadSglangPhysicalToLogical(
+      kDsv2LiteMap, SglangMapOptions{.num_ranks = 8, .num_hidden_layers = 27},
+      &warnings);
+  ASSERT_TRUE(detected.ok()) << detected.status().ToString();
+  EXPECT_EQ(*detected, *map);
+  ASSERT_EQ(warnings.size(), 2u);
+  EXPECT_NE(warnings[0].find("taken as dense because they hold the initial "
+                             "placement"),
+            std::string::npos)
+      << warnings[0];
+  // Nothing known: every row is a layer, the dense one included.
+  warnings.clear();
+  StatusOr<Placement> all = ReadSglangPhysicalToLogical(
+      kDsv2LiteMap, SglangMapOptions{.num_ranks = 8}, &warnings);
+  ASSERT_TRUE(all.ok()) << all.status().ToString();
+  EXPECT_EQ(all->num_layers(), 27);
+  EXPECT_EQ(warnings, std::vector<std::string>{
+                          "layers 1, 3, 5, 6, 10, 11, 14, 20, 21, 26" +
+                          std::string(kColocationNote)});
+}
+
+TEST(SglangTest, WritesAndDropsDenseRows) {
+  Placement placement(2, 2, 3, 4);
+  const int32_t rows[2][6] = {{3, 1, 2, 0, 1, 3}, {2, 0, 1, 3, 2, 1}};
+  for (int l = 0; l < 2; ++l) {
+    for (int p = 0; p < 6; ++p) placement.set(l, p / 3, p % 3, rows[l][p]);
+  }
+  const std::string json = SglangPhysicalToLogicalToJson(placement, 3);
+  EXPECT_EQ(json,
+            "{\"physical_to_logical_map\": [\n"
+            "  [0, 1, 2, 3, 0, 1],\n"
+            "  [0, 1, 2, 3, 0, 1],\n"
+            "  [0, 1, 2, 3, 0, 1],\n"
+            "  [3, 1, 2, 0, 1, 3],\n"
+            "  [2, 0, 1, 3, 2, 1]\n"
+            "]}\n");
+  EXPECT_EQ(SglangPhysicalToLogicalToJson(placement, 0),
+            SglangPhysicalToLogicalToJson(placement));
+  for (const int dense : {3, -1}) {
+    SCOPED_TRACE(dense);
+    std::vector<std::string> warnings;
+    const StatusOr<Placement> back = ParseSglangPhysicalToLogical(
+        json,
+        SglangMapOptions{
+            .num_ranks = 2, .num_hidden_layers = 5, .num_dense_layers = dense},
+        &warnings);
+    ASSERT_TRUE(back.ok()) << back.status().ToString();
+    EXPECT_EQ(*back, placement);
+    ASSERT_EQ(warnings.size(), 1u);
+    EXPECT_TRUE(warnings[0].starts_with("dropped the first 3 rows of the 5"))
+        << warnings[0];
+  }
+  // A map of the MoE layers only, the model known: nothing to drop.
+  std::vector<std::string> warnings;
+  const StatusOr<Placement> moe_only = ParseSglangPhysicalToLogical(
+      SglangPhysicalToLogicalToJson(placement),
+      SglangMapOptions{
+          .num_ranks = 2, .num_hidden_layers = 5, .num_dense_layers = 3},
+      &warnings);
+  ASSERT_TRUE(moe_only.ok()) << moe_only.status().ToString();
+  EXPECT_EQ(*moe_only, placement);
+  EXPECT_TRUE(warnings.empty());
+}
+
+TEST(SglangTest, DenseRowsThatDoNotFitAreErrors) {
+  Placement placement(2, 2, 3, 4);
+  for (int l = 0; l < 2; ++l) {
+    for (int p = 0; p < 6; ++p) placement.set(l, p / 3, p % 3, (p + 1) % 4);
+  }
+  const std::string five_rows = SglangPhysicalToLogicalToJson(placement, 3);
+  struct Case {
+    SglangMapOptions options;
+    const char* want;
+  };
+  const Case cases[] = {
+      {{.num_ranks = 2, .num_hidden_layers = 4},
+       "physical_to_logical_map has 5 rows but the model has 4 hidden layers"},
+      {{.num_ranks = 2, .num_hidden_layers = 6, .num_dense_layers = 3},
+       "physical_to_logical_map has 5 rows but the model has 6 hidden layers "
+       "(3 dense, 3 MoE)"},
+      {{.num_ranks = 2, .num_hidden_layers = 5, .num_dense_layers = 5},
+       "num_hidden_layers must be >= 0 and num_dense_layers in [-1, "
+       "num_hidden_layers), got 5 and 5"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.want);
+    const StatusOr<Placement> parsed =
+        ParseSglangPhysicalToLogical(five_rows, c.options);
+    ASSERT_FALSE(parsed.ok());
+    EXPECT_EQ(parsed.status().message(), c.want);
+  }
+  // All hidden layers but no leading row in the initial placement: nothing
+  // is dropped, and the warning says so.
+  std::vector<std::string> warnings;
+  const StatusOr<Placement> kept = ParseSglangPhysicalToLogical(
+      SglangPhysicalToLogicalToJson(placement),
+      SglangMapOptions{.num_ranks = 2, .num_hidden_layers = 2}, &warnings);
+  ASSERT_TRUE(kept.ok()) << kept.status().ToString();
+  EXPECT_EQ(kept->num_layers(), 2);
+  EXPECT_EQ(warnings,
+            std::vector<std::string>{
+                "no leading row of the 2 in physical_to_logical_map holds "
+                "the initial placement, so none was taken as a dense layer "
+                "(naming the model makes this exact)"});
 }
 
 }  // namespace

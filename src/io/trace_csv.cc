@@ -21,6 +21,7 @@
 
 #include "eplb/io.h"
 #include "io/json_util.h"
+#include "io/torch_file.h"
 
 namespace eplb {
 namespace {
@@ -361,6 +362,7 @@ void AppendRow(std::string* out, int step, int layer, int expert,
 
 StatusOr<LoadTrace> ReadTraceCsv(const std::string& path,
                                  const TraceCsvOptions& options) {
+  EPLB_RETURN_IF_ERROR(internal::RejectTorchFileAt(path, "logical_count"));
   return TraceCsvReader(path, options).Read();
 }
 

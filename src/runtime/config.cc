@@ -38,6 +38,9 @@ constexpr std::string_view kAlgorithmInterval = "algorithm_execution_interval";
 constexpr std::string_view kNumRedundant = "num_redundant_experts";
 constexpr std::string_view kPolicyType = "eplb_policy_type";
 constexpr std::string_view kHeatStage = "eplb_heat_collection_stage";
+// vllm-ascend's newer name for the heat stage: the same three values, the
+// same meaning (which batches' expert loads are collected).
+constexpr std::string_view kLoadCollectionPhase = "load_collection_phase";
 // eplb's own keys, beyond vllm-ascend's.
 constexpr std::string_view kDispatch = "eplb_dispatch";
 constexpr std::string_view kMigrationBudget = "eplb_migration_budget";
@@ -48,11 +51,11 @@ constexpr std::string_view kPlannerThreads = "eplb_planner_threads";
 
 // vllm-ascend's keys in the order of its table, then eplb's own; the
 // unknown-key error lists them so.
-constexpr std::array<std::string_view, 14> kValidKeys = {
-    kDynamicEplb,       kExpertMapPath,   kExpertMapRecordPath, kHeatInterval,
-    kAlgorithmInterval, kNumRedundant,    kPolicyType,          kHeatStage,
-    kDispatch,          kMigrationBudget, kFastWarmup,          kShiftReplan,
-    kLinkBandwidth,     kPlannerThreads,
+constexpr std::array<std::string_view, 15> kValidKeys = {
+    kDynamicEplb,         kExpertMapPath, kExpertMapRecordPath, kHeatInterval,
+    kAlgorithmInterval,   kNumRedundant,  kPolicyType,          kHeatStage,
+    kLoadCollectionPhase, kDispatch,      kMigrationBudget,     kFastWarmup,
+    kShiftReplan,         kLinkBandwidth, kPlannerThreads,
 };
 
 constexpr std::string_view kDynamicEnv = "DYNAMIC_EPLB";
@@ -146,7 +149,7 @@ Status ReadPolicyType(const Json& value, int* out) {
   return Status::Ok();
 }
 
-Status ReadHeatStage(const Json& value, HeatStage* out) {
+Status ReadHeatStage(const Json& value, std::string_view key, HeatStage* out) {
   if (value.is_string()) {
     const std::string& name = value.get_ref<const std::string&>();
     for (const HeatStage stage :
@@ -157,7 +160,7 @@ Status ReadHeatStage(const Json& value, HeatStage* out) {
       }
     }
   }
-  return KeyError(kHeatStage, Describe(value),
+  return KeyError(key, Describe(value),
                   R"(must be "all", "prefill" or "decode")");
 }
 
@@ -316,7 +319,20 @@ Status ReadKeys(const Json& object, EplbConfig* config) {
   }
   if (const Json* v = find(kHeatStage)) {
     EPLB_RETURN_IF_ERROR(
-        ReadHeatStage(*v, &config->eplb_heat_collection_stage));
+        ReadHeatStage(*v, kHeatStage, &config->eplb_heat_collection_stage));
+  }
+  if (const Json* v = find(kLoadCollectionPhase)) {
+    HeatStage phase = HeatStage::kAll;
+    EPLB_RETURN_IF_ERROR(ReadHeatStage(*v, kLoadCollectionPhase, &phase));
+    if (find(kHeatStage) != nullptr &&
+        phase != config->eplb_heat_collection_stage) {
+      return KeyError(
+          kLoadCollectionPhase, Describe(*v),
+          "disagrees with " + std::string(kHeatStage) + " = \"" +
+              std::string(HeatStageName(config->eplb_heat_collection_stage)) +
+              "\" (both name the heat stage; give one)");
+    }
+    config->eplb_heat_collection_stage = phase;
   }
   if (const Json* v = find(kDispatch)) {
     EPLB_RETURN_IF_ERROR(ReadDispatch(*v, &config->eplb_dispatch));

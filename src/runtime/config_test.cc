@@ -31,6 +31,7 @@ constexpr char kValidKeys[] =
     "dynamic_eplb, expert_map_path, expert_map_record_path, "
     "expert_heat_collection_interval, algorithm_execution_interval, "
     "num_redundant_experts, eplb_policy_type, eplb_heat_collection_stage, "
+    "load_collection_phase, "
     "eplb_dispatch, eplb_migration_budget, eplb_fast_warmup, "
     "eplb_shift_replan, eplb_link_gbytes_per_s, eplb_planner_threads";
 constexpr char kPolicyFix[] =
@@ -98,6 +99,7 @@ const ParseCase kRuleCases[] = {
      "expert_map_path, expert_map_record_path, "
      "expert_heat_collection_interval, algorithm_execution_interval, "
      "num_redundant_experts, eplb_policy_type, eplb_heat_collection_stage, "
+     "load_collection_phase, "
      "eplb_dispatch, eplb_migration_budget, eplb_fast_warmup, "
      "eplb_shift_replan, eplb_link_gbytes_per_s, eplb_planner_threads)"},
     {"UnknownKeyInAdditionalConfig", R"({"eplb_config": {"num_redundant": 2}})",
@@ -200,6 +202,19 @@ const ParseCase kRuleCases[] = {
      "eplb_config.eplb_heat_collection_stage = \"ALL\": must be \"all\""},
     {"StageInteger", R"({"eplb_heat_collection_stage": 0})", kNoEnv,
      "eplb_config.eplb_heat_collection_stage = 0: must be \"all\""},
+    // load_collection_phase: the stage's newer vllm-ascend name.
+    {"PhaseUnknown", R"({"load_collection_phase": "prompt"})", kNoEnv,
+     "eplb_config.load_collection_phase = \"prompt\": must be \"all\", "
+     "\"prefill\" or \"decode\""},
+    {"PhaseNull", R"({"load_collection_phase": null})", kNoEnv,
+     "eplb_config.load_collection_phase = null: must be \"all\""},
+    {"PhaseDisagreesWithStage",
+     R"({"eplb_heat_collection_stage": "decode",
+         "load_collection_phase": "prefill"})",
+     kNoEnv,
+     "eplb_config.load_collection_phase = \"prefill\": disagrees with "
+     "eplb_heat_collection_stage = \"decode\" (both name the heat stage; "
+     "give one)"},
     // eplb's own keys.
     {"DispatchUnknown", R"({"eplb_dispatch": "random"})", kNoEnv,
      "eplb_config.eplb_dispatch = \"random\": must be \"rr\" or "
@@ -463,6 +478,16 @@ const ValidCase kValidCases[] = {
        c.eplb_heat_collection_stage = HeatStage::kPrefill;
      },
      EplbMode::kRecording},
+    {"LoadCollectionPhasePrefill",
+     R"({"eplb_config": {"load_collection_phase": "prefill"}})", kNoEnv,
+     [](EplbConfig& c) { c.eplb_heat_collection_stage = HeatStage::kPrefill; },
+     EplbMode::kDisabled},
+    {"LoadCollectionPhaseAgreesWithStage",
+     R"({"load_collection_phase": "decode",
+         "eplb_heat_collection_stage": "decode"})",
+     kNoEnv,
+     [](EplbConfig& c) { c.eplb_heat_collection_stage = HeatStage::kDecode; },
+     EplbMode::kDisabled},
     {"PolicyOneStageAll",
      R"({"eplb_policy_type": 1, "eplb_heat_collection_stage": "all"})", kNoEnv,
      [](EplbConfig& c) { c.eplb_policy_type = 1; }, EplbMode::kDisabled},
