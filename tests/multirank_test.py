@@ -99,14 +99,21 @@ def main():
                   ", ".join(f"{k}: {a[k]} vs {b[k]}" for k in diff))
             check(f"{name}: processes", a["processes"] == np and b["processes"] == 1)
     elif case == "corrupt":
-        r = replay(mpi, common + over_mpi + ["--no-pace", "--corrupt-every", "7"])
-        check("corrupted layers abort", r["layers_aborted"] > 0, str(r["layers_aborted"]))
-        check("outputs stay exact", r["outputs_mismatched"] == 0,
-              str(r["outputs_mismatched"]))
+        plain = replay(mpi, common + over_mpi + ["--no-pace", "--corrupt-every", "7"])
+        check("corrupted layers abort", plain["layers_aborted"] > 0,
+              str(plain["layers_aborted"]))
+        check("outputs stay exact", plain["outputs_mismatched"] == 0,
+              str(plain["outputs_mismatched"]))
         r = replay(mpi, common + over_mpi +
                    ["--no-pace", "--corrupt-every", "7", "--forge-checksums"])
-        check("forged checksums commit", r["layers_aborted"] == 0 and
-              r["layers_committed"] > 0)
+        # Forged transfers commit. A later, honest transfer of an expert whose
+        # forged checksum the migration engine learnt may still abort, so
+        # fewer layers abort rather than none.
+        check("forged checksums commit",
+              r["layers_aborted"] < plain["layers_aborted"] and
+              r["layers_committed"] > plain["layers_committed"],
+              f'aborted {r["layers_aborted"]} vs {plain["layers_aborted"]}, '
+              f'committed {r["layers_committed"]} vs {plain["layers_committed"]}')
         check("--verify-outputs catches the corruption", r["outputs_mismatched"] > 0,
               str(r["outputs_mismatched"]))
     else:

@@ -81,6 +81,13 @@ class MigrationEngine {
   const Placement& placement() const { return placement_; }
   const ExpertWeights& weights() const { return *options_.weights; }
   const MigrationStats& stats() const { return stats_; }
+  // The checksum of (layer, expert) learnt from a committed transfer of it,
+  // or 0 while none (see known_checksums_).
+  uint64_t known_checksum(int layer, int expert) const {
+    return known_checksums_[static_cast<size_t>(layer) *
+                                placement_.num_experts() +
+                            expert];
+  }
 
   // Starts moving `layer` to `target` [R*K]. FailedPrecondition while
   // another migration is in flight; Unavailable while a timed-out batch's
@@ -133,6 +140,12 @@ class MigrationEngine {
   std::vector<Transfer> transfers_;
   std::unique_ptr<TransferBatch> batch_;
   std::unique_ptr<TransferBatch> draining_;  // A timed-out batch still copying.
+  // [layer][expert]: the checksum every replica of the expert has, learnt
+  // from transfers of committed layers (this process sent or received
+  // them, and every receiver verified them); 0 while unknown. Given to
+  // later transfers of the expert (Transfer::source_checksum), so a sender
+  // reads the expert once, for the copy, instead of twice.
+  std::vector<uint64_t> known_checksums_;
   int64_t started_at_ = 0;
   Status last_error_;
 };

@@ -6,7 +6,8 @@
 // of a rank pair enumerate a batch's transfers in the same order.
 //
 // Every transfer carries its source's checksum (SlotChecksum, computed by
-// the sender as it reads the source) and the checksum of what landed in the
+// the sender as it reads the source, or known from an earlier verified
+// transfer of the same expert) and the checksum of what landed in the
 // staging buffer (read back by the receiver), so that what commits is
 // verified end to end, whatever the transport.
 //
@@ -37,6 +38,13 @@ struct Transfer {
   int32_t staging = 0;     // Staging buffer index on dst_rank.
   bool local = false;      // src_rank == dst_rank.
   int64_t real_bytes = 0;  // Bytes at the model's real size (reported).
+  // The checksum (SlotChecksum) every replica of (layer, expert) has, when
+  // the caller knows it from an earlier verified transfer; 0 when not. A
+  // sender that is given it sends it instead of reading the source once
+  // more for it, so the bytes are read once (by the copy) rather than
+  // twice; the receiver's check against it then also catches a source
+  // that changed since.
+  uint64_t source_checksum = 0;
 
   friend bool operator==(const Transfer&, const Transfer&) = default;
 };
@@ -53,8 +61,9 @@ class TransferBatch {
   // (Unavailable, DeadlineExceeded, DataLoss, ...). Valid once Done().
   virtual Status result() const = 0;
   // The source checksum of transfer `i` of the batch (in Start's order), as
-  // its sender computed it; valid once Done() for transfers whose dst_rank
-  // this process hosts (0 where the transfer failed).
+  // its sender computed it (or was given it, Transfer::source_checksum);
+  // valid once Done() for transfers whose src_rank or dst_rank this process
+  // hosts (0 where the transfer failed).
   virtual uint64_t source_checksum(size_t i) const = 0;
   // The checksum of what landed in transfer `i`'s staging buffer
   // (StagingChecksum of it), read back by the receiving side once the data

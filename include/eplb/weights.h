@@ -50,12 +50,13 @@ class ExpertWeights {
 // same on every platform (words are read little-endian); any change
 // confined to one 8-byte word (a flipped byte, say) changes it, since every
 // step is a bijection of both its state and its input word. Whole blocks of
-// kChecksumBlockBytes go through eight independent lanes (so it runs at about
-// memory speed rather than at one multiply's latency per word), each block's
-// lanes folded into the running value; the tail after the last whole block
-// word by word, then byte by byte. Chaining it over consecutive pieces gives
-// the checksum of the whole as long as every piece but the last is a
-// multiple of the block:
+// kChecksumBlockBytes go through 32 independent 64-bit lanes built on 32x32-bit
+// multiplications, side by side in SIMD registers where the CPU has them
+// (AVX2, chosen at run time; the same value without), so that it runs at
+// memory speed; each block's lanes are folded into the running value; the
+// tail after the last whole block word by word, then byte by byte. Chaining it
+// over consecutive pieces gives the checksum of the whole as long as every
+// piece but the last is a multiple of the block:
 //   ChecksumBytes(b, s) ==
 //       ChecksumBytes(b.subspan(k), ChecksumBytes(b.first(k), s))
 // for every k that is a multiple of kChecksumBlockBytes.

@@ -102,6 +102,8 @@ StatusOr<std::unique_ptr<MigrationEngine>> MigrationEngine::Create(
     engine->options_.collective = LocalCollective();
   }
   engine->placement_ = initial;
+  engine->known_checksums_.assign(
+      static_cast<size_t>(o.num_layers) * o.num_experts, 0);
   return engine;
 }
 
@@ -194,6 +196,8 @@ Status MigrationEngine::StartBatch(
             " staging buffers");
       }
     }
+    for (Transfer& x : mine)
+      x.source_checksum = known_checksum(layer, x.expert);
     transfers.insert(transfers.end(), mine.begin(), mine.end());
   }
   // One batch: every rank pair still enumerates its transfers in one order.
@@ -281,6 +285,14 @@ MigrationEngine::State MigrationEngine::Finish() {
       failed[i] = 1;
     }
   }
+  // The checksums this process sent or received, for the layers that commit.
+  std::vector<uint64_t> sums(transfers_.size(), 0);
+  for (size_t j = 0; j < transfers_.size(); ++j) {
+    const Transfer& t = transfers_[j];
+    if (w.Hosts(t.src_rank) || w.Hosts(t.dst_rank)) {
+      sums[j] = batch_->source_checksum(j);
+    }
+  }
   batch_.reset();
   const std::vector<int64_t> failed_here = failed;
   if (!options_.collective->AllReduceMax(failed).ok()) {
@@ -296,12 +308,26 @@ MigrationEngine::State MigrationEngine::Finish() {
                                         ": a transfer failed on another rank");
       ++stats_.layers_aborted;
       aborted_.push_back(layer);
+      // A known checksum that failed to verify is learnt afresh.
+      for (const Transfer& t : transfers_) {
+        if (t.layer == layer) {
+          known_checksums_[static_cast<size_t>(layer) *
+                               placement_.num_experts() +
+                           t.expert] = 0;
+        }
+      }
       continue;
     }
-    for (const Transfer& t : transfers_) {
+    for (size_t j = 0; j < transfers_.size(); ++j) {
+      const Transfer& t = transfers_[j];
       if (t.layer != layer) continue;
       if (w.Hosts(t.dst_rank)) {
         w.CommitStaging(t.dst_rank, t.staging, layer, t.dst_slot);
+      }
+      // Every receiver verified it against what landed: the expert's own.
+      if (sums[j] != 0) {
+        known_checksums_[static_cast<size_t>(layer) * placement_.num_experts() +
+                         t.expert] = sums[j];
       }
       if (t.local) {
         ++stats_.local_copies;

@@ -54,19 +54,38 @@ TEST(PlanTransfersTest, SendsSpreadOverHoldersAndLocalCopies) {
   EXPECT_TRUE(plan[0].local && plan[1].local);
 }
 
+// Remembers the transfers of every batch it starts.
+class RecordingTransport final : public Transport {
+ public:
+  explicit RecordingTransport(std::unique_ptr<Transport> inner)
+      : inner_(std::move(inner)) {}
+  StatusOr<std::unique_ptr<TransferBatch>> Start(
+      std::span<const Transfer> transfers, ExpertWeights* weights) override {
+    last.assign(transfers.begin(), transfers.end());
+    return inner_->Start(transfers, weights);
+  }
+  std::vector<Transfer> last;
+
+ private:
+  std::unique_ptr<Transport> inner_;
+};
+
 struct Rig {
   Topology topology = *MakeTopology(8, 2, 5);
   Placement initial =
       Layers({{7, 2, 0, 3, 5, 6, 1, 4, 7, 2}, {0, 1, 2, 3, 4, 5, 6, 7, 0, 1}},
              2, 5, 8);
   std::unique_ptr<Transport> transport;
+  RecordingTransport* recorder = nullptr;
   std::unique_ptr<SyntheticWeights> store;
   std::unique_ptr<MigrationEngine> engine;
 
   explicit Rig(FaultOptions faults = {}, int64_t timeout_nanos = 10'000'000'000,
                int staging_per_rank = 0) {
-    transport =
-        WrapWithFaults(*CreateInProcessTransport({.num_threads = 2}), faults);
+    auto recording = std::make_unique<RecordingTransport>(
+        WrapWithFaults(*CreateInProcessTransport({.num_threads = 2}), faults));
+    recorder = recording.get();
+    transport = std::move(recording);
     store = *SyntheticWeights::Create(
         SyntheticWeightsOptions{
             .topology = topology,
@@ -230,6 +249,55 @@ TEST(MigrationTest, AFaultInABatchAbortsOnlyItsLayer) {
   EXPECT_EQ(rig.engine->placement(), expected);
   EXPECT_TRUE((*rig.store).Verify(expected).ok())
       << "layer " << bad << " lost weights";
+}
+
+TEST(MigrationTest, AVerifiedTransferTeachesTheExpertsChecksum) {
+  Rig rig;
+  EXPECT_EQ(rig.engine->known_checksum(1, 7), 0u);
+  // Layer 1: rank 0 gets 7 (from rank 1), rank 1 gets 4 (from rank 0).
+  const std::vector<int32_t> first = {0, 1, 2, 3, 7, 5, 6, 7, 0, 4};
+  ASSERT_TRUE(rig.engine->Start(1, first).ok());
+  for (const Transfer& t : rig.recorder->last) {
+    EXPECT_EQ(t.source_checksum, 0u) << "nothing is known yet";
+  }
+  ASSERT_EQ(rig.engine->Wait(), MigrationEngine::State::kCommitted);
+  EXPECT_EQ(rig.engine->known_checksum(1, 7),
+            rig.store->ExpectedChecksum(1, 7));
+  EXPECT_EQ(rig.engine->known_checksum(1, 4),
+            rig.store->ExpectedChecksum(1, 4));
+  EXPECT_EQ(rig.engine->known_checksum(1, 0), 0u) << "never moved";
+  EXPECT_EQ(rig.engine->known_checksum(0, 7), 0u) << "another layer";
+  // Rank 0's slot 0 (expert 0, also on rank 1) takes 4, from rank 1: the
+  // transfer carries the learnt checksum and commits.
+  const std::vector<int32_t> second = {4, 1, 2, 3, 7, 5, 6, 7, 0, 4};
+  ASSERT_TRUE(rig.engine->Start(1, second).ok());
+  ASSERT_EQ(rig.recorder->last.size(), 1u);
+  EXPECT_EQ(rig.recorder->last[0].source_checksum,
+            rig.store->ExpectedChecksum(1, 4));
+  EXPECT_EQ(rig.engine->Wait(), MigrationEngine::State::kCommitted);
+  Placement expected = rig.initial;
+  std::copy(second.begin(), second.end(), expected.mutable_layer(1).begin());
+  EXPECT_TRUE(rig.store->Verify(expected).ok());
+}
+
+TEST(MigrationTest, ASourceThatChangedSinceItsChecksumWasLearntIsCaught) {
+  Rig rig;
+  const std::vector<int32_t> first = {0, 1, 2, 3, 7, 5, 6, 7, 0, 4};
+  ASSERT_TRUE(rig.engine->Start(1, first).ok());
+  ASSERT_EQ(rig.engine->Wait(), MigrationEngine::State::kCommitted);
+  // Expert 4's only copy (rank 1, slot 4) goes bad in memory. A sender that
+  // checksummed its source again would vouch for the bad bytes; the learnt
+  // checksum does not.
+  std::span<const std::byte> live = rig.store->Slot(1, 1, 4, 0);
+  const_cast<std::byte&>(live[live.size() / 3]) ^= std::byte{0x10};
+  const std::vector<int32_t> second = {4, 1, 2, 3, 7, 5, 6, 7, 0, 4};
+  ASSERT_TRUE(rig.engine->Start(1, second).ok());
+  EXPECT_EQ(rig.engine->Wait(), MigrationEngine::State::kAborted);
+  EXPECT_EQ(rig.engine->last_error().code(), StatusCode::kDataLoss);
+  EXPECT_EQ(rig.engine->known_checksum(1, 4), 0u) << "learnt afresh";
+  Placement expected = rig.initial;
+  std::copy(first.begin(), first.end(), expected.mutable_layer(1).begin());
+  EXPECT_EQ(rig.engine->placement(), expected);
 }
 
 TEST(SyntheticWeightsTest, EveryTensorScaledAlike) {

@@ -140,9 +140,11 @@ class InProcessTransport final : public Transport {
       }
       const Transfer& t = job.transfer;
       ExpertWeights& w = *job.weights;
-      // The sender's checksum, read from the source as it is copied.
+      // The sender's checksum: known, or read from the source.
       const uint64_t checksum =
-          SlotChecksum(w, t.src_rank, t.layer, t.src_slot);
+          t.source_checksum != 0
+              ? t.source_checksum
+              : SlotChecksum(w, t.src_rank, t.layer, t.src_slot);
       Status status;
       for (int x = 0; x < w.num_tensors() && status.ok(); ++x) {
         std::span<const std::byte> src =

@@ -1,10 +1,17 @@
 #include "eplb/weights.h"
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cstring>
 
 #include "eplb/collective.h"
+#include "migration/checksum.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define EPLB_CHECKSUM_AVX2 1
+#endif
 
 namespace eplb {
 
@@ -30,33 +37,149 @@ uint64_t Step(uint64_t state, uint64_t word) {
   return std::rotl((state ^ word) * kMultiplier, 31);
 }
 
-}  // namespace
+// A block's lanes: kLanes 64-bit chains, lane k reading words k, k + kLanes,
+// k + 2 kLanes, ... of the block (one 256-byte stride at a time), so that
+// they run side by side in SIMD registers. A lane step x = lane ^ word, then
+// x += lo32(x) * K1, a swap of the halves, x += lo32(x) * K2: with K even,
+// x -> x + lo32(x) * K is a bijection (the low half is multiplied by the odd
+// K + 1, the high half shifted by a function of the low), so the step is a
+// bijection of the lane for a fixed word and of the word for a fixed lane.
+// 32x32 -> 64-bit products are what SIMD units multiply (AVX2's vpmuludq,
+// NEON's umull).
+constexpr size_t kLanes = 32;
+constexpr size_t kStride = kLanes * 8;
+static_assert(kChecksumBlockBytes % kStride == 0);
+constexpr uint64_t kLaneMul1 = 0x9e3779b8;  // Even.
+constexpr uint64_t kLaneMul2 = 0x85ebca76;  // Even.
+constexpr uint64_t kLow32 = 0xffffffff;
 
-uint64_t ChecksumBytes(std::span<const std::byte> bytes, uint64_t seed) {
-  static_assert(kChecksumBlockBytes % 64 == 0);
-  uint64_t h = seed;
+// The lanes' starting values: splitmix64 of the lane's index.
+constexpr std::array<uint64_t, kLanes> kLaneSeeds = [] {
+  std::array<uint64_t, kLanes> s{};
+  uint64_t x = 0;
+  for (uint64_t& v : s) {
+    x += 0x9e3779b97f4a7c15ULL;
+    uint64_t z = x;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    v = z ^ (z >> 31);
+  }
+  return s;
+}();
+
+uint64_t LaneStep(uint64_t lane, uint64_t word) {
+  uint64_t x = lane ^ word;
+  x += (x & kLow32) * kLaneMul1;
+  x = std::rotl(x, 32);
+  x += (x & kLow32) * kLaneMul2;
+  return x;
+}
+
+// The lanes of one block, then their fold into `h`: pairwise (Step is a
+// bijection of either argument for the other fixed, so a changed lane still
+// changes the root), 5 multiplications' latency rather than 32.
+template <typename LanesFn>
+inline __attribute__((always_inline)) uint64_t FoldBlocks(const std::byte* p,
+                                                          size_t blocks,
+                                                          uint64_t h,
+                                                          LanesFn block_lanes) {
+  for (size_t b = 0; b < blocks; ++b) {
+    std::array<uint64_t, kLanes> lanes = kLaneSeeds;
+    block_lanes(p + b * kChecksumBlockBytes, lanes.data());
+    for (size_t width = kLanes; width > 1; width /= 2) {
+      for (size_t k = 0; k < width / 2; ++k) {
+        lanes[k] = Step(lanes[2 * k], lanes[2 * k + 1]);
+      }
+    }
+    h = Step(h, lanes[0]);
+  }
+  return h;
+}
+
+inline __attribute__((always_inline)) void BlockLanesPortable(
+    const std::byte* block, uint64_t* lanes) {
+  for (size_t j = 0; j < kChecksumBlockBytes; j += kStride) {
+    for (size_t k = 0; k < kLanes; ++k) {
+      lanes[k] = LaneStep(lanes[k], Load64(block + j + 8 * k));
+    }
+  }
+}
+
+uint64_t BlocksPortable(const std::byte* p, size_t blocks, uint64_t h) {
+  return FoldBlocks(p, blocks, h, BlockLanesPortable);
+}
+
+#ifdef EPLB_CHECKSUM_AVX2
+// BlockLanesPortable, four lanes to a register (x86 is little-endian).
+__attribute__((target("avx2"), always_inline)) inline void BlockLanesAvx2(
+    const std::byte* block, uint64_t* lanes) {
+  constexpr int kRegs = kLanes / 4;
+  __m256i l[kRegs];
+  for (int r = 0; r < kRegs; ++r) {
+    l[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(lanes + 4 * r));
+  }
+  const __m256i k1 = _mm256_set1_epi64x(static_cast<int64_t>(kLaneMul1));
+  const __m256i k2 = _mm256_set1_epi64x(static_cast<int64_t>(kLaneMul2));
+  for (size_t j = 0; j < kChecksumBlockBytes; j += kStride) {
+    for (int r = 0; r < kRegs; ++r) {
+      const __m256i w = _mm256_loadu_si256(
+          reinterpret_cast<const __m256i*>(block + j + 32 * r));
+      __m256i x = _mm256_xor_si256(l[r], w);
+      x = _mm256_add_epi64(x, _mm256_mul_epu32(x, k1));
+      x = _mm256_shuffle_epi32(x, 0xb1);  // Swap each lane's halves.
+      l[r] = _mm256_add_epi64(x, _mm256_mul_epu32(x, k2));
+    }
+  }
+  for (int r = 0; r < kRegs; ++r) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(lanes + 4 * r), l[r]);
+  }
+}
+
+__attribute__((target("avx2"))) uint64_t BlocksAvx2(const std::byte* p,
+                                                    size_t blocks, uint64_t h) {
+  return FoldBlocks(
+      p, blocks, h,
+      [](const std::byte* block, uint64_t* lanes)
+          __attribute__((target("avx2"))) { BlockLanesAvx2(block, lanes); });
+}
+#endif
+
+using BlocksFn = uint64_t (*)(const std::byte*, size_t, uint64_t);
+
+BlocksFn ChooseBlocks() {
+#ifdef EPLB_CHECKSUM_AVX2
+  if (__builtin_cpu_supports("avx2")) return BlocksAvx2;
+#endif
+  return BlocksPortable;
+}
+
+// Chosen once, before main (no guard on the hot path).
+const BlocksFn kBlocks = ChooseBlocks();
+
+uint64_t Checksum(std::span<const std::byte> bytes, uint64_t seed,
+                  BlocksFn blocks_fn) {
   const std::byte* p = bytes.data();
   const size_t n = bytes.size();
-  size_t i = 0;
-  for (; i + kChecksumBlockBytes <= n; i += kChecksumBlockBytes) {
-    // Eight independent chains, one word in eight each: the multiplications
-    // overlap instead of waiting on each other.
-    uint64_t lane[8] = {0x243f6a8885a308d3ULL, 0x13198a2e03707344ULL,
-                        0xa4093822299f31d0ULL, 0x082efa98ec4e6c89ULL,
-                        0x452821e638d01377ULL, 0xbe5466cf34e90c6cULL,
-                        0xc0ac29b7c97c50ddULL, 0x3f84d5b5b5470917ULL};
-    const std::byte* q = p + i;
-    for (size_t j = 0; j < kChecksumBlockBytes; j += 64) {
-      for (int k = 0; k < 8; ++k)
-        lane[k] = Step(lane[k], Load64(q + j + 8 * k));
-    }
-    for (uint64_t v : lane) h = Step(h, v);
-  }
+  const size_t blocks = n / kChecksumBlockBytes;
+  uint64_t h = blocks > 0 ? blocks_fn(p, blocks, seed) : seed;
+  size_t i = blocks * kChecksumBlockBytes;
   for (; i + 8 <= n; i += 8) h = Step(h, Load64(p + i));
   for (; i < n; ++i) {
     h = (h ^ static_cast<uint64_t>(p[i])) * kFnvPrime;
   }
   return h;
+}
+
+}  // namespace
+
+uint64_t ChecksumBytesPortable(std::span<const std::byte> bytes,
+                               uint64_t seed) {
+  return Checksum(bytes, seed, BlocksPortable);
+}
+
+uint64_t ChecksumBytes(std::span<const std::byte> bytes, uint64_t seed) {
+  // Before main, another static initialiser could see it unset.
+  return Checksum(bytes, seed, kBlocks != nullptr ? kBlocks : ChooseBlocks());
 }
 
 bool SlotChecksumCursor::Advance(size_t max_bytes) {

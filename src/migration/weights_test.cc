@@ -8,6 +8,8 @@
 #include <span>
 #include <vector>
 
+#include "migration/checksum.h"
+
 namespace eplb {
 namespace {
 
@@ -80,11 +82,13 @@ TEST(ChecksumTest, EveryFlippedByteChangesIt) {
 
 TEST(ChecksumTest, TwoFlippedTopBitsDoNotCancel) {
   // The top bit of a word (a float's sign bit) flipped in two words of the
-  // same lane, and in two tail words.
+  // same lane (256 bytes apart), of two lanes, and in two tail words.
   std::vector<std::byte> v = Pattern(kChecksumBlockBytes + 64);
   const uint64_t whole = ChecksumBytes(v);
-  for (const size_t first : {size_t{7}, kChecksumBlockBytes + 7}) {
-    const size_t second = first + 32;
+  for (const auto& [first, second] :
+       {std::pair<size_t, size_t>{7, 263},
+        {7, 39},
+        {kChecksumBlockBytes + 7, kChecksumBlockBytes + 39}}) {
     v[first] ^= std::byte{0x80};
     v[second] ^= std::byte{0x80};
     EXPECT_NE(ChecksumBytes(v), whole) << "bytes " << first << ", " << second;
@@ -94,13 +98,29 @@ TEST(ChecksumTest, TwoFlippedTopBitsDoNotCancel) {
 }
 
 TEST(ChecksumTest, PinnedValues) {
-  // The same on every platform and build: ranks compare them. (Checked
-  // against a separate implementation of the definition in Python.)
+  // The same on every platform and build: ranks compare them. (From a
+  // separate implementation of the definition: tests/checksum_reference.py.)
   EXPECT_EQ(ChecksumBytes({}), kChecksumSeed);
   EXPECT_EQ(ChecksumBytes(Pattern(3)), 9630769788773877726ULL);
   EXPECT_EQ(ChecksumBytes(Pattern(100)), 14265848130499360110ULL);
   EXPECT_EQ(ChecksumBytes(Pattern(3 * kChecksumBlockBytes + 13)),
-            17678194241981373962ULL);
+            3207512996735705163ULL);
+}
+
+TEST(ChecksumTest, SimdAndPortableAgree) {
+  // Whatever path ChecksumBytes took on this CPU (AVX2 or not), it is the
+  // portable definition's value, on whole blocks, tails and odd offsets.
+  const std::vector<std::byte> v = Pattern(9 * kChecksumBlockBytes + 77);
+  const std::span<const std::byte> all(v);
+  for (const size_t at : {size_t{0}, size_t{1}, size_t{8}, size_t{4099}}) {
+    for (const size_t n :
+         {size_t{0}, size_t{5}, kChecksumBlockBytes,
+          4 * kChecksumBlockBytes + 9, 8 * kChecksumBlockBytes}) {
+      const auto piece = all.subspan(at, n);
+      EXPECT_EQ(ChecksumBytes(piece, 7), ChecksumBytesPortable(piece, 7))
+          << "offset " << at << ", " << n << " bytes";
+    }
+  }
 }
 
 TEST(ChecksumTest, SlotChecksumChainsTheTensors) {

@@ -263,7 +263,10 @@ class MpiTransport final : public Transport {
       const bool dst = t.dst_rank == rank_;
       if (!src && !dst) continue;
       if (src && dst) {
-        b.checksums_[i] = SlotChecksum(w, t.src_rank, t.layer, t.src_slot);
+        b.checksums_[i] =
+            t.source_checksum != 0
+                ? t.source_checksum
+                : SlotChecksum(w, t.src_rank, t.layer, t.src_slot);
         for (int x = 0; x < w.num_tensors(); ++x) {
           auto from = w.Slot(t.src_rank, t.layer, t.src_slot, x);
           auto to = w.Staging(t.dst_rank, t.staging, x);
@@ -291,7 +294,13 @@ class MpiTransport final : public Transport {
           add(false, t.src_rank, to.data(), to.size(), static_cast<int>(i));
         }
       }
-      if (src) {
+      if (src && t.source_checksum != 0) {
+        // Known: the source is read once, by the copy.
+        sent_sums[i] = t.source_checksum;
+        messages.push_back({true, t.dst_rank, kChecksumTag,
+                            reinterpret_cast<std::byte*>(&sent_sums[i]), 8, -1,
+                            -1});
+      } else if (src) {
         messages.push_back({true, t.dst_rank, kChecksumTag,
                             reinterpret_cast<std::byte*>(&sent_sums[i]), 8,
                             static_cast<int>(sums.size())});
@@ -392,6 +401,13 @@ class MpiTransport final : public Transport {
       }
     }
     read_back();
+    // What this process sent, for its caller to keep (source_checksum()).
+    for (size_t i = 0; i < b.transfers_.size(); ++i) {
+      const Transfer& t = b.transfers_[i];
+      if (t.src_rank == rank_ && t.dst_rank != rank_) {
+        b.checksums_[i] = sent_sums[i];
+      }
+    }
     return Status::Ok();
   }
 
