@@ -179,6 +179,10 @@ class Controller {
   // AfterForward (a seqlock snapshot: never blocks the serving thread,
   // never torn).
   ControllerStats stats() const;
+  // Whether the planner thread is computing a plan right now (it was handed
+  // a window and has not finished). For a gauge of planner activity, or a
+  // test that waits for a slow plan without sleeping.
+  bool planning() const;
   // Serving thread only: the committed placement.
   const Placement& placement() const { return migration_->placement(); }
   const ExpertWeights& weights() const { return migration_->weights(); }

@@ -21,6 +21,7 @@
 #include <memory>
 #include <span>
 
+#include "eplb/clock.h"
 #include "eplb/status.h"
 #include "eplb/weights.h"
 
@@ -94,8 +95,8 @@ StatusOr<std::unique_ptr<Transport>> CreateInProcessTransport(
 
 // Wraps a transport to inject faults (tests): every `fail_every`-th transfer
 // (0 = never) fails with Unavailable, every `corrupt_every`-th has one byte
-// flipped after the copy, and every batch takes at least `delay_nanos` of
-// real time before it reports Done. With `forge_checksums`, a corrupted
+// flipped after the copy, and every batch takes at least `delay_nanos` (on
+// `clock`) before it reports Done. With `forge_checksums`, a corrupted
 // transfer also reports the checksum of what landed rather than the
 // sender's, so the corruption passes the migration's check and commits: a
 // broken transport that only an output check can catch.
@@ -104,6 +105,9 @@ struct FaultOptions {
   int corrupt_every = 0;
   int64_t delay_nanos = 0;
   bool forge_checksums = false;
+  // The clock delay_nanos is measured on; SystemClock() when null (a test
+  // injects a ManualClock and advances it).
+  Clock* clock = nullptr;
 };
 std::unique_ptr<Transport> WrapWithFaults(std::unique_ptr<Transport> inner,
                                           const FaultOptions& faults);

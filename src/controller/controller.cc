@@ -226,6 +226,11 @@ ControllerStats Controller::stats() const {
   return std::bit_cast<ControllerStats>(words);
 }
 
+bool Controller::planning() const {
+  return planner_ != nullptr &&
+         planner_->state.load(std::memory_order_acquire) == Planner::kRunning;
+}
+
 void Controller::BeforeForward() {
   if (phase_ == Phase::kMigrate) MigrateStep(/*before=*/true);
   PublishStats();

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <chrono>
 #include <filesystem>
+#include <semaphore>
 #include <stdexcept>
 #include <thread>
 
@@ -21,14 +22,12 @@ constexpr int kLayers = 3, kExperts = 16, kRanks = 4, kSlots = 5;
 // A policy that misbehaves on purpose.
 class BadPolicy final : public Policy {
  public:
-  enum class Mode { kThrow, kSleep, kInvalid };
+  enum class Mode { kThrow, kInvalid };
   explicit BadPolicy(Mode mode) : mode_(mode) {}
   std::string_view name() const override { return "bad"; }
   StatusOr<Plan> Rebalance(const PolicyInput& in,
                            const PolicyOptions&) override {
     if (mode_ == Mode::kThrow) throw std::runtime_error("boom");
-    if (mode_ == Mode::kSleep)
-      std::this_thread::sleep_for(std::chrono::milliseconds(300));
     Plan p{*in.current, std::vector<LayerPlan>(in.current->num_layers()), {}};
     p.placement.set(0, 0, 0,
                     p.placement.at(0, 0, 1));  // A duplicate on rank 0.
@@ -39,20 +38,46 @@ class BadPolicy final : public Policy {
   Mode mode_;
 };
 
-// The default policy, slowed down: each plan takes `delay` longer.
+// The default policy, slowed down on an injected clock: each plan takes
+// `delay` longer as the controller measures it.
 class SlowPolicy final : public Policy {
  public:
-  explicit SlowPolicy(std::chrono::milliseconds delay)
-      : delay_(delay), inner_(*CreatePolicy("default")) {}
+  SlowPolicy(ManualClock* clock, std::chrono::milliseconds delay)
+      : clock_(clock), delay_(delay), inner_(*CreatePolicy("default")) {}
   std::string_view name() const override { return "slow"; }
   StatusOr<Plan> Rebalance(const PolicyInput& in,
                            const PolicyOptions& options) override {
-    std::this_thread::sleep_for(delay_);
+    clock_->Advance(std::chrono::nanoseconds(delay_).count());
     return inner_->Rebalance(in, options);
   }
 
  private:
+  ManualClock* clock_;
   std::chrono::milliseconds delay_;
+  std::unique_ptr<Policy> inner_;
+};
+
+// A policy behind a gate the test opens: a plan exactly as late as the test
+// says, with no sleep. Open() lets one plan through (the inner policy's;
+// `default` unless given).
+class GatedPolicy final : public Policy {
+ public:
+  explicit GatedPolicy(std::unique_ptr<Policy> inner = nullptr)
+      : inner_(inner ? std::move(inner) : *CreatePolicy("default")) {}
+  std::string_view name() const override { return "gated"; }
+  StatusOr<Plan> Rebalance(const PolicyInput& in,
+                           const PolicyOptions& options) override {
+    entered_.fetch_add(1);
+    gate_.acquire();
+    return inner_->Rebalance(in, options);
+  }
+  // Plans that reached the gate so far.
+  int entered() const { return entered_.load(); }
+  void Open() { gate_.release(); }
+
+ private:
+  std::atomic<int> entered_{0};
+  std::counting_semaphore<1 << 20> gate_{0};
   std::unique_ptr<Policy> inner_;
 };
 
@@ -64,9 +89,13 @@ struct Rig {
   std::vector<std::pair<int64_t, int>> commits;
   std::vector<std::string> logs;
 
+  // `lockstep` (the default): the serving thread waits for a plan due at a
+  // step, so that plans are never late however slow the machine (a
+  // sanitizer build, say); the tests of late plans turn it off and gate the
+  // policy instead.
   Rig(EplbConfig config, std::unique_ptr<Policy> policy = nullptr,
-      bool sync = false, Placement initial = Placement(), bool lockstep = false,
-      int staging_per_rank = 0) {
+      bool sync = false, Placement initial = Placement(), bool lockstep = true,
+      int staging_per_rank = 0, Clock* clock = nullptr) {
     ControllerOptions o;
     o.config = config;
     o.topology = topology;
@@ -89,6 +118,7 @@ struct Rig {
     o.real_expert_bytes = 1 << 20;
     o.sync_migration = sync;
     o.lockstep = lockstep;
+    o.clock = clock;
     o.on_commit = [this](int64_t step, int layer, const Placement&) {
       commits.emplace_back(step, layer);
     };
@@ -98,12 +128,10 @@ struct Rig {
   }
 
   // One step with skewed per-slot load (expert 0 very hot), routed through
-  // the current tables. Returns how long the controller calls took.
-  // `hot`: the expert of the 400 tokens (the next two take 100 each).
-  std::chrono::nanoseconds Step(bool skewed = true, int hot = 0) {
-    const auto start = std::chrono::steady_clock::now();
+  // the current tables. `hot`: the expert of the 400 tokens (the next two
+  // take 100 each).
+  void Step(bool skewed = true, int hot = 0) {
     controller->BeforeForward();
-    const auto mid = std::chrono::steady_clock::now();
     std::vector<int64_t> slots(topology.num_slots(), 0);
     for (int l = 0; l < kLayers; ++l) {
       std::fill(slots.begin(), slots.end(), 0);
@@ -119,10 +147,14 @@ struct Rig {
       }
       controller->recorder().RecordSlotCounts(l, slots);
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));  // The forward.
-    const auto before_after = std::chrono::steady_clock::now();
-    controller->AfterForward(512);
-    return (mid - start) + (std::chrono::steady_clock::now() - before_after);
+    // The forward took 2 ms (for the migration's per-step byte budget).
+    controller->AfterForward(512, 0.002);
+  }
+
+  // Waits, without sleeping, until the planner has finished the plan it is
+  // computing.
+  void AwaitPlan() const {
+    while (controller->planning()) std::this_thread::yield();
   }
 };
 
@@ -175,8 +207,6 @@ TEST(ControllerTest, StatsReadFromAnotherThreadAreConsistent) {
 }
 
 TEST(ControllerTest, CycleCommitsOneLayerPerStep) {
-  // A = 10 steps of 2 ms: ample for a plan of microseconds, even on a
-  // loaded machine.
   Rig rig(Dynamic(4, 10));
   const Placement initial = rig.controller->placement();
   for (int i = 0; i < 4 + 10 + kLayers + 2; ++i) rig.Step();
@@ -328,26 +358,32 @@ TEST(ControllerTest, ThrowingPlannerLeavesServingUnaffected) {
 }
 
 TEST(ControllerTest, SlowPlannerNeverBlocksTheServingThread) {
-  Rig rig(Dynamic(3, 1), std::make_unique<BadPolicy>(BadPolicy::Mode::kSleep));
-  std::chrono::nanoseconds worst{0};
-  for (int i = 0; i < 40; ++i) worst = std::max(worst, rig.Step());
+  auto gated = std::make_unique<GatedPolicy>();
+  GatedPolicy* gate = gated.get();
+  Rig rig(Dynamic(3, 1), std::move(gated), false, Placement(),
+          /*lockstep=*/false);
+  // The plan never finishes while these steps run: had any controller call
+  // waited for it, the test would hang here.
+  for (int i = 0; i < 40; ++i) rig.Step();
   const ControllerStats s = rig.controller->stats();
   // The plan was due after step 4 and is still running: the current map
   // served every step since.
   EXPECT_EQ(s.cycles_late, 1);
   EXPECT_EQ(s.plan_late_steps, 40 - 4 + 1);
   EXPECT_EQ(s.layers_committed, 0);
-  // The planner sleeps 300 ms per plan; no controller call came near that.
-  EXPECT_LT(worst, std::chrono::milliseconds(100));
+  EXPECT_TRUE(rig.controller->planning());
   EXPECT_NE(rig.logs[0].find("not ready"), std::string::npos) << rig.logs[0];
+  gate->Open();
+  rig.AwaitPlan();
 }
 
 TEST(ControllerTest, LockstepTakesASlowPlanAndCommitsOnSchedule) {
-  // The plan takes 50 ms, 25 times A = 1 step of 2 ms: in a paced loop the
-  // cycle would be skipped; the lockstep simulation waits for it.
+  // The plan takes 50 ms (on the injected clock), far beyond A = 1 step: in
+  // a paced loop the cycle would be late; the lockstep simulation waits.
+  ManualClock clock;
   Rig rig(Dynamic(4, 1),
-          std::make_unique<SlowPolicy>(std::chrono::milliseconds(50)),
-          /*sync=*/false, Placement(), /*lockstep=*/true);
+          std::make_unique<SlowPolicy>(&clock, std::chrono::milliseconds(50)),
+          /*sync=*/false, Placement(), /*lockstep=*/true, 0, &clock);
   for (int i = 0; i < 4 + 1 + kLayers + 2; ++i) rig.Step();
   const ControllerStats s = rig.controller->stats();
   EXPECT_EQ(s.cycles_late, 0);
@@ -358,22 +394,28 @@ TEST(ControllerTest, LockstepTakesASlowPlanAndCommitsOnSchedule) {
 }
 
 TEST(ControllerTest, ALatePlanIsTakenAsSoonAsItIsReady) {
-  // The plan takes 30 ms against A = 1 step of about 2 ms: it is late, and
+  // The plan, due after step H + A = 9, finishes only after step 12: it is
   // taken at the end of the first step it is ready (nothing migrated
   // meanwhile, so it still fits the serving placement), not after another
-  // collection of H = 8 steps.
-  Rig rig(Dynamic(8, 1),
-          std::make_unique<SlowPolicy>(std::chrono::milliseconds(30)));
-  for (int i = 0; i < 80 && rig.commits.empty(); ++i) rig.Step();
+  // collection of H = 8 steps. Migration stops the world here, so that the
+  // step it commits at says when the plan was taken.
+  auto gated = std::make_unique<GatedPolicy>();
+  GatedPolicy* gate = gated.get();
+  Rig rig(Dynamic(8, 1), std::move(gated), /*sync=*/true, Placement(),
+          /*lockstep=*/false);
+  for (int i = 0; i < 12; ++i) rig.Step();
+  EXPECT_EQ(rig.controller->stats().plan_late_steps, 12 - 9 + 1);
+  EXPECT_TRUE(rig.commits.empty());
+  gate->Open();
+  rig.AwaitPlan();
+  rig.Step();  // Step 13: the plan is taken at its end.
+  rig.Step();  // Step 14: every changed layer commits before its forward.
   const ControllerStats s = rig.controller->stats();
   EXPECT_EQ(s.cycles_late, 1);
-  EXPECT_GE(s.plan_late_steps, 3);
-  ASSERT_GE(s.layers_committed, 1);
-  // Taken at step 8 + 1 + late; its first layer commits a step later, or a
-  // few when the copies are slow (sanitizers), within less than H.
-  const int64_t taken = 8 + 1 + s.plan_late_steps;
-  EXPECT_GE(rig.commits[0].first, taken + 1);
-  EXPECT_LT(rig.commits[0].first, taken + 8);
+  EXPECT_EQ(s.plan_late_steps, 12 - 9 + 1);
+  EXPECT_EQ(s.rebalances, 1);
+  ASSERT_FALSE(rig.commits.empty());
+  for (const auto& [step, layer] : rig.commits) EXPECT_EQ(step, 13) << layer;
   EXPECT_TRUE(rig.weights->Verify(rig.controller->placement()).ok());
 }
 
@@ -431,14 +473,11 @@ TEST(ControllerTest, RecordThenStatic) {
 // Records how many per-step samples each plan saw.
 class SpyPolicy final : public Policy {
  public:
-  explicit SpyPolicy(std::vector<int>* seen,
-                     std::chrono::milliseconds delay = {})
-      : seen_(seen), delay_(delay) {}
+  explicit SpyPolicy(std::vector<int>* seen) : seen_(seen) {}
   std::string_view name() const override { return "spy"; }
   StatusOr<Plan> Rebalance(const PolicyInput& in,
                            const PolicyOptions&) override {
     seen_->push_back(in.samples->num_steps());
-    std::this_thread::sleep_for(delay_);
     // The samples are logical loads: every step of the rig routes 400 + 2 *
     // 100 + 13 * 10 tokens in every layer.
     for (int st = 0; st < in.samples->num_steps(); ++st) {
@@ -452,7 +491,6 @@ class SpyPolicy final : public Policy {
 
  private:
   std::vector<int>* seen_;
-  std::chrono::milliseconds delay_;
 };
 
 TEST(ControllerTest, PlannerSeesASlidingHistoryOfSamples) {
@@ -470,15 +508,27 @@ TEST(ControllerTest, PlannerSeesASlidingHistoryOfSamples) {
 }
 
 TEST(ControllerTest, LatePlansDelayTheNextWindowOnly) {
-  // Each plan takes 30 ms against A = 1 step of about 2 ms: every plan is
-  // late, and the next collection starts once it was taken; the history
-  // still grows by one window of H = 4 steps a plan.
+  // Every plan finishes 3 steps after it was due (A = 1): each is late, and
+  // the next collection starts once it was taken; the history still grows
+  // by one window of H = 4 steps a plan.
   std::vector<int> seen;
-  Rig rig(Dynamic(4, 1),
-          std::make_unique<SpyPolicy>(&seen, std::chrono::milliseconds(30)));
-  for (int i = 0; i < 80; ++i) rig.Step();
+  auto gated =
+      std::make_unique<GatedPolicy>(std::make_unique<SpyPolicy>(&seen));
+  GatedPolicy* gate = gated.get();
+  Rig rig(Dynamic(4, 1), std::move(gated), false, Placement(),
+          /*lockstep=*/false);
+  int waited = 0;
+  for (int i = 0; i < 80; ++i) {
+    rig.Step();
+    if (rig.controller->planning() && ++waited == 3 + 1) {
+      gate->Open();
+      rig.AwaitPlan();
+      waited = 0;
+    }
+  }
+  gate->Open();                // The last plan, if one is waiting.
   rig.controller->Shutdown();  // `seen` is the planner's until it stops.
-  ASSERT_GE(seen.size(), 2u);
+  ASSERT_GE(seen.size(), 5u);
   for (size_t i = 0; i < seen.size(); ++i) {
     EXPECT_EQ(seen[i], 4 * static_cast<int>(i + 1)) << "plan " << i;
   }

@@ -81,7 +81,7 @@ struct Rig {
   std::unique_ptr<MigrationEngine> engine;
 
   explicit Rig(FaultOptions faults = {}, int64_t timeout_nanos = 10'000'000'000,
-               int staging_per_rank = 0) {
+               int staging_per_rank = 0, Clock* clock = nullptr) {
     auto recording = std::make_unique<RecordingTransport>(
         WrapWithFaults(*CreateInProcessTransport({.num_threads = 2}), faults));
     recorder = recording.get();
@@ -102,6 +102,7 @@ struct Rig {
                          .real_expert_bytes = 88080384,
                          .weights = store.get(),
                          .transport = transport.get(),
+                         .clock = clock,
                          .timeout_nanos = timeout_nanos},
         initial);
   }
@@ -125,15 +126,17 @@ TEST(MigrationTest, CommitsAVerifiedLayer) {
 }
 
 TEST(MigrationTest, PollDoesNotBlockAndAnotherLayerWaits) {
-  Rig rig(FaultOptions{.delay_nanos = 50'000'000});
+  // The copies take 50 ms on the injected clock, which stands still until
+  // the test moves it: a Poll that waited for them would never return.
+  ManualClock clock;
+  Rig rig(FaultOptions{.delay_nanos = 50'000'000, .clock = &clock},
+          10'000'000'000, 0, &clock);
   const std::vector<int32_t> target = {0, 1, 2, 3, 7, 5, 6, 7, 0, 4};
   ASSERT_TRUE(rig.engine->Start(1, target).ok());
-  const auto start = std::chrono::steady_clock::now();
   EXPECT_EQ(rig.engine->Poll(), MigrationEngine::State::kInFlight);
-  EXPECT_LT(std::chrono::steady_clock::now() - start,
-            std::chrono::milliseconds(40));
   EXPECT_EQ(rig.engine->Start(0, rig.initial.layer(0)).code(),
             StatusCode::kFailedPrecondition);
+  clock.Advance(50'000'000);
   EXPECT_EQ(rig.engine->Wait(), MigrationEngine::State::kCommitted);
 }
 
@@ -160,22 +163,20 @@ TEST(MigrationTest, CorruptedTransferIsCaughtByChecksum) {
 }
 
 TEST(MigrationTest, TimeoutAbortsWithoutBlockingAndDrains) {
-  Rig rig(FaultOptions{.delay_nanos = 200'000'000},
-          /*timeout_nanos=*/1'000'000);
+  // Copies of 200 ms against a timeout of 1 ms, on the injected clock.
+  ManualClock clock;
+  Rig rig(FaultOptions{.delay_nanos = 200'000'000, .clock = &clock},
+          /*timeout_nanos=*/1'000'000, 0, &clock);
   const std::vector<int32_t> target = {0, 1, 2, 3, 7, 5, 6, 7, 0, 4};
   ASSERT_TRUE(rig.engine->Start(1, target).ok());
-  MigrationEngine::State s = MigrationEngine::State::kInFlight;
-  const auto start = std::chrono::steady_clock::now();
-  while (s == MigrationEngine::State::kInFlight) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    s = rig.engine->Poll();
-  }
-  EXPECT_EQ(s, MigrationEngine::State::kAborted);
-  EXPECT_LT(std::chrono::steady_clock::now() - start,
-            std::chrono::milliseconds(150));
+  EXPECT_EQ(rig.engine->Poll(), MigrationEngine::State::kInFlight);
+  clock.Advance(2'000'000);  // Past the timeout, the copies still running.
+  EXPECT_EQ(rig.engine->Poll(), MigrationEngine::State::kAborted);
   EXPECT_EQ(rig.engine->last_error().code(), StatusCode::kDeadlineExceeded);
+  // The staging buffers drain before they are used again.
   EXPECT_EQ(rig.engine->Start(1, target).code(), StatusCode::kUnavailable);
   EXPECT_EQ(rig.engine->placement(), rig.initial);
+  clock.Advance(200'000'000);  // The copies end (the engine waits for them).
 }
 
 TEST(MigrationTest, RejectsInvalidTargets) {

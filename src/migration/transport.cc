@@ -177,7 +177,8 @@ class FaultyBatch final : public TransferBatch {
   FaultyBatch(std::unique_ptr<TransferBatch> inner,
               std::vector<Transfer> corrupt, std::vector<int64_t> inner_index,
               std::vector<int64_t> corrupted_index, bool forge,
-              ExpertWeights* weights, Status injected, int64_t ready_at)
+              ExpertWeights* weights, Status injected, Clock* clock,
+              int64_t ready_at)
       : inner_(std::move(inner)),
         corrupt_(std::move(corrupt)),
         inner_index_(std::move(inner_index)),
@@ -185,9 +186,10 @@ class FaultyBatch final : public TransferBatch {
         forge_(forge),
         weights_(weights),
         injected_(std::move(injected)),
+        clock_(clock),
         ready_at_(ready_at) {}
   bool Done() const override {
-    if (!inner_->Done() || SystemClock()->NowNanos() < ready_at_) return false;
+    if (!inner_->Done() || clock_->NowNanos() < ready_at_) return false;
     std::call_once(corrupted_, [this] {
       for (const Transfer& t : corrupt_) {
         std::span<std::byte> dst = weights_->Staging(t.dst_rank, t.staging, 0);
@@ -231,6 +233,7 @@ class FaultyBatch final : public TransferBatch {
   bool forge_;
   ExpertWeights* weights_;
   Status injected_;
+  Clock* clock_;
   int64_t ready_at_;
   mutable std::once_flag corrupted_;
 };
@@ -238,7 +241,9 @@ class FaultyBatch final : public TransferBatch {
 class FaultyTransport final : public Transport {
  public:
   FaultyTransport(std::unique_ptr<Transport> inner, const FaultOptions& f)
-      : inner_(std::move(inner)), faults_(f) {}
+      : inner_(std::move(inner)),
+        faults_(f),
+        clock_(f.clock != nullptr ? f.clock : SystemClock()) {}
 
   StatusOr<std::unique_ptr<TransferBatch>> Start(
       std::span<const Transfer> transfers, ExpertWeights* weights) override {
@@ -270,12 +275,13 @@ class FaultyTransport final : public Transport {
     return std::unique_ptr<TransferBatch>(std::make_unique<FaultyBatch>(
         std::move(inner), std::move(corrupt), std::move(inner_index),
         std::move(corrupted_index), faults_.forge_checksums, weights, injected,
-        SystemClock()->NowNanos() + faults_.delay_nanos));
+        clock_, clock_->NowNanos() + faults_.delay_nanos));
   }
 
  private:
   std::unique_ptr<Transport> inner_;
   FaultOptions faults_;
+  Clock* clock_;
   int64_t count_ = 0;
 };
 
