@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 # Why each package is here: see README.md, "Dependencies".
 PACKAGES=(
   build-essential cmake ninja-build     # compiler, build system
+  clang                                 # sanitizer builds, libFuzzer (scripts/sanitize.sh)
   nlohmann-json3-dev                    # JSON maps, SGLang dumps, --json output
   libcli11-dev                          # command-line parsing
   libgtest-dev libgmock-dev             # unit and integration tests

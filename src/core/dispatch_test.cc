@@ -672,6 +672,9 @@ TEST(GlobalCountsAndOffsetsTest, SumsColumnsAndLowerRows) {
 }
 
 TEST(BalancedDispatcherTest, PerStepCallsNeverAllocate) {
+  if (!testing_util::AllocationsCounted()) {
+    GTEST_SKIP() << "allocations are not counted under ThreadSanitizer";
+  }
   Rng rng(3);
   const std::vector<int32_t> layer = RandomPlacement(rng, 256, 32, 9);
   const std::vector<int32_t> ids = RandomTopk(rng, 256, 512, 8);

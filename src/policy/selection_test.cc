@@ -31,11 +31,7 @@ LoadTrace TopicSteps(int steps, int shift, uint64_t seed, int tokens = 400) {
   LoadTrace out(steps, kLayers, kExperts);
   std::vector<double> weight(kExperts);
   for (int l = 0; l < kLayers; ++l) {
-    double total = 0.0;
-    for (int e = 0; e < kExperts; ++e) {
-      weight[e] = 1.0 / (1.0 + e + l);
-      total += weight[e];
-    }
+    for (int e = 0; e < kExperts; ++e) weight[e] = 1.0 / (1.0 + e + l);
     std::discrete_distribution<int> pick(weight.begin(), weight.end());
     for (int t = 0; t < steps; ++t) {
       for (int i = 0; i < tokens; ++i) {

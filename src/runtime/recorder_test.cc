@@ -489,6 +489,9 @@ TEST(HeatRecorderTest, ConcurrentSnapshotsAreConsistent) {
 }
 
 TEST(HeatRecorderTest, HotPathDoesNotAllocate) {
+  if (!testing_util::AllocationsCounted()) {
+    GTEST_SKIP() << "allocations are not counted under ThreadSanitizer";
+  }
   HeatRecorderOptions options;
   options.num_layers = 3;
   options.num_experts = 256;

@@ -6,9 +6,28 @@
 #include <cstdlib>
 #include <new>
 
+#if defined(__SANITIZE_THREAD__)
+#define EPLB_COUNT_ALLOCATIONS 0
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define EPLB_COUNT_ALLOCATIONS 0
+#endif
+#endif
+#ifndef EPLB_COUNT_ALLOCATIONS
+#define EPLB_COUNT_ALLOCATIONS 1
+#endif
+
 namespace {
 thread_local int64_t t_allocations = 0;
+}  // namespace
 
+namespace eplb::testing_util {
+bool AllocationsCounted() { return EPLB_COUNT_ALLOCATIONS != 0; }
+int64_t ThreadAllocations() { return t_allocations; }
+}  // namespace eplb::testing_util
+
+#if EPLB_COUNT_ALLOCATIONS
+namespace {
 void* CountedAlloc(std::size_t size) noexcept {
   ++t_allocations;
   return std::malloc(size == 0 ? 1 : size);
@@ -18,10 +37,6 @@ void* CountedAlloc(std::size_t size) noexcept {
 // once operator delete is inlined (-Wmismatched-new-delete).
 [[gnu::noinline]] void CountedFree(void* p) noexcept { std::free(p); }
 }  // namespace
-
-namespace eplb::testing_util {
-int64_t ThreadAllocations() { return t_allocations; }
-}  // namespace eplb::testing_util
 
 void* operator new(std::size_t size) {
   if (void* p = CountedAlloc(size)) return p;
@@ -47,3 +62,4 @@ void operator delete(void* p, const std::nothrow_t&) noexcept {
 void operator delete[](void* p, const std::nothrow_t&) noexcept {
   CountedFree(p);
 }
+#endif  // EPLB_COUNT_ALLOCATIONS

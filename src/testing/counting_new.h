@@ -11,7 +11,12 @@
 
 namespace eplb::testing_util {
 
-// Allocations through operator new by the calling thread so far.
+// Whether allocations are counted: not under ThreadSanitizer, whose runtime
+// supplies operator new and delete itself.
+bool AllocationsCounted();
+
+// Allocations through operator new by the calling thread so far (0 when
+// not counted).
 int64_t ThreadAllocations();
 
 }  // namespace eplb::testing_util

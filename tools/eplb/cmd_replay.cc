@@ -254,7 +254,7 @@ int RunReplayCommand(const ReplayFlags& f) {
   }
 #endif
   o.interrupt = &g_interrupted;
-  o.log = [speaks](std::string_view line) {
+  o.log = [speaks = speaks](std::string_view line) {
     if (!speaks) return;
     std::fprintf(stderr, "eplb: %.*s\n", static_cast<int>(line.size()),
                  line.data());
