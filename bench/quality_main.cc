@@ -1,8 +1,9 @@
 // Quality benchmark of the policies on the real DeepSeek-V3 workloads:
 // in-sample and cross-workload imbalance, moved experts from the initial
 // placement and from the plan of another workload of the same phase, and
-// single-threaded plan time, beside the reference figures of
-// docs/evaluation.md. Prints Markdown (the README's table comes from it).
+// single-threaded plan time, beside the figures of DeepSeek's reference
+// algorithm (eplb.py, measured on the same data). Prints Markdown (the
+// README's table comes from it).
 //
 // Usage: eplb_bench_quality [DATA_DIR]   (default: the source tree's data/)
 #include <algorithm>
@@ -26,7 +27,7 @@ using eplb::Topology;
 struct Layout {
   const char* name;
   int ranks, slots, ranks_per_node, groups;
-  const char* reference;  // DeepSeek's figures (evaluation.md).
+  const char* reference;  // DeepSeek's reference figures on this layout.
 };
 
 const Layout kLayouts[] = {

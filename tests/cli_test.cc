@@ -186,8 +186,8 @@ TEST_F(CliTest, MissingPathsAndDirectories) {
   EXPECT_NE(load.err.find("none.csv"), std::string::npos) << load.err;
 }
 
-// Issue 2, must show 3: the initial placement of DeepSeek-V3 at EP32 / 288
-// slots has a mean per-layer imbalance of ~2.02 on prefill_in1024.
+// The initial placement of DeepSeek-V3 at EP32 / 288 slots has a mean per-layer
+// imbalance of ~2.02 on prefill_in1024.
 TEST_F(CliTest, InspectDeepSeekV3InitialPlacement) {
   Result r = Run("inspect --load " + Data(kDsv3Prefill1024) +
                  " --ranks 32 --slots-per-rank 9 --json");
@@ -278,7 +278,7 @@ TEST_F(CliTest, InspectRejectsBadTopologyAndBadCsv) {
   }
 }
 
-// Issue 2, must show 4.
+// The model table gives DeepSeek-V3's bytes per expert.
 TEST_F(CliTest, ModelsJsonGivesDeepSeekV3Bytes) {
   Result r = Run("models --json");
   ASSERT_EQ(r.exit_code, 0) << r.err;

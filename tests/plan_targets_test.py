@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Issue 3, must show 2: `eplb plan` on every DeepSeek-V3 workload at EP32 with
+"""`eplb plan` on every DeepSeek-V3 workload at EP32 with
 288 slots writes a map that `eplb validate-map` accepts, and whose imbalance,
 recomputed here independently of the project's code (stdlib only), meets the
 targets. Usage: plan_targets_test.py EPLB_BINARY DATA_DIR WORK_DIR"""

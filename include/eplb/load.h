@@ -1,5 +1,6 @@
 // Expert load (heat): per-layer aggregates and per-step traces, and the
-// imbalance measures of docs/evaluation.md.
+// imbalance measures: max/mean rank load (primary; 1 is perfect balance),
+// mean/max (vLLM's "balancedness") and (max - mean) / mean (the excess).
 //
 // Value types and pure functions: thread-compatible.
 #ifndef EPLB_LOAD_H_
@@ -128,8 +129,8 @@ double LayerImbalance(std::span<const int32_t> layer,
                       std::span<const double> expert_load, int num_ranks,
                       int slots_per_rank);
 
-// Imbalance of every layer of a placement under a load, in the three measures
-// of docs/evaluation.md. max/mean is primary.
+// Imbalance of every layer of a placement under a load, in the three
+// measures above. max/mean is primary.
 struct ImbalanceReport {
   std::vector<double> per_layer;   // max/mean per layer.
   double mean = 1.0;               // Mean over layers of max/mean.

@@ -11,7 +11,7 @@
 namespace eplb::policy {
 namespace {
 
-// Spec §6.1 / DeepSeek's README test vector: 2 layers, 12 experts, 16 slots,
+// DeepSeek's README test vector: 2 layers, 12 experts, 16 slots,
 // 4 groups, 2 nodes, 8 ranks.
 const std::vector<std::vector<double>> kWeight = {
     {90, 132, 40, 61, 104, 165, 39, 4, 73, 56, 183, 86},
