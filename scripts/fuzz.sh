@@ -22,7 +22,7 @@ case "$seconds" in '' | *[!0-9]*)
 esac
 
 CC=clang CXX=clang++ cmake -S . -B "$build" -G Ninja \
-  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEPLB_WERROR=ON -DEPLB_SANITIZE=address \
+  -DCMAKE_BUILD_TYPE=Sanitize -DEPLB_WERROR=ON -DEPLB_SANITIZE=address \
   -DEPLB_FUZZ=ON -DEPLB_BUILD_BENCH=OFF -DEPLB_MPI=OFF -DEPLB_PYTHON=OFF >/dev/null
 cmake --build "$build" --target $(printf 'eplb_fuzz_%s ' "${targets[@]}")
 

@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh --deps
 jobs="$(nproc)"
-common=(-G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEPLB_WERROR=ON
+common=(-G Ninja -DCMAKE_BUILD_TYPE=Sanitize -DEPLB_WERROR=ON
   -DEPLB_BUILD_BENCH=OFF -DEPLB_MPI=OFF -DEPLB_PYTHON=OFF)
 unit_targets=(eplb_unit_tests)
 for t in expert_map config sglang deepseek trace_csv; do
