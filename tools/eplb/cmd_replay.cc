@@ -8,10 +8,14 @@
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <utility>
+#include <vector>
 
 #include "cli_util.h"
 #include "eplb/config.h"
 #include "eplb/io.h"
+#include "eplb/limits.h"
+#include "eplb/policy.h"
 #include "eplb/sim/replay.h"
 #include "eplb/sim/report.h"
 #ifdef EPLB_HAVE_MPI
@@ -59,6 +63,8 @@ struct ReplayFlags {
   std::string metrics_host = "0.0.0.0";
   std::string metrics_file;
   bool metrics_heat = false;
+  // The output flags given on the command line, with their paths.
+  std::vector<std::pair<std::string, const std::string*>> outputs;
 };
 
 // The trace shipped in data/: found next to the sources (build tree) or the
@@ -107,14 +113,16 @@ int RunReplayCommand(const ReplayFlags& f) {
                                      std::to_string(f.metrics_port) +
                                      ": must be in [1, 65535]"));
   }
-  if (!f.report.empty()) {
-    Status dir = CheckWritablePath(f.report);
-    if (!dir.ok()) return Fail(dir.WithPrefix("--report"));
+  if (!f.policy.empty()) {
+    // A misspelt policy fails before the trace is read.
+    StatusOr<std::unique_ptr<Policy>> policy = CreatePolicy(f.policy);
+    if (!policy.ok()) return Fail(policy.status());
   }
-  if (!f.metrics_file.empty()) {
-    // Fail now, not after the whole run.
-    Status dir = CheckWritablePath(f.metrics_file);
-    if (!dir.ok()) return Fail(dir.WithPrefix("--metrics-file"));
+  // Every output path fails now, not after the whole run ("" included:
+  // a flag given empty is a mistake, not "no output").
+  for (const auto& [flag, path] : f.outputs) {
+    Status dir = CheckWritablePath(*path);
+    if (!dir.ok()) return Fail(dir.WithPrefix(flag));
   }
 #ifndef EPLB_HAVE_HTTP
   if (f.metrics_port != 0) {
@@ -390,12 +398,12 @@ void AddReplayCommand(CLI::App* app, int* exit_code) {
                   "Cost-model profile: a2, a3, h100 (default a2)");
   cmd->add_option("--ranks", f->ranks,
                   "Ranks (default 16 on the shipped trace, else 8)")
-      ->check(CLI::PositiveNumber);
+      ->check(IntRange(1, kMaxRanks));
   cmd->add_option("--redundant", f->redundant,
                   "Redundant experts (default 16 on the shipped trace, else 8)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(IntRange(0, kMaxSlots));
   cmd->add_option("--ranks-per-node", f->ranks_per_node, "Ranks per node")
-      ->check(CLI::PositiveNumber);
+      ->check(IntRange(1, kMaxRanks));
   cmd->add_option("--policy", f->policy,
                   "Policy name or number (default: the config's, else swift)");
   cmd->add_option(
@@ -403,14 +411,14 @@ void AddReplayCommand(CLI::App* app, int* exit_code) {
       "eplb_config JSON (needs DYNAMIC_EPLB=true for dynamic modes)");
   cmd->add_option("--heat-interval", f->heat_interval,
                   "Steps of heat per cycle (default 8)")
-      ->check(CLI::PositiveNumber);
+      ->check(IntAtLeast(1));
   cmd->add_option("--algo-interval", f->algo_interval,
                   "Steps the planner may take (default 1)")
-      ->check(CLI::PositiveNumber);
+      ->check(IntAtLeast(1));
   cmd->add_option("--batch-steps", f->batch_steps,
                   "Trace steps per replay step (default 16 on the shipped "
                   "trace, else 1)")
-      ->check(CLI::PositiveNumber);
+      ->check(IntAtLeast(1));
   cmd->add_flag("--sync-migration", f->sync,
                 "Stop-the-world migration, for comparison");
   cmd->add_flag("--no-pace", f->no_pace,
@@ -429,7 +437,7 @@ void AddReplayCommand(CLI::App* app, int* exit_code) {
   cmd->add_option("--steady-from", f->steady_from,
                   "Report the figures from this step on as the steady state "
                   "(default: from the first plan's last commit)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(IntRange(0, kMaxSteps));
   cmd->add_option("--report", f->report, "Write a self-contained HTML report");
   cmd->add_flag("--json", f->json, "Print one JSON object");
   cmd->add_option("--transport", f->transport,
@@ -467,7 +475,18 @@ void AddReplayCommand(CLI::App* app, int* exit_code) {
                 "report the checksum of what landed, so they pass the "
                 "migration's check and commit (--verify-outputs must catch "
                 "them)");
-  cmd->callback([f, exit_code] { *exit_code = RunReplayCommand(*f); });
+  cmd->callback([f, exit_code, cmd] {
+    const std::pair<const char*, const std::string*> outputs[] = {
+        {"--placement-log", &f->placement_log},
+        {"--rank-load-log", &f->rank_load_log},
+        {"--report", &f->report},
+        {"--metrics-file", &f->metrics_file}};
+    f->outputs.clear();
+    for (const auto& [flag, path] : outputs) {
+      if (cmd->count(flag) > 0) f->outputs.emplace_back(flag, path);
+    }
+    *exit_code = RunReplayCommand(*f);
+  });
 }
 
 }  // namespace eplb::cli
