@@ -51,7 +51,7 @@ TEST(TopologyTest, LimitsAreErrorsNotAllocations) {
   EXPECT_EQ(MakeTopologyFromRedundant(64, 1, 2147483647, 0).status().message(),
             "redundant = 2147483647: experts + redundant = 2147483711 slots "
             "exceeds the limit of 1048576 slots per layer");
-  EXPECT_EQ(MakeTopology(64, 4096, 512, 0).status().message(),
+  EXPECT_EQ(MakeTopology(1024, 4096, 512, 0).status().message(),
             "ranks * slots_per_rank = 2097152: exceeds the limit of 1048576 "
             "slots per layer");
 }
