@@ -183,7 +183,10 @@ void Controller::Shutdown() {
     planner_->wake.release();
     planner_->thread.join();
   }
-  if (record_pending_) RecordMap();
+  if (record_pending_) {
+    RecordMap();
+    PublishStats();
+  }
 }
 
 void Controller::Log(const std::string& line) {
