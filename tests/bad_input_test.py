@@ -432,11 +432,17 @@ for flag, value in [("--ranks", "1000000"), ("--ranks", "0"), ("--redundant", "2
                     ("--transport", "tcp"), ("--rank-timeout-ms", "0"),
                     ("--corrupt-every", "-1"), ("--metrics-port", "70000"),
                     ("--model", "frob"), ("--quant", "fp3"), ("--hardware", "tpu"),
-                    ("--policy", "frob"), ("--ranks-per-node", "3")]:
+                    ("--policy", "frob"), ("--ranks-per-node", "3"),
+                    ("--fail-rank", "-2"), ("--fail-at-step", "-7"),
+                    ("--metrics-host", ""),
+                    ("--batch-steps", "99999999999")]:
     shape = [] if flag in ("--ranks", "--redundant") else ["--ranks", "2", "--redundant", "0"]
     case(f"replay {flag} {value}", RP + shape + [flag, value], {"t.csv": TRACE},
          want=[{"--policy": "policy", "--ranks-per-node": "ranks_per_node"}.get(flag, flag),
                value])
+case("replay --fail-rank 0", RP + ["--ranks", "2", "--redundant", "0", "--fail-rank", "0",
+                                   "--fail-at-step", "1"], {"t.csv": TRACE},
+     want=["fail rank 0"])
 case("replay --forge-checksums alone", RP + ["--forge-checksums"], {"t.csv": TRACE},
      want=["--forge-checksums"])
 for flag in ("--report", "--placement-log", "--rank-load-log", "--metrics-file"):

@@ -196,6 +196,20 @@ int RunReplayCommand(const ReplayFlags& f) {
   StatusOr<Topology> topology =
       MakeTopology(trace->num_experts(), ranks, *slots, f.ranks_per_node);
   if (!topology.ok()) return Fail(topology.status());
+  // The fault injection's flags, before any note is printed (the replay
+  // checks them again).
+  if (f.fail_rank >= 0 || f.fail_at_step >= 0) {
+    if (f.fail_rank < 1 || f.fail_rank >= topology->num_ranks) {
+      return Fail("fail rank " + std::to_string(f.fail_rank) +
+                  ": must be in [1, " +
+                  std::to_string(topology->num_ranks - 1) +
+                  "] (rank 0 prints the job's results)");
+    }
+    if (f.fail_at_step < 0) {
+      return Fail("fail rank " + std::to_string(f.fail_rank) +
+                  " needs the step it fails at (--fail-at-step >= 0)");
+    }
+  }
 
   ReplayOptions o;
 #ifdef EPLB_HAVE_MPI
@@ -451,9 +465,11 @@ void AddReplayCommand(CLI::App* app, int* exit_code) {
   cmd->add_option("--fail-rank", f->fail_rank,
                   "Fault injection: this rank (not 0) stops serving and its "
                   "weights are gone at --fail-at-step; the others recover "
-                  "and serve on");
+                  "and serve on")
+      ->check(IntRange(0, kMaxRanks - 1));
   cmd->add_option("--fail-at-step", f->fail_at_step,
-                  "The replay step at which --fail-rank fails");
+                  "The replay step at which --fail-rank fails")
+      ->check(IntRange(0, kMaxSteps));
   cmd->add_option("--rank-timeout-ms", f->rank_timeout_ms,
                   "--transport mpi: a rank that does not answer a collective "
                   "call within this time is taken for lost (default 5000)");
@@ -464,7 +480,12 @@ void AddReplayCommand(CLI::App* app, int* exit_code) {
                   "Serve GET /metrics (Prometheus text format) on this port "
                   "while the replay runs (rank 0)");
   cmd->add_option("--metrics-host", f->metrics_host,
-                  "Address the metrics endpoint binds (default 0.0.0.0)");
+                  "Address the metrics endpoint binds (default 0.0.0.0)")
+      ->check(CLI::Validator(
+          [](std::string& host) -> std::string {
+            return host.empty() ? "\"\" is not an address" : "";
+          },
+          "ADDRESS"));
   cmd->add_option("--metrics-file", f->metrics_file,
                   "Write the final metrics (Prometheus text format)");
   cmd->add_flag("--metrics-heat", f->metrics_heat,
