@@ -7,7 +7,9 @@
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <utility>
 #include <vector>
 
@@ -78,6 +80,28 @@ std::string EmbeddedTrace() {
   }
   return std::string(EPLB_DATA_DIR) + "/" + rel;
 }
+
+// The replay's log lines seen, for printing each once.
+constexpr size_t kMaxLogLines = 100;
+struct LogRepeats {
+  std::mutex mu;
+  std::map<std::string, int64_t> count;
+  int64_t dropped = 0;  // Distinct lines beyond kMaxLogLines.
+
+  void Summarise() {
+    std::lock_guard<std::mutex> lock(mu);
+    for (const auto& [line, n] : count) {
+      if (n > 1) {
+        std::fprintf(stderr, "eplb: (%lld times in all) %s\n",
+                     static_cast<long long>(n), line.c_str());
+      }
+    }
+    if (dropped > 0) {
+      std::fprintf(stderr, "eplb: ... and %lld more distinct log lines\n",
+                   static_cast<long long>(dropped));
+    }
+  }
+};
 
 std::string Bytes(double b) {
   char buf[64];
@@ -276,8 +300,19 @@ int RunReplayCommand(const ReplayFlags& f) {
   }
 #endif
   o.interrupt = &g_interrupted;
-  o.log = [speaks](std::string_view line) {
+  // Each distinct line once (a plan late every cycle would otherwise print
+  // a line per cycle), and at most kMaxLogLines of them; the repeats are
+  // counted and summed up after the run.
+  auto repeats = std::make_shared<LogRepeats>();
+  o.log = [speaks, repeats](std::string_view line) {
     if (!speaks) return;
+    std::lock_guard<std::mutex> lock(repeats->mu);
+    int64_t& seen = repeats->count[std::string(line)];
+    if (seen++ > 0) return;
+    if (repeats->count.size() > kMaxLogLines) {
+      ++repeats->dropped;
+      return;
+    }
     std::fprintf(stderr, "eplb: %.*s\n", static_cast<int>(line.size()),
                  line.data());
   };
@@ -302,6 +337,7 @@ int RunReplayCommand(const ReplayFlags& f) {
   std::signal(SIGINT, OnSigint);
   StatusOr<ReplayResult> r = RunReplay(*trace, o);
   std::signal(SIGINT, SIG_DFL);
+  if (speaks) repeats->Summarise();
   if (!r.ok()) return Fail(r.status());
   if (!speaks || r->failed_here) return r->interrupted ? 130 : 0;
   if (r->interrupted)
