@@ -236,6 +236,9 @@ case("deepseek negative id", DS,
      {"d.json": json.dumps({"phy2log": [[0, 1, -2, 3]]})}, want=["d.json", "-2"])
 case("deepseek row not divisible by ranks", DS,
      {"d.json": json.dumps({"phy2log": [[0, 1, 2]]})}, want=["d.json", "3"])
+case("deepseek 5000 layers", DS,
+     {"d.json": '{"phy2log": [' + ",".join(["[0, 1]"] * 5000) + "]}"},
+     want=["d.json", "5000 rows", "limit"])
 case("deepseek logcnt disagrees", DS,
      {"d.json": json.dumps(dict(PHY, logcnt=[[1, 1, 1, 2], [1, 1, 1, 1]]))},
      want=["d.json", "logcnt"])
@@ -253,6 +256,9 @@ case("sglang-map deep nesting", SM,
      {"m.json": '{"physical_to_logical_map": ' + DEEP + "}"}, want=["m.json", "nested"])
 case("sglang-map without --ranks", ["validate-map", "m.json", "--from", "sglang-map"],
      {"m.json": '{"physical_to_logical_map": [[0, 1]]}'}, want=["--ranks"])
+case("sglang-map row of 1100000 slots", SM,
+     {"m.json": '{"physical_to_logical_map": [[' + ",".join(["0"] * 1100000) + "]]}"},
+     want=["m.json", "1100000 slots", "limit"])
 case("sglang-map float id", SM,
      {"m.json": '{"physical_to_logical_map": [[0, 1.5, 2, 3]]}'}, want=["m.json", "1.5"])
 

@@ -214,6 +214,16 @@ StatusOr<Placement> PlacementFromPhysicalRows(
         std::to_string(num_ranks) + " and " + std::to_string(num_experts));
   }
   EPLB_RETURN_IF_ERROR(CheckArray(rows, std::string(key)));
+  if (rows.size() > static_cast<size_t>(kMaxLayers)) {
+    return InvalidArgumentError(
+        std::string(key) + " has " + std::to_string(rows.size()) +
+        " rows (layers), more than the limit of " + std::to_string(kMaxLayers));
+  }
+  if (rows[0].is_array() && rows[0].size() > static_cast<size_t>(kMaxSlots)) {
+    return InvalidArgumentError(
+        std::string(key) + "[0] has " + std::to_string(rows[0].size()) +
+        " slots, more than the limit of " + std::to_string(kMaxSlots));
+  }
   std::vector<std::string> problems;
   size_t row_size = 0;
   const std::vector<int64_t> ids =
