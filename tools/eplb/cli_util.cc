@@ -25,7 +25,7 @@ CLI::Validator IntRange(int64_t min, int64_t max) {
         if (text.size() > 40) shown += "...";
         return shown + " is not an integer in " + range;
       },
-      "INT in " + range);
+      range);
 }
 
 CLI::Validator IntAtLeast(int64_t min) {

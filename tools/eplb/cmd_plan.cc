@@ -240,7 +240,7 @@ void AddPlanCommand(CLI::App* app, int* exit_code) {
             if (ec == std::errc() && ptr == end && v > 0 && v <= 1) return {};
             return text.substr(0, 40) + " is not a number in (0, 1]";
           },
-          "NUM in (0, 1]"));
+          "(0, 1]"));
   cmd->add_option("--dispatch", f->dispatch,
                   "The dispatch Swift and FlashLB plan for: rr (default) or "
                   "balanced")

@@ -521,7 +521,7 @@ void AddReplayCommand(CLI::App* app, int* exit_code) {
           [](std::string& host) -> std::string {
             return host.empty() ? "\"\" is not an address" : "";
           },
-          "ADDRESS"));
+          "non-empty"));
   cmd->add_option("--metrics-file", f->metrics_file,
                   "Write the final metrics (Prometheus text format)");
   cmd->add_flag("--metrics-heat", f->metrics_heat,
