@@ -181,6 +181,11 @@ case("csv binary garbage", INSPECT + ["--load", "t.csv"],
      {"t.csv": "\x01\x02\x03garbage\xff\n"}, want=["t.csv", "header"])
 case("csv PyTorch zip", INSPECT + ["--load", "t.csv"],
      {"t.csv": "PK\x03\x04" + "x" * 40}, want=["t.csv", "PyTorch"])
+case("load /dev/urandom", INSPECT + ["--load", "/dev/urandom"], {},
+     want=["/dev/urandom", "header"])
+case("map /dev/zero", ["validate-map", "/dev/zero"], {}, want=["/dev/zero", "limit"])
+case("config /dev/zero", ["replay", "--config", "/dev/zero"], {},
+     want=["/dev/zero", "limit"])
 case("load missing", INSPECT + ["--load", "missing.csv"], {},
      want=["missing.csv", "no such file"])
 case("load is a directory", INSPECT + ["--load", "adir"], {"adir/": None},

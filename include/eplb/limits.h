@@ -32,9 +32,9 @@ inline constexpr int64_t kMaxMapCells = int64_t{1} << 24;
 // Largest token count of one (step, layer, expert) cell: 2^53, the largest
 // integer a double (the trace's cell type) holds exactly.
 inline constexpr uint64_t kMaxCount = uint64_t{1} << 53;
-// Lines of problems a command prints before summarising the rest as a
-// count.
-inline constexpr int kMaxErrorLines = 1;
+// Bytes of a file read whole (JSON maps, configs, dumps): a device or pipe
+// that never ends (/dev/zero) is an error, not all the memory there is.
+inline constexpr int64_t kMaxFileBytes = int64_t{1} << 28;
 
 }  // namespace eplb
 

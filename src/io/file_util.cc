@@ -183,6 +183,11 @@ StatusOr<std::string> ReadFileToString(const std::string& path) {
   char buf[1 << 16];
   size_t n = 0;
   while ((n = std::fread(buf, 1, sizeof(buf), file)) > 0) {
+    if (contents.size() + n > static_cast<size_t>(kMaxFileBytes)) {
+      std::fclose(file);
+      return InvalidArgumentError(path + ": larger than the limit of " +
+                                  std::to_string(kMaxFileBytes) + " bytes");
+    }
     contents.append(buf, n);
   }
   const bool failed = std::ferror(file) != 0;

@@ -48,12 +48,15 @@ struct FileCloser {
 };
 using FilePtr = std::unique_ptr<std::FILE, FileCloser>;
 
-// Shows at most 40 bytes of a bad cell or header, control bytes as '?'.
+// Shows at most 40 bytes of a bad cell or header, control and non-ASCII
+// bytes as '?'.
 std::string Quote(std::string_view text) {
   constexpr size_t kMaxChars = 40;
   std::string out = "\"";
   for (const char c : text.substr(0, kMaxChars)) {
-    const bool control = static_cast<unsigned char>(c) < 0x20 || c == 0x7f;
+    // Control bytes and bytes outside ASCII (maybe not UTF-8) as '?'.
+    const bool control = static_cast<unsigned char>(c) < 0x20 ||
+                         static_cast<unsigned char>(c) >= 0x7f;
     out += control ? '?' : c;
   }
   if (text.size() > kMaxChars) out += "...";
