@@ -111,7 +111,9 @@ StatusOr<ParsedConfig> ReadEplbConfig(const std::string& path,
 // two copies of one expert ((E + N) / R > E), and, when expert_map_path is
 // set, that the map exists, is readable and passes validation for
 // `num_layers` x `num_experts` on `num_ranks` ranks (the error names the path
-// and the problem). Returns the slots per rank.
+// and the problem); when expert_map_record_path is set, that it can be
+// written (CheckWritablePath), so recording fails at start-up, not every
+// cycle; and the limits of eplb/limits.h. Returns the slots per rank.
 StatusOr<int> ValidateConfigForModel(const EplbConfig& config, int num_layers,
                                      int num_experts, int num_ranks);
 

@@ -163,8 +163,11 @@ class Controller {
   Controller(const Controller&) = delete;
   Controller& operator=(const Controller&) = delete;
 
-  void Start();     // Starts the planner thread (static mode: nothing).
-  void Shutdown();  // Idempotent; waits for the planner's current plan.
+  void Start();  // Starts the planner thread (static mode: nothing).
+  // Idempotent; waits for the planner's current plan. In recording mode,
+  // writes the map once more when layers committed since the last write
+  // (a run that ends mid-migration records what it served last).
+  void Shutdown();
 
   // --- Serving thread. ---
   HeatRecorder& recorder() { return *recorder_; }
@@ -210,6 +213,8 @@ class Controller {
   std::vector<int> NextBatch();
   void MigrateStep(bool before);
   void EndCycle();
+  // Recording mode: writes the serving placement to the record path.
+  void RecordMap();
 
   ControllerOptions options_;
   std::unique_ptr<HeatRecorder> recorder_;
@@ -234,6 +239,8 @@ class Controller {
   std::vector<int> receives_;
   size_t next_layer_ = 0;
   bool committed_this_cycle_ = false;
+  // Recording mode: layers committed since the map was last written.
+  bool record_pending_ = false;
   // [L]: the imbalance each layer's serving placement was expected to meet.
   std::vector<double> expected_;
   std::vector<int64_t> heat_window_;  // [L][R*K]: HeatShowsImbalance's copy.

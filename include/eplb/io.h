@@ -33,11 +33,23 @@ StatusOr<std::string> ReadFileToString(const std::string& path);
 // Writes `contents` to `path` atomically: a temp file next to it, flushed and
 // fsync'ed, then renamed over `path`. On any failure `path` is untouched and
 // the temp file removed. NotFound when the directory does not exist.
+// Temp files of `path` left by a writer that was killed (named
+// "<path>.tmp.<pid>.<n>", their process gone) are removed first.
 // The checks WriteFileAtomic makes before writing: a file path whose
 // directory exists and that is not a directory. For callers that must fail
 // before a long run rather than after it.
 Status CheckWritablePath(const std::string& path);
 Status WriteFileAtomic(const std::string& path, std::string_view contents);
+
+// `text` without a leading UTF-8 byte order mark (EF BB BF). Every text
+// reader (JSON and CSV) strips it before looking at the content.
+std::string_view StripUtf8Bom(std::string_view text);
+
+// OK when no array or object in the JSON `text` nests deeper than
+// kMaxJsonDepth (eplb/limits.h); else InvalidArgument "JSON nested deeper
+// than the limit of 64 levels (at byte N)". A linear scan without recursion
+// (strings and their escapes skipped), run before any recursive parse.
+Status CheckJsonDepth(std::string_view text);
 
 // When `contents` (a file's first bytes suffice) start as a PyTorch file
 // does (a torch.save zip archive, "PK\x03\x04", or a legacy pickle,

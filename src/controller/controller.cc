@@ -178,10 +178,15 @@ void Controller::Start() {
 }
 
 void Controller::Shutdown() {
-  if (planner_ == nullptr || !planner_->thread.joinable()) return;
-  planner_->stop.store(true, std::memory_order_release);
-  planner_->wake.release();
-  planner_->thread.join();
+  if (planner_ != nullptr && planner_->thread.joinable()) {
+    planner_->stop.store(true, std::memory_order_release);
+    planner_->wake.release();
+    planner_->thread.join();
+  }
+  if (record_pending_) {
+    RecordMap();
+    PublishStats();
+  }
 }
 
 void Controller::Log(const std::string& line) {
@@ -505,6 +510,7 @@ void Controller::MigrateStep(bool before) {
     if (!committed_this_cycle_)
       ++stats_.rebalances;  // Counted at its first commit.
     committed_this_cycle_ = true;
+    record_pending_ = options_.config.mode() == EplbMode::kRecording;
     if (options_.on_commit)
       options_.on_commit(step_, layer, migration_->placement());
   };
@@ -563,18 +569,21 @@ void Controller::MigrateStep(bool before) {
     EndCycle();
 }
 
+void Controller::RecordMap() {
+  record_pending_ = false;
+  Status s = WriteExpertMapJson(*options_.config.expert_map_record_path,
+                                migration_->placement());
+  if (s.ok()) {
+    ++stats_.maps_written;
+  } else {
+    Log("recording the map failed: " + s.ToString());
+  }
+}
+
 void Controller::EndCycle() {
   if (phase_ == Phase::kMigrate && committed_this_cycle_) {
     if (stats_.warmup_steps < 0) stats_.warmup_steps = step_;
-    if (options_.config.mode() == EplbMode::kRecording) {
-      Status s = WriteExpertMapJson(*options_.config.expert_map_record_path,
-                                    migration_->placement());
-      if (s.ok()) {
-        ++stats_.maps_written;
-      } else {
-        Log("recording the map failed: " + s.ToString());
-      }
-    }
+    if (record_pending_) RecordMap();
   }
   recorder_->Clear();
   phase_ = Phase::kCollect;

@@ -2,6 +2,8 @@
 
 #include <string>
 
+#include "eplb/limits.h"
+
 namespace eplb {
 
 StatusOr<Topology> MakeTopology(int num_experts, int num_ranks,
@@ -18,6 +20,16 @@ StatusOr<Topology> MakeTopology(int num_experts, int num_ranks,
     return InvalidArgumentError(
         "slots_per_rank = " + std::to_string(slots_per_rank) +
         ": must be >= 1");
+  }
+  if (num_ranks > kMaxRanks) {
+    return InvalidArgumentError("ranks = " + std::to_string(num_ranks) +
+                                ": exceeds the limit of " +
+                                std::to_string(kMaxRanks) + " ranks");
+  }
+  if (num_experts > kMaxExperts) {
+    return InvalidArgumentError("experts = " + std::to_string(num_experts) +
+                                ": exceeds the limit of " +
+                                std::to_string(kMaxExperts) + " experts");
   }
   if (ranks_per_node == 0) ranks_per_node = num_ranks;
   if (ranks_per_node < 1 || num_ranks % ranks_per_node != 0) {
@@ -39,9 +51,11 @@ StatusOr<Topology> MakeTopology(int num_experts, int num_ranks,
         " > experts = " + std::to_string(num_experts) +
         ": a rank would have to hold an expert twice");
   }
-  if (slots > (int64_t{1} << 30)) {
-    return InvalidArgumentError("ranks * slots_per_rank = " +
-                                std::to_string(slots) + ": too many slots");
+  if (slots > kMaxSlots) {
+    return InvalidArgumentError(
+        "ranks * slots_per_rank = " + std::to_string(slots) +
+        ": exceeds the limit of " + std::to_string(kMaxSlots) +
+        " slots per layer");
   }
   return Topology{.num_ranks = num_ranks,
                   .ranks_per_node = ranks_per_node,
@@ -60,6 +74,13 @@ StatusOr<Topology> MakeTopologyFromRedundant(int num_experts, int num_ranks,
                                 ": must be >= 1");
   }
   const int64_t slots = static_cast<int64_t>(num_experts) + num_redundant;
+  if (slots > kMaxSlots) {
+    return InvalidArgumentError("redundant = " + std::to_string(num_redundant) +
+                                ": experts + " +
+                                "redundant = " + std::to_string(slots) +
+                                " slots exceeds the limit of " +
+                                std::to_string(kMaxSlots) + " slots per layer");
+  }
   if (slots % num_ranks != 0) {
     return InvalidArgumentError(
         "(experts + redundant) % ranks = (" + std::to_string(num_experts) +

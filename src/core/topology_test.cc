@@ -44,5 +44,17 @@ TEST(TopologyTest, ErrorsShowTheArithmetic) {
   }
 }
 
+TEST(TopologyTest, LimitsAreErrorsNotAllocations) {
+  EXPECT_EQ(MakeTopology(64, 100000, 1, 0).status().message(),
+            "ranks = 100000: exceeds the limit of 4096 ranks");
+  // experts + redundant overflowing int once made a negative slot count.
+  EXPECT_EQ(MakeTopologyFromRedundant(64, 1, 2147483647, 0).status().message(),
+            "redundant = 2147483647: experts + redundant = 2147483711 slots "
+            "exceeds the limit of 1048576 slots per layer");
+  EXPECT_EQ(MakeTopology(1024, 4096, 512, 0).status().message(),
+            "ranks * slots_per_rank = 2097152: exceeds the limit of 1048576 "
+            "slots per layer");
+}
+
 }  // namespace
 }  // namespace eplb

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "eplb/io.h"
+#include "eplb/limits.h"
 #include "io/json_util.h"
 
 namespace eplb {
@@ -24,6 +25,8 @@ constexpr int64_t kNotAnId = std::numeric_limits<int64_t>::min();
 constexpr int64_t kMaxExpertId = std::numeric_limits<int32_t>::max() - 1;
 // How many missing experts one "on no device" problem lists.
 constexpr size_t kMaxListed = 8;
+// How many problems are listed one by one; the rest are counted.
+constexpr size_t kMaxListedProblems = 20;
 
 // One device_list entry, in file order.
 struct DeviceEntry {
@@ -56,7 +59,14 @@ class ExpertMapParser {
                             std::vector<std::string>* warnings);
 
  private:
-  void Problem(std::string message) { problems_.push_back(std::move(message)); }
+  // Keeps the first kMaxListedProblems problems and counts the rest, so a
+  // map with a million bad entries costs neither memory nor a million lines.
+  void Problem(std::string message) {
+    ++num_problems_;
+    if (problems_.size() < kMaxListedProblems) {
+      problems_.push_back(std::move(message));
+    }
+  }
 
   const Json* Member(const Json& object, const char* key,
                      const std::string& where);
@@ -81,6 +91,7 @@ class ExpertMapParser {
 
   const MapExpectations expect_;
   std::vector<std::string> problems_;
+  size_t num_problems_ = 0;  // Also those not kept in problems_.
   int num_layers_ = 0;
   int num_ranks_ = 0;       // Expected, or the first layer's count.
   std::string ranks_from_;  // Which layer set num_ranks_ ("" = expect).
@@ -135,6 +146,17 @@ StatusOr<Placement> ExpertMapParser::Parse(std::string_view text,
     if (warnings != nullptr) Warn(placement, warnings);
     return placement;
   }
+  if (num_problems_ > problems_.size()) {
+    const std::string more = std::to_string(num_problems_ - problems_.size());
+    if (problems != nullptr) {
+      problems->insert(problems->end(), problems_.begin(), problems_.end());
+      problems->push_back("... and " + more + " more problems (the first " +
+                          std::to_string(problems_.size()) + " are listed)");
+    }
+    return InvalidArgumentError(
+        std::to_string(num_problems_) +
+        " problems in expert map; first: " + problems_.front());
+  }
   if (problems != nullptr) {
     problems->insert(problems->end(), problems_.begin(), problems_.end());
   }
@@ -151,6 +173,11 @@ void ExpertMapParser::ReadTop(const Json& root) {
   if (list != nullptr && list->empty()) {
     Problem("layer_list is empty");
     list = nullptr;
+  }
+  if (list != nullptr && list->size() > static_cast<size_t>(kMaxLayers)) {
+    Problem("layer_list has " + std::to_string(list->size()) +
+            " layers, more than the limit of " + std::to_string(kMaxLayers));
+    return;
   }
   if (list != nullptr) num_layers_ = static_cast<int>(list->size());
   CheckLayerCount(root);
@@ -236,6 +263,11 @@ void ExpertMapParser::ReadLayer(const Json& layer, size_t index) {
   if (devices == nullptr) return;
   if (devices->empty()) {
     Problem(where + ": device_list is empty");
+    return;
+  }
+  if (devices->size() > static_cast<size_t>(kMaxRanks)) {
+    Problem(where + ": device_list has " + std::to_string(devices->size()) +
+            " devices, more than the limit of " + std::to_string(kMaxRanks));
     return;
   }
   std::vector<int> seen(devices->size(), -1);
@@ -372,6 +404,13 @@ void ExpertMapParser::InferNumExperts() {
     }
   }
   num_experts_ = static_cast<int>(max_id + 1);
+  // Every expert needs a slot of every layer: an id that would make E
+  // larger than the slots (or the limit) is out of range, and named so.
+  int64_t cap = kMaxExperts;
+  if (num_ranks_ > 0 && slots_per_rank_ > 0) {
+    cap = std::min<int64_t>(cap, int64_t{num_ranks_} * slots_per_rank_);
+  }
+  if (num_experts_ > cap) num_experts_ = static_cast<int>(cap);
 }
 
 // Ids in [0, E) and, under vllm-ascend's rules, none twice on the device.

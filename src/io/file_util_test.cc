@@ -1,6 +1,8 @@
 // Tests of ReadFileToString and WriteFileAtomic: contents, error codes and
 // messages, and that a failed write leaves nothing behind.
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -11,6 +13,7 @@
 #include <vector>
 
 #include "eplb/io.h"
+#include "eplb/limits.h"
 #include "testing/scratch_dir.h"
 
 namespace eplb {
@@ -153,6 +156,45 @@ TEST_F(FileUtilTest, ConcurrentWritersLeaveOneWholeFile) {
   EXPECT_NE(std::find(contents.begin(), contents.end(), final_contents),
             contents.end());
   EXPECT_EQ(Entries(), std::set<std::string>{"shared"});
+}
+
+TEST_F(FileUtilTest, WriteRemovesTempFilesOfDeadWritersOnly) {
+  // A process that has exited: its pid names a dead writer.
+  const pid_t child = ::fork();
+  if (child == 0) ::_exit(0);
+  ASSERT_GT(child, 0);
+  ::waitpid(child, nullptr, 0);
+  const std::string dead = "map.json.tmp." + std::to_string(child) + ".0";
+  const std::string live = "map.json.tmp." + std::to_string(::getppid()) + ".3";
+  const std::string mine = "map.json.tmp." + std::to_string(::getpid()) + ".7";
+  const std::string other = "other.json.tmp." + std::to_string(child) + ".0";
+  for (const std::string& name : {dead, live, mine, other}) {
+    WriteRaw(Path(name), std::string(4096, 'x'));
+  }
+  ASSERT_TRUE(WriteFileAtomic(Path("map.json"), "{}").ok());
+  EXPECT_EQ(Entries(), (std::set<std::string>{"map.json", live, mine, other}));
+}
+
+TEST(JsonTextTest, DepthLimitCountsBracketsOutsideStrings) {
+  const std::string at_limit =
+      std::string(kMaxJsonDepth, '[') + std::string(kMaxJsonDepth, ']');
+  EXPECT_TRUE(CheckJsonDepth(at_limit).ok());
+  const std::string deeper = "[" + at_limit + "]";
+  const Status status = CheckJsonDepth(deeper);
+  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(status.message(),
+            "JSON nested deeper than the limit of 64 levels (at byte 64)");
+  // Brackets inside strings, escaped quotes included, do not count.
+  const std::string in_string =
+      "{\"a\": \"\\\"" + std::string(1000, '[') + "\"}";
+  EXPECT_TRUE(CheckJsonDepth(in_string).ok());
+  EXPECT_FALSE(CheckJsonDepth(std::string(100000, '{')).ok());
+}
+
+TEST(JsonTextTest, StripsUtf8ByteOrderMark) {
+  EXPECT_EQ(StripUtf8Bom("\xEF\xBB\xBF{}"), "{}");
+  EXPECT_EQ(StripUtf8Bom("{}"), "{}");
+  EXPECT_EQ(StripUtf8Bom("\xEF\xBB"), "\xEF\xBB");
 }
 
 }  // namespace

@@ -16,6 +16,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "eplb/io.h"
+#include "eplb/limits.h"
 #include "eplb/placement.h"
 #include "eplb/status.h"
 
@@ -24,11 +26,15 @@ namespace eplb::internal {
 using Json = nlohmann::json;
 
 // Parses `text` into `out`. InvalidArgument "malformed JSON: ..." (with
-// nlohmann's line and column) or "empty input" for blank text.
+// nlohmann's line and column), "empty input" for blank text, or nesting
+// deeper than kMaxJsonDepth (checked before the recursive parse). A leading
+// UTF-8 byte order mark is skipped.
 inline Status ParseJson(std::string_view text, Json* out) {
+  text = StripUtf8Bom(text);
   if (text.find_first_not_of(" \t\r\n") == std::string_view::npos) {
     return InvalidArgumentError("empty input (no JSON value)");
   }
+  EPLB_RETURN_IF_ERROR(CheckJsonDepth(text));
   try {
     *out = Json::parse(text.begin(), text.end());
   } catch (const Json::exception& e) {

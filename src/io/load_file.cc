@@ -31,6 +31,12 @@ StatusOr<int> FirstNonBlankByte(const std::string& path) {
     return InvalidArgumentError(path + ": is a directory");
   }
   int c = EOF;
+  // A UTF-8 byte order mark is not content.
+  unsigned char head[3] = {0, 0, 0};
+  const size_t got = std::fread(head, 1, sizeof head, file);
+  if (got < 3 || head[0] != 0xEF || head[1] != 0xBB || head[2] != 0xBF) {
+    std::rewind(file);
+  }
   while ((c = std::fgetc(file)) != EOF && std::isspace(c)) {
   }
   std::fclose(file);

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "eplb/io.h"
+#include "eplb/limits.h"
 #include "io/json_util.h"
 #include "io/torch_file.h"
 
@@ -64,6 +65,11 @@ Status ReadLoad(const Json& value, const std::string& name, double* out) {
     return InvalidArgumentError(name + ": " + internal::DescribeJson(value) +
                                 " is negative");
   }
+  if (*out > static_cast<double>(kMaxCount)) {
+    return InvalidArgumentError(
+        name + ": " + internal::DescribeJson(value) + " exceeds the limit of " +
+        std::to_string(kMaxCount) + " tokens (2^53, the largest exact count)");
+  }
   return Status::Ok();
 }
 
@@ -72,6 +78,11 @@ Status ReadLoad(const Json& value, const std::string& name, double* out) {
 Status ReadMatrix(const Json& matrix, const std::string& name, int* num_layers,
                   int* num_experts, std::vector<double>* out) {
   EPLB_RETURN_IF_ERROR(CheckArray(matrix, name));
+  if (matrix.size() > static_cast<size_t>(kMaxLayers)) {
+    return InvalidArgumentError(name + " has " + std::to_string(matrix.size()) +
+                                " layers, more than the limit of " +
+                                std::to_string(kMaxLayers));
+  }
   if (*num_layers == 0) *num_layers = static_cast<int>(matrix.size());
   if (matrix.size() != static_cast<size_t>(*num_layers)) {
     return InvalidArgumentError(name + " has " + std::to_string(matrix.size()) +
@@ -82,6 +93,11 @@ Status ReadMatrix(const Json& matrix, const std::string& name, int* num_layers,
     const Json& row = matrix[l];
     const std::string row_name = Index(name, l);
     EPLB_RETURN_IF_ERROR(CheckArray(row, row_name));
+    if (row.size() > static_cast<size_t>(kMaxExperts)) {
+      return InvalidArgumentError(
+          row_name + " has " + std::to_string(row.size()) +
+          " experts, more than the limit of " + std::to_string(kMaxExperts));
+    }
     if (*num_experts == 0) *num_experts = static_cast<int>(row.size());
     if (row.size() != static_cast<size_t>(*num_experts)) {
       return InvalidArgumentError(
@@ -198,6 +214,16 @@ StatusOr<Placement> PlacementFromPhysicalRows(
         std::to_string(num_ranks) + " and " + std::to_string(num_experts));
   }
   EPLB_RETURN_IF_ERROR(CheckArray(rows, std::string(key)));
+  if (rows.size() > static_cast<size_t>(kMaxLayers)) {
+    return InvalidArgumentError(
+        std::string(key) + " has " + std::to_string(rows.size()) +
+        " rows (layers), more than the limit of " + std::to_string(kMaxLayers));
+  }
+  if (rows[0].is_array() && rows[0].size() > static_cast<size_t>(kMaxSlots)) {
+    return InvalidArgumentError(
+        std::string(key) + "[0] has " + std::to_string(rows[0].size()) +
+        " slots, more than the limit of " + std::to_string(kMaxSlots));
+  }
   std::vector<std::string> problems;
   size_t row_size = 0;
   const std::vector<int64_t> ids =
@@ -227,10 +253,12 @@ StatusOr<Placement> PlacementFromPhysicalRows(
   }
   // Also keeps CheckPlacement's [E] tables small when a huge id sets E.
   if (static_cast<size_t>(num_experts_used) > row_size) {
-    return InvalidArgumentError(std::string(key) + ": " +
-                                std::to_string(num_experts_used) +
-                                " experts do not fit in " +
-                                std::to_string(row_size) + " slots per layer");
+    return InvalidArgumentError(
+        std::string(key) + ": " + std::to_string(num_experts_used) +
+        " experts" +
+        (num_experts > 0 ? ""
+                         : " (expert id " + std::to_string(max_id) + " + 1)") +
+        " do not fit in " + std::to_string(row_size) + " slots per layer");
   }
   const int num_layers = static_cast<int>(num_rows - first);
   const int slots_per_rank = static_cast<int>(row_size) / num_ranks;
@@ -281,7 +309,17 @@ StatusOr<LoadTrace> ParseSglangLogicalCount(std::string_view text) {
   int num_experts = 0;
   std::vector<double> data;
   const size_t num_steps = by_step ? counts->size() : 1;
+  if (num_steps > static_cast<size_t>(kMaxSteps)) {
+    return InvalidArgumentError(
+        std::string(kLogicalCount) + " has " + std::to_string(num_steps) +
+        " steps, more than the limit of " + std::to_string(kMaxSteps));
+  }
   for (size_t s = 0; s < num_steps; ++s) {
+    if (data.size() > static_cast<size_t>(kMaxTraceCells)) {
+      return InvalidArgumentError(
+          std::string(kLogicalCount) + ": more than the limit of " +
+          std::to_string(kMaxTraceCells) + " cells (steps x layers x experts)");
+    }
     const Json& matrix = by_step ? (*counts)[s] : *counts;
     const std::string name = by_step ? Index(kLogicalCount, s) : kLogicalCount;
     EPLB_RETURN_IF_ERROR(

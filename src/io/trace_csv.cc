@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "eplb/io.h"
+#include "eplb/limits.h"
 #include "io/json_util.h"
 #include "io/torch_file.h"
 
@@ -32,10 +33,8 @@ constexpr size_t kChunkBytes = size_t{1} << 20;
 constexpr int kNumColumns = 4;
 constexpr const char* kColumnNames[kNumColumns] = {"step", "layer", "expert",
                                                    "count"};
-// Ids above this do not fit the trace's int dimensions.
+// Ids above this leave the fast path (CheckRow applies the limits).
 constexpr uint64_t kMaxId = std::numeric_limits<int32_t>::max() - 1;
-// Largest dense trace built (2 GiB of doubles).
-constexpr uint64_t kMaxCells = uint64_t{1} << 28;
 
 struct Row {
   int32_t step;
@@ -49,12 +48,15 @@ struct FileCloser {
 };
 using FilePtr = std::unique_ptr<std::FILE, FileCloser>;
 
-// Shows at most 40 bytes of a bad cell or header, control bytes as '?'.
+// Shows at most 40 bytes of a bad cell or header, control and non-ASCII
+// bytes as '?'.
 std::string Quote(std::string_view text) {
   constexpr size_t kMaxChars = 40;
   std::string out = "\"";
   for (const char c : text.substr(0, kMaxChars)) {
-    const bool control = static_cast<unsigned char>(c) < 0x20 || c == 0x7f;
+    // Control bytes and bytes outside ASCII (maybe not UTF-8) as '?'.
+    const bool control = static_cast<unsigned char>(c) < 0x20 ||
+                         static_cast<unsigned char>(c) >= 0x7f;
     out += control ? '?' : c;
   }
   if (text.size() > kMaxChars) out += "...";
@@ -261,19 +263,43 @@ Status TraceCsvReader::ParseCell(std::string_view text, int column,
     end = text.data() + dot;
   }
   const auto [ptr, ec] = std::from_chars(text.data(), end, *value);
-  if (ec == std::errc() && ptr == end && !text.empty()) {
-    if (column + 1 == kNumColumns || *value <= kMaxId) return Status::Ok();
+  // Values in range are checked against the limits by CheckRow.
+  if (ec == std::errc() && ptr == end && !text.empty()) return Status::Ok();
+  if (ec == std::errc::result_out_of_range) {
+    const uint64_t limit = column == 0   ? static_cast<uint64_t>(kMaxSteps)
+                           : column == 1 ? static_cast<uint64_t>(kMaxLayers)
+                           : column == 2 ? static_cast<uint64_t>(kMaxExperts)
+                                         : kMaxCount;
+    return LineError(line_, std::string(", column ") + kColumnNames[column] +
+                                ": " + Quote(text) + " exceeds the limit of " +
+                                std::to_string(limit));
   }
-  const bool too_large = ec == std::errc::result_out_of_range ||
-                         (ec == std::errc() && ptr == end && !text.empty());
-  return LineError(
-      line_,
-      std::string(", column ") + kColumnNames[column] + ": " + Quote(text) +
-          (too_large ? " is too large" : " is not a non-negative integer"));
+  return LineError(line_, std::string(", column ") + kColumnNames[column] +
+                              ": " + Quote(text) +
+                              " is not a non-negative integer");
 }
 
 // Order and range checks; then keeps the row.
 Status TraceCsvReader::CheckRow(const uint64_t (&cells)[kNumColumns]) {
+  // The limits of eplb/limits.h, before anything is sized by an id.
+  const uint64_t id_limits[3] = {static_cast<uint64_t>(kMaxSteps),
+                                 static_cast<uint64_t>(kMaxLayers),
+                                 static_cast<uint64_t>(kMaxExperts)};
+  const char* const id_units[3] = {"steps", "layers", "experts"};
+  for (int c = 0; c < 3; ++c) {
+    if (cells[c] >= id_limits[c]) {
+      return LineError(line_,
+                       std::string(", column ") + kColumnNames[c] + ": " +
+                           std::to_string(cells[c]) + " exceeds the limit of " +
+                           std::to_string(id_limits[c]) + " " + id_units[c]);
+    }
+  }
+  if (cells[3] > kMaxCount) {
+    return LineError(line_, ", column count: " + std::to_string(cells[3]) +
+                                " exceeds the limit of " +
+                                std::to_string(kMaxCount) +
+                                " (2^53, the largest exact count)");
+  }
   const Row row{static_cast<int32_t>(cells[0]), static_cast<int32_t>(cells[1]),
                 static_cast<int32_t>(cells[2]), static_cast<double>(cells[3])};
   if (!rows_.empty() && row.step < rows_.back().step) {
@@ -326,10 +352,12 @@ StatusOr<LoadTrace> TraceCsvReader::Build() const {
   const uint64_t cells = static_cast<uint64_t>(num_steps) *
                          static_cast<uint64_t>(num_layers) *
                          static_cast<uint64_t>(num_experts);
-  if (cells > kMaxCells) {
+  if (cells > static_cast<uint64_t>(kMaxTraceCells)) {
     return Error("a trace of " + std::to_string(num_steps) + " steps x " +
                  std::to_string(num_layers) + " layers x " +
-                 std::to_string(num_experts) + " experts is too large");
+                 std::to_string(num_experts) + " experts = " +
+                 std::to_string(cells) + " cells exceeds the limit of " +
+                 std::to_string(kMaxTraceCells) + " cells");
   }
   LoadTrace trace(num_steps, num_layers, num_experts);
   std::vector<bool> seen(cells, false);
@@ -367,18 +395,22 @@ StatusOr<LoadTrace> ReadTraceCsv(const std::string& path,
 }
 
 Status WriteTraceCsv(const std::string& path, const LoadTrace& trace) {
-  constexpr double kMaxCount = 9.0e18;  // llround's range, with margin.
+  // The reader's limit: what is written reads back.
+  const double max_count = static_cast<double>(kMaxCount);
   std::string out(kHeader);
   out += '\n';
   for (int s = 0; s < trace.num_steps(); ++s) {
     for (int l = 0; l < trace.num_layers(); ++l) {
       for (int e = 0; e < trace.num_experts(); ++e) {
         const double count = trace.at(s, l, e);
-        if (!(count >= 0 && count <= kMaxCount)) {
+        if (!(count >= 0 && count <= max_count)) {
+          char shown[32];
+          std::snprintf(shown, sizeof shown, "%.6g", count);
           return InvalidArgumentError(
               path + ": step " + std::to_string(s) + ", layer " +
               std::to_string(l) + ", expert " + std::to_string(e) + ": count " +
-              std::to_string(count) + " is not a finite non-negative number");
+              shown +
+              " is not a finite number in [0, 2^53] (the trace CSV's limit)");
         }
         const long long rounded = std::llround(count);
         if (rounded != 0) AppendRow(&out, s, l, e, rounded);

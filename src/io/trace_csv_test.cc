@@ -300,11 +300,12 @@ std::vector<BadCsv> BadCsvCases() {
       {"HugeStep",
        h + "99999999999,0,1,2\n",
        {},
-       "line 2, column step: \"99999999999\" is too large"},
+       "line 2, column step: 99999999999 exceeds the limit of 1048576 steps"},
       {"HugeCount",
        h + "0,0,1,99999999999999999999999\n",
        {},
-       "line 2, column count: \"99999999999999999999999\" is too large"},
+       "line 2, column count: \"99999999999999999999999\" exceeds the limit "
+       "of 9007199254740992"},
       {"StepsDescending",
        h + "5,0,0,1\n5,0,1,1\n3,0,0,1\n",
        {},
@@ -326,9 +327,11 @@ std::vector<BadCsv> BadCsvCases() {
        {},
        "line 3: empty line (only trailing empty lines are allowed)"},
       {"TooLargeTrace",
-       h + "2000000000,0,0,1\n",
+       h + "0,4000,60000,1\n1048575,0,0,1\n",
        {},
-       "a trace of 2000000001 steps x 1 layers x 1 experts is too large"},
+       "a trace of 1048576 steps x 4001 layers x 60001 experts = "
+       "251725349912576 cells "
+       "exceeds the limit of 33554432 cells"},
       {"LineLongerThanChunk",
        h + std::string(kChunkBytes + 10, '1'),
        {},

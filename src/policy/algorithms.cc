@@ -259,6 +259,49 @@ std::vector<int> AssignMinCost(const std::vector<int64_t>& cost, int n) {
   return row_of_col;
 }
 
+// MatchRanksToCurrent above kMaxExactMatchRanks: planned rank i, in
+// order, takes the first current rank not yet taken that holds one of its
+// experts (in slot order); the ranks left over pair up in order. O(R*K).
+void MatchRanksGreedy(std::span<const int32_t> current, std::span<int32_t> plan,
+                      int num_ranks, int k, int num_experts) {
+  std::vector<std::vector<int>> holders(num_experts);
+  for (int r = 0; r < num_ranks; ++r) {
+    for (int s = 0; s < k; ++s) {
+      std::vector<int>& h = holders[current[static_cast<size_t>(r) * k + s]];
+      if (h.empty() || h.back() != r) h.push_back(r);
+    }
+  }
+  std::vector<size_t> next(num_experts, 0);  // First untried holder.
+  std::vector<char> taken(num_ranks, 0);
+  std::vector<int> row_of_col(num_ranks, -1);
+  std::vector<int> unmatched;
+  for (int i = 0; i < num_ranks; ++i) {
+    int col = -1;
+    for (int s = 0; s < k && col < 0; ++s) {
+      const int32_t e = plan[static_cast<size_t>(i) * k + s];
+      const std::vector<int>& h = holders[e];
+      while (next[e] < h.size() && taken[h[next[e]]]) ++next[e];
+      if (next[e] < h.size()) col = h[next[e]];
+    }
+    if (col < 0) {
+      unmatched.push_back(i);
+      continue;
+    }
+    taken[col] = 1;
+    row_of_col[col] = i;
+  }
+  size_t u = 0;
+  for (int j = 0; j < num_ranks; ++j) {
+    if (row_of_col[j] < 0) row_of_col[j] = unmatched[u++];
+  }
+  std::vector<int32_t> out(plan.size());
+  for (int j = 0; j < num_ranks; ++j) {
+    std::copy_n(plan.begin() + static_cast<size_t>(row_of_col[j]) * k, k,
+                out.begin() + static_cast<size_t>(j) * k);
+  }
+  std::copy(out.begin(), out.end(), plan.begin());
+}
+
 }  // namespace
 
 void MatchRanksToCurrent(std::span<const int32_t> current,
@@ -268,6 +311,10 @@ void MatchRanksToCurrent(std::span<const int32_t> current,
   int num_experts = 0;
   for (int32_t e : current) num_experts = std::max(num_experts, e + 1);
   for (int32_t e : plan) num_experts = std::max(num_experts, e + 1);
+  if (num_ranks > kMaxExactMatchRanks) {
+    MatchRanksGreedy(current, plan, num_ranks, k, num_experts);
+    return;
+  }
   std::vector<char> holds(static_cast<size_t>(num_ranks) * num_experts, 0);
   for (int r = 0; r < num_ranks; ++r) {
     for (int s = 0; s < k; ++s) {

@@ -43,7 +43,12 @@ void SwapSlots(std::span<int32_t> layer, std::span<char> holds, int num_experts,
 
 // Relabels the ranks of `plan` [R*K] so that each keeps as many experts of a
 // current rank as possible: a minimum-cost assignment (Hungarian, integer
-// costs K - overlap) of planned ranks to current ranks. O(R^3 + R*K).
+// costs K - overlap) of planned ranks to current ranks. O(R^3 + R*K) up to
+// kMaxExactMatchRanks ranks; above, a greedy match in O(R*K) (each planned
+// rank takes the first free current rank holding one of its experts:
+// exact at one slot per rank, near it otherwise), so large EP groups plan
+// in time linear in their slots.
+inline constexpr int kMaxExactMatchRanks = 256;
 void MatchRanksToCurrent(std::span<const int32_t> current,
                          std::span<int32_t> plan, int num_ranks,
                          int slots_per_rank);

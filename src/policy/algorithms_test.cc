@@ -117,6 +117,24 @@ TEST(AlgorithmsTest, MatchRanksMaximisesOverlap) {
   EXPECT_EQ(MovedExperts(current, plan, 3, 2), 1);
 }
 
+TEST(AlgorithmsTest, MatchRanksAboveTheExactLimitIsGreedyAndFast) {
+  // One slot per rank, 64 experts over 2048 ranks: the plan's ranks are the
+  // current ranks shuffled, so a perfect relabelling moves nothing.
+  const int r = 2048;
+  std::vector<int32_t> current(r);
+  for (int i = 0; i < r; ++i) current[i] = i % 64;
+  std::vector<int32_t> plan = current;
+  std::mt19937 rng(7);
+  std::shuffle(plan.begin(), plan.end(), rng);
+  std::vector<int32_t> sorted_before = plan;
+  std::sort(sorted_before.begin(), sorted_before.end());
+  MatchRanksToCurrent(current, plan, r, 1);
+  std::vector<int32_t> sorted_after = plan;
+  std::sort(sorted_after.begin(), sorted_after.end());
+  EXPECT_EQ(sorted_after, sorted_before);  // Ranks relabelled, not changed.
+  EXPECT_EQ(MovedExperts(current, plan, r, 1), 0);
+}
+
 TEST(AlgorithmsTest, LowerBoundCases) {
   std::vector<double> zero(8, 0.0);
   EXPECT_EQ(ImbalanceLowerBound(zero, 2, 4), 1.0);

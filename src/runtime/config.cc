@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "eplb/io.h"
+#include "eplb/limits.h"
 #include "eplb/placement.h"
 #include "eplb/topology.h"
 #include "io/json_util.h"
@@ -480,6 +481,24 @@ StatusOr<int> ValidateConfigForModel(const EplbConfig& config, int num_layers,
                                 topology.status().message());
   }
   const int slots_per_rank = topology->slots_per_rank;
+  const int64_t cells = int64_t{num_layers} * topology->num_slots();
+  if (cells > kMaxMapCells) {
+    return InvalidArgumentError(
+        "eplb_config check: " + std::to_string(num_layers) + " layers x " +
+        std::to_string(topology->num_slots()) +
+        " slots = " + std::to_string(cells) +
+        " map cells exceeds the limit of " + std::to_string(kMaxMapCells));
+  }
+
+  // Recording mode writes its map at every rebalance: a path it cannot
+  // write is a start-up error, not a failure logged every cycle.
+  if (config.expert_map_record_path.has_value()) {
+    const std::string& path = *config.expert_map_record_path;
+    if (Status s = CheckWritablePath(path); !s.ok()) {
+      return InvalidArgumentError("eplb_config.expert_map_record_path = " +
+                                  Quote(path) + ": " + s.message());
+    }
+  }
 
   if (config.expert_map_path.has_value()) {
     const std::string& path = *config.expert_map_path;

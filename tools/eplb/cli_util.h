@@ -5,6 +5,7 @@
 #define EPLB_TOOLS_EPLB_CLI_UTIL_H_
 
 #include <CLI/CLI.hpp>
+#include <cstdint>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -17,6 +18,13 @@ namespace eplb::cli {
 // Exit codes: 0 success, 1 bad input or failed check, 2 bad command line.
 inline constexpr int kExitFailure = 1;
 inline constexpr int kExitUsage = 2;
+
+// Checks an integer flag: a whole number in [min, max]. Its message names
+// the value and the bounds as written ("-3 is not an integer in [0,
+// 2147483647]"), not as CLI11's floating-point ranges print them.
+CLI::Validator IntRange(int64_t min, int64_t max);
+// IntRange(min, the largest int).
+CLI::Validator IntAtLeast(int64_t min);
 
 // Prints "eplb: <message>" on stderr and returns kExitFailure.
 int Fail(const Status& status);

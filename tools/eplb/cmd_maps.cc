@@ -10,6 +10,7 @@
 
 #include "cli_util.h"
 #include "eplb/io.h"
+#include "eplb/limits.h"
 #include "eplb/load.h"
 #include "eplb/model.h"
 #include "eplb/placement.h"
@@ -56,9 +57,12 @@ StatusOr<std::optional<Format>> SniffFormat(const std::string& path) {
   if (!text.ok()) return text.status();
   // The key to wrap a tensor under is unknown here: a map is likelier.
   EPLB_RETURN_IF_ERROR(RejectTorchFile(path, *text, "physical_to_logical_map"));
-  if (text->rfind("step,", 0) == 0) return std::optional(Format::kCsv);
-  nlohmann::json j =
-      nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
+  const std::string_view content = StripUtf8Bom(*text);
+  if (content.starts_with("step,")) return std::optional(Format::kCsv);
+  // Nesting too deep to parse recursively is an error here already.
+  EPLB_RETURN_IF_ERROR(CheckJsonDepth(content).WithPrefix(path));
+  nlohmann::json j = nlohmann::json::parse(content, nullptr,
+                                           /*allow_exceptions=*/false);
   if (j.is_object()) {
     if (j.contains("layer_list")) return std::optional(Format::kVllmMap);
     if (j.contains("physical_to_logical_map"))
@@ -129,7 +133,7 @@ void AddLayerFlags(CLI::App* cmd, LayerFlags* f) {
   cmd->add_option("--num-hidden-layers", f->num_hidden_layers,
                   "Hidden layers of the model, dense ones included, as "
                   "SGLang sizes physical_to_logical_map")
-      ->check(CLI::PositiveNumber);
+      ->check(IntRange(1, kMaxLayers));
   cmd->add_option("--model", f->model,
                   "Model preset (eplb models): its hidden layers, the "
                   "leading dense ones and its experts");
@@ -215,8 +219,17 @@ int RunValidate(const ValidateFlags& f) {
       ReadForValidate(f, *format, *target, &problems, &warnings);
   if (!map.ok()) {
     if (problems.empty()) return Fail(map.status());
-    for (const std::string& p : problems) {
-      std::fprintf(stderr, "eplb: %s: %s\n", f.path.c_str(), p.c_str());
+    // The first problems one per line, the rest as a count.
+    constexpr size_t kMaxLines = 21;
+    const size_t shown =
+        problems.size() > kMaxLines ? kMaxLines - 1 : problems.size();
+    for (size_t i = 0; i < shown; ++i) {
+      std::fprintf(stderr, "eplb: %s: %s\n", f.path.c_str(),
+                   problems[i].c_str());
+    }
+    if (shown < problems.size()) {
+      std::fprintf(stderr, "eplb: %s: ... and %zu more problems\n",
+                   f.path.c_str(), problems.size() - shown);
     }
     // Say so when the one rule SGLang relaxes is all that failed.
     if (*target == MapTarget::kVllmAscend) {
@@ -395,6 +408,9 @@ int RunConvertMap(const ConvertFlags& f, Format from, Format to) {
 int RunConvert(const ConvertFlags& f) {
   StatusOr<Format> to = ParseFormat("--to", f.to);
   if (!to.ok()) return Fail(to.status());
+  if (Status out = CheckWritablePath(f.out); !out.ok()) {
+    return Fail(out.WithPrefix("--out"));
+  }
   StatusOr<Format> from =
       f.from.empty() ? DetectFormat(f.in) : ParseFormat("--from", f.from);
   if (!from.ok()) return Fail(from.status());
@@ -443,13 +459,13 @@ void AddValidateMapCommand(CLI::App* app, int* exit_code) {
   cmd->add_option("--experts", f->experts,
                   "Logical experts the map must cover "
                   "(default: highest id + 1)")
-      ->check(CLI::PositiveNumber);
+      ->check(IntRange(1, kMaxExperts));
   cmd->add_option("--ranks", f->ranks,
                   "EP size the map must have (needed for sglang-map and "
                   "deepseek)")
-      ->check(CLI::PositiveNumber);
+      ->check(IntRange(1, kMaxRanks));
   cmd->add_option("--layers", f->layers, "MoE layers the map must have")
-      ->check(CLI::PositiveNumber);
+      ->check(IntRange(1, kMaxLayers));
   cmd->add_flag("--json", f->json, "Print one JSON object");
   cmd->callback([f, exit_code] { *exit_code = RunValidate(*f); });
 }
@@ -468,10 +484,10 @@ void AddConvertCommand(CLI::App* app, int* exit_code) {
                   "Input format (default: detected from content)");
   cmd->add_option("--ranks", f->ranks,
                   "Ranks (needed to read sglang-map and deepseek)")
-      ->check(CLI::PositiveNumber);
+      ->check(IntRange(1, kMaxRanks));
   cmd->add_option("--experts", f->experts,
                   "Logical experts (default: highest id + 1)")
-      ->check(CLI::PositiveNumber);
+      ->check(IntRange(1, kMaxExperts));
   CLI::Option* repair = cmd->add_flag(
       "--repair", f->repair,
       "Move every replica that shares a rank with another replica of its "

@@ -1,10 +1,13 @@
 // eplb plan: run a balancing policy on a load and write the planned map.
+#include <charconv>
 #include <chrono>
 #include <cstdio>
+#include <limits>
 #include <memory>
 
 #include "cli_util.h"
 #include "eplb/io.h"
+#include "eplb/limits.h"
 #include "eplb/policy.h"
 
 namespace eplb::cli {
@@ -14,6 +17,7 @@ struct PlanFlags {
   std::string load_path;
   std::string current_path;
   std::string out_path;
+  bool out_given = false;  // --out "" is an error, not "no output".
   std::string policy = "swift";
   TopologyFlags topology;
   int groups = 1;
@@ -68,6 +72,11 @@ double StepImbalanceMean(const Placement& p, const LoadTrace& samples) {
 }
 
 int RunPlan(const PlanFlags& f) {
+  // Fail before planning, never after.
+  if (f.out_given) {
+    Status out = CheckWritablePath(f.out_path);
+    if (!out.ok()) return Fail(out.WithPrefix("--out"));
+  }
   StatusOr<LoadTrace> trace = ReadLoadFile(f.load_path);
   if (!trace.ok()) return Fail(trace.status());
   if (f.window < 0)
@@ -106,7 +115,7 @@ int RunPlan(const PlanFlags& f) {
                              std::chrono::steady_clock::now() - start)
                              .count();
   if (!plan.ok()) return Fail(plan.status());
-  if (!f.out_path.empty()) {
+  if (f.out_given) {
     Status written = WriteExpertMapJson(f.out_path, plan->placement);
     if (!written.ok()) return Fail(written);
   }
@@ -193,7 +202,7 @@ int RunPlan(const PlanFlags& f) {
       "layers kept %d, re-planned incrementally %d, fully %d; predicted "
       "gain %.4f (score, summed over layers)\n",
       s.kept, s.incremental, s.full, s.predicted_gain);
-  if (!f.out_path.empty()) std::printf("wrote %s\n", f.out_path.c_str());
+  if (f.out_given) std::printf("wrote %s\n", f.out_path.c_str());
   return 0;
 }
 
@@ -209,7 +218,7 @@ void AddPlanCommand(CLI::App* app, int* exit_code) {
   f->topology.Register(cmd, /*require=*/true);
   cmd->add_option("--groups", f->groups,
                   "Expert groups (hierarchical default policy when nodes > 1)")
-      ->check(CLI::PositiveNumber);
+      ->check(IntRange(1, kMaxExperts));
   cmd->add_option(
       "--policy", f->policy,
       "0 random, 1 default, 2 swift, 3 flashlb, or best (default: swift)");
@@ -217,21 +226,32 @@ void AddPlanCommand(CLI::App* app, int* exit_code) {
                   "Map serving now (default: the initial placement)");
   cmd->add_option("--window", f->window,
                   "Plan on the last STEPS steps (default: all)")
-      ->check(CLI::NonNegativeNumber);
-  cmd->add_option("--seed", f->seed, "Seed of the random policy");
+      ->check(IntRange(0, kMaxSteps));
+  cmd->add_option("--seed", f->seed, "Seed of the random policy")
+      ->check(IntRange(0, std::numeric_limits<int64_t>::max()));
   cmd->add_option("--migration-budget", f->migration_budget,
                   "Swift and FlashLB: the most the plan may move, as a "
                   "fraction of all slots (default 1: no limit)")
-      ->check(CLI::Range(0.0, 1.0))
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Validator(
+          [](std::string& text) -> std::string {
+            double v = 0;
+            const char* end = text.data() + text.size();
+            const auto [ptr, ec] = std::from_chars(text.data(), end, v);
+            if (ec == std::errc() && ptr == end && v > 0 && v <= 1) return {};
+            return text.substr(0, 40) + " is not a number in (0, 1]";
+          },
+          "(0, 1]"));
   cmd->add_option("--dispatch", f->dispatch,
                   "The dispatch Swift and FlashLB plan for: rr (default) or "
                   "balanced")
       ->check(CLI::IsMember({"rr", "balanced"}));
-  cmd->add_option("--out", f->out_path,
-                  "Write the planned map here (atomically)");
+  CLI::Option* out = cmd->add_option("--out", f->out_path,
+                                     "Write the planned map here (atomically)");
   cmd->add_flag("--json", f->json, "Print one JSON object");
-  cmd->callback([f, exit_code] { *exit_code = RunPlan(*f); });
+  cmd->callback([f, exit_code, out] {
+    f->out_given = out->count() > 0;
+    *exit_code = RunPlan(*f);
+  });
 }
 
 }  // namespace eplb::cli

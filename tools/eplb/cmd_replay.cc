@@ -7,11 +7,17 @@
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
+#include <map>
 #include <memory>
+#include <mutex>
+#include <utility>
+#include <vector>
 
 #include "cli_util.h"
 #include "eplb/config.h"
 #include "eplb/io.h"
+#include "eplb/limits.h"
+#include "eplb/policy.h"
 #include "eplb/sim/replay.h"
 #include "eplb/sim/report.h"
 #ifdef EPLB_HAVE_MPI
@@ -59,6 +65,8 @@ struct ReplayFlags {
   std::string metrics_host = "0.0.0.0";
   std::string metrics_file;
   bool metrics_heat = false;
+  // The output flags given on the command line, with their paths.
+  std::vector<std::pair<std::string, const std::string*>> outputs;
 };
 
 // The trace shipped in data/: found next to the sources (build tree) or the
@@ -72,6 +80,28 @@ std::string EmbeddedTrace() {
   }
   return std::string(EPLB_DATA_DIR) + "/" + rel;
 }
+
+// The replay's log lines seen, for printing each once.
+constexpr size_t kMaxLogLines = 100;
+struct LogRepeats {
+  std::mutex mu;
+  std::map<std::string, int64_t> count;
+  int64_t dropped = 0;  // Distinct lines beyond kMaxLogLines.
+
+  void Summarise() {
+    std::lock_guard<std::mutex> lock(mu);
+    for (const auto& [line, n] : count) {
+      if (n > 1) {
+        std::fprintf(stderr, "eplb: (%lld times in all) %s\n",
+                     static_cast<long long>(n), line.c_str());
+      }
+    }
+    if (dropped > 0) {
+      std::fprintf(stderr, "eplb: ... and %lld more distinct log lines\n",
+                   static_cast<long long>(dropped));
+    }
+  }
+};
 
 std::string Bytes(double b) {
   char buf[64];
@@ -107,14 +137,16 @@ int RunReplayCommand(const ReplayFlags& f) {
                                      std::to_string(f.metrics_port) +
                                      ": must be in [1, 65535]"));
   }
-  if (!f.report.empty()) {
-    Status dir = CheckWritablePath(f.report);
-    if (!dir.ok()) return Fail(dir.WithPrefix("--report"));
+  if (!f.policy.empty()) {
+    // A misspelt policy fails before the trace is read.
+    StatusOr<std::unique_ptr<Policy>> policy = CreatePolicy(f.policy);
+    if (!policy.ok()) return Fail(policy.status());
   }
-  if (!f.metrics_file.empty()) {
-    // Fail now, not after the whole run.
-    Status dir = CheckWritablePath(f.metrics_file);
-    if (!dir.ok()) return Fail(dir.WithPrefix("--metrics-file"));
+  // Every output path fails now, not after the whole run ("" included:
+  // a flag given empty is a mistake, not "no output").
+  for (const auto& [flag, path] : f.outputs) {
+    Status dir = CheckWritablePath(*path);
+    if (!dir.ok()) return Fail(dir.WithPrefix(flag));
   }
 #ifndef EPLB_HAVE_HTTP
   if (f.metrics_port != 0) {
@@ -188,6 +220,20 @@ int RunReplayCommand(const ReplayFlags& f) {
   StatusOr<Topology> topology =
       MakeTopology(trace->num_experts(), ranks, *slots, f.ranks_per_node);
   if (!topology.ok()) return Fail(topology.status());
+  // The fault injection's flags, before any note is printed (the replay
+  // checks them again).
+  if (f.fail_rank >= 0 || f.fail_at_step >= 0) {
+    if (f.fail_rank < 1 || f.fail_rank >= topology->num_ranks) {
+      return Fail("fail rank " + std::to_string(f.fail_rank) +
+                  ": must be in [1, " +
+                  std::to_string(topology->num_ranks - 1) +
+                  "] (rank 0 prints the job's results)");
+    }
+    if (f.fail_at_step < 0) {
+      return Fail("fail rank " + std::to_string(f.fail_rank) +
+                  " needs the step it fails at (--fail-at-step >= 0)");
+    }
+  }
 
   ReplayOptions o;
 #ifdef EPLB_HAVE_MPI
@@ -254,8 +300,19 @@ int RunReplayCommand(const ReplayFlags& f) {
   }
 #endif
   o.interrupt = &g_interrupted;
-  o.log = [speaks = speaks](std::string_view line) {
+  // Each distinct line once (a plan late every cycle would otherwise print
+  // a line per cycle), and at most kMaxLogLines of them; the repeats are
+  // counted and summed up after the run.
+  auto repeats = std::make_shared<LogRepeats>();
+  o.log = [speaks = speaks, repeats](std::string_view line) {
     if (!speaks) return;
+    std::lock_guard<std::mutex> lock(repeats->mu);
+    int64_t& seen = repeats->count[std::string(line)];
+    if (seen++ > 0) return;
+    if (repeats->count.size() > kMaxLogLines) {
+      ++repeats->dropped;
+      return;
+    }
     std::fprintf(stderr, "eplb: %.*s\n", static_cast<int>(line.size()),
                  line.data());
   };
@@ -280,6 +337,7 @@ int RunReplayCommand(const ReplayFlags& f) {
   std::signal(SIGINT, OnSigint);
   StatusOr<ReplayResult> r = RunReplay(*trace, o);
   std::signal(SIGINT, SIG_DFL);
+  if (speaks) repeats->Summarise();
   if (!r.ok()) return Fail(r.status());
   if (!speaks || r->failed_here) return r->interrupted ? 130 : 0;
   if (r->interrupted)
@@ -390,12 +448,12 @@ void AddReplayCommand(CLI::App* app, int* exit_code) {
                   "Cost-model profile: a2, a3, h100 (default a2)");
   cmd->add_option("--ranks", f->ranks,
                   "Ranks (default 16 on the shipped trace, else 8)")
-      ->check(CLI::PositiveNumber);
+      ->check(IntRange(1, kMaxRanks));
   cmd->add_option("--redundant", f->redundant,
                   "Redundant experts (default 16 on the shipped trace, else 8)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(IntRange(0, kMaxSlots));
   cmd->add_option("--ranks-per-node", f->ranks_per_node, "Ranks per node")
-      ->check(CLI::PositiveNumber);
+      ->check(IntRange(1, kMaxRanks));
   cmd->add_option("--policy", f->policy,
                   "Policy name or number (default: the config's, else swift)");
   cmd->add_option(
@@ -403,14 +461,14 @@ void AddReplayCommand(CLI::App* app, int* exit_code) {
       "eplb_config JSON (needs DYNAMIC_EPLB=true for dynamic modes)");
   cmd->add_option("--heat-interval", f->heat_interval,
                   "Steps of heat per cycle (default 8)")
-      ->check(CLI::PositiveNumber);
+      ->check(IntAtLeast(1));
   cmd->add_option("--algo-interval", f->algo_interval,
                   "Steps the planner may take (default 1)")
-      ->check(CLI::PositiveNumber);
+      ->check(IntAtLeast(1));
   cmd->add_option("--batch-steps", f->batch_steps,
                   "Trace steps per replay step (default 16 on the shipped "
                   "trace, else 1)")
-      ->check(CLI::PositiveNumber);
+      ->check(IntAtLeast(1));
   cmd->add_flag("--sync-migration", f->sync,
                 "Stop-the-world migration, for comparison");
   cmd->add_flag("--no-pace", f->no_pace,
@@ -429,7 +487,7 @@ void AddReplayCommand(CLI::App* app, int* exit_code) {
   cmd->add_option("--steady-from", f->steady_from,
                   "Report the figures from this step on as the steady state "
                   "(default: from the first plan's last commit)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(IntRange(0, kMaxSteps));
   cmd->add_option("--report", f->report, "Write a self-contained HTML report");
   cmd->add_flag("--json", f->json, "Print one JSON object");
   cmd->add_option("--transport", f->transport,
@@ -443,9 +501,11 @@ void AddReplayCommand(CLI::App* app, int* exit_code) {
   cmd->add_option("--fail-rank", f->fail_rank,
                   "Fault injection: this rank (not 0) stops serving and its "
                   "weights are gone at --fail-at-step; the others recover "
-                  "and serve on");
+                  "and serve on")
+      ->check(IntRange(0, kMaxRanks - 1));
   cmd->add_option("--fail-at-step", f->fail_at_step,
-                  "The replay step at which --fail-rank fails");
+                  "The replay step at which --fail-rank fails")
+      ->check(IntRange(0, kMaxSteps));
   cmd->add_option("--rank-timeout-ms", f->rank_timeout_ms,
                   "--transport mpi: a rank that does not answer a collective "
                   "call within this time is taken for lost (default 5000)");
@@ -456,7 +516,12 @@ void AddReplayCommand(CLI::App* app, int* exit_code) {
                   "Serve GET /metrics (Prometheus text format) on this port "
                   "while the replay runs (rank 0)");
   cmd->add_option("--metrics-host", f->metrics_host,
-                  "Address the metrics endpoint binds (default 0.0.0.0)");
+                  "Address the metrics endpoint binds (default 0.0.0.0)")
+      ->check(CLI::Validator(
+          [](std::string& host) -> std::string {
+            return host.empty() ? "\"\" is not an address" : "";
+          },
+          "non-empty"));
   cmd->add_option("--metrics-file", f->metrics_file,
                   "Write the final metrics (Prometheus text format)");
   cmd->add_flag("--metrics-heat", f->metrics_heat,
@@ -467,7 +532,18 @@ void AddReplayCommand(CLI::App* app, int* exit_code) {
                 "report the checksum of what landed, so they pass the "
                 "migration's check and commit (--verify-outputs must catch "
                 "them)");
-  cmd->callback([f, exit_code] { *exit_code = RunReplayCommand(*f); });
+  cmd->callback([f, exit_code, cmd] {
+    const std::pair<const char*, const std::string*> outputs[] = {
+        {"--placement-log", &f->placement_log},
+        {"--rank-load-log", &f->rank_load_log},
+        {"--report", &f->report},
+        {"--metrics-file", &f->metrics_file}};
+    f->outputs.clear();
+    for (const auto& [flag, path] : outputs) {
+      if (cmd->count(flag) > 0) f->outputs.emplace_back(flag, path);
+    }
+    *exit_code = RunReplayCommand(*f);
+  });
 }
 
 }  // namespace eplb::cli
