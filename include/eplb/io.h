@@ -181,7 +181,8 @@ struct TraceCsvOptions {
 };
 StatusOr<LoadTrace> ReadTraceCsv(const std::string& path,
                                  const TraceCsvOptions& options = {});
-// Writes a trace (counts rounded to integers) atomically.
+// Writes a trace (counts rounded to integers) atomically: the non-zero
+// cells, and the last cell even when zero, so the shape reads back.
 Status WriteTraceCsv(const std::string& path, const LoadTrace& trace);
 
 // Reads a load file by its content: a trace CSV (first line is the header) or

@@ -413,7 +413,12 @@ Status WriteTraceCsv(const std::string& path, const LoadTrace& trace) {
               " is not a finite number in [0, 2^53] (the trace CSV's limit)");
         }
         const long long rounded = std::llround(count);
-        if (rounded != 0) AppendRow(&out, s, l, e, rounded);
+        // The last cell is written even when zero: the reader takes the
+        // shape from the largest ids, so the trace reads back whole.
+        const bool last = s + 1 == trace.num_steps() &&
+                          l + 1 == trace.num_layers() &&
+                          e + 1 == trace.num_experts();
+        if (rounded != 0 || last) AppendRow(&out, s, l, e, rounded);
       }
     }
   }

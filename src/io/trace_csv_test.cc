@@ -195,8 +195,25 @@ TEST_F(TraceCsvTest, WritesNonZeroCellsInOrderRounded) {
   trace.at(1, 0, 0) = 2.5;
   const std::string path = (dir_ / "out.csv").string();
   ASSERT_TRUE(WriteTraceCsv(path, trace).ok());
+  // The last cell (1, 1, 2) is written although zero: the shape reads back.
   EXPECT_EQ(*ReadFileToString(path),
-            "step,layer,expert,count\n0,0,1,5\n0,1,2,2\n1,0,0,3\n");
+            "step,layer,expert,count\n0,0,1,5\n0,1,2,2\n1,0,0,3\n1,1,2,0\n");
+  StatusOr<LoadTrace> back = ReadTraceCsv(path);
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(back->num_steps(), 2);
+  EXPECT_EQ(back->num_layers(), 2);
+  EXPECT_EQ(back->num_experts(), 3);
+}
+
+TEST_F(TraceCsvTest, AnAllZeroTraceReadsBackWhole) {
+  // Found by the trace_csv fuzz target: a trace of zero counts wrote a bare
+  // header, which does not read back.
+  const LoadTrace trace(3, 2, 4);
+  const std::string path = (dir_ / "zeros.csv").string();
+  ASSERT_TRUE(WriteTraceCsv(path, trace).ok());
+  StatusOr<LoadTrace> back = ReadTraceCsv(path);
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(*back, trace);
 }
 
 TEST_F(TraceCsvTest, RoundTripsIntegerTrace) {
