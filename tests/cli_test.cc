@@ -10,40 +10,22 @@
 #include <sstream>
 #include <string>
 
+#include "testing/cli_run.h"
 #include "testing/scratch_dir.h"
 
 namespace {
 
 namespace fs = std::filesystem;
 
-struct Result {
-  int exit_code = -1;
-  std::string out;
-  std::string err;
-};
-
-std::string Slurp(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using Result = eplb::testing_util::CliResult;
+using eplb::testing_util::Slurp;
 
 class CliTest : public ::testing::Test {
  protected:
   // Runs `eplb <args>` (args are shell words; quote as needed).
   // `env`: assignments before the command, e.g. "DYNAMIC_EPLB=true ".
   Result Run(const std::string& args, const std::string& env = "") {
-    const fs::path out = dir_ / "stdout", err = dir_ / "stderr";
-    const std::string cmd = env + std::string(EPLB_CLI_PATH) + " " + args +
-                            " >" + out.string() + " 2>" + err.string() +
-                            " </dev/null";
-    const int raw = std::system(cmd.c_str());
-    Result r;
-    r.exit_code = WIFEXITED(raw) ? WEXITSTATUS(raw) : 128 + WTERMSIG(raw);
-    r.out = Slurp(out);
-    r.err = Slurp(err);
-    return r;
+    return eplb::testing_util::RunCli(EPLB_CLI_PATH, args, dir_, env);
   }
 
   fs::path Write(const std::string& name, const std::string& text) {

@@ -6,35 +6,24 @@
 // content those tools write (tests/data/README.md says where each comes
 // from).
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <string>
 #include <vector>
 
+#include "testing/cli_run.h"
 #include "testing/scratch_dir.h"
 
 namespace {
 
 namespace fs = std::filesystem;
 
-struct Result {
-  int exit_code = -1;
-  std::string out;
-  std::string err;
-};
-
-std::string Slurp(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using Result = eplb::testing_util::CliResult;
+using eplb::testing_util::Slurp;
 
 size_t Lines(const std::string& text) {
   return static_cast<size_t>(std::count(text.begin(), text.end(), '\n'));
@@ -45,16 +34,7 @@ class EngineMapsCliTest : public ::testing::Test {
   // Runs `eplb <args>` (args are shell words; quote as needed).
   // `env`: assignments before the command, e.g. "DYNAMIC_EPLB=true ".
   Result Run(const std::string& args, const std::string& env = "") {
-    const fs::path out = dir_ / "stdout", err = dir_ / "stderr";
-    const std::string cmd = env + std::string(EPLB_CLI_PATH) + " " + args +
-                            " >" + out.string() + " 2>" + err.string() +
-                            " </dev/null";
-    const int raw = std::system(cmd.c_str());
-    Result r;
-    r.exit_code = WIFEXITED(raw) ? WEXITSTATUS(raw) : 128 + WTERMSIG(raw);
-    r.out = Slurp(out);
-    r.err = Slurp(err);
-    return r;
+    return eplb::testing_util::RunCli(EPLB_CLI_PATH, args, dir_, env);
   }
 
   std::string Write(const std::string& name, const std::string& text) {
