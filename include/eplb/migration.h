@@ -84,9 +84,7 @@ class MigrationEngine {
   // The checksum of (layer, expert) learnt from a committed transfer of it,
   // or 0 while none (see known_checksums_).
   uint64_t known_checksum(int layer, int expert) const {
-    return known_checksums_[static_cast<size_t>(layer) *
-                                placement_.num_experts() +
-                            expert];
+    return known_checksums_[KnownIndex(layer, expert)];
   }
 
   // Starts moving `layer` to `target` [R*K]. FailedPrecondition while
@@ -146,6 +144,9 @@ class MigrationEngine {
   // later transfers of the expert (Transfer::source_checksum), so a sender
   // reads the expert once, for the copy, instead of twice.
   std::vector<uint64_t> known_checksums_;
+  size_t KnownIndex(int layer, int expert) const {
+    return static_cast<size_t>(layer) * placement_.num_experts() + expert;
+  }
   int64_t started_at_ = 0;
   Status last_error_;
 };

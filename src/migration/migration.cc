@@ -311,9 +311,7 @@ MigrationEngine::State MigrationEngine::Finish() {
       // A known checksum that failed to verify is learnt afresh.
       for (const Transfer& t : transfers_) {
         if (t.layer == layer) {
-          known_checksums_[static_cast<size_t>(layer) *
-                               placement_.num_experts() +
-                           t.expert] = 0;
+          known_checksums_[KnownIndex(layer, t.expert)] = 0;
         }
       }
       continue;
@@ -326,8 +324,7 @@ MigrationEngine::State MigrationEngine::Finish() {
       }
       // Every receiver verified it against what landed: the expert's own.
       if (sums[j] != 0) {
-        known_checksums_[static_cast<size_t>(layer) * placement_.num_experts() +
-                         t.expert] = sums[j];
+        known_checksums_[KnownIndex(layer, t.expert)] = sums[j];
       }
       if (t.local) {
         ++stats_.local_copies;
