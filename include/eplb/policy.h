@@ -61,9 +61,10 @@ struct PolicyOptions {
   // score as a re-plan's do (still outside the budget), so that the first
   // plan commits sooner, more layers fitting a step's transfers.
   bool quick_first_plan = false;
-  // Swift and FlashLB: threads that plan layers in parallel (the calling
-  // thread is one of them). Layers are independent, so any count gives the
-  // same plan, bit for bit.
+  // Threads that plan layers in parallel (the calling thread is one of
+  // them; every policy but "random", whose layers take microseconds, gains
+  // from it). Layers are independent, so any count gives the same plan, bit
+  // for bit.
   int num_threads = 1;
 };
 

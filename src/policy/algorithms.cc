@@ -99,17 +99,38 @@ std::vector<int32_t> PlaceLpt(std::span<const double> load,
   std::stable_sort(order.begin(), order.end(),
                    [&](int32_t a, int32_t b) { return share[a] > share[b]; });
   RankFill fill(num_ranks, slots_per_rank, n);
+  // The ranks with room, lightest on top; a rank that holds the expert is
+  // set aside (at most its replicas placed so far) and put back after.
+  std::vector<RankLoad> heap;
+  for (int r = 0; r < num_ranks; ++r) heap.push_back({0.0, r});
+  std::make_heap(heap.begin(), heap.end(), LighterFirst());
+  std::vector<RankLoad> aside;
   for (int32_t e : order) {
     int best = -1;
     int best_any = -1;  // Lightest rank with room, even if it holds e.
-    for (int r = 0; r < num_ranks; ++r) {
-      if (fill.Full(r)) continue;
-      if (best_any < 0 || fill.load(r) < fill.load(best_any)) best_any = r;
-      if (fill.Holds(r, e)) continue;
-      if (best < 0 || fill.load(r) < fill.load(best)) best = r;
+    while (!heap.empty()) {
+      std::pop_heap(heap.begin(), heap.end(), LighterFirst());
+      const RankLoad top = heap.back();
+      heap.pop_back();
+      if (best_any < 0) best_any = top.rank;
+      if (!fill.Holds(top.rank, e)) {
+        best = top.rank;
+        break;
+      }
+      aside.push_back(top);
     }
+    for (const RankLoad& a : aside) {
+      if (a.rank == best_any && best < 0) continue;  // Pushed back below.
+      heap.push_back(a);
+      std::push_heap(heap.begin(), heap.end(), LighterFirst());
+    }
+    aside.clear();
     if (best >= 0) {
       fill.Put(best, e, share[e]);
+      if (!fill.Full(best)) {
+        heap.push_back({fill.load(best), best});
+        std::push_heap(heap.begin(), heap.end(), LighterFirst());
+      }
       continue;
     }
     // Every rank with room holds e: move some expert f of a rank q without e
@@ -126,6 +147,10 @@ std::vector<int32_t> PlaceLpt(std::span<const double> load,
       }
     }
     EPLB_CHECK_MSG(repaired, "PlaceLpt: no rank can take a replica");
+    if (!fill.Full(best_any)) {
+      heap.push_back({fill.load(best_any), best_any});
+      std::push_heap(heap.begin(), heap.end(), LighterFirst());
+    }
   }
   return fill.Take();
 }
@@ -164,6 +189,17 @@ int RefineBySwaps(std::span<int32_t> layer, std::span<const double> load,
     }
   }
   auto is_frozen = [&](int phy) { return !frozen.empty() && frozen[phy]; };
+  // Partners are tried lightest first, so the search stops at the first one
+  // that cannot beat the best swap found; ties between equal peaks still go
+  // to the lowest (partner, hot slot, partner slot), as a scan in rank
+  // order would find them.
+  std::vector<int> by_load(num_ranks);
+  std::iota(by_load.begin(), by_load.end(), 0);
+  auto lighter = [&](int a, int b) {
+    return rank_load[a] < rank_load[b] ||
+           (rank_load[a] == rank_load[b] && a < b);
+  };
+  std::sort(by_load.begin(), by_load.end(), lighter);
   int swaps = 0;
   while (swaps < max_swaps) {
     const int h =
@@ -172,8 +208,14 @@ int RefineBySwaps(std::span<int32_t> layer, std::span<const double> load,
     double best_peak = rank_load[h] - min_gain;
     int best_a = -1;
     int best_b = -1;
-    for (int r = 0; r < num_ranks; ++r) {
-      if (r == h || rank_load[r] >= best_peak) continue;
+    for (int r : by_load) {
+      // A swap of h and r leaves the larger of the two at least at their
+      // average: no partner from here on can beat best_peak (a margin for
+      // rounding keeps every swap the full scan would take).
+      if (0.5 * (rank_load[h] + rank_load[r]) > best_peak * (1.0 + 1e-12)) {
+        break;
+      }
+      if (r == h) continue;
       for (int sa = 0; sa < k; ++sa) {
         const int pa = h * k + sa;
         if (is_frozen(pa)) continue;
@@ -186,7 +228,11 @@ int RefineBySwaps(std::span<int32_t> layer, std::span<const double> load,
           const double d = share[ea] - share[eb];
           if (d <= 0.0 || holds[static_cast<size_t>(h) * n + eb]) continue;
           const double peak = std::max(rank_load[h] - d, rank_load[r] + d);
-          if (peak < best_peak) {
+          if (peak < best_peak ||
+              (peak == best_peak && best_b >= 0 &&
+               (pb / k < best_b / k ||
+                (pb / k == best_b / k &&
+                 (pa < best_a || (pa == best_a && pb < best_b)))))) {
             best_peak = peak;
             best_a = pa;
             best_b = pb;
@@ -203,103 +249,149 @@ int RefineBySwaps(std::span<int32_t> layer, std::span<const double> load,
     rank_load[r] += d;
     SwapSlots(layer, holds, n, k, best_a, best_b);
     ++swaps;
+    // Two ranks changed: one insertion pass restores the order.
+    for (size_t i = 1; i < by_load.size(); ++i) {
+      for (size_t j = i; j > 0 && lighter(by_load[j], by_load[j - 1]); --j) {
+        std::swap(by_load[j], by_load[j - 1]);
+      }
+    }
   }
   return swaps;
 }
 
-namespace {
-
-// Minimum-cost perfect assignment on an n x n integer matrix (Hungarian
-// algorithm with potentials). Returns row_of_col[j]. O(n^3).
-std::vector<int> AssignMinCost(const std::vector<int64_t>& cost, int n) {
-  const int64_t inf = std::numeric_limits<int64_t>::max() / 4;
-  std::vector<int64_t> u(n + 1, 0), v(n + 1, 0);
-  std::vector<int> p(n + 1, 0), way(n + 1, 0);
-  for (int i = 1; i <= n; ++i) {
-    p[0] = i;
-    int j0 = 0;
-    std::vector<int64_t> minv(n + 1, inf);
-    std::vector<char> used(n + 1, 0);
-    do {
-      used[j0] = 1;
-      const int i0 = p[j0];
-      int64_t delta = inf;
-      int j1 = 0;
-      for (int j = 1; j <= n; ++j) {
-        if (used[j]) continue;
-        const int64_t cur =
-            cost[static_cast<size_t>(i0 - 1) * n + (j - 1)] - u[i0] - v[j];
-        if (cur < minv[j]) {
-          minv[j] = cur;
-          way[j] = j0;
-        }
-        if (minv[j] < delta) {
-          delta = minv[j];
-          j1 = j;
-        }
-      }
-      for (int j = 0; j <= n; ++j) {
-        if (used[j]) {
-          u[p[j]] += delta;
-          v[j] -= delta;
-        } else {
-          minv[j] -= delta;
-        }
-      }
-      j0 = j1;
-    } while (p[j0] != 0);
-    do {
-      const int j1 = way[j0];
-      p[j0] = p[j1];
-      j0 = j1;
-    } while (j0 != 0);
-  }
-  std::vector<int> row_of_col(n);
-  for (int j = 1; j <= n; ++j) row_of_col[j - 1] = p[j] - 1;
-  return row_of_col;
+std::vector<int32_t> PlanMinMax(std::span<const double> load, int num_ranks,
+                                int slots_per_rank) {
+  const int r = num_ranks;
+  const int k = slots_per_rank;
+  const std::vector<int32_t> count = MinMaxReplicaCounts(load, r * k, r);
+  std::vector<int32_t> layer = PlaceLpt(load, count, r, k);
+  double total = 0.0;
+  for (double v : load) total += v;
+  RefineBySwaps(layer, load, r, k, /*max_swaps=*/64 * r, 1e-9 * total / r);
+  return layer;
 }
 
-// MatchRanksToCurrent above kMaxExactMatchRanks: planned rank i, in
-// order, takes the first current rank not yet taken that holds one of its
-// experts (in slot order); the ranks left over pair up in order. O(R*K).
-void MatchRanksGreedy(std::span<const int32_t> current, std::span<int32_t> plan,
-                      int num_ranks, int k, int num_experts) {
-  std::vector<std::vector<int>> holders(num_experts);
-  for (int r = 0; r < num_ranks; ++r) {
-    for (int s = 0; s < k; ++s) {
-      std::vector<int>& h = holders[current[static_cast<size_t>(r) * k + s]];
-      if (h.empty() || h.back() != r) h.push_back(r);
+namespace {
+
+// A planned rank's overlap with one current rank: `weight` experts of the
+// planned rank are held there now.
+struct OverlapEdge {
+  int32_t col;
+  int32_t weight;
+};
+
+// Maximum-weight bipartite matching of planned ranks (rows) to current ranks
+// (columns) on the sparse overlap graph, exact: rows are inserted one at a
+// time by a shortest augmenting path (Dijkstra on reduced costs, dual
+// potentials u and v), where every row may also stay unmatched at no gain (a
+// private dummy column). Costs are -weight, so the matching found has the
+// largest total overlap; rows left unmatched then pair with the free columns
+// in order, which adds nothing. Work per row is the part of the graph its
+// search visits (typically a few ranks), not R. Ties go to the lower column,
+// so the result is deterministic. Returns row_of_col.
+std::vector<int> MatchMaxOverlap(
+    const std::vector<std::vector<OverlapEdge>>& edges, int n) {
+  // Columns 0..n-1 are current ranks, n + i the dummy of row i.
+  constexpr int64_t kInf = std::numeric_limits<int64_t>::max() / 4;
+  std::vector<int64_t> u(n, 0), v(2 * static_cast<size_t>(n), 0);
+  std::vector<int> row_of_col(2 * static_cast<size_t>(n), -1);
+  std::vector<int> col_of_row(n, -1);
+  std::vector<int64_t> dist(2 * static_cast<size_t>(n), kInf);
+  std::vector<int> pred(2 * static_cast<size_t>(n), -1);  // Row before.
+  std::vector<char> done(2 * static_cast<size_t>(n), 0);
+  std::vector<int> touched;  // Columns with a finite dist this search.
+  std::vector<int> settled;  // Columns popped, in order.
+  // Rows reached and their distance (the column through which they were
+  // reached has the same distance: the matched edge costs nothing).
+  std::vector<std::pair<int, int64_t>> rows;
+  // Lowest dist first; at equal dist a free column first (the search ends
+  // there: nothing shorter is left), then the lower column.
+  struct Item {
+    int64_t dist;
+    int matched;
+    int col;
+    bool operator>(const Item& o) const {
+      if (dist != o.dist) return dist > o.dist;
+      if (matched != o.matched) return matched > o.matched;
+      return col > o.col;
+    }
+  };
+  std::priority_queue<Item, std::vector<Item>, std::greater<>> heap;
+  // Dual feasibility from the start: u[i] = min over i's edges of the cost
+  // (the dummy costs 0), so every reduced cost is >= 0.
+  for (int i = 0; i < n; ++i) {
+    for (const OverlapEdge& e : edges[i]) {
+      u[i] = std::min<int64_t>(u[i], -e.weight);
     }
   }
-  std::vector<size_t> next(num_experts, 0);  // First untried holder.
-  std::vector<char> taken(num_ranks, 0);
-  std::vector<int> row_of_col(num_ranks, -1);
-  std::vector<int> unmatched;
-  for (int i = 0; i < num_ranks; ++i) {
-    int col = -1;
-    for (int s = 0; s < k && col < 0; ++s) {
-      const int32_t e = plan[static_cast<size_t>(i) * k + s];
-      const std::vector<int>& h = holders[e];
-      while (next[e] < h.size() && taken[h[next[e]]]) ++next[e];
-      if (next[e] < h.size()) col = h[next[e]];
+  auto relax = [&](int row, int64_t d) {
+    rows.emplace_back(row, d);
+    auto offer = [&](int col, int64_t cost) {
+      if (done[col]) return;
+      const int64_t nd = d + cost - u[row] - v[col];
+      if (nd < dist[col]) {
+        if (dist[col] == kInf) touched.push_back(col);
+        dist[col] = nd;
+        pred[col] = row;
+        heap.push({nd, row_of_col[col] >= 0 ? 1 : 0, col});
+      }
+    };
+    for (const OverlapEdge& e : edges[row]) offer(e.col, -e.weight);
+    offer(n + row, 0);
+  };
+  for (int i0 = 0; i0 < n; ++i0) {
+    relax(i0, 0);
+    int free_col = -1;
+    int64_t final_dist = 0;
+    while (!heap.empty()) {
+      const auto [d, matched, col] = heap.top();
+      heap.pop();
+      if (done[col] || d != dist[col]) continue;
+      done[col] = 1;
+      settled.push_back(col);
+      if (row_of_col[col] < 0) {
+        free_col = col;
+        final_dist = d;
+        break;
+      }
+      relax(row_of_col[col], d);
     }
-    if (col < 0) {
-      unmatched.push_back(i);
-      continue;
+    EPLB_CHECK(free_col >= 0);  // Row i0's own dummy is always free.
+    // New potentials keep every reduced cost >= 0 and make the path tight.
+    for (const auto& [row, d] : rows) u[row] += final_dist - d;
+    for (int col : settled) v[col] -= final_dist - dist[col];
+    // Augment along the path back to i0.
+    for (int col = free_col;;) {
+      const int row = pred[col];
+      const int prev = col_of_row[row];  // -1 for i0.
+      row_of_col[col] = row;
+      col_of_row[row] = col;
+      if (row == i0) break;
+      col = prev;
     }
-    taken[col] = 1;
-    row_of_col[col] = i;
+    for (int col : touched) {
+      dist[col] = kInf;
+      done[col] = 0;
+    }
+    touched.clear();
+    settled.clear();
+    rows.clear();
+    while (!heap.empty()) heap.pop();
   }
-  size_t u = 0;
-  for (int j = 0; j < num_ranks; ++j) {
-    if (row_of_col[j] < 0) row_of_col[j] = unmatched[u++];
+  // Rows on their dummy take the free current ranks in order.
+  std::vector<int> result(row_of_col.begin(), row_of_col.begin() + n);
+  std::vector<char> placed(n, 0);
+  for (int j = 0; j < n; ++j) {
+    if (result[j] >= 0) placed[result[j]] = 1;
   }
-  std::vector<int32_t> out(plan.size());
-  for (int j = 0; j < num_ranks; ++j) {
-    std::copy_n(plan.begin() + static_cast<size_t>(row_of_col[j]) * k, k,
-                out.begin() + static_cast<size_t>(j) * k);
+  int next_row = 0;
+  for (int j = 0; j < n; ++j) {
+    if (result[j] >= 0) continue;
+    while (placed[next_row]) ++next_row;
+    result[j] = next_row;
+    placed[next_row] = 1;
   }
-  std::copy(out.begin(), out.end(), plan.begin());
+  return result;
 }
 
 }  // namespace
@@ -311,30 +403,41 @@ void MatchRanksToCurrent(std::span<const int32_t> current,
   int num_experts = 0;
   for (int32_t e : current) num_experts = std::max(num_experts, e + 1);
   for (int32_t e : plan) num_experts = std::max(num_experts, e + 1);
-  if (num_ranks > kMaxExactMatchRanks) {
-    MatchRanksGreedy(current, plan, num_ranks, k, num_experts);
-    return;
-  }
-  std::vector<char> holds(static_cast<size_t>(num_ranks) * num_experts, 0);
-  for (int r = 0; r < num_ranks; ++r) {
-    for (int s = 0; s < k; ++s) {
-      holds[static_cast<size_t>(r) * num_experts + current[r * k + s]] = 1;
+  // holders[first[e] .. first[e + 1]): the current ranks holding e.
+  std::vector<int32_t> first(static_cast<size_t>(num_experts) + 1, 0);
+  for (int phy = 0; phy < num_ranks * k; ++phy) ++first[current[phy] + 1];
+  for (int e = 0; e < num_experts; ++e) first[e + 1] += first[e];
+  std::vector<int32_t> holders(first.back());
+  {
+    std::vector<int32_t> fill(first.begin(), first.end() - 1);
+    for (int phy = 0; phy < num_ranks * k; ++phy) {
+      holders[fill[current[phy]]++] = phy / k;
     }
   }
-  std::vector<int64_t> cost(static_cast<size_t>(num_ranks) * num_ranks, k);
+  // Each planned rank's overlap with every current rank it shares an expert
+  // with (a rank holds an expert once, so no pair is counted twice).
+  std::vector<std::vector<OverlapEdge>> edges(num_ranks);
+  std::vector<int32_t> weight(num_ranks, 0);
+  std::vector<int32_t> cols;
   for (int i = 0; i < num_ranks; ++i) {
     for (int s = 0; s < k; ++s) {
-      const int32_t e = plan[i * k + s];
-      for (int j = 0; j < num_ranks; ++j) {
-        cost[static_cast<size_t>(i) * num_ranks + j] -=
-            holds[static_cast<size_t>(j) * num_experts + e];
+      const int32_t e = plan[static_cast<size_t>(i) * k + s];
+      for (int32_t h = first[e]; h < first[e + 1]; ++h) {
+        if (weight[holders[h]]++ == 0) cols.push_back(holders[h]);
       }
     }
+    std::sort(cols.begin(), cols.end());
+    for (int32_t j : cols) {
+      edges[i].push_back({j, weight[j]});
+      weight[j] = 0;
+    }
+    cols.clear();
   }
-  const std::vector<int> row_of_col = AssignMinCost(cost, num_ranks);
+  const std::vector<int> row_of_col = MatchMaxOverlap(edges, num_ranks);
   std::vector<int32_t> out(plan.size());
   for (int j = 0; j < num_ranks; ++j) {
-    std::copy_n(plan.begin() + row_of_col[j] * k, k, out.begin() + j * k);
+    std::copy_n(plan.begin() + static_cast<size_t>(row_of_col[j]) * k, k,
+                out.begin() + static_cast<size_t>(j) * k);
   }
   std::copy(out.begin(), out.end(), plan.begin());
 }

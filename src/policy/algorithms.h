@@ -17,11 +17,23 @@ namespace eplb::policy {
 std::vector<int32_t> MinMaxReplicaCounts(std::span<const double> load,
                                          int num_slots, int max_count);
 
+// A rank and its load, for heaps of ranks: `LighterFirst` puts the
+// lightest on top (the lowest rank on ties), with std::push_heap/pop_heap.
+struct RankLoad {
+  double load;
+  int32_t rank;
+};
+struct LighterFirst {
+  bool operator()(const RankLoad& a, const RankLoad& b) const {
+    return a.load > b.load || (a.load == b.load && a.rank > b.rank);
+  }
+};
+
 // Greedy longest-processing-time placement: replicas in order of share
 // descending (expert id, then replica, ascending on ties), each onto the
 // least-loaded rank (lowest id on ties) with a free slot that does not hold
 // the expert. Returns [R*K]. Precondition: sum(count) == R*K, count[e] <= R.
-// O(R*K * R).
+// O(R*K * c * log R), c the most replicas of an expert (a heap of ranks).
 std::vector<int32_t> PlaceLpt(std::span<const double> load,
                               std::span<const int32_t> count, int num_ranks,
                               int slots_per_rank);
@@ -36,19 +48,24 @@ int RefineBySwaps(std::span<int32_t> layer, std::span<const double> load,
                   int num_ranks, int slots_per_rank, int max_swaps,
                   double min_gain, std::span<const char> frozen = {});
 
+// A layer planned for balance alone: MinMaxReplicaCounts (capped at R),
+// PlaceLpt, then RefineBySwaps until a swap gains less than 1e-9 of the
+// mean rank load (at most 64 R swaps). Ranks in planning order (not matched
+// to a current layer). Returns [R*K].
+std::vector<int32_t> PlanMinMax(std::span<const double> load, int num_ranks,
+                                int slots_per_rank);
+
 // Trades the experts of slots a and b (on different ranks) of `layer` [R*K]
 // and updates `holds` [R][E] (non-zero where a rank holds an expert) to match.
 void SwapSlots(std::span<int32_t> layer, std::span<char> holds, int num_experts,
                int slots_per_rank, int a, int b);
 
 // Relabels the ranks of `plan` [R*K] so that each keeps as many experts of a
-// current rank as possible: a minimum-cost assignment (Hungarian, integer
-// costs K - overlap) of planned ranks to current ranks. O(R^3 + R*K) up to
-// kMaxExactMatchRanks ranks; above, a greedy match in O(R*K) (each planned
-// rank takes the first free current rank holding one of its experts:
-// exact at one slot per rank, near it otherwise), so large EP groups plan
-// in time linear in their slots.
-inline constexpr int kMaxExactMatchRanks = 256;
+// current rank as possible: an exact maximum-overlap assignment of planned
+// ranks to current ranks (a shortest-augmenting-path matching on the sparse
+// graph of ranks that share an expert; ties to the lower rank). The work
+// grows with the shared pairs a row's search visits, not with R^3:
+// O(R * K * c * log R) in the usual case, c the replicas an expert has.
 void MatchRanksToCurrent(std::span<const int32_t> current,
                          std::span<int32_t> plan, int num_ranks,
                          int slots_per_rank);

@@ -20,13 +20,7 @@ class BestPolicy final : public LayerPolicy {
   std::vector<int32_t> PlanLayer(const LayerContext& ctx) override {
     const int r = ctx.topology->num_ranks;
     const int k = ctx.topology->slots_per_rank;
-    const std::vector<int32_t> count = MinMaxReplicaCounts(ctx.load, r * k, r);
-    std::vector<int32_t> layer = PlaceLpt(ctx.load, count, r, k);
-    double total = 0.0;
-    for (double v : ctx.load) total += v;
-    // Stop once a swap gains less than 1e-9 of the mean rank load.
-    RefineBySwaps(layer, ctx.load, r, k, /*max_swaps=*/64 * r,
-                  1e-9 * total / r);
+    std::vector<int32_t> layer = PlanMinMax(ctx.load, r, k);
     MatchRanksToCurrent(ctx.current, layer, r, k);
     if (LayerImbalance(layer, ctx.load, r, k) >= ctx.current_imbalance)
       return {};

@@ -4,6 +4,7 @@
 #include <numeric>
 
 #include "eplb/status.h"
+#include "policy/algorithms.h"
 #include "policy/layer_policy.h"
 #include "policy/policies.h"
 
@@ -29,23 +30,44 @@ Packing BalancedPacking(std::span<const double> weight, int num_packs,
   const int num_keys =
       keys.empty() ? 0 : *std::max_element(keys.begin(), keys.end()) + 1;
   std::vector<char> pack_keys(static_cast<size_t>(num_packs) * num_keys, 0);
+  // The packs with room, lightest on top (lowest index on ties); packs
+  // holding the item's key are set aside while the heap is searched, so
+  // each item costs O(log packs) plus the packs it clashes with.
+  std::vector<RankLoad> heap;
+  for (int p = 0; p < num_packs; ++p) heap.push_back({0.0, p});
+  std::make_heap(heap.begin(), heap.end(), LighterFirst());
+  std::vector<RankLoad> aside;
   for (int32_t item : order) {
     int best = -1;
     int best_clash = -1;  // Fallback when every pack with room holds the key.
-    for (int p = 0; p < num_packs; ++p) {
-      if (pack_items[p] >= per_pack) continue;
-      const bool clash =
-          !keys.empty() &&
-          pack_keys[static_cast<size_t>(p) * num_keys + keys[item]];
-      int& slot = clash ? best_clash : best;
-      if (slot < 0 || pack_weight[p] < pack_weight[slot]) slot = p;
+    while (!heap.empty()) {
+      std::pop_heap(heap.begin(), heap.end(), LighterFirst());
+      const RankLoad top = heap.back();
+      heap.pop_back();
+      if (keys.empty() ||
+          !pack_keys[static_cast<size_t>(top.rank) * num_keys + keys[item]]) {
+        best = top.rank;
+        break;
+      }
+      if (best_clash < 0) best_clash = top.rank;
+      aside.push_back(top);
     }
     const int p = best >= 0 ? best : best_clash;
+    for (const RankLoad& a : aside) {
+      if (a.rank == p) continue;
+      heap.push_back(a);
+      std::push_heap(heap.begin(), heap.end(), LighterFirst());
+    }
+    aside.clear();
     out.pack[item] = p;
     out.rank_in_pack[item] = pack_items[p]++;
     pack_weight[p] += weight[item];
     if (!keys.empty())
       pack_keys[static_cast<size_t>(p) * num_keys + keys[item]] = 1;
+    if (pack_items[p] < per_pack) {
+      heap.push_back({pack_weight[p], p});
+      std::push_heap(heap.begin(), heap.end(), LighterFirst());
+    }
   }
   return out;
 }
@@ -56,19 +78,29 @@ Replication ReplicateExperts(std::span<const double> weight, int num_phy,
   EPLB_CHECK(n <= num_phy && static_cast<int64_t>(n) * max_count >= num_phy);
   Replication out{std::vector<int32_t>(num_phy), std::vector<int32_t>(n, 1)};
   std::iota(out.phy2log.begin(), out.phy2log.begin() + n, 0);
+  // The expert with the largest share weight / count on top (lowest id on
+  // ties); one that reaches max_count leaves the heap.
+  struct Entry {
+    double share;
+    int32_t expert;
+  };
+  auto lower = [](const Entry& a, const Entry& b) {
+    return a.share < b.share || (a.share == b.share && a.expert > b.expert);
+  };
+  std::vector<Entry> heap;
+  if (max_count > 1) {
+    for (int e = 0; e < n; ++e) heap.push_back({weight[e], e});
+  }
+  std::make_heap(heap.begin(), heap.end(), lower);
   for (int i = n; i < num_phy; ++i) {
-    int best = -1;
-    double best_share = 0.0;
-    for (int e = 0; e < n; ++e) {
-      if (out.count[e] >= max_count) continue;
-      const double share = weight[e] / out.count[e];
-      if (best < 0 || share > best_share) {
-        best = e;
-        best_share = share;
-      }
-    }
+    std::pop_heap(heap.begin(), heap.end(), lower);
+    const int best = heap.back().expert;
+    heap.pop_back();
     out.phy2log[i] = best;
-    ++out.count[best];
+    if (++out.count[best] < max_count) {
+      heap.push_back({weight[best] / out.count[best], best});
+      std::push_heap(heap.begin(), heap.end(), lower);
+    }
   }
   return out;
 }

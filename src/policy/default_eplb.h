@@ -20,7 +20,8 @@ struct Packing {
 // the lightest pack with room (n / num_packs items each; lowest pack on
 // ties). When `keys` is non-empty, a pack that already holds an item of the
 // same key is skipped while another pack with room exists.
-// Precondition: n % num_packs == 0. O(n log n + n * num_packs).
+// Precondition: n % num_packs == 0. O(n log n + n * c * log num_packs), c
+// the packs an item clashes with (a heap of packs).
 Packing BalancedPacking(std::span<const double> weight, int num_packs,
                         std::span<const int32_t> keys = {});
 
@@ -32,7 +33,7 @@ struct Replication {
 
 // Starts with one replica each; gives each further replica to the expert
 // with the largest weight / count below `max_count` (lowest id on ties).
-// Precondition: n <= num_phy <= n * max_count. O(num_phy * n).
+// Precondition: n <= num_phy <= n * max_count. O(num_phy * log n) (a heap).
 Replication ReplicateExperts(std::span<const double> weight, int num_phy,
                              int max_count);
 

@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <map>
+#include <numeric>
+#include <random>
 #include <vector>
 
 #include "eplb/load.h"
@@ -86,6 +88,79 @@ TEST(DefaultEplbTest, ReplicasCappedAtRanks) {
   for (int r = 0; r < 2; ++r) {
     std::set<int32_t> s(phy2log.begin() + r * 4, phy2log.begin() + r * 4 + 4);
     EXPECT_EQ(s.size(), 4u);
+  }
+}
+
+// DeepSeek's balanced_packing and replicate_experts written as the plain
+// scans of their description (the library keeps heaps): the references of
+// the differential tests below.
+Packing PackingByScan(const std::vector<double>& w, int packs,
+                      const std::vector<int32_t>& keys) {
+  const int n = static_cast<int>(w.size());
+  const int per = n / packs;
+  Packing out{std::vector<int32_t>(n), std::vector<int32_t>(n, 0)};
+  std::vector<int32_t> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int32_t a, int32_t b) { return w[a] > w[b]; });
+  std::vector<double> weight(packs, 0.0);
+  std::vector<int> items(packs, 0);
+  std::vector<std::set<int32_t>> held(packs);
+  for (int32_t item : order) {
+    int best = -1, clash = -1;
+    for (int p = 0; p < packs; ++p) {
+      if (items[p] >= per) continue;
+      int& slot = !keys.empty() && held[p].count(keys[item]) ? clash : best;
+      if (slot < 0 || weight[p] < weight[slot]) slot = p;
+    }
+    const int p = best >= 0 ? best : clash;
+    out.pack[item] = p;
+    out.rank_in_pack[item] = items[p]++;
+    weight[p] += w[item];
+    if (!keys.empty()) held[p].insert(keys[item]);
+  }
+  return out;
+}
+
+TEST(DefaultEplbTest, HeapsPackAndReplicateAsThePlainScansDo) {
+  std::mt19937 rng(3);
+  for (int trial = 0; trial < 200; ++trial) {
+    const int packs = 1 + static_cast<int>(rng() % 40);
+    const int per = 2 + static_cast<int>(rng() % 6);
+    const int experts =
+        std::max(per, packs * per - static_cast<int>(rng() % (packs + 1)));
+    std::vector<double> w(experts);
+    for (double& v : w)
+      v = 1.0 + static_cast<double>(rng() % (trial % 2 ? 8 : 1000));
+    SCOPED_TRACE("trial " + std::to_string(trial));
+    // Replication: the largest weight / count below the cap, lowest id on
+    // ties.
+    const int cap = packs;
+    if (static_cast<int64_t>(experts) * cap < packs * per) continue;
+    const Replication rep = ReplicateExperts(w, packs * per, cap);
+    std::vector<int32_t> count(experts, 1);
+    for (int i = experts; i < packs * per; ++i) {
+      int best = -1;
+      for (int e = 0; e < experts; ++e) {
+        if (count[e] >= cap) continue;
+        if (best < 0 || w[e] / count[e] > w[best] / count[best]) best = e;
+      }
+      ASSERT_EQ(rep.phy2log[i], best) << "replica " << i;
+      ++count[best];
+    }
+    EXPECT_EQ(rep.count, count);
+    // Packing the replicas, with and without keys.
+    std::vector<double> phy(packs * per);
+    for (int p = 0; p < packs * per; ++p) {
+      phy[p] = w[rep.phy2log[p]] / rep.count[rep.phy2log[p]];
+    }
+    const Packing keyed = BalancedPacking(phy, packs, rep.phy2log);
+    const Packing keyed_ref = PackingByScan(phy, packs, rep.phy2log);
+    EXPECT_EQ(keyed.pack, keyed_ref.pack);
+    EXPECT_EQ(keyed.rank_in_pack, keyed_ref.rank_in_pack);
+    const Packing plain = BalancedPacking(phy, packs);
+    const Packing plain_ref = PackingByScan(phy, packs, {});
+    EXPECT_EQ(plain.pack, plain_ref.pack);
   }
 }
 

@@ -172,11 +172,18 @@ void FlashLbPolicy::PlanCandidates(const LayerContext& ctx,
   std::vector<int32_t> full = model.Search();
   MatchRanksToCurrent(ctx.current, full, r, k);
   model.SwapOnShots(ctx.current, move_cost, /*max_swaps=*/2 * r, limit, &full);
+  // A static plan for balance alone on one aggregate (moves are free): the
+  // incremental candidates, refined on the same aggregate, cannot beat the
+  // full plans and cost much of the time at width.
+  const bool static_cold =
+      ctx.cold && !ctx.options->quick_first_plan &&
+      (ctx.samples == nullptr || ctx.samples->num_steps() < 2);
   // Few moves from the current layer toward the full plan's replica counts.
   std::vector<int32_t> count(ctx.num_experts, 0);
   for (int32_t e : full) ++count[e];
   std::vector<int32_t> incremental;
-  if (model.Incremental(ctx.current, count, limit, &incremental)) {
+  if (!static_cold &&
+      model.Incremental(ctx.current, count, limit, &incremental)) {
     model.SwapOnShots(ctx.current, move_cost, /*max_swaps=*/2 * r, limit,
                       &incremental);
     out->push_back({std::move(incremental), LayerChoice::kIncremental});
@@ -190,7 +197,7 @@ void FlashLbPolicy::PlanCandidates(const LayerContext& ctx,
   std::fill(count.begin(), count.end(), 0);
   for (int32_t e : deepseek) ++count[e];
   std::vector<int32_t> recount;
-  if (model.Incremental(ctx.current, count, limit, &recount)) {
+  if (!static_cold && model.Incremental(ctx.current, count, limit, &recount)) {
     model.SwapOnShots(ctx.current, move_cost, ExtraSwaps(r), limit, &recount);
     out->push_back({std::move(recount), LayerChoice::kIncremental});
   }

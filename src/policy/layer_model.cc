@@ -308,6 +308,7 @@ bool LayerModel::Place(std::span<const int32_t> count,
     return a.share > b.share || (a.share == b.share && a.expert < b.expert);
   });
   ClearRanks();
+  if (!spread_) return PlaceOnMeans(count, layer);
   for (const Key& key : keys_) {
     const int32_t e = key.expert;
     const double inv = 1.0 / count[e];
@@ -324,6 +325,46 @@ bool LayerModel::Place(std::span<const int32_t> count,
         rank_var_[best] += var_e + 2.0 * acc[e] * inv;
         const double* col = cov_.data() + static_cast<size_t>(e) * e_;
         for (int s = 0; s < e_; ++s) acc[s] += col[s] * inv;
+      }
+    }
+  }
+  return true;
+}
+
+bool LayerModel::PlaceOnMeans(std::span<const int32_t> count,
+                              std::vector<int32_t>* layer) {
+  // BestRank on the means alone is the lightest rank with room that does
+  // not hold the expert: a heap of the ranks with room (lightest on top,
+  // lowest id on ties), the ranks that hold it set aside meanwhile.
+  heap_.clear();
+  for (int r = 0; r < r_; ++r) heap_.push_back({0.0, r});
+  std::make_heap(heap_.begin(), heap_.end(), LighterFirst());
+  for (const Key& key : keys_) {
+    const int32_t e = key.expert;
+    for (int rep = 0; rep < count[e]; ++rep) {
+      int best = -1;
+      while (!heap_.empty()) {
+        std::pop_heap(heap_.begin(), heap_.end(), LighterFirst());
+        const RankLoad top = heap_.back();
+        heap_.pop_back();
+        if (!holds_[static_cast<size_t>(top.rank) * e_ + e]) {
+          best = top.rank;
+          break;
+        }
+        aside_.push_back(top);
+      }
+      for (const RankLoad& a : aside_) {
+        heap_.push_back(a);
+        std::push_heap(heap_.begin(), heap_.end(), LighterFirst());
+      }
+      aside_.clear();
+      if (best < 0) return false;
+      (*layer)[static_cast<size_t>(best) * k_ + used_[best]++] = e;
+      holds_[static_cast<size_t>(best) * e_ + e] = 1;
+      rank_mean_[best] += share_[e];
+      if (used_[best] < k_) {
+        heap_.push_back({rank_mean_[best], best});
+        std::push_heap(heap_.begin(), heap_.end(), LighterFirst());
       }
     }
   }

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "eplb/dispatch.h"
+#include "policy/algorithms.h"
 #include "policy/layer_policy.h"
 #include "policy/shot_stats.h"
 
@@ -92,6 +93,10 @@ class LayerModel {
   // Risk-aware LPT for the given counts; false when some replica finds no
   // rank (all ranks with room hold its expert).
   bool Place(std::span<const int32_t> count, std::vector<int32_t>* layer);
+  // Place without spread (the means alone): a heap of ranks instead of a
+  // scan, O(R*K * c * log R) instead of O(R*K * R).
+  bool PlaceOnMeans(std::span<const int32_t> count,
+                    std::vector<int32_t>* layer);
   // The rank with a free slot, not holding e, whose 75th-percentile load
   // after taking a replica of e (mean `share`, variance `var_e`, 1/count
   // `inv`) is lowest; -1 when none. Lowest rank on ties.
@@ -168,6 +173,8 @@ class LayerModel {
   std::vector<double> rank_cov_;    // [R][E]: Cov(rank load, x_e).
   std::vector<char> holds_;         // [R][E]
   std::vector<int> freed_;          // [R]: Incremental's freed slots.
+  std::vector<RankLoad> heap_;      // PlaceOnMeans' ranks with room.
+  std::vector<RankLoad> aside_;     // Its ranks that hold the expert.
   // SwapOnShots, over the loaded shots S' only; loads in units of the
   // shot's mean rank load.
   std::vector<char> cur_holds_;    // [R][E]: the current layer.

@@ -186,6 +186,23 @@ void CountMoves(std::span<const int32_t> cur, std::span<const int32_t> plan,
   }
 }
 
+// Runs fn(l, model) for every layer on `threads` workers (the calling
+// thread is one), each with a layer model of its own. Layers are taken in
+// order from a shared counter; fn must write only its layer's outputs.
+template <typename Fn>
+void ForEachLayer(int num_layers, int threads, Fn fn) {
+  const int workers = std::clamp(threads, 1, std::max(1, num_layers));
+  std::atomic<int> next{0};
+  auto work = [&] {
+    LayerModel model;
+    for (int l = next++; l < num_layers; l = next++) fn(l, &model);
+  };
+  std::vector<std::thread> pool;
+  for (int i = 1; i < workers; ++i) pool.emplace_back(work);
+  work();
+  for (std::thread& th : pool) th.join();
+}
+
 }  // namespace
 
 StatusOr<Plan> LayerPolicy::Rebalance(const PolicyInput& input,
@@ -200,9 +217,10 @@ StatusOr<Plan> LayerPolicy::Rebalance(const PolicyInput& input,
   EPLB_RETURN_IF_ERROR(Begin(input, options, &plan.notes));
   if (Selects()) return RebalanceSelecting(input, options, std::move(plan));
   const int max_receives = options.max_receives_per_rank;
-  Placement one_cur(1, r, k, e);
-  Placement one_plan(1, r, k, e);
-  for (int l = 0; l < cur.num_layers(); ++l) {
+  std::vector<std::vector<std::string>> layer_notes(cur.num_layers());
+  // One layer. Layers are independent (PlanLayer keeps no state across
+  // layers), so workers may plan them in any order: the same plan.
+  auto plan_layer = [&](int l) {
     std::span<const double> load = input.load->row(l);
     LayerPlan& info = plan.layers[l];
     info.current_imbalance = LayerImbalance(cur.layer(l), load, r, k);
@@ -210,19 +228,21 @@ StatusOr<Plan> LayerPolicy::Rebalance(const PolicyInput& input,
     info.lower_bound = ImbalanceLowerBound(load, r, k);
     if (std::all_of(load.begin(), load.end(),
                     [](double v) { return v == 0.0; })) {
-      continue;  // No load: keep the layer.
+      return;  // No load: keep the layer.
     }
     const LayerContext ctx =
         MakeContext(l, input, options, input.samples, info.current_imbalance);
     std::vector<int32_t> planned = PlanLayer(ctx);
-    if (planned.empty()) continue;
+    if (planned.empty()) return;
     if (static_cast<int>(planned.size()) != r * k) {
-      plan.notes.push_back(
+      layer_notes[l].push_back(
           "layer " + std::to_string(l) + ": policy " + std::string(name()) +
           " returned a layer of the wrong size; kept the current layer");
-      continue;
+      return;
     }
     KeepSlots(cur.layer(l), planned, r, k);
+    Placement one_cur(1, r, k, e);
+    Placement one_plan(1, r, k, e);
     std::copy(cur.layer(l).begin(), cur.layer(l).end(),
               one_cur.mutable_layer(0).begin());
     std::copy(planned.begin(), planned.end(),
@@ -230,14 +250,15 @@ StatusOr<Plan> LayerPolicy::Rebalance(const PolicyInput& input,
     std::vector<Violation> bad = CheckPlan(one_cur, one_plan, max_receives);
     if (!bad.empty()) {
       bad[0].layer = l;
-      plan.notes.push_back("layer " + std::to_string(l) +
-                           ": rejected plan of policy " + std::string(name()) +
-                           " (" + bad[0].ToString() +
-                           "); kept the current layer");
-      continue;
+      layer_notes[l].push_back("layer " + std::to_string(l) +
+                               ": rejected plan of policy " +
+                               std::string(name()) + " (" + bad[0].ToString() +
+                               "); kept the current layer");
+      return;
     }
-    if (std::equal(planned.begin(), planned.end(), cur.layer(l).begin()))
-      continue;
+    if (std::equal(planned.begin(), planned.end(), cur.layer(l).begin())) {
+      return;
+    }
     std::copy(planned.begin(), planned.end(),
               plan.placement.mutable_layer(l).begin());
     info.changed = true;
@@ -246,6 +267,11 @@ StatusOr<Plan> LayerPolicy::Rebalance(const PolicyInput& input,
     info.current_score = info.current_imbalance;
     info.predicted_score = info.predicted_imbalance;
     CountMoves(cur.layer(l), planned, t, e, &info);
+  };
+  ForEachLayer(cur.num_layers(), options.num_threads,
+               [&](int l, LayerModel*) { plan_layer(l); });
+  for (std::vector<std::string>& n : layer_notes) {
+    plan.notes.insert(plan.notes.end(), n.begin(), n.end());
   }
   return plan;
 }
@@ -394,24 +420,8 @@ StatusOr<Plan> LayerPolicy::RebalanceSelecting(const PolicyInput& input,
                             c.choice, std::move(c.layer)});
     }
   };
-  const int workers =
-      std::clamp(options.num_threads, 1, std::max(1, cur.num_layers()));
-  if (workers == 1) {
-    LayerModel model;
-    for (int l = 0; l < cur.num_layers(); ++l) plan_layer(l, model);
-  } else {
-    std::atomic<int> next{0};
-    auto work = [&] {
-      LayerModel model;
-      for (int l = next++; l < cur.num_layers(); l = next++) {
-        plan_layer(l, model);
-      }
-    };
-    std::vector<std::thread> threads;
-    for (int i = 1; i < workers; ++i) threads.emplace_back(work);
-    work();
-    for (std::thread& th : threads) th.join();
-  }
+  ForEachLayer(cur.num_layers(), options.num_threads,
+               [&](int l, LayerModel* model) { plan_layer(l, *model); });
   for (std::vector<std::string>& n : layer_notes) {
     plan.notes.insert(plan.notes.end(), n.begin(), n.end());
   }

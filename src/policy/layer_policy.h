@@ -65,7 +65,9 @@ class LayerPolicy : public Policy {
   virtual Status Begin(const PolicyInput& input, const PolicyOptions& options,
                        std::vector<std::string>* notes);
   // The planned layer [R*K] (slot keeping is applied afterwards), or an empty
-  // vector to keep the current layer. Not called for all-zero layers.
+  // vector to keep the current layer. Not called for all-zero layers. Called
+  // concurrently for different layers when options.num_threads > 1: it may
+  // read what Begin set, never write shared state.
   virtual std::vector<int32_t> PlanLayer(const LayerContext& ctx) = 0;
 
   // Selecting policies return true and offer candidates through

@@ -2,7 +2,7 @@
 // case printing its seed. Every plan must place every expert, never put an
 // expert twice on a rank, keep K slots per rank, keep staying experts in
 // their slots, report its own imbalance and moves truthfully, and be
-// bit-identical across runs.
+// bit-identical across runs and thread counts.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -81,7 +81,11 @@ TEST_P(PolicyPropertyTest, ValidDeterministicAndTruthful) {
       const PolicyInput input{&in.current, &in.load, &in.samples, in.topology};
       StatusOr<Plan> a = (*CreatePolicy(GetParam()))->Rebalance(input, options);
       ASSERT_TRUE(a.ok()) << a.status().ToString();
-      StatusOr<Plan> b = (*CreatePolicy(GetParam()))->Rebalance(input, options);
+      // Again, on three threads: the same plan, bit for bit.
+      PolicyOptions threaded = options;
+      threaded.num_threads = 3;
+      StatusOr<Plan> b =
+          (*CreatePolicy(GetParam()))->Rebalance(input, threaded);
       ASSERT_TRUE(b.ok());
       EXPECT_EQ(a->placement, b->placement) << "not deterministic";
       std::vector<Violation> bad = CheckPlan(in.current, a->placement);

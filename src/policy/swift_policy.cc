@@ -380,28 +380,47 @@ class SwiftPolicy final : public LayerPolicy {
     const double move_cost =
         ctx.cold && !ctx.options->quick_first_plan ? 0.0 : model.MoveCost();
     const int limit = ctx.options->max_receives_per_rank;
+    const int k = t.slots_per_rank;
+    // Two full plans, each matched to the current ranks and refined by
+    // shot-scored swaps: the min-max plan (replica counts that minimise the
+    // largest share, LPT, swaps on the means), which holds its balance as
+    // the group widens, and DeepSeek's, so that Swift is never worse than
+    // the default policy on what it scores.
+    std::vector<int32_t> minmax = PlanMinMax(ctx.scoring_load, r, k);
+    MatchRanksToCurrent(ctx.current, minmax, r, k);
+    model.SwapOnShots(ctx.current, move_cost, ExtraSwaps(r), limit, &minmax);
+    std::vector<int32_t> full = DeepSeekRebalanceLayer(
+        ctx.scoring_load, t.num_slots(), /*num_groups=*/1, /*num_nodes=*/1, r);
+    std::vector<int32_t> count(ctx.num_experts, 0);
+    for (int32_t e : full) ++count[e];
+    MatchRanksToCurrent(ctx.current, full, r, k);
+    model.SwapOnShots(ctx.current, move_cost, ExtraSwaps(r), limit, &full);
+    if (ctx.cold && !ctx.options->quick_first_plan &&
+        (ctx.samples == nullptr || ctx.samples->num_steps() < 2)) {
+      // A static plan for balance alone on one aggregate (moves are free):
+      // the candidates that save moves, refined on the same aggregate,
+      // cannot beat the min-max plan and cost most of the time at width.
+      out->push_back({std::move(minmax), LayerChoice::kFull});
+      out->push_back({std::move(full), LayerChoice::kFull});
+      return;
+    }
     std::vector<int32_t> walked =
         ctx.current_imbalance < kSkipBelow
             ? std::vector<int32_t>(ctx.current.begin(), ctx.current.end())
             : SwiftLayer(ctx).Run();
     std::vector<int32_t> swapped = walked;
     model.SwapOnShots(ctx.current, move_cost, 2 * r, limit, &swapped);
-    std::vector<int32_t> full = DeepSeekRebalanceLayer(
-        ctx.scoring_load, t.num_slots(), /*num_groups=*/1, /*num_nodes=*/1, r);
-    // Few moves toward the full plan's replica counts: every expert keeps
-    // what it still needs, the missing replicas fill the freed slots.
-    std::vector<int32_t> count(ctx.num_experts, 0);
-    for (int32_t e : full) ++count[e];
+    // Few moves toward DeepSeek's replica counts: every expert keeps what
+    // it still needs, the missing replicas fill the freed slots.
     model.ComputeMeansOnly();
     std::vector<int32_t> recount;
     if (model.Incremental(ctx.current, count, limit, &recount)) {
       model.SwapOnShots(ctx.current, move_cost, ExtraSwaps(r), limit, &recount);
       out->push_back({std::move(recount), LayerChoice::kIncremental});
     }
-    MatchRanksToCurrent(ctx.current, full, r, t.slots_per_rank);
-    model.SwapOnShots(ctx.current, move_cost, ExtraSwaps(r), limit, &full);
     out->push_back({std::move(walked), LayerChoice::kIncremental});
     out->push_back({std::move(swapped), LayerChoice::kIncremental});
+    out->push_back({std::move(minmax), LayerChoice::kFull});
     out->push_back({std::move(full), LayerChoice::kFull});
   }
 };

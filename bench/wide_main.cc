@@ -1,0 +1,203 @@
+// Wide expert parallelism: full-plan time and balance of every policy from
+// the initial placement at 32 to 1024 ranks, with 256 and 512 experts, on
+// synthetic Zipf loads (58 layers), and the speed-up of planning with two
+// threads. Prints Markdown (bench/results/wide.md comes from it).
+//
+// The loads: layer l of experts E gives the expert at popularity rank r the
+// weight 1 / (r + q)^1 times a jitter in [0.8, 1.2), q drawn per layer in
+// [E/32, E/16], and the ranks scattered over the experts by a per-layer
+// permutation: the hottest expert takes 5.6-9x the mean, as real routing
+// does. Slots per rank are E/R + 1 (one redundant slot per rank) below E
+// ranks, and 1 from E ranks up.
+//
+// Usage: eplb_bench_wide [--quick] [--threads-only] [--reps N]
+//                        [--only POLICY EXPERTS RANKS SLOTS] [--threads N]
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "eplb/load.h"
+#include "eplb/policy.h"
+
+namespace {
+
+using eplb::LoadMatrix;
+using eplb::Placement;
+using eplb::Topology;
+
+constexpr int kLayers = 58;
+
+uint64_t Mix(uint64_t* s) {
+  uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+double Unit(uint64_t* s) {
+  return static_cast<double>(Mix(s) >> 11) / 9007199254740992.0;
+}
+
+LoadMatrix ZipfLoad(int experts, uint64_t seed) {
+  LoadMatrix load(kLayers, experts);
+  for (int l = 0; l < kLayers; ++l) {
+    uint64_t s = seed * 1000003 + static_cast<uint64_t>(l);
+    const double q =
+        experts / 32.0 + Unit(&s) * (experts / 16.0 - experts / 32.0);
+    std::vector<int> perm(experts);
+    for (int i = 0; i < experts; ++i) perm[i] = i;
+    for (int i = experts - 1; i > 0; --i) {
+      std::swap(perm[i], perm[Mix(&s) % static_cast<uint64_t>(i + 1)]);
+    }
+    for (int r = 0; r < experts; ++r) {
+      load.at(l, perm[r]) = 1e6 / (r + q) * (0.8 + 0.4 * Unit(&s));
+    }
+  }
+  return load;
+}
+
+struct Result {
+  double ms = 0;     // Best of the repetitions.
+  double mean = 0;   // Mean over layers of max/mean.
+  double worst = 0;  // Worst layer.
+  Placement placement;
+};
+
+Result Run(const char* policy, const Placement& current, const LoadMatrix& load,
+           const Topology& t, int threads, int reps) {
+  Result r;
+  r.ms = 1e300;
+  for (int rep = 0; rep < reps; ++rep) {
+    std::unique_ptr<eplb::Policy> p = *eplb::CreatePolicy(policy);
+    eplb::PolicyOptions o;
+    o.num_threads = threads;
+    const auto start = std::chrono::steady_clock::now();
+    auto plan = p->Rebalance({&current, &load, nullptr, t}, o);
+    const double ms = std::chrono::duration<double, std::milli>(
+                          std::chrono::steady_clock::now() - start)
+                          .count();
+    if (!plan.ok()) {
+      std::fprintf(stderr, "%s: %s\n", policy,
+                   plan.status().ToString().c_str());
+      std::exit(1);
+    }
+    r.ms = std::min(r.ms, ms);
+    if (rep == 0) {
+      r.placement = plan->placement;
+      double sum = 0;
+      for (const eplb::LayerPlan& lp : plan->layers) {
+        sum += lp.predicted_imbalance;
+        r.worst = std::max(r.worst, lp.predicted_imbalance);
+      }
+      r.mean = sum / static_cast<double>(plan->layers.size());
+    } else if (!(plan->placement == r.placement)) {
+      std::fprintf(stderr, "%s: two runs planned differently\n", policy);
+      std::exit(1);
+    }
+    // A slow plan is timed once: it is far from any budget anyway.
+    if (ms > 2000) break;
+  }
+  return r;
+}
+
+struct Layout {
+  int experts, ranks, slots;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool quick = false, threads_only = false;
+  int reps = 3;
+  int only_threads = 1;
+  std::string only_policy;
+  Layout only{0, 0, 0};
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--quick") == 0) {
+      quick = true;
+    } else if (std::strcmp(argv[i], "--threads-only") == 0) {
+      threads_only = true;
+    } else if (std::strcmp(argv[i], "--only") == 0 && i + 4 < argc) {
+      // --only POLICY EXPERTS RANKS SLOTS: one plan, for profiling.
+      only_policy = argv[++i];
+      only.experts = std::atoi(argv[++i]);
+      only.ranks = std::atoi(argv[++i]);
+      only.slots = std::atoi(argv[++i]);
+    } else if (std::strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
+      only_threads = std::max(1, std::atoi(argv[++i]));
+    } else if (std::strcmp(argv[i], "--reps") == 0 && i + 1 < argc) {
+      reps = std::max(1, std::atoi(argv[++i]));
+    } else {
+      std::fprintf(stderr,
+                   "usage: eplb_bench_wide [--quick] [--threads-only] "
+                   "[--reps N] [--only POLICY EXPERTS RANKS SLOTS] "
+                   "[--threads N]\n");
+      return 2;
+    }
+  }
+  if (!only_policy.empty()) {
+    auto t = eplb::MakeTopology(only.experts, only.ranks, only.slots);
+    if (!t.ok()) {
+      std::fprintf(stderr, "%s\n", t.status().ToString().c_str());
+      return 2;
+    }
+    const LoadMatrix load = ZipfLoad(only.experts, 7);
+    const Placement initial = Placement::Initial(kLayers, only.experts, *t);
+    const Result r =
+        Run(only_policy.c_str(), initial, load, *t, only_threads, reps);
+    std::printf("%s %d/%d/%d: %.1f ms, mean %.4f, worst %.4f\n",
+                only_policy.c_str(), only.experts, only.ranks, only.slots, r.ms,
+                r.mean, r.worst);
+    return 0;
+  }
+  std::vector<Layout> layouts;
+  for (int experts : {256, 512}) {
+    for (int ranks : {32, 64, 128, 256, 1024}) {
+      if (quick && ranks != 128 && ranks != 1024) continue;
+      layouts.push_back(
+          {experts, ranks, ranks < experts ? experts / ranks + 1 : 1});
+    }
+  }
+  const char* const policies[] = {"default", "swift", "flashlb", "best",
+                                  "random"};
+  if (!threads_only) {
+    std::printf(
+        "| experts / ranks / slots per rank | policy | plan ms (1 thread) | "
+        "mean imbalance | worst layer |\n|---|---|---|---|---|\n");
+    for (const Layout& lay : layouts) {
+      const LoadMatrix load = ZipfLoad(lay.experts, 7);
+      const Topology t = *eplb::MakeTopology(lay.experts, lay.ranks, lay.slots);
+      const Placement initial = Placement::Initial(kLayers, lay.experts, t);
+      for (const char* p : policies) {
+        const Result r = Run(p, initial, load, t, 1, reps);
+        std::printf("| %d / %d / %d | %s | %.1f | %.4f | %.4f |\n", lay.experts,
+                    lay.ranks, lay.slots, p, r.ms, r.mean, r.worst);
+        std::fflush(stdout);
+      }
+    }
+  }
+  // Threads: the same plans with 1 and 2 threads (same bytes, checked).
+  std::printf(
+      "\n| experts / ranks / slots per rank | policy | 1 thread ms | 2 "
+      "threads ms | speed-up | same plan |\n|---|---|---|---|---|---|\n");
+  for (const Layout& lay : {Layout{512, 128, 5}, Layout{256, 128, 3}}) {
+    const LoadMatrix load = ZipfLoad(lay.experts, 7);
+    const Topology t = *eplb::MakeTopology(lay.experts, lay.ranks, lay.slots);
+    const Placement initial = Placement::Initial(kLayers, lay.experts, t);
+    for (const char* p : policies) {
+      const Result one = Run(p, initial, load, t, 1, reps);
+      const Result two = Run(p, initial, load, t, 2, reps);
+      std::printf("| %d / %d / %d | %s | %.1f | %.1f | %.2fx | %s |\n",
+                  lay.experts, lay.ranks, lay.slots, p, one.ms, two.ms,
+                  one.ms / two.ms,
+                  one.placement == two.placement ? "yes" : "NO");
+      std::fflush(stdout);
+    }
+  }
+  return 0;
+}
