@@ -12,6 +12,7 @@
 //
 // Usage: eplb_bench_wide [--quick] [--threads-only] [--reps N]
 //                        [--only POLICY EXPERTS RANKS SLOTS] [--threads N]
+//                        [--replan]
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -65,6 +66,7 @@ struct Result {
   double ms = 0;     // Best of the repetitions.
   double mean = 0;   // Mean over layers of max/mean.
   double worst = 0;  // Worst layer.
+  int moved = 0;     // Experts new to their rank, all layers.
   Placement placement;
 };
 
@@ -76,6 +78,7 @@ Result Run(const char* policy, const Placement& current, const LoadMatrix& load,
     std::unique_ptr<eplb::Policy> p = *eplb::CreatePolicy(policy);
     eplb::PolicyOptions o;
     o.num_threads = threads;
+    o.migration_budget = 1.0;  // As `eplb plan`: no move budget.
     const auto start = std::chrono::steady_clock::now();
     auto plan = p->Rebalance({&current, &load, nullptr, t}, o);
     const double ms = std::chrono::duration<double, std::milli>(
@@ -91,6 +94,7 @@ Result Run(const char* policy, const Placement& current, const LoadMatrix& load,
       r.placement = plan->placement;
       double sum = 0;
       for (const eplb::LayerPlan& lp : plan->layers) {
+        r.moved += lp.moved_experts;
         sum += lp.predicted_imbalance;
         r.worst = std::max(r.worst, lp.predicted_imbalance);
       }
@@ -115,6 +119,7 @@ int main(int argc, char** argv) {
   bool quick = false, threads_only = false;
   int reps = 3;
   int only_threads = 1;
+  bool only_replan = false;
   std::string only_policy;
   Layout only{0, 0, 0};
   for (int i = 1; i < argc; ++i) {
@@ -128,6 +133,8 @@ int main(int argc, char** argv) {
       only.experts = std::atoi(argv[++i]);
       only.ranks = std::atoi(argv[++i]);
       only.slots = std::atoi(argv[++i]);
+    } else if (std::strcmp(argv[i], "--replan") == 0) {
+      only_replan = true;
     } else if (std::strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
       only_threads = std::max(1, std::atoi(argv[++i]));
     } else if (std::strcmp(argv[i], "--reps") == 0 && i + 1 < argc) {
@@ -136,7 +143,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr,
                    "usage: eplb_bench_wide [--quick] [--threads-only] "
                    "[--reps N] [--only POLICY EXPERTS RANKS SLOTS] "
-                   "[--threads N]\n");
+                   "[--threads N] [--replan]\n");
       return 2;
     }
   }
@@ -148,8 +155,12 @@ int main(int argc, char** argv) {
     }
     const LoadMatrix load = ZipfLoad(only.experts, 7);
     const Placement initial = Placement::Initial(kLayers, only.experts, *t);
-    const Result r =
-        Run(only_policy.c_str(), initial, load, *t, only_threads, reps);
+    Result r = Run(only_policy.c_str(), initial, load, *t, only_threads, reps);
+    if (only_replan) {
+      // From that plan to another load of the same kind.
+      r = Run(only_policy.c_str(), r.placement, ZipfLoad(only.experts, 8), *t,
+              only_threads, reps);
+    }
     std::printf("%s %d/%d/%d: %.1f ms, mean %.4f, worst %.4f\n",
                 only_policy.c_str(), only.experts, only.ranks, only.slots, r.ms,
                 r.mean, r.worst);
@@ -166,17 +177,26 @@ int main(int argc, char** argv) {
   const char* const policies[] = {"default", "swift", "flashlb", "best",
                                   "random"};
   if (!threads_only) {
+    // From the initial placement (a first plan), then from that plan to
+    // another load of the same kind (a re-plan: every candidate is built).
     std::printf(
-        "| experts / ranks / slots per rank | policy | plan ms (1 thread) | "
-        "mean imbalance | worst layer |\n|---|---|---|---|---|\n");
+        "| experts / ranks / slots per rank | policy | first plan ms (1 "
+        "thread) | mean imbalance | worst layer | re-plan ms | re-plan mean "
+        "| re-plan worst | moved per layer |\n"
+        "|---|---|---|---|---|---|---|---|---|\n");
     for (const Layout& lay : layouts) {
       const LoadMatrix load = ZipfLoad(lay.experts, 7);
+      const LoadMatrix next = ZipfLoad(lay.experts, 8);
       const Topology t = *eplb::MakeTopology(lay.experts, lay.ranks, lay.slots);
       const Placement initial = Placement::Initial(kLayers, lay.experts, t);
       for (const char* p : policies) {
         const Result r = Run(p, initial, load, t, 1, reps);
-        std::printf("| %d / %d / %d | %s | %.1f | %.4f | %.4f |\n", lay.experts,
-                    lay.ranks, lay.slots, p, r.ms, r.mean, r.worst);
+        const Result re = Run(p, r.placement, next, t, 1, reps);
+        std::printf(
+            "| %d / %d / %d | %s | %.1f | %.4f | %.4f | %.1f | %.4f | %.4f | "
+            "%.1f |\n",
+            lay.experts, lay.ranks, lay.slots, p, r.ms, r.mean, r.worst, re.ms,
+            re.mean, re.worst, re.moved / static_cast<double>(kLayers));
         std::fflush(stdout);
       }
     }

@@ -188,6 +188,9 @@ int RefineBySwaps(std::span<int32_t> layer, std::span<const double> load,
       rank_load[r] += share[e];
     }
   }
+  // Each slot's share, so the search reads one array.
+  std::vector<double> slot_share(layer.size());
+  for (size_t p = 0; p < layer.size(); ++p) slot_share[p] = share[layer[p]];
   auto is_frozen = [&](int phy) { return !frozen.empty() && frozen[phy]; };
   // Partners are tried lightest first, so the search stops at the first one
   // that cannot beat the best swap found; ties between equal peaks still go
@@ -200,43 +203,100 @@ int RefineBySwaps(std::span<int32_t> layer, std::span<const double> load,
            (rank_load[a] == rank_load[b] && a < b);
   };
   std::sort(by_load.begin(), by_load.end(), lighter);
+  std::vector<int> pos(num_ranks);  // Of each rank in by_load.
+  for (int i = 0; i < num_ranks; ++i) pos[by_load[i]] = i;
+  // Moves rank q (whose load changed) to its place in by_load.
+  auto reorder = [&](int q) {
+    int i = pos[q];
+    while (i > 0 && lighter(q, by_load[i - 1])) {
+      by_load[i] = by_load[i - 1];
+      pos[by_load[i]] = i;
+      --i;
+    }
+    while (i + 1 < num_ranks && lighter(by_load[i + 1], q)) {
+      by_load[i] = by_load[i + 1];
+      pos[by_load[i]] = i;
+      ++i;
+    }
+    by_load[i] = q;
+    pos[q] = i;
+  };
+  // Every rank's shares in ascending order: the best any swap with a partner
+  // can do is found from them in O(K) (below), so the K^2 scan runs only
+  // for the partners that might beat the best swap so far.
+  std::vector<double> sorted(slot_share);
+  auto sort_rank = [&](int q) {
+    std::sort(sorted.begin() + static_cast<ptrdiff_t>(q) * k,
+              sorted.begin() + static_cast<ptrdiff_t>(q + 1) * k);
+  };
+  for (int q = 0; q < num_ranks; ++q) sort_rank(q);
   int swaps = 0;
   while (swaps < max_swaps) {
-    const int h =
-        static_cast<int>(std::max_element(rank_load.begin(), rank_load.end()) -
-                         rank_load.begin());
+    // The most loaded rank, the lowest id on ties: the first of the last
+    // run of equal loads in by_load.
+    int top = num_ranks - 1;
+    while (top > 0 && rank_load[by_load[top - 1]] == rank_load[by_load[top]]) {
+      --top;
+    }
+    const int h = by_load[top];
     double best_peak = rank_load[h] - min_gain;
     int best_a = -1;
     int best_b = -1;
+    const double load_h = rank_load[h];
     for (int r : by_load) {
       // A swap of h and r leaves the larger of the two at least at their
       // average: no partner from here on can beat best_peak (a margin for
       // rounding keeps every swap the full scan would take).
-      if (0.5 * (rank_load[h] + rank_load[r]) > best_peak * (1.0 + 1e-12)) {
-        break;
-      }
+      const double load_r = rank_load[r];
+      if (0.5 * (load_h + load_r) > best_peak * (1.0 + 1e-12)) break;
       if (r == h) continue;
+      // The lowest peak of any swap with r, placement rules aside: for each
+      // share s_a of h, the peak max(load_h - d, load_r + d), d = s_a - s_b,
+      // falls as d nears (load_h - load_r) / 2 from either side, so only
+      // the shares of r nearest s_a - that half can give the lowest (exact
+      // in floating point too: both terms are monotone in d).
+      const double* hs = sorted.data() + static_cast<size_t>(h) * k;
+      const double* rs = sorted.data() + static_cast<size_t>(r) * k;
+      const double half = 0.5 * (load_h - load_r);
+      double bound = std::numeric_limits<double>::infinity();
+      for (int i = 0, j = 0; i < k; ++i) {
+        const double t = hs[i] - half;
+        while (j < k && rs[j] <= t) ++j;
+        if (j > 0 && hs[i] - rs[j - 1] > 0.0) {
+          const double d = hs[i] - rs[j - 1];
+          bound = std::min(bound, std::max(load_h - d, load_r + d));
+        }
+        if (j < k && hs[i] - rs[j] > 0.0) {
+          const double d = hs[i] - rs[j];
+          bound = std::min(bound, std::max(load_h - d, load_r + d));
+        }
+      }
+      if (bound > best_peak * (1.0 + 1e-12)) continue;
       for (int sa = 0; sa < k; ++sa) {
         const int pa = h * k + sa;
-        if (is_frozen(pa)) continue;
-        const int32_t ea = layer[pa];
-        if (holds[static_cast<size_t>(r) * n + ea]) continue;
+        const double share_a = slot_share[pa];
         for (int sb = 0; sb < k; ++sb) {
           const int pb = r * k + sb;
-          if (is_frozen(pb)) continue;
-          const int32_t eb = layer[pb];
-          const double d = share[ea] - share[eb];
-          if (d <= 0.0 || holds[static_cast<size_t>(h) * n + eb]) continue;
-          const double peak = std::max(rank_load[h] - d, rank_load[r] + d);
-          if (peak < best_peak ||
-              (peak == best_peak && best_b >= 0 &&
-               (pb / k < best_b / k ||
-                (pb / k == best_b / k &&
-                 (pa < best_a || (pa == best_a && pb < best_b)))))) {
-            best_peak = peak;
-            best_a = pa;
-            best_b = pb;
+          const double d = share_a - slot_share[pb];
+          if (d <= 0.0) continue;
+          const double peak = std::max(load_h - d, load_r + d);
+          // The arithmetic first: the placement checks run only for a swap
+          // that would be the new best.
+          if (!(peak < best_peak ||
+                (peak == best_peak && best_b >= 0 &&
+                 (pb / k < best_b / k ||
+                  (pb / k == best_b / k &&
+                   (pa < best_a || (pa == best_a && pb < best_b))))))) {
+            continue;
           }
+          if (is_frozen(pa) || is_frozen(pb) ||
+              holds[static_cast<size_t>(r) * n + layer[pa]] ||
+              holds[static_cast<size_t>(h) * n + layer[pb]]) {
+            continue;
+          }
+          best_peak = peak;
+          best_a = pa;
+          best_b = pb;
         }
       }
     }
@@ -248,13 +308,16 @@ int RefineBySwaps(std::span<int32_t> layer, std::span<const double> load,
     rank_load[h] -= d;
     rank_load[r] += d;
     SwapSlots(layer, holds, n, k, best_a, best_b);
+    std::swap(slot_share[best_a], slot_share[best_b]);
+    std::copy_n(slot_share.begin() + static_cast<ptrdiff_t>(h) * k, k,
+                sorted.begin() + static_cast<ptrdiff_t>(h) * k);
+    std::copy_n(slot_share.begin() + static_cast<ptrdiff_t>(r) * k, k,
+                sorted.begin() + static_cast<ptrdiff_t>(r) * k);
+    sort_rank(h);
+    sort_rank(r);
     ++swaps;
-    // Two ranks changed: one insertion pass restores the order.
-    for (size_t i = 1; i < by_load.size(); ++i) {
-      for (size_t j = i; j > 0 && lighter(by_load[j], by_load[j - 1]); --j) {
-        std::swap(by_load[j], by_load[j - 1]);
-      }
-    }
+    reorder(h);
+    reorder(r);
   }
   return swaps;
 }

@@ -41,6 +41,8 @@
 // walk cannot cycle; it is bounded by R*K steps.
 #include <algorithm>
 #include <numeric>
+#include <set>
+#include <utility>
 #include <vector>
 
 #include "policy/algorithms.h"
@@ -94,6 +96,12 @@ class SwiftLayer {
   void ConsiderRepoints(int h, double min_gain, Step* best) const;
   void ConsiderSwaps(int h, double min_gain, Step* best) const;
   void Apply(const Step& s, int h);
+  // Moves rank q's load by delta, keeping by_load_ in step.
+  void AddLoad(int q, double delta) {
+    by_load_.erase({rank_load_[q], q});
+    rank_load_[q] += delta;
+    by_load_.insert({rank_load_[q], q});
+  }
 
   const Topology& t_;
   int num_ranks_, k_, n_;
@@ -131,10 +139,11 @@ class SwiftLayer {
     int phy, expert, rank;
   };
   std::vector<Candidate> repointable_;
-  std::vector<int> light_;         // Ranks, the lightest first (partially).
-  std::vector<char> is_light_;     // [R]: among the kLightRanks lightest.
+  // The ranks by (load, id): the lightest first, the hot rank last, so a
+  // step costs O(its changes x log R), not O(R).
+  std::set<std::pair<double, int>> by_load_;
+  std::vector<int> light_;         // The ranks a step searches, by id.
   std::vector<double> min_share_;  // [R]: lightest share per rank.
-  std::vector<int> rank_of_;       // [R*K]: phy / K without a division.
   double mean_ = 0.0;
   // With nodes, a cross-node move must gain this much more than an
   // intra-node one (1% of the mean rank load) to be preferred.
@@ -156,12 +165,8 @@ SwiftLayer::SwiftLayer(const LayerContext& ctx)
       pair_used_(static_cast<size_t>(num_ranks_) * num_ranks_, 0),
       holders_(static_cast<size_t>(n_) * num_ranks_),
       num_holders_(n_, 0),
-      min_share_(num_ranks_),
-      rank_of_(layer_.size()) {
+      min_share_(num_ranks_) {
   repointable_.reserve(layer_.size());
-  is_light_.resize(num_ranks_);
-  for (int phy = 0; phy < static_cast<int>(layer_.size()); ++phy)
-    rank_of_[phy] = phy / k_;
   for (int32_t e : layer_) ++count_[e];
   for (int e = 0; e < n_; ++e) {
     if (count_[e] > 0) SetCount(e, count_[e]);
@@ -171,6 +176,7 @@ SwiftLayer::SwiftLayer(const LayerContext& ctx)
     SetHolds(phy / k_, layer_[phy], true);
     AddHolder(layer_[phy], phy / k_);
   }
+  for (int r = 0; r < num_ranks_; ++r) by_load_.insert({rank_load_[r], r});
   mean_ = std::accumulate(load_.begin(), load_.end(), 0.0) / num_ranks_;
   if (t_.num_nodes() > 1) cross_node_penalty_ = kMinGain * mean_;
 }
@@ -237,8 +243,7 @@ void SwiftLayer::ConsiderRepoints(int h, double min_gain, Step* best) const {
 void SwiftLayer::ConsiderSwaps(int h, double min_gain, Step* best) const {
   if (swaps_ >= kMaxSwaps) return;
   const double peak = rank_load_[h];
-  for (int r = 0; r < num_ranks_; ++r) {
-    if (!is_light_[r]) continue;
+  for (int r : light_) {
     // A swap gains min(d, peak - load_r - d) <= (peak - load_r) / 2.
     const double room = peak - rank_load_[r];
     if (room < 2 * min_gain || room / 4 <= best->score) continue;
@@ -277,11 +282,11 @@ void SwiftLayer::Apply(const Step& s, int h) {
     const double e_old = Share(e), f_old = Share(f);
     SetCount(e, count_[e] + 1);
     SetCount(f, count_[f] - 1);
-    for (int q : Holders(e)) rank_load_[q] += Share(e) - e_old;
+    for (int q : Holders(e)) AddLoad(q, Share(e) - e_old);
     for (int q : Holders(f)) {
-      if (q != r) rank_load_[q] += Share(f) - f_old;
+      if (q != r) AddLoad(q, Share(f) - f_old);
     }
-    rank_load_[r] += Share(e) - f_old;
+    AddLoad(r, Share(e) - f_old);
     RemoveHolder(f, r);
     AddHolder(e, r);
     SetHolds(r, f, false);
@@ -293,8 +298,8 @@ void SwiftLayer::Apply(const Step& s, int h) {
   const int r = s.b / k_;
   const int ea = layer_[s.a], eb = layer_[s.b];
   const double d = Share(ea) - Share(eb);
-  rank_load_[h] -= d;
-  rank_load_[r] += d;
+  AddLoad(h, -d);
+  AddLoad(r, d);
   SwapSlots(layer_, holds_, n_, k_, s.a, s.b);
   RemoveHolder(ea, h);
   AddHolder(ea, r);
@@ -312,39 +317,39 @@ std::vector<int32_t> SwiftLayer::Run() {
     // Only the lightest ranks take new replicas or trade experts with the hot
     // rank (the reference tries only the lightest one); when that finds no
     // step, the same step searches every rank before the walk ends.
-    light_.resize(num_ranks_);
-    std::iota(light_.begin(), light_.end(), 0);
+    light_.clear();
     const int num_light =
         widen ? num_ranks_ : std::min(num_ranks_, kLightRanks);
-    std::partial_sort(light_.begin(), light_.begin() + num_light, light_.end(),
-                      [&](int a, int b) {
-                        return rank_load_[a] < rank_load_[b] ||
-                               (rank_load_[a] == rank_load_[b] && a < b);
-                      });
-    std::fill(is_light_.begin(), is_light_.end(), 0);
-    for (int i = 0; i < num_light; ++i) is_light_[light_[i]] = 1;
-    repointable_.clear();
-    std::fill(min_share_.begin(), min_share_.end(), 1e300);
-    for (int phy = 0; phy < static_cast<int>(layer_.size()); ++phy) {
-      const int e = layer_[phy];
-      const int r = rank_of_[phy];
-      if (!is_light_[r]) continue;
-      if (count_[e] >= 2) {
-        const double rise = load_[e] / (count_[e] - 1) - Share(e);
-        double others = 0.0;
-        for (int q : Holders(e)) {
-          if (q != r) others = std::max(others, rank_load_[q] + rise);
-        }
-        repointable_.push_back(
-            {rank_load_[r] - Share(e), rise, others, phy, e, r});
+    if (widen) {
+      light_.resize(num_ranks_);
+      std::iota(light_.begin(), light_.end(), 0);
+    } else {
+      for (auto it = by_load_.begin();
+           static_cast<int>(light_.size()) < num_light; ++it) {
+        light_.push_back(it->second);
       }
+      std::sort(light_.begin(), light_.end());
+    }
+    repointable_.clear();
+    for (int r : light_) {
       double& m = min_share_[r];
-      m = std::min(m, Share(e));
+      m = 1e300;
+      for (int phy = r * k_; phy < (r + 1) * k_; ++phy) {
+        const int e = layer_[phy];
+        if (count_[e] >= 2) {
+          const double rise = load_[e] / (count_[e] - 1) - Share(e);
+          double others = 0.0;
+          for (int q : Holders(e)) {
+            if (q != r) others = std::max(others, rank_load_[q] + rise);
+          }
+          repointable_.push_back(
+              {rank_load_[r] - Share(e), rise, others, phy, e, r});
+        }
+        m = std::min(m, Share(e));
+      }
     }
-    int h = 0;  // Most loaded rank; the highest id on ties.
-    for (int r = 1; r < num_ranks_; ++r) {
-      if (rank_load_[r] >= rank_load_[h]) h = r;
-    }
+    // Most loaded rank; the highest id on ties.
+    const int h = std::prev(by_load_.end())->second;
     Step best;
     ConsiderRepoints(h, min_gain, &best);
     ConsiderSwaps(h, min_gain, &best);
