@@ -84,6 +84,56 @@ class RankFill {
 
 }  // namespace
 
+void RankHeap::Reset(int n) {
+  heap_.clear();
+  aside_.clear();
+  // Equal loads, ids ascending: already a heap.
+  for (int r = 0; r < n; ++r) heap_.push_back({0.0, r});
+}
+
+void RankHeap::SiftDown(size_t i) {
+  const size_t n = heap_.size();
+  const Entry e = heap_[i];
+  for (;;) {
+    size_t c = 2 * i + 1;
+    if (c >= n) break;
+    if (c + 1 < n && Lighter(heap_[c + 1], heap_[c])) ++c;
+    if (!Lighter(heap_[c], e)) break;
+    heap_[i] = heap_[c];
+    i = c;
+  }
+  heap_[i] = e;
+}
+
+void RankHeap::RaiseTop(double load) {
+  heap_[0].load = load;
+  SiftDown(0);
+}
+
+void RankHeap::PopTop() {
+  heap_[0] = heap_.back();
+  heap_.pop_back();
+  if (!heap_.empty()) SiftDown(0);
+}
+
+void RankHeap::Push(double load, int32_t rank) {
+  size_t i = heap_.size();
+  heap_.push_back({load, rank});
+  const Entry e = heap_[i];
+  while (i > 0 && Lighter(e, heap_[(i - 1) / 2])) {
+    heap_[i] = heap_[(i - 1) / 2];
+    i = (i - 1) / 2;
+  }
+  heap_[i] = e;
+}
+
+void RankHeap::Restore(int except) {
+  for (const Entry& a : aside_) {
+    if (a.rank != except) Push(a.load, a.rank);
+  }
+  aside_.clear();
+}
+
 std::vector<int32_t> PlaceLpt(std::span<const double> load,
                               std::span<const int32_t> count, int num_ranks,
                               int slots_per_rank) {
@@ -99,40 +149,21 @@ std::vector<int32_t> PlaceLpt(std::span<const double> load,
   std::stable_sort(order.begin(), order.end(),
                    [&](int32_t a, int32_t b) { return share[a] > share[b]; });
   RankFill fill(num_ranks, slots_per_rank, n);
-  // The ranks with room, lightest on top; a rank that holds the expert is
-  // set aside (at most its replicas placed so far) and put back after.
-  std::vector<RankLoad> heap;
-  for (int r = 0; r < num_ranks; ++r) heap.push_back({0.0, r});
-  std::make_heap(heap.begin(), heap.end(), LighterFirst());
-  std::vector<RankLoad> aside;
+  RankHeap heap;  // The ranks with room.
+  heap.Reset(num_ranks);
   for (int32_t e : order) {
-    int best = -1;
-    int best_any = -1;  // Lightest rank with room, even if it holds e.
-    while (!heap.empty()) {
-      std::pop_heap(heap.begin(), heap.end(), LighterFirst());
-      const RankLoad top = heap.back();
-      heap.pop_back();
-      if (best_any < 0) best_any = top.rank;
-      if (!fill.Holds(top.rank, e)) {
-        best = top.rank;
-        break;
-      }
-      aside.push_back(top);
-    }
-    for (const RankLoad& a : aside) {
-      if (a.rank == best_any && best < 0) continue;  // Pushed back below.
-      heap.push_back(a);
-      std::push_heap(heap.begin(), heap.end(), LighterFirst());
-    }
-    aside.clear();
+    const int best = heap.SeekTop([&](int r) { return fill.Holds(r, e); });
     if (best >= 0) {
       fill.Put(best, e, share[e]);
-      if (!fill.Full(best)) {
-        heap.push_back({fill.load(best), best});
-        std::push_heap(heap.begin(), heap.end(), LighterFirst());
+      if (fill.Full(best)) {
+        heap.PopTop();
+      } else {
+        heap.RaiseTop(fill.load(best));
       }
+      heap.Restore();
       continue;
     }
+    const int best_any = heap.first_seen();  // Lightest with room, holds e.
     // Every rank with room holds e: move some expert f of a rank q without e
     // onto best_any, and put e in f's slot on q.
     bool repaired = false;
@@ -147,10 +178,8 @@ std::vector<int32_t> PlaceLpt(std::span<const double> load,
       }
     }
     EPLB_CHECK_MSG(repaired, "PlaceLpt: no rank can take a replica");
-    if (!fill.Full(best_any)) {
-      heap.push_back({fill.load(best_any), best_any});
-      std::push_heap(heap.begin(), heap.end(), LighterFirst());
-    }
+    heap.Restore(best_any);
+    if (!fill.Full(best_any)) heap.Push(fill.load(best_any), best_any);
   }
   return fill.Take();
 }
@@ -352,8 +381,11 @@ struct OverlapEdge {
 // in order, which adds nothing. Work per row is the part of the graph its
 // search visits (typically a few ranks), not R. Ties go to the lower column,
 // so the result is deterministic. Returns row_of_col.
-std::vector<int> MatchMaxOverlap(
-    const std::vector<std::vector<OverlapEdge>>& edges, int n) {
+std::vector<int> MatchMaxOverlap(std::span<const int32_t> first,
+                                 std::span<const OverlapEdge> edge, int n) {
+  auto edges_of = [&](int row) {
+    return edge.subspan(first[row], first[row + 1] - first[row]);
+  };
   // Columns 0..n-1 are current ranks, n + i the dummy of row i.
   constexpr int64_t kInf = std::numeric_limits<int64_t>::max() / 4;
   std::vector<int64_t> u(n, 0), v(2 * static_cast<size_t>(n), 0);
@@ -383,8 +415,20 @@ std::vector<int> MatchMaxOverlap(
   // Dual feasibility from the start: u[i] = min over i's edges of the cost
   // (the dummy costs 0), so every reduced cost is >= 0.
   for (int i = 0; i < n; ++i) {
-    for (const OverlapEdge& e : edges[i]) {
+    for (const OverlapEdge& e : edges_of(i)) {
       u[i] = std::min<int64_t>(u[i], -e.weight);
+    }
+  }
+  // Warm start: each row in order takes the lowest free column of a
+  // heaviest edge (reduced cost 0, so the duals stay feasible and every
+  // matched edge tight); only the rows left need a search.
+  for (int i = 0; i < n; ++i) {
+    for (const OverlapEdge& e : edges_of(i)) {
+      if (-e.weight == u[i] && row_of_col[e.col] < 0) {
+        row_of_col[e.col] = i;
+        col_of_row[i] = e.col;
+        break;
+      }
     }
   }
   auto relax = [&](int row, int64_t d) {
@@ -399,10 +443,11 @@ std::vector<int> MatchMaxOverlap(
         heap.push({nd, row_of_col[col] >= 0 ? 1 : 0, col});
       }
     };
-    for (const OverlapEdge& e : edges[row]) offer(e.col, -e.weight);
+    for (const OverlapEdge& e : edges_of(row)) offer(e.col, -e.weight);
     offer(n + row, 0);
   };
   for (int i0 = 0; i0 < n; ++i0) {
+    if (col_of_row[i0] >= 0) continue;  // Matched by the warm start.
     relax(i0, 0);
     int free_col = -1;
     int64_t final_dist = 0;
@@ -479,7 +524,9 @@ void MatchRanksToCurrent(std::span<const int32_t> current,
   }
   // Each planned rank's overlap with every current rank it shares an expert
   // with (a rank holds an expert once, so no pair is counted twice).
-  std::vector<std::vector<OverlapEdge>> edges(num_ranks);
+  std::vector<int32_t> row_first(static_cast<size_t>(num_ranks) + 1, 0);
+  std::vector<OverlapEdge> edges;
+  edges.reserve(static_cast<size_t>(num_ranks) * k * 2);
   std::vector<int32_t> weight(num_ranks, 0);
   std::vector<int32_t> cols;
   for (int i = 0; i < num_ranks; ++i) {
@@ -491,12 +538,14 @@ void MatchRanksToCurrent(std::span<const int32_t> current,
     }
     std::sort(cols.begin(), cols.end());
     for (int32_t j : cols) {
-      edges[i].push_back({j, weight[j]});
+      edges.push_back({j, weight[j]});
       weight[j] = 0;
     }
     cols.clear();
+    row_first[i + 1] = static_cast<int32_t>(edges.size());
   }
-  const std::vector<int> row_of_col = MatchMaxOverlap(edges, num_ranks);
+  const std::vector<int> row_of_col =
+      MatchMaxOverlap(row_first, edges, num_ranks);
   std::vector<int32_t> out(plan.size());
   for (int j = 0; j < num_ranks; ++j) {
     std::copy_n(plan.begin() + static_cast<size_t>(row_of_col[j]) * k, k,

@@ -17,16 +17,49 @@ namespace eplb::policy {
 std::vector<int32_t> MinMaxReplicaCounts(std::span<const double> load,
                                          int num_slots, int max_count);
 
-// A rank and its load, for heaps of ranks: `LighterFirst` puts the
-// lightest on top (the lowest rank on ties), with std::push_heap/pop_heap.
-struct RankLoad {
-  double load;
-  int32_t rank;
-};
-struct LighterFirst {
-  bool operator()(const RankLoad& a, const RankLoad& b) const {
-    return a.load > b.load || (a.load == b.load && a.rank > b.rank);
+// The ranks (or packs) that still have room, by load: the lightest on top,
+// the lowest id on ties. Greedy placements ask for the lightest rank that
+// does not hold an expert: SeekTop sets the ones that hold it aside (at most
+// its replicas placed so far), so a placement costs O(log R) plus those,
+// instead of a scan over every rank.
+class RankHeap {
+ public:
+  // Ranks 0..n-1, all at load 0.
+  void Reset(int n);
+  bool empty() const { return heap_.empty(); }
+  // Pops ranks for which held(rank) is true into the set-aside list until
+  // the top is one for which it is false, and returns that rank (it stays
+  // on top); -1 when none is left.
+  template <typename Held>
+  int SeekTop(Held held) {
+    first_seen_ = heap_.empty() ? -1 : heap_[0].rank;
+    while (!heap_.empty() && held(heap_[0].rank)) {
+      aside_.push_back(heap_[0]);
+      PopTop();
+    }
+    return heap_.empty() ? -1 : heap_[0].rank;
   }
+  // The top when the last SeekTop began: the lightest rank, held or not.
+  int first_seen() const { return first_seen_; }
+  // The top rank's load rose to `load` (it stays in the heap).
+  void RaiseTop(double load);
+  void PopTop();
+  void Push(double load, int32_t rank);
+  // Puts the set-aside ranks back, all but `except`.
+  void Restore(int except = -1);
+
+ private:
+  struct Entry {
+    double load;
+    int32_t rank;
+  };
+  static bool Lighter(const Entry& a, const Entry& b) {
+    return a.load < b.load || (a.load == b.load && a.rank < b.rank);
+  }
+  void SiftDown(size_t i);
+  std::vector<Entry> heap_;
+  std::vector<Entry> aside_;
+  int first_seen_ = -1;
 };
 
 // Greedy longest-processing-time placement: replicas in order of share

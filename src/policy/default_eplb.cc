@@ -33,40 +33,30 @@ Packing BalancedPacking(std::span<const double> weight, int num_packs,
   // The packs with room, lightest on top (lowest index on ties); packs
   // holding the item's key are set aside while the heap is searched, so
   // each item costs O(log packs) plus the packs it clashes with.
-  std::vector<RankLoad> heap;
-  for (int p = 0; p < num_packs; ++p) heap.push_back({0.0, p});
-  std::make_heap(heap.begin(), heap.end(), LighterFirst());
-  std::vector<RankLoad> aside;
+  RankHeap heap;
+  heap.Reset(num_packs);
   for (int32_t item : order) {
-    int best = -1;
-    int best_clash = -1;  // Fallback when every pack with room holds the key.
-    while (!heap.empty()) {
-      std::pop_heap(heap.begin(), heap.end(), LighterFirst());
-      const RankLoad top = heap.back();
-      heap.pop_back();
-      if (keys.empty() ||
-          !pack_keys[static_cast<size_t>(top.rank) * num_keys + keys[item]]) {
-        best = top.rank;
-        break;
-      }
-      if (best_clash < 0) best_clash = top.rank;
-      aside.push_back(top);
-    }
-    const int p = best >= 0 ? best : best_clash;
-    for (const RankLoad& a : aside) {
-      if (a.rank == p) continue;
-      heap.push_back(a);
-      std::push_heap(heap.begin(), heap.end(), LighterFirst());
-    }
-    aside.clear();
+    const int best = heap.SeekTop([&](int p) {
+      return !keys.empty() &&
+             pack_keys[static_cast<size_t>(p) * num_keys + keys[item]];
+    });
+    // Every pack with room holds the key: the lightest of them.
+    const int p = best >= 0 ? best : heap.first_seen();
     out.pack[item] = p;
     out.rank_in_pack[item] = pack_items[p]++;
     pack_weight[p] += weight[item];
     if (!keys.empty())
       pack_keys[static_cast<size_t>(p) * num_keys + keys[item]] = 1;
-    if (pack_items[p] < per_pack) {
-      heap.push_back({pack_weight[p], p});
-      std::push_heap(heap.begin(), heap.end(), LighterFirst());
+    if (best >= 0) {
+      if (pack_items[p] < per_pack) {
+        heap.RaiseTop(pack_weight[p]);
+      } else {
+        heap.PopTop();
+      }
+      heap.Restore();
+    } else {
+      heap.Restore(p);
+      if (pack_items[p] < per_pack) heap.Push(pack_weight[p], p);
     }
   }
   return out;

@@ -32,7 +32,9 @@
 //    them from (giving them to) the other groups' experts whose risk share
 //    suffers least, and keeps a move while the score improves. The score is
 //    what the layer meets in service: the mean over shots of each shot's
-//    peak-to-average rank load.
+//    peak-to-average rank load. Only with spread: on one aggregate (or
+//    experts that never vary) the counts of step 3 are exactly min-max and
+//    the swaps of step 6 beat the other packings the tree would try.
 // 6. Swap refinement (the project's addition): pairwise swaps on μ, kept only
 //    when the shot score is not worse. The greedy steps leave a few tenths
 //    of a percent on the table that swaps recover: on the DeepSeek-V3
@@ -173,17 +175,23 @@ void FlashLbPolicy::PlanCandidates(const LayerContext& ctx,
   MatchRanksToCurrent(ctx.current, full, r, k);
   model.SwapOnShots(ctx.current, move_cost, /*max_swaps=*/2 * r, limit, &full);
   // A static plan for balance alone on one aggregate (moves are free): the
-  // incremental candidates, refined on the same aggregate, cannot beat the
-  // full plans and cost much of the time at width.
+  // search's plan, refined on that aggregate, is the candidate. The
+  // incremental ones cannot beat it, and DeepSeek's plan (which the shots of
+  // a dynamic re-plan may favour) did not on the shipped DeepSeek-V3 loads
+  // nor on synthetic ones up to 1024 ranks; together they were most of the
+  // plan time at width.
   const bool static_cold =
       ctx.cold && !ctx.options->quick_first_plan &&
       (ctx.samples == nullptr || ctx.samples->num_steps() < 2);
+  if (static_cold) {
+    out->push_back({std::move(full), LayerChoice::kFull});
+    return;
+  }
   // Few moves from the current layer toward the full plan's replica counts.
   std::vector<int32_t> count(ctx.num_experts, 0);
   for (int32_t e : full) ++count[e];
   std::vector<int32_t> incremental;
-  if (!static_cold &&
-      model.Incremental(ctx.current, count, limit, &incremental)) {
+  if (model.Incremental(ctx.current, count, limit, &incremental)) {
     model.SwapOnShots(ctx.current, move_cost, /*max_swaps=*/2 * r, limit,
                       &incremental);
     out->push_back({std::move(incremental), LayerChoice::kIncremental});
@@ -197,7 +205,7 @@ void FlashLbPolicy::PlanCandidates(const LayerContext& ctx,
   std::fill(count.begin(), count.end(), 0);
   for (int32_t e : deepseek) ++count[e];
   std::vector<int32_t> recount;
-  if (!static_cold && model.Incremental(ctx.current, count, limit, &recount)) {
+  if (model.Incremental(ctx.current, count, limit, &recount)) {
     model.SwapOnShots(ctx.current, move_cost, ExtraSwaps(r), limit, &recount);
     out->push_back({std::move(recount), LayerChoice::kIncremental});
   }

@@ -160,6 +160,7 @@ class LayerModel {
   std::vector<int32_t> group_;      // [E]: FlashTree group.
   std::vector<int32_t> order_;      // [E]: experts by risk load.
   std::vector<Key> keys_;           // [E]: placement order.
+  bool keys_sorted_ = false;        // keys_ is Place's order for this layer.
   std::vector<double> share_;       // [E]
   std::vector<double> inv_count_;   // [E]
   std::vector<int32_t> count_;      // [E]
@@ -172,9 +173,16 @@ class LayerModel {
   std::vector<double> rank_var_;    // [R]
   std::vector<double> rank_cov_;    // [R][E]: Cov(rank load, x_e).
   std::vector<char> holds_;         // [R][E]
-  std::vector<int> freed_;          // [R]: Incremental's freed slots.
-  std::vector<RankLoad> heap_;      // PlaceOnMeans' ranks with room.
-  std::vector<RankLoad> aside_;     // Its ranks that hold the expert.
+  std::vector<size_t> held_;        // Entries of holds_ set since a clear,
+  bool held_known_ = false;         // when every one is listed there.
+  // Sets holds_ for rank r and expert e, listing it for ClearRanks.
+  void Hold(int r, int e) {
+    const size_t i = static_cast<size_t>(r) * e_ + e;
+    holds_[i] = 1;
+    held_.push_back(i);
+  }
+  std::vector<int> freed_;  // [R]: Incremental's freed slots.
+  RankHeap heap_;           // PlaceOnMeans' ranks with room.
   // SwapOnShots, over the loaded shots S' only; loads in units of the
   // shot's mean rank load.
   std::vector<char> cur_holds_;    // [R][E]: the current layer.

@@ -394,21 +394,24 @@ class SwiftPolicy final : public LayerPolicy {
     std::vector<int32_t> minmax = PlanMinMax(ctx.scoring_load, r, k);
     MatchRanksToCurrent(ctx.current, minmax, r, k);
     model.SwapOnShots(ctx.current, move_cost, ExtraSwaps(r), limit, &minmax);
+    // A static plan for balance alone on one aggregate (moves are free):
+    // the candidates that save moves, refined on the same aggregate, cannot
+    // beat the min-max plan and cost most of the time at width; DeepSeek's
+    // plan is offered as it is, a floor.
+    const bool static_cold =
+        ctx.cold && !ctx.options->quick_first_plan &&
+        (ctx.samples == nullptr || ctx.samples->num_steps() < 2);
     std::vector<int32_t> full = DeepSeekRebalanceLayer(
         ctx.scoring_load, t.num_slots(), /*num_groups=*/1, /*num_nodes=*/1, r);
     std::vector<int32_t> count(ctx.num_experts, 0);
     for (int32_t e : full) ++count[e];
     MatchRanksToCurrent(ctx.current, full, r, k);
-    model.SwapOnShots(ctx.current, move_cost, ExtraSwaps(r), limit, &full);
-    if (ctx.cold && !ctx.options->quick_first_plan &&
-        (ctx.samples == nullptr || ctx.samples->num_steps() < 2)) {
-      // A static plan for balance alone on one aggregate (moves are free):
-      // the candidates that save moves, refined on the same aggregate,
-      // cannot beat the min-max plan and cost most of the time at width.
+    if (static_cold) {
       out->push_back({std::move(minmax), LayerChoice::kFull});
       out->push_back({std::move(full), LayerChoice::kFull});
       return;
     }
+    model.SwapOnShots(ctx.current, move_cost, ExtraSwaps(r), limit, &full);
     std::vector<int32_t> walked =
         ctx.current_imbalance < kSkipBelow
             ? std::vector<int32_t>(ctx.current.begin(), ctx.current.end())
