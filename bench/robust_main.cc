@@ -16,6 +16,7 @@
 // Usage: eplb_bench_robust [--quantile Q] [--quick] [--data-dir DIR]
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
@@ -68,6 +69,10 @@ struct Totals {
   Figures robust, sum, flashlb, best;
   double in_sample = 0.0;  // Robust map on its own workloads: mean of means.
   double plan_s = 0.0;
+  std::vector<int> start_wins;  // Layers won by each start.
+  std::vector<std::string> start_names;
+  int64_t moves = 0, layers = 0;
+  int max_moves = 0;
 };
 
 // Leave-one-out over `loads` (names for the rows); prints one row per
@@ -107,6 +112,14 @@ Totals LeaveOneOut(const std::vector<std::string>& names,
       std::exit(1);
     }
     tot.plan_s += secs / n;
+    tot.start_names = plan->starts;
+    tot.start_wins.resize(plan->starts.size());
+    for (const eplb::RobustLayer& l : plan->layers) {
+      ++tot.start_wins[l.start];
+      tot.moves += l.moves;
+      ++tot.layers;
+      tot.max_moves = std::max(tot.max_moves, l.moves);
+    }
     const auto own = eplb::SummariseWorkloads(plan->placement, train);
     double own_mean = 0.0;
     for (const auto& o : own)
@@ -139,6 +152,18 @@ Totals LeaveOneOut(const std::vector<std::string>& names,
     }
   }
   return tot;
+}
+
+void PrintSearch(const Totals& t) {
+  std::printf("\nLayers won by each start:");
+  for (size_t i = 0; i < t.start_wins.size(); ++i) {
+    std::printf("%s %s %d", i ? "," : "", t.start_names[i].c_str(),
+                t.start_wins[i]);
+  }
+  std::printf("; local-search moves per layer: mean %.1f, max %d.\n",
+              static_cast<double>(t.moves) /
+                  static_cast<double>(std::max<int64_t>(1, t.layers)),
+              t.max_moves);
 }
 
 void PrintHeader() {
@@ -218,6 +243,7 @@ int main(int argc, char** argv) {
     PrintHeader();
     const Totals tot = LeaveOneOut(names, loads, t, options, true);
     PrintTotals(phase == 0 ? "prefill" : "decode", tot);
+    PrintSearch(tot);
     std::printf("\n");
   }
 
@@ -230,6 +256,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> families = {"topics", "domains", "drift",
                                        "burst",  "skew",    "sparse"};
   if (quick) families = {"topics", "drift"};
+  std::vector<std::string> search;
   for (const std::string& family : families) {
     eplb::bench::TraceSpec spec;
     spec.family = family;
@@ -251,6 +278,15 @@ int main(int argc, char** argv) {
     const Topology ts = *eplb::MakeTopology(trace->num_experts(), 16, 10, 16);
     const Totals tot = LeaveOneOut(names, loads, ts, options, false);
     PrintTotals(family.c_str(), tot);
+    search.push_back(
+        family + ": " +
+        std::to_string(tot.moves / std::max<int64_t>(1, tot.layers)) +
+        " moves per layer (max " + std::to_string(tot.max_moves) + ")");
   }
+  std::printf("\nLocal search:");
+  for (size_t i = 0; i < search.size(); ++i) {
+    std::printf("%s %s", i ? "," : "", search[i].c_str());
+  }
+  std::printf(".\n");
   return 0;
 }

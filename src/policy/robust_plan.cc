@@ -242,7 +242,6 @@ class LayerSearch {
       if (peak_[w] == peak_[wt] && w < wt) wt = w;
     }
     const int rt = order_[static_cast<size_t>(wt) * r_];
-    const double target = LoadOf(wt, rt);
 
     enum class Kind { kNone, kSwap, kRepoint };
     Kind best_kind = Kind::kNone;
@@ -290,7 +289,6 @@ class LayerSearch {
         consider(ScoreRepoint(j, eb), Kind::kRepoint, j, eb);
       }
     }
-    (void)target;
     if (best_kind == Kind::kNone) return false;
     if (best_kind == Kind::kSwap) {
       std::swap(slots_[best_a], slots_[best_b]);
