@@ -51,6 +51,123 @@ class CliTest : public ::testing::Test {
 const char kFixture[] = "tests/data/vllm_ascend_expert_map.json";
 const char kDsv3Prefill1024[] = "data/dsv3-sglang/prefill_in1024.json";
 
+// Repeated --load plans one robust map for every workload and reports
+// each one's imbalance on it.
+TEST_F(CliTest, PlanRobustOverRepeatedLoads) {
+  const std::string out = (dir_ / "robust.json").string();
+  const std::string a = Data("data/dsv3-sglang/prefill_in512.json");
+  const std::string b = Data("data/dsv3-sglang/prefill_in2048.json");
+  Result r = Run("plan --load " + a + " --load " + b +
+                 " --ranks 32 --slots-per-rank 9 --json --out " + out);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  nlohmann::json j = OneJsonObject(r);
+  EXPECT_EQ(j["policy"], "robust");
+  EXPECT_EQ(j["robust_quantile"], 1.0);
+  ASSERT_EQ(j["workloads"].size(), 2u);
+  EXPECT_EQ(j["workloads"][0]["load"], a);
+  EXPECT_EQ(j["workloads"][1]["load"], b);
+  double worst = 0.0;
+  for (const auto& w : j["workloads"]) {
+    EXPECT_GE(w["imbalance_mean"].get<double>(), 1.0);
+    EXPECT_LE(w["imbalance_mean"].get<double>(), 1.01);
+    EXPECT_GE(w["imbalance_max"].get<double>(),
+              w["imbalance_mean"].get<double>());
+    worst = std::max(worst, w["imbalance_max"].get<double>());
+  }
+  EXPECT_EQ(j["worst_workload_imbalance_max"].get<double>(), worst);
+  // The map is valid, and the same on a second run.
+  Result v = Run("validate-map " + out + " --ranks 32 --experts 256");
+  EXPECT_EQ(v.exit_code, 0) << v.err;
+  const std::string first = Slurp(out);
+  ASSERT_EQ(Run("plan --load " + a + " --load " + b +
+                " --ranks 32 --slots-per-rank 9 --out " + out)
+                .exit_code,
+            0);
+  EXPECT_EQ(Slurp(out), first);
+  // One --load keeps the single-load plan, now with its one workload.
+  Result one =
+      Run("plan --load " + a + " --ranks 32 --slots-per-rank 9 --json");
+  ASSERT_EQ(one.exit_code, 0) << one.err;
+  nlohmann::json o = OneJsonObject(one);
+  EXPECT_EQ(o["policy"], "swift");
+  ASSERT_EQ(o["workloads"].size(), 1u);
+  EXPECT_EQ(o["workloads"][0]["imbalance_mean"], o["imbalance_mean"]);
+  EXPECT_EQ(o["workloads"][0]["imbalance_max"], o["imbalance_max"]);
+}
+
+// A heat file is read as its workloads; --workloads-from-steps makes each
+// step of a trace one workload.
+TEST_F(CliTest, PlanRobustFromAHeatFileAndFromSteps) {
+  const fs::path heat = Write("heat.json",
+                              R"({"eplb_heat": 1, "num_layers": 1,
+      "num_experts": 4, "workloads": [
+      {"steps": 3, "load": [[90, 10, 10, 10]]},
+      {"steps": 2, "load": [[10, 90, 10, 10]]}]})");
+  Result r = Run("plan --load " + heat.string() +
+                 " --ranks 2 --slots-per-rank 3 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  nlohmann::json j = OneJsonObject(r);
+  EXPECT_EQ(j["policy"], "robust");
+  ASSERT_EQ(j["workloads"].size(), 2u);
+  EXPECT_EQ(j["workloads"][1]["load"], heat.string() + " workload 1");
+  EXPECT_EQ(j["workloads"][1]["steps"], 2);
+  const fs::path trace = Write("t.csv",
+                               "step,layer,expert,count\n0,0,0,90\n0,0,1,10\n"
+                               "0,0,2,10\n0,0,3,10\n1,0,0,10\n1,0,1,90\n"
+                               "1,0,2,10\n1,0,3,10\n");
+  Result steps = Run("plan --load " + trace.string() +
+                     " --workloads-from-steps --ranks 2 --slots-per-rank 3 "
+                     "--json");
+  ASSERT_EQ(steps.exit_code, 0) << steps.err;
+  nlohmann::json s = OneJsonObject(steps);
+  ASSERT_EQ(s["workloads"].size(), 2u);
+  EXPECT_EQ(s["workloads"][0]["load"], trace.string() + " step 0");
+  // The same two workloads, the same figures.
+  EXPECT_EQ(s["workloads"][0]["imbalance_max"],
+            j["workloads"][0]["imbalance_max"]);
+  EXPECT_EQ(s["workloads"][1]["imbalance_max"],
+            j["workloads"][1]["imbalance_max"]);
+}
+
+TEST_F(CliTest, PlanRobustRejectsBadInput) {
+  const std::string a = Data("data/dsv3-sglang/prefill_in512.json");
+  const std::string b = Data("data/dsv2lite-puffin/prefill_by_prompt.csv");
+  const std::string topo = " --ranks 32 --slots-per-rank 9";
+  struct Case {
+    std::string args;
+    int exit_code;
+    std::string expected;
+  };
+  const Case cases[] = {
+      {"--load " + a + " --robust-quantile 1.5" + topo, 2,
+       "--robust-quantile: 1.5 is not a number in (0, 1]"},
+      {"--load " + a + " --robust-quantile 0" + topo, 2,
+       "--robust-quantile: 0 is not a number in (0, 1]"},
+      {"--load " + a + " --robust-quantile x" + topo, 2,
+       "--robust-quantile: x is not a number in (0, 1]"},
+      {"--load " + a + " --load " + b + topo, 1,
+       "--load " + b + " has 26 layers x 64 experts, but --load " + a +
+           " has 58 x 256"},
+      {"--load " + a + " --load " + a + " --policy best" + topo, 1,
+       "--policy = best: a plan for several workloads uses the robust "
+       "planner"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.args);
+    Result r = Run("plan " + c.args);
+    EXPECT_EQ(r.exit_code, c.exit_code) << r.err;
+    EXPECT_NE(r.err.find(c.expected), std::string::npos) << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  }
+  // A corrupt heat file: named, one line.
+  const fs::path bad = Write("bad_heat.json", R"({"eplb_heat": 1, "num)");
+  Result r =
+      Run("plan --load " + bad.string() + " --ranks 2 --slots-per-rank 3");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find(bad.string() + ": malformed JSON"), std::string::npos)
+      << r.err;
+}
+
 TEST_F(CliTest, ValidateMapAcceptsTheVllmAscendFixture) {
   Result r = Run("validate-map " + Data(kFixture));
   ASSERT_EQ(r.exit_code, 0) << r.err;

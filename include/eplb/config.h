@@ -63,6 +63,13 @@ struct EplbConfig {
   // Threads the background planner uses (layers are planned in parallel;
   // the plan is the same for any count). >= 1.
   int eplb_planner_threads = 2;
+  // Recording mode only: a heat file (eplb/robust.h) that accumulates the
+  // load of every recording run, one workload per run. At shutdown the run
+  // reads it (if present), appends its load, writes it back atomically and
+  // writes to expert_map_record_path one robust map planned over every
+  // recorded workload (PlanRobust, the worst workload per layer). Unset
+  // (the default): the map of the run's own heat is recorded, as before.
+  std::optional<std::string> eplb_record_heat_path = std::nullopt;
 
   // kRecording when a record path is set (it forces dynamic), else kDynamic
   // when dynamic_eplb, else kStatic when a map path is set, else kDisabled.
@@ -94,7 +101,9 @@ struct ParsedConfig {
 //  - intervals >= 1; num_redundant_experts >= 0; eplb_policy_type in 0..3;
 //    eplb_heat_collection_stage and load_collection_phase (its newer name)
 //    in all / prefill / decode, and equal when both are given;
-//  - expert_map_path and expert_map_record_path end in ".json";
+//  - expert_map_path, expert_map_record_path and eplb_record_heat_path end
+//    in ".json"; eplb_record_heat_path needs expert_map_record_path and
+//    must differ from both map paths;
 //  - the environment guard: dynamic and recording modes need DYNAMIC_EPLB or
 //    EXPERT_MAP_RECORD set to true or 1 (case-insensitive); the error names
 //    the variable to set. Static mode needs none.
@@ -113,7 +122,11 @@ StatusOr<ParsedConfig> ReadEplbConfig(const std::string& path,
 // `num_layers` x `num_experts` on `num_ranks` ranks (the error names the path
 // and the problem); when expert_map_record_path is set, that it can be
 // written (CheckWritablePath), so recording fails at start-up, not every
-// cycle; and the limits of eplb/limits.h. Returns the slots per rank.
+// cycle; when eplb_record_heat_path is set, that it can be written and, if
+// the file exists, that it is a valid heat file of `num_layers` x
+// `num_experts` (a corrupt one is an error naming the key and the file, and
+// is left untouched); and the limits of eplb/limits.h. Returns the slots per
+// rank.
 StatusOr<int> ValidateConfigForModel(const EplbConfig& config, int num_layers,
                                      int num_experts, int num_ranks);
 

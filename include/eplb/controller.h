@@ -128,6 +128,9 @@ struct ControllerStats {
   int64_t experts_moved = 0;
   int64_t bytes_moved = 0;   // Real expert sizes.
   int64_t maps_written = 0;  // Recording mode.
+  // Recording with eplb_record_heat_path: workloads in the heat file after
+  // this run added its own (0 until shutdown, or when it could not).
+  int64_t heat_workloads = 0;
   int64_t max_stall_nanos =
       0;  // Longest the serving thread waited on migration.
   int64_t total_stall_nanos = 0;
@@ -166,7 +169,14 @@ class Controller {
   void Start();  // Starts the planner thread (static mode: nothing).
   // Idempotent; waits for the planner's current plan. In recording mode,
   // writes the map once more when layers committed since the last write
-  // (a run that ends mid-migration records what it served last).
+  // (a run that ends mid-migration records what it served last). With
+  // eplb_record_heat_path, rank 0 then appends the run's heat (the sum of
+  // its collected windows) to the heat file as one workload, written
+  // atomically, and records instead one robust map planned over every
+  // workload of the file (PlanRobust); a heat file it cannot read or that
+  // does not match the model is logged (key and file named) and left as it
+  // was, and so is the map. Only rank 0 writes the map and the heat file
+  // when a heat file is set.
   void Shutdown();
 
   // --- Serving thread. ---
@@ -215,6 +225,8 @@ class Controller {
   void EndCycle();
   // Recording mode: writes the serving placement to the record path.
   void RecordMap();
+  // Recording with a heat file: the shutdown's accumulation and robust map.
+  void RecordRobustMap();
 
   ControllerOptions options_;
   std::unique_ptr<HeatRecorder> recorder_;
@@ -241,6 +253,11 @@ class Controller {
   bool committed_this_cycle_ = false;
   // Recording mode: layers committed since the map was last written.
   bool record_pending_ = false;
+  // Recording with a heat file: the run's logical heat, summed over its
+  // collected windows ([L][E]), and their steps.
+  LoadMatrix run_heat_;
+  int64_t run_heat_steps_ = 0;
+  bool shut_down_ = false;
   // [L]: the imbalance each layer's serving placement was expected to meet.
   std::vector<double> expected_;
   std::vector<int64_t> heat_window_;  // [L][R*K]: HeatShowsImbalance's copy.

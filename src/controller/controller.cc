@@ -12,6 +12,7 @@
 #include <type_traits>
 
 #include "eplb/io.h"
+#include "eplb/robust.h"
 
 namespace eplb {
 namespace {
@@ -163,6 +164,10 @@ StatusOr<std::unique_ptr<Controller>> Controller::Create(ControllerOptions o) {
   c->expected_.assign(o.num_layers, 1.0);
   c->heat_window_.assign(static_cast<size_t>(o.num_layers) * t.num_slots(), 0);
   c->rank_heat_.assign(t.num_ranks, 0.0);
+  if (o.config.mode() == EplbMode::kRecording &&
+      o.config.eplb_record_heat_path.has_value()) {
+    c->run_heat_ = LoadMatrix(o.num_layers, o.num_experts);
+  }
   c->options_ = std::move(o);
   c->PublishStats();
   return c;
@@ -187,6 +192,11 @@ void Controller::Shutdown() {
     RecordMap();
     PublishStats();
   }
+  if (!shut_down_ && run_heat_.num_layers() > 0) {
+    RecordRobustMap();
+    PublishStats();
+  }
+  shut_down_ = true;
 }
 
 void Controller::Log(const std::string& line) {
@@ -342,6 +352,15 @@ void Controller::EndCollect(bool shifted) {
   job.current = serving;
   job.load = snap.LogicalLoad(serving);
   job.window = snap.LogicalSamples(serving);
+  if (run_heat_.num_layers() > 0) {
+    // Robust recording: the run's heat (once per cycle, not per step).
+    for (int l = 0; l < run_heat_.num_layers(); ++l) {
+      std::span<double> sum = run_heat_.mutable_row(l);
+      std::span<const double> add = job.load.row(l);
+      for (size_t e = 0; e < sum.size(); ++e) sum[e] += add[e];
+    }
+    run_heat_steps_ += snap.steps_counted;
+  }
   job.shifted = shifted;
   planner_->state.store(Planner::kRunning, std::memory_order_release);
   planner_->wake.release();
@@ -571,6 +590,11 @@ void Controller::MigrateStep(bool before) {
 
 void Controller::RecordMap() {
   record_pending_ = false;
+  // With a heat file, rank 0 alone writes the map (the ranks would race).
+  if (options_.config.eplb_record_heat_path.has_value() &&
+      options_.collective->rank() != 0) {
+    return;
+  }
   Status s = WriteExpertMapJson(*options_.config.expert_map_record_path,
                                 migration_->placement());
   if (s.ok()) {
@@ -578,6 +602,62 @@ void Controller::RecordMap() {
   } else {
     Log("recording the map failed: " + s.ToString());
   }
+}
+
+void Controller::RecordRobustMap() {
+  if (options_.collective->rank() != 0) return;
+  const std::string& path = *options_.config.eplb_record_heat_path;
+  const std::string key =
+      "eplb_config.eplb_record_heat_path = \"" + path + "\": ";
+  double total = 0.0;
+  for (double v : run_heat_.data()) total += v;
+  if (run_heat_steps_ == 0 || total <= 0.0) {
+    Log(key +
+        "this run collected no heat; the heat file and the map are "
+        "left as they are");
+    return;
+  }
+  HeatFile heat;
+  StatusOr<HeatFile> read = ReadHeatFile(path);
+  if (read.ok()) {
+    heat = *std::move(read);
+  } else if (read.status().code() == StatusCode::kNotFound) {
+    heat.num_layers = options_.num_layers;
+    heat.num_experts = options_.num_experts;
+  } else {
+    Log(key + read.status().message() +
+        "; the heat file and the map are left as they are");
+    return;
+  }
+  if (heat.num_layers != options_.num_layers ||
+      heat.num_experts != options_.num_experts) {
+    Log(key + "holds loads of " + std::to_string(heat.num_layers) +
+        " layers x " + std::to_string(heat.num_experts) +
+        " experts, the model has " + std::to_string(options_.num_layers) +
+        " x " + std::to_string(options_.num_experts) +
+        "; the heat file and the map are left as they are");
+    return;
+  }
+  heat.loads.push_back(run_heat_);
+  heat.steps.push_back(run_heat_steps_);
+  if (Status s = WriteHeatFile(path, heat); !s.ok()) {
+    Log(key + s.message() + "; the map is left as it is");
+    return;
+  }
+  stats_.heat_workloads = static_cast<int64_t>(heat.loads.size());
+  RobustPlanOptions robust;
+  robust.num_groups = options_.policy_options.num_groups;
+  StatusOr<RobustPlan> plan = PlanRobust(heat.loads, options_.topology, robust);
+  if (!plan.ok()) {
+    Log(key + "the robust plan failed: " + plan.status().message());
+    return;
+  }
+  const std::string& map_path = *options_.config.expert_map_record_path;
+  if (Status s = WriteExpertMapJson(map_path, plan->placement); !s.ok()) {
+    Log("recording the robust map failed: " + s.ToString());
+    return;
+  }
+  ++stats_.maps_written;
 }
 
 void Controller::EndCycle() {

@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "eplb/io.h"
+#include "eplb/robust.h"
 #include "eplb/sim/synthetic_weights.h"
 #include "testing/scratch_dir.h"
 
@@ -468,6 +469,72 @@ TEST(ControllerTest, RecordThenStatic) {
   EXPECT_EQ(rig.controller->placement(), recorded);
   EXPECT_EQ(rig.controller->stats().cycles, 0);
   EXPECT_TRUE(rig.commits.empty());
+}
+
+// Robust recording: each run appends its heat to the heat file as one
+// workload, and the recorded map is the robust plan over all of them.
+TEST(ControllerTest, RecordingAccumulatesHeatOverRuns) {
+  const testing_util::ScratchDir scratch("controller_heat");
+  EplbConfig rec = Dynamic(4, 10);
+  rec.expert_map_record_path = scratch.File("recorded.json");
+  rec.eplb_record_heat_path = scratch.File("heat.json");
+  const MapExpectations expect{kLayers, kRanks, kExperts, kSlots};
+  for (int run = 0; run < 2; ++run) {
+    Rig rig(rec);
+    // Two different workloads: the hot expert differs between the runs.
+    for (int i = 0; i < 4 + 10 + kLayers + 2; ++i) {
+      rig.Step(/*skewed=*/true, /*hot=*/run == 0 ? 0 : 5);
+    }
+    rig.controller->Shutdown();
+    EXPECT_EQ(rig.controller->stats().heat_workloads, run + 1);
+    StatusOr<HeatFile> heat = ReadHeatFile(*rec.eplb_record_heat_path);
+    ASSERT_TRUE(heat.ok()) << heat.status().ToString();
+    ASSERT_EQ(heat->loads.size(), static_cast<size_t>(run + 1));
+    EXPECT_EQ(heat->num_layers, kLayers);
+    EXPECT_EQ(heat->num_experts, kExperts);
+    EXPECT_GT(heat->steps[run], 0);
+    // The recorded map is the robust plan over every recorded workload.
+    StatusOr<RobustPlan> want = PlanRobust(heat->loads, rig.topology);
+    ASSERT_TRUE(want.ok()) << want.status().ToString();
+    StatusOr<Placement> map =
+        ReadExpertMapJson(*rec.expert_map_record_path, expect);
+    ASSERT_TRUE(map.ok()) << map.status().ToString();
+    EXPECT_EQ(*map, want->placement);
+    EXPECT_TRUE(CheckPlacement(*map).empty());
+  }
+  // The two workloads differ (their hot experts do).
+  StatusOr<HeatFile> heat = ReadHeatFile(*rec.eplb_record_heat_path);
+  ASSERT_TRUE(heat.ok());
+  EXPECT_NE(heat->loads[0], heat->loads[1]);
+  EXPECT_GT(heat->loads[0].at(0, 0), heat->loads[0].at(0, 5));
+  EXPECT_GT(heat->loads[1].at(0, 5), heat->loads[1].at(0, 0));
+}
+
+// A corrupt heat file found at shutdown: one line naming the key and the
+// file, the heat file left byte for byte, no robust map written.
+TEST(ControllerTest, RecordingLeavesACorruptHeatFileUntouched) {
+  const testing_util::ScratchDir scratch("controller_heat_bad");
+  EplbConfig rec = Dynamic(4, 10);
+  rec.expert_map_record_path = scratch.File("recorded.json");
+  rec.eplb_record_heat_path = scratch.File("heat.json");
+  const std::string corrupt = R"({"eplb_heat": 1, "num_layers": )";
+  scratch.Write("heat.json", corrupt);
+  Rig rig(rec);
+  for (int i = 0; i < 4 + 10 + kLayers + 2; ++i) rig.Step();
+  const int64_t maps_before = rig.controller->stats().maps_written;
+  rig.controller->Shutdown();
+  EXPECT_EQ(*ReadFileToString(*rec.eplb_record_heat_path), corrupt);
+  EXPECT_EQ(rig.controller->stats().heat_workloads, 0);
+  EXPECT_EQ(rig.controller->stats().maps_written, maps_before);
+  bool logged = false;
+  for (const std::string& line : rig.logs) {
+    if (line.find("eplb_config.eplb_record_heat_path = \"" +
+                  *rec.eplb_record_heat_path + "\"") != std::string::npos) {
+      logged = true;
+      EXPECT_EQ(line.find('\n'), std::string::npos) << line;
+    }
+  }
+  EXPECT_TRUE(logged) << testing::PrintToString(rig.logs);
 }
 
 // Records how many per-step samples each plan saw.

@@ -22,6 +22,7 @@
 #include "eplb/io.h"
 #include "eplb/limits.h"
 #include "eplb/placement.h"
+#include "eplb/robust.h"
 #include "eplb/topology.h"
 #include "io/json_util.h"
 
@@ -49,14 +50,15 @@ constexpr std::string_view kFastWarmup = "eplb_fast_warmup";
 constexpr std::string_view kShiftReplan = "eplb_shift_replan";
 constexpr std::string_view kLinkBandwidth = "eplb_link_gbytes_per_s";
 constexpr std::string_view kPlannerThreads = "eplb_planner_threads";
+constexpr std::string_view kRecordHeatPath = "eplb_record_heat_path";
 
 // vllm-ascend's keys in the order of its table, then eplb's own; the
 // unknown-key error lists them so.
-constexpr std::array<std::string_view, 15> kValidKeys = {
+constexpr std::array<std::string_view, 16> kValidKeys = {
     kDynamicEplb,         kExpertMapPath, kExpertMapRecordPath, kHeatInterval,
     kAlgorithmInterval,   kNumRedundant,  kPolicyType,          kHeatStage,
     kLoadCollectionPhase, kDispatch,      kMigrationBudget,     kFastWarmup,
-    kShiftReplan,         kLinkBandwidth, kPlannerThreads,
+    kShiftReplan,         kLinkBandwidth, kPlannerThreads,      kRecordHeatPath,
 };
 
 constexpr std::string_view kDynamicEnv = "DYNAMIC_EPLB";
@@ -359,6 +361,25 @@ Status ReadKeys(const Json& object, EplbConfig* config) {
     EPLB_RETURN_IF_ERROR(
         ReadIntAtLeast(*v, kPlannerThreads, 1, &config->eplb_planner_threads));
   }
+  if (const Json* v = find(kRecordHeatPath)) {
+    EPLB_RETURN_IF_ERROR(
+        ReadJsonPath(*v, kRecordHeatPath, &config->eplb_record_heat_path));
+  }
+  if (config->eplb_record_heat_path.has_value()) {
+    const std::string& heat = *config->eplb_record_heat_path;
+    if (!config->expert_map_record_path.has_value()) {
+      return KeyError(kRecordHeatPath, Quote(heat),
+                      "needs expert_map_record_path (recording mode), "
+                      "where the robust map is written");
+    }
+    if (heat == *config->expert_map_record_path ||
+        (config->expert_map_path.has_value() &&
+         heat == *config->expert_map_path)) {
+      return KeyError(kRecordHeatPath, Quote(heat),
+                      "must differ from expert_map_record_path and "
+                      "expert_map_path (it holds loads, not a map)");
+    }
+  }
   // Recording is a dynamic run that also writes its map.
   if (config->expert_map_record_path.has_value()) config->dynamic_eplb = true;
   return Status::Ok();
@@ -497,6 +518,28 @@ StatusOr<int> ValidateConfigForModel(const EplbConfig& config, int num_layers,
     if (Status s = CheckWritablePath(path); !s.ok()) {
       return InvalidArgumentError("eplb_config.expert_map_record_path = " +
                                   Quote(path) + ": " + s.message());
+    }
+  }
+
+  // The heat file of robust recording: writable, and when present a heat
+  // file of this model (a corrupt one stops the start, never overwritten).
+  if (config.eplb_record_heat_path.has_value()) {
+    const std::string& path = *config.eplb_record_heat_path;
+    if (Status s = CheckWritablePath(path); !s.ok()) {
+      return KeyError(kRecordHeatPath, Quote(path), s.message());
+    }
+    StatusOr<HeatFile> heat = ReadHeatFile(path);
+    if (!heat.ok() && heat.status().code() != StatusCode::kNotFound) {
+      return KeyError(kRecordHeatPath, Quote(path), heat.status().message());
+    }
+    if (heat.ok() &&
+        (heat->num_layers != num_layers || heat->num_experts != num_experts)) {
+      return KeyError(
+          kRecordHeatPath, Quote(path),
+          "holds loads of " + std::to_string(heat->num_layers) + " layers x " +
+              std::to_string(heat->num_experts) + " experts, the model has " +
+              std::to_string(num_layers) + " x " + std::to_string(num_experts) +
+              " (use another heat file for this model)");
     }
   }
 

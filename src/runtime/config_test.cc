@@ -16,6 +16,7 @@
 #include <system_error>
 #include <vector>
 
+#include "eplb/io.h"
 #include "eplb/status.h"
 #include "testing/scratch_dir.h"
 
@@ -33,7 +34,8 @@ constexpr char kValidKeys[] =
     "num_redundant_experts, eplb_policy_type, eplb_heat_collection_stage, "
     "load_collection_phase, "
     "eplb_dispatch, eplb_migration_budget, eplb_fast_warmup, "
-    "eplb_shift_replan, eplb_link_gbytes_per_s, eplb_planner_threads";
+    "eplb_shift_replan, eplb_link_gbytes_per_s, eplb_planner_threads, "
+    "eplb_record_heat_path";
 constexpr char kPolicyFix[] =
     "must be 0 (Random), 1 (DefaultEplb), 2 (SwiftBalancer) or 3 (FlashLB)";
 constexpr char kDynamicGuardError[] =
@@ -101,7 +103,8 @@ const ParseCase kRuleCases[] = {
      "num_redundant_experts, eplb_policy_type, eplb_heat_collection_stage, "
      "load_collection_phase, "
      "eplb_dispatch, eplb_migration_budget, eplb_fast_warmup, "
-     "eplb_shift_replan, eplb_link_gbytes_per_s, eplb_planner_threads)"},
+     "eplb_shift_replan, eplb_link_gbytes_per_s, eplb_planner_threads, "
+     "eplb_record_heat_path)"},
     {"UnknownKeyInAdditionalConfig", R"({"eplb_config": {"num_redundant": 2}})",
      kNoEnv, "eplb_config: unknown key \"num_redundant\" (valid keys: "},
     {"UnknownKeyWithNewlineStaysOneLine", "{\"a\\nb\": 1}", kNoEnv,
@@ -238,6 +241,19 @@ const ParseCase kRuleCases[] = {
      "1e+06]"},
     {"PlannerThreadsZero", R"({"eplb_planner_threads": 0})", kNoEnv,
      "eplb_config.eplb_planner_threads = 0: must be an integer >= 1"},
+    {"RecordHeatPathNeedsRecording", R"({"eplb_record_heat_path": "h.json"})",
+     kNoEnv,
+     "eplb_config.eplb_record_heat_path = \"h.json\": needs "
+     "expert_map_record_path"},
+    {"RecordHeatPathNotJson",
+     R"({"expert_map_record_path": "m.json", "eplb_record_heat_path": "h"})",
+     kNoEnv, "eplb_config.eplb_record_heat_path = \"h\": must end in .json"},
+    {"RecordHeatPathIsTheMap",
+     R"({"expert_map_record_path": "m.json",
+         "eplb_record_heat_path": "m.json"})",
+     kNoEnv,
+     "eplb_config.eplb_record_heat_path = \"m.json\": must differ from "
+     "expert_map_record_path"},
     {"LinkNull", R"({"eplb_link_gbytes_per_s": null})", kNoEnv,
      "eplb_config.eplb_link_gbytes_per_s = null: must be a number"},
     // The document itself.
@@ -831,6 +847,39 @@ TEST(ConfigModelTest, ParsedConfigChecksAgainstTheModel) {
   const StatusOr<int> slots = ValidateConfigForModel(parsed->config, 1, 8, 2);
   ASSERT_TRUE(slots.ok()) << slots.status().ToString();
   EXPECT_EQ(*slots, 5);
+}
+
+// A corrupt or foreign heat file stops the start with one line naming the
+// key and the file, and is left as it was.
+TEST(ConfigModelTest, RecordHeatFileIsCheckedAndLeftUntouched) {
+  const testing_util::ScratchDir scratch("config_heat");
+  EplbConfig config;
+  config.expert_map_record_path = scratch.File("map.json");
+  config.eplb_record_heat_path = scratch.File("heat.json");
+  config.num_redundant_experts = 2;
+  // Absent: fine (the first recording run creates it).
+  EXPECT_TRUE(ValidateConfigForModel(config, 1, 8, 2).ok());
+  const std::string corrupt = R"({"eplb_heat": 1, "num_layers": 1, )";
+  scratch.Write("heat.json", corrupt);
+  StatusOr<int> bad = ValidateConfigForModel(config, 1, 8, 2);
+  ASSERT_FALSE(bad.ok());
+  const std::string message = bad.status().message();
+  EXPECT_NE(message.find("eplb_config.eplb_record_heat_path = \"" +
+                         *config.eplb_record_heat_path + "\""),
+            std::string::npos)
+      << message;
+  EXPECT_EQ(message.find('\n'), std::string::npos) << message;
+  EXPECT_EQ(*ReadFileToString(*config.eplb_record_heat_path), corrupt);
+  // A heat file of another model.
+  scratch.Write("heat.json",
+                R"({"eplb_heat": 1, "num_layers": 1, "num_experts": 4,
+                    "workloads": [{"steps": 1, "load": [[1, 2, 3, 4]]}]})");
+  bad = ValidateConfigForModel(config, 1, 8, 2);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find(
+                "holds loads of 1 layers x 4 experts, the model has 1 x 8"),
+            std::string::npos)
+      << bad.status().message();
 }
 
 }  // namespace
