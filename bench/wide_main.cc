@@ -113,6 +113,28 @@ struct Layout {
   int experts, ranks, slots;
 };
 
+// DeepSeek's algorithm as its reference implements it (Python and numpy:
+// bench/wide_reference.py on the same loads), timed in this run: "ms mean
+// worst", or "" when python3 with numpy is not there.
+std::string Reference(const Layout& lay) {
+  const std::string cmd = std::string(EPLB_PYTHON) + " " + EPLB_SOURCE_DIR +
+                          "/bench/wide_reference.py " +
+                          std::to_string(lay.experts) + " " +
+                          std::to_string(lay.ranks) + " " +
+                          std::to_string(lay.slots) + " 2>/dev/null";
+  FILE* pipe = popen(cmd.c_str(), "r");
+  if (pipe == nullptr) return "";
+  char line[256] = {0};
+  const bool got = std::fgets(line, sizeof line, pipe) != nullptr;
+  const int rc = pclose(pipe);
+  if (!got || rc != 0) return "";
+  double ms = 0, mean = 0, worst = 0;
+  if (std::sscanf(line, "%lf %lf %lf", &ms, &mean, &worst) != 3) return "";
+  char out[128];
+  std::snprintf(out, sizeof out, "%.0f ms, %.4f / %.4f", ms, mean, worst);
+  return out;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -184,11 +206,19 @@ int main(int argc, char** argv) {
         "thread) | mean imbalance | worst layer | re-plan ms | re-plan mean "
         "| re-plan worst | moved per layer |\n"
         "|---|---|---|---|---|---|---|---|---|\n");
+    std::vector<std::string> references;
     for (const Layout& lay : layouts) {
       const LoadMatrix load = ZipfLoad(lay.experts, 7);
       const LoadMatrix next = ZipfLoad(lay.experts, 8);
       const Topology t = *eplb::MakeTopology(lay.experts, lay.ranks, lay.slots);
       const Placement initial = Placement::Initial(kLayers, lay.experts, t);
+      const std::string ref = Reference(lay);
+      char row[160];
+      std::snprintf(
+          row, sizeof row, "| %d / %d / %d | %s |", lay.experts, lay.ranks,
+          lay.slots,
+          ref.empty() ? "not run (no python3 with numpy)" : ref.c_str());
+      references.push_back(row);
       for (const char* p : policies) {
         const Result r = Run(p, initial, load, t, 1, reps);
         const Result re = Run(p, r.placement, next, t, 1, reps);
@@ -200,6 +230,12 @@ int main(int argc, char** argv) {
         std::fflush(stdout);
       }
     }
+    std::printf(
+        "\nDeepSeek's algorithm as its reference runs it (Python and numpy, "
+        "`bench/wide_reference.py`), first plan on the same loads, in this "
+        "run:\n\n| experts / ranks / slots per rank | plan time, mean / "
+        "worst layer |\n|---|---|\n");
+    for (const std::string& row : references) std::printf("%s\n", row.c_str());
   }
   // Threads: the same plans with 1 and 2 threads (same bytes, checked).
   std::printf(

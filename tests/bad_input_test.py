@@ -420,7 +420,8 @@ for flag, value in [("--policy", "frob"), ("--policy", "7"), ("--window", "-1"),
                     ("--window", "99999999999"), ("--seed", "-1"),
                     ("--seed", "18446744073709551616"), ("--migration-budget", "0"),
                     ("--migration-budget", "1.5"), ("--migration-budget", "nan"),
-                    ("--dispatch", "frob"), ("--groups", "0")]:
+                    ("--dispatch", "frob"), ("--groups", "0"), ("--threads", "0"),
+                    ("--threads", "257"), ("--threads", "two")]:
     case(f"plan {flag} {value}", PL + [flag, value, "--out", "o.json"], {"t.csv": TRACE},
          want=[flag if flag != "--policy" else "policy", value], outs=["o.json"])
 case("plan --out empty", PL + ["--out", ""], {"t.csv": TRACE}, want=["--out", '""'])

@@ -483,6 +483,25 @@ TEST_F(CliTest, PlanWritesAValidMapAndReportsTheFigures) {
   EXPECT_EQ(OneJsonObject(again)["moved_experts"], 0);
 }
 
+TEST_F(CliTest, PlanOnThreadsWritesTheSameMap) {
+  // --threads plans layers in parallel: the map is the same, byte for byte,
+  // for a policy and for a robust plan.
+  for (const std::string& how :
+       {std::string("--policy flashlb --load ") + Data(kDsv3Prefill1024),
+        std::string("--load ") + Data(kDsv3Prefill1024) + " --load " +
+            Data(kDsv3Prefill1024)}) {
+    const std::string one = (dir_ / "one.json").string();
+    const std::string two = (dir_ / "two.json").string();
+    Result a =
+        Run("plan " + how + " --ranks 32 --slots-per-rank 9 --out " + one);
+    Result b = Run("plan " + how +
+                   " --ranks 32 --slots-per-rank 9 --threads 2 --out " + two);
+    ASSERT_EQ(a.exit_code, 0) << a.err;
+    ASSERT_EQ(b.exit_code, 0) << b.err;
+    EXPECT_EQ(Slurp(one), Slurp(two)) << how;
+  }
+}
+
 TEST_F(CliTest, PlanOnATraceWindowAndNodes) {
   Result r =
       Run("plan --load " + Data("data/dsv2lite-puffin/prefill_by_prompt.csv") +

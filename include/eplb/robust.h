@@ -14,8 +14,8 @@
 // per recorded run, and its reader and writer.
 //
 // Pure functions of their inputs: the same inputs give a bit-identical
-// placement (ties go to the lower id; no hashing, no pointer order, no
-// threads). Thread-safe (no shared state).
+// placement (ties go to the lower id; no hashing, no pointer order; the same
+// for any thread count). Thread-safe (no shared state).
 #ifndef EPLB_ROBUST_H_
 #define EPLB_ROBUST_H_
 
@@ -41,6 +41,9 @@ struct RobustPlanOptions {
   // Local-search moves per layer and start, at most (each lowers the
   // objective); 0 = no local search (the best start is kept).
   int max_moves_per_layer = 4096;
+  // Threads that plan layers in parallel (the calling thread is one); any
+  // count gives the same placement, bit for bit.
+  int num_threads = 1;
 };
 
 // One layer's outcome.

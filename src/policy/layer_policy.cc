@@ -165,18 +165,19 @@ LayerContext MakeContext(int l, const PolicyInput& input,
 void CountMoves(std::span<const int32_t> cur, std::span<const int32_t> plan,
                 const Topology& t, int num_experts, LayerPlan* out) {
   const int k = t.slots_per_rank;
-  std::vector<char> on_rank(static_cast<size_t>(t.num_ranks) * num_experts, 0);
+  // [node][expert]: nodes are few, so this stays small at any width (a
+  // rank's own experts are found among its K slots).
   std::vector<char> on_node(static_cast<size_t>(t.num_nodes()) * num_experts,
                             0);
   for (int phy = 0; phy < t.num_slots(); ++phy) {
-    on_rank[static_cast<size_t>(phy / k) * num_experts + cur[phy]] = 1;
     on_node[static_cast<size_t>(t.NodeOf(phy / k)) * num_experts + cur[phy]] =
         1;
   }
   for (int phy = 0; phy < t.num_slots(); ++phy) {
     const int r = phy / k;
     const int32_t e = plan[phy];
-    if (on_rank[static_cast<size_t>(r) * num_experts + e]) continue;
+    const auto rank_begin = cur.begin() + static_cast<ptrdiff_t>(r) * k;
+    if (std::find(rank_begin, rank_begin + k, e) != rank_begin + k) continue;
     ++out->moved_experts;
     if (on_node[static_cast<size_t>(t.NodeOf(r)) * num_experts + e]) {
       ++out->intra_node_moves;
@@ -467,10 +468,12 @@ StatusOr<Plan> LayerPolicy::RebalanceSelecting(const PolicyInput& input,
     chosen[s.layer] = s.to;
     ++next_index[s.layer];
   }
-  for (int l = 0; l < cur.num_layers(); ++l) {
+  // Each layer's outcome, on the planner's threads too (Chosen is told of
+  // one layer at a time; a policy's per-layer state is its own).
+  ForEachLayer(cur.num_layers(), options.num_threads, [&](int l, LayerModel*) {
     const std::vector<Option>& opts = layer_options[l];
     LayerPlan& info = plan.layers[l];
-    if (opts.empty()) continue;
+    if (opts.empty()) return;
     info.current_score = opts[0].score;
     const Option& pick = opts[chosen[l]];
     info.predicted_score = pick.score;
@@ -479,14 +482,14 @@ StatusOr<Plan> LayerPolicy::RebalanceSelecting(const PolicyInput& input,
         pick.layer.empty() ? cur.layer(l)
                            : std::span<const int32_t>(pick.layer);
     Chosen(l, placed, LayerImbalance(placed, scoring_load.row(l), r, k));
-    if (pick.layer.empty()) continue;
+    if (pick.layer.empty()) return;
     std::copy(pick.layer.begin(), pick.layer.end(),
               plan.placement.mutable_layer(l).begin());
     info.changed = true;
     info.predicted_imbalance =
         LayerImbalance(pick.layer, input.load->row(l), r, k);
     CountMoves(cur.layer(l), pick.layer, t, e, &info);
-  }
+  });
   return plan;
 }
 

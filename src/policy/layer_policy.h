@@ -76,7 +76,9 @@ class LayerPolicy : public Policy {
   virtual void PlanCandidates(const LayerContext& ctx,
                               std::vector<LayerCandidate>* candidates);
   // Told which placement the frame chose for a layer ([R*K], the current
-  // one when it kept it), and its imbalance on ctx.scoring_load.
+  // one when it kept it), and its imbalance on ctx.scoring_load. Called
+  // concurrently for different layers (as PlanCandidates is): it may write
+  // only that layer's state.
   virtual void Chosen(int layer, std::span<const int32_t> placement,
                       double scoring_imbalance);
 

@@ -87,6 +87,13 @@ TEST(RobustPlanTest, ValidAndDeterministic) {
   StatusOr<RobustPlan> c = PlanRobust(scaled, t);
   ASSERT_TRUE(c.ok());
   EXPECT_EQ(c->placement, a->placement);
+  // Layers on three threads: the same plan, bit for bit.
+  RobustPlanOptions threaded;
+  threaded.num_threads = 3;
+  StatusOr<RobustPlan> d = PlanRobust(loads, t, threaded);
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->placement, a->placement);
+  EXPECT_EQ(d->imbalance, a->imbalance);
 }
 
 // With one load the robust plan is no worse than the single-load plans of

@@ -28,6 +28,7 @@ struct PlanFlags {
   std::string policy = "swift";
   TopologyFlags topology;
   int groups = 1;
+  int threads = 1;
   int window = 0;  // 0: every step.
   uint64_t seed = 0;
   double migration_budget = 1.0;
@@ -179,6 +180,7 @@ int RunRobustPlan(const PlanFlags& f) {
   RobustPlanOptions options;
   options.quantile = f.robust_quantile;
   options.num_groups = f.groups;
+  options.num_threads = f.threads;
   const auto start = std::chrono::steady_clock::now();
   StatusOr<RobustPlan> plan = PlanRobust(loads, *topology, options);
   const double plan_ms = std::chrono::duration<double, std::milli>(
@@ -281,6 +283,7 @@ int RunPlan(const PlanFlags& f) {
   const Placement& current = *current_map;
   PolicyOptions options;
   options.num_groups = f.groups;
+  options.num_threads = f.threads;
   options.seed = f.seed;
   options.migration_budget = f.migration_budget;
   StatusOr<DispatchMode> dispatch = ParseDispatchMode(f.dispatch);
@@ -433,6 +436,10 @@ void AddPlanCommand(CLI::App* app, int* exit_code) {
   cmd->add_option("--window", f->window,
                   "Plan on the last STEPS steps (default: all)")
       ->check(IntRange(0, kMaxSteps));
+  cmd->add_option("--threads", f->threads,
+                  "Threads that plan layers in parallel (default 1; any "
+                  "count gives the same plan)")
+      ->check(IntRange(1, 256));
   cmd->add_option("--seed", f->seed, "Seed of the random policy")
       ->check(IntRange(0, std::numeric_limits<int64_t>::max()));
   cmd->add_option("--migration-budget", f->migration_budget,
