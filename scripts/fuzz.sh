@@ -23,7 +23,8 @@ esac
 
 CC=clang CXX=clang++ cmake -S . -B "$build" -G Ninja \
   -DCMAKE_BUILD_TYPE=Sanitize -DEPLB_WERROR=ON -DEPLB_SANITIZE=address \
-  -DEPLB_FUZZ=ON -DEPLB_BUILD_BENCH=OFF -DEPLB_MPI=OFF -DEPLB_PYTHON=OFF >/dev/null
+  -DEPLB_FUZZ=ON -DEPLB_BUILD_BENCH=OFF -DEPLB_MPI=OFF -DEPLB_PYTHON=OFF \
+  -DEPLB_CUDA=OFF >/dev/null
 cmake --build "$build" --target $(printf 'eplb_fuzz_%s ' "${targets[@]}")
 
 scratch="$(mktemp -d)"

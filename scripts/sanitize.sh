@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh --deps
 jobs="$(nproc)"
 common=(-G Ninja -DCMAKE_BUILD_TYPE=Sanitize -DEPLB_WERROR=ON
-  -DEPLB_BUILD_BENCH=OFF -DEPLB_MPI=OFF -DEPLB_PYTHON=OFF)
+  -DEPLB_BUILD_BENCH=OFF -DEPLB_MPI=OFF -DEPLB_PYTHON=OFF -DEPLB_CUDA=OFF)
 unit_targets=(eplb_unit_tests)
 for t in expert_map config sglang deepseek trace_csv; do
   unit_targets+=("eplb_fuzz_${t}_replay")

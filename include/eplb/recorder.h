@@ -73,6 +73,10 @@ class HeatRecorder {
   // Adds per-slot token counts ([num_slots], e.g. from the grouped matmul, or
   // only this rank's slots non-zero). Negative counts are dropped.
   void RecordSlotCounts(int layer, std::span<const int64_t> slot_counts);
+  // Adds ids counted elsewhere that mapped to no slot (outside [0, E) or
+  // unmapped), as RecordTopk counts them (e.g. by the GPU recorder). Negative
+  // counts are ignored.
+  void RecordDroppedIds(int64_t count);
   // Ends the step: when `num_tokens` matches the stage filter, the step's
   // counts join the window and the ring; otherwise they are discarded.
   // Applies a pending Clear() first. O(L * num_slots).

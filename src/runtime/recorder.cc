@@ -391,6 +391,10 @@ void HeatRecorder::RecordSlotCounts(int layer,
   }
 }
 
+void HeatRecorder::RecordDroppedIds(int64_t count) {
+  impl_->step_dropped += std::max<int64_t>(count, 0);
+}
+
 void HeatRecorder::EndStep(int64_t num_tokens) {
   Impl& s = *impl_;
   const bool add_step = s.StepCounts(num_tokens);

@@ -174,6 +174,17 @@ TEST(HeatRecorderTest, OutOfRangeAndUnmappedIdsAreDropped) {
             (std::vector<int64_t>{1, 0, 1, 0, 0, 0, 0, 0, 0, 0}));
 }
 
+TEST(HeatRecorderTest, DroppedIdsCountedElsewhereJoinTheStep) {
+  auto recorder = MakeRecorder(FixtureOptions());
+  recorder->RecordDroppedIds(5);
+  recorder->RecordDroppedIds(-3);  // Ignored.
+  recorder->EndStep(1);
+  recorder->RecordDroppedIds(2);
+  EXPECT_EQ(recorder->Snapshot().dropped_ids, 5);  // The step not ended.
+  recorder->EndStep(1);
+  EXPECT_EQ(recorder->Snapshot().dropped_ids, 7);
+}
+
 // Differential test against a one-line reference count: call sizes around
 // the lane threshold (2 * (bit_ceil(E) + 1)) and the 4096-id block, clean ids
 // (the fast path), mixed ids (blocks undone and clamped) and clean ids with
