@@ -1,0 +1,65 @@
+// DeviceChecksum against ChecksumBytes, bit for bit (needs a GPU: skips
+// without one).
+#include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
+
+#include <cstddef>
+#include <random>
+#include <span>
+#include <vector>
+
+#include "eplb/cuda/checksum.h"
+#include "eplb/cuda/recorder.h"
+#include "eplb/weights.h"
+
+namespace eplb::cuda {
+namespace {
+
+TEST(DeviceChecksumTest, NullPointersAreRejected) {
+  EXPECT_FALSE(DeviceChecksum(nullptr, 8, 1, nullptr, nullptr, nullptr).ok());
+  EXPECT_EQ(DeviceChecksumScratchBytes(0), 8u);
+  EXPECT_EQ(DeviceChecksumScratchBytes(3 * kChecksumBlockBytes + 5), 24u);
+}
+
+TEST(DeviceChecksumTest, EqualsTheHostChecksumAtEverySizeAndAlignment) {
+  if (!DeviceAvailable()) GTEST_SKIP() << "no CUDA device";
+  std::mt19937_64 rng(3);
+  const size_t max_bytes = 5 * kChecksumBlockBytes + 64;
+  std::vector<std::byte> host(max_bytes + 8);
+  for (std::byte& b : host) b = static_cast<std::byte>(rng());
+  unsigned char* device = nullptr;
+  uint64_t* out = nullptr;
+  void* scratch = nullptr;
+  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&device), host.size()),
+            cudaSuccess);
+  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&out), 8), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&scratch, DeviceChecksumScratchBytes(max_bytes)),
+            cudaSuccess);
+  ASSERT_EQ(
+      cudaMemcpy(device, host.data(), host.size(), cudaMemcpyHostToDevice),
+      cudaSuccess);
+  for (size_t size :
+       {size_t{0}, size_t{1}, size_t{7}, size_t{8}, size_t{9},
+        kChecksumBlockBytes - 1, kChecksumBlockBytes, kChecksumBlockBytes + 13,
+        3 * kChecksumBlockBytes, max_bytes}) {
+    for (size_t offset : {size_t{0}, size_t{3}, size_t{8}}) {
+      SCOPED_TRACE("size " + std::to_string(size) + " offset " +
+                   std::to_string(offset));
+      const uint64_t seed = rng();
+      ASSERT_TRUE(
+          DeviceChecksum(device + offset, size, seed, out, scratch, nullptr)
+              .ok());
+      uint64_t got = 0;
+      ASSERT_EQ(cudaMemcpy(&got, out, 8, cudaMemcpyDeviceToHost), cudaSuccess);
+      EXPECT_EQ(got, ChecksumBytes(
+                         std::span<const std::byte>(host.data() + offset, size),
+                         seed));
+    }
+  }
+  cudaFree(scratch);
+  cudaFree(out);
+  cudaFree(device);
+}
+
+}  // namespace
+}  // namespace eplb::cuda
