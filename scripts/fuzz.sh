@@ -3,7 +3,8 @@
 # past findings, under ASan + UBSan (clang).
 # Usage: ./scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET ...]
 #   SECONDS_PER_TARGET  default 60 (10 CPU-minutes: 600)
-#   TARGET              expert_map config sglang deepseek trace_csv (default all)
+#   TARGET              a name of fuzz/NAME_fuzz.cc: expert_map config sglang
+#                       deepseek trace_csv heat (default all)
 # EPLB_FUZZ_BUILD_DIR (default build-fuzz) is the build. Inputs libFuzzer
 # finds that grow coverage go to a scratch copy of the corpus, not to
 # fuzz/corpus/. A crash stops the run: its input is copied to
@@ -14,7 +15,9 @@ cd "$(dirname "$0")/.."
 seconds="${1:-60}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(expert_map config sglang deepseek trace_csv)
+if [ ${#targets[@]} -eq 0 ]; then  # Every target: fuzz/<name>_fuzz.cc.
+  for f in fuzz/*_fuzz.cc; do targets+=("$(basename "$f" _fuzz.cc)"); done
+fi
 build="${EPLB_FUZZ_BUILD_DIR:-build-fuzz}"
 case "$seconds" in '' | *[!0-9]*)
   echo "scripts/fuzz.sh: SECONDS_PER_TARGET must be a whole number, not '$seconds'" >&2

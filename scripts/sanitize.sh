@@ -15,8 +15,9 @@ jobs="$(nproc)"
 common=(-G Ninja -DCMAKE_BUILD_TYPE=Sanitize -DEPLB_WERROR=ON
   -DEPLB_BUILD_BENCH=OFF -DEPLB_MPI=OFF -DEPLB_PYTHON=OFF -DEPLB_CUDA=OFF)
 unit_targets=(eplb_unit_tests)
-for t in expert_map config sglang deepseek trace_csv; do
-  unit_targets+=("eplb_fuzz_${t}_replay")
+# Every fuzz target (fuzz/<name>_fuzz.cc): its regressions run as unit tests.
+for f in fuzz/*_fuzz.cc; do
+  unit_targets+=("eplb_fuzz_$(basename "$f" _fuzz.cc)_replay")
 done
 
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:detect_stack_use_after_return=1"

@@ -61,6 +61,15 @@ struct PolicyOptions {
   // score as a re-plan's do (still outside the budget), so that the first
   // plan commits sooner, more layers fitting a step's transfers.
   bool quick_first_plan = false;
+  // Swift and FlashLB re-plans: a layer whose chosen placement scores more
+  // than this above its best full candidate (a fresh plan matched to the
+  // current ranks: DeepSeek's, Swift's min-max, FlashLB's search) takes that
+  // candidate instead, while the migration budget left pays for the extra
+  // moves, the layers furthest behind first. So a plan from any placement is
+  // never clearly worse than a full re-plan. < 0: off. The dynamic cycle
+  // turns it off: there each moved expert also costs serving time, and the
+  // replay of every trace family served worse with it.
+  double full_plan_tolerance = 0.01;
   // Threads that plan layers in parallel (the calling thread is one of
   // them; every policy but "random", whose layers take microseconds, gains
   // from it). Layers are independent, so any count gives the same plan, bit

@@ -156,6 +156,8 @@ StatusOr<std::unique_ptr<Controller>> Controller::Create(ControllerOptions o) {
   c->planner_->options.dispatch = o.config.eplb_dispatch;
   c->planner_->options.migration_budget = o.config.eplb_migration_budget;
   c->planner_->options.quick_first_plan = true;
+  // Moves cost serving time in the cycle: gain per move decides alone.
+  c->planner_->options.full_plan_tolerance = -1.0;
   c->planner_->options.num_threads = o.config.eplb_planner_threads;
   c->planner_->topology = t;
   c->planner_->clock = o.clock;

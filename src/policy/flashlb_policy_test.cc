@@ -544,8 +544,11 @@ TEST(FlashLbTest, ReplanOfAPerturbedLoadMovesFew) {
   std::unique_ptr<Policy> policy = NewFlashLb();
   const Plan first =
       MustRebalance(*policy, initial, window.Aggregate(), &window, *topology);
-  const Plan second =
-      MustRebalance(*policy, first.placement, next_agg, &next, *topology);
+  // As the dynamic cycle re-plans: gain per move alone decides.
+  PolicyOptions cycle;
+  cycle.full_plan_tolerance = -1.0;
+  const Plan second = MustRebalance(*policy, first.placement, next_agg, &next,
+                                    *topology, cycle);
   ExpectValid(first.placement, second, *topology);
   // A plan for balance alone reshuffles most of the layer.
   const Placement fresh =
@@ -617,8 +620,8 @@ TEST(FlashLbTest, ReplanOfAPerturbedLoadMovesFew) {
   std::unique_ptr<Policy> twin = NewFlashLb();
   const Plan twin_first =
       MustRebalance(*twin, initial, window.Aggregate(), &window, *topology);
-  const Plan twin_second =
-      MustRebalance(*twin, twin_first.placement, next_agg, &next, *topology);
+  const Plan twin_second = MustRebalance(*twin, twin_first.placement,
+                                         next_agg, &next, *topology, cycle);
   EXPECT_EQ(twin_second.placement, second.placement);
   for (int l = 0; l < layers; ++l) {
     EXPECT_EQ(twin_second.layers[l].moved_experts,

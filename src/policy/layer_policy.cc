@@ -468,6 +468,41 @@ StatusOr<Plan> LayerPolicy::RebalanceSelecting(const PolicyInput& input,
     chosen[s.layer] = s.to;
     ++next_index[s.layer];
   }
+  // Never clearly worse than a full re-plan: a layer whose choice scores
+  // more than full_plan_tolerance above its best full candidate takes that
+  // candidate when the budget left pays for the extra moves (the largest
+  // shortfalls first).
+  if (const double tolerance = options.full_plan_tolerance; tolerance >= 0.0) {
+    struct Shortfall {
+      double gap;
+      int layer, full;
+    };
+    std::vector<Shortfall> behind;
+    for (int l = 0; l < cur.num_layers(); ++l) {
+      const std::vector<Option>& opts = layer_options[l];
+      if (opts.empty() || cold[l]) continue;
+      int full = -1;
+      for (int i = 1; i < static_cast<int>(opts.size()); ++i) {
+        if (opts[i].choice == LayerChoice::kFull &&
+            (full < 0 || opts[i].score < opts[full].score)) {
+          full = i;
+        }
+      }
+      if (full < 0) continue;
+      const double gap = opts[chosen[l]].score - opts[full].score;
+      if (gap > tolerance) behind.push_back({gap, l, full});
+    }
+    std::stable_sort(
+        behind.begin(), behind.end(),
+        [](const Shortfall& a, const Shortfall& b) { return a.gap > b.gap; });
+    for (const Shortfall& b : behind) {
+      const std::vector<Option>& opts = layer_options[b.layer];
+      const int extra = opts[b.full].moves - opts[chosen[b.layer]].moves;
+      if (extra > budget) continue;
+      budget -= std::max(0, extra);
+      chosen[b.layer] = b.full;
+    }
+  }
   // Each layer's outcome, on the planner's threads too (Chosen is told of
   // one layer at a time; a policy's per-layer state is its own).
   ForEachLayer(cur.num_layers(), options.num_threads, [&](int l, LayerModel*) {
