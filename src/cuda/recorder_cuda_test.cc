@@ -26,6 +26,16 @@ std::unique_ptr<HeatRecorder> HostRecorder(int layers, int experts, int slots) {
   return *HeatRecorder::Create(o);
 }
 
+DeviceHeatRecorderOptions Options(int layers, int experts, int slots,
+                                  int staging_steps = 8) {
+  DeviceHeatRecorderOptions o;
+  o.num_layers = layers;
+  o.num_experts = experts;
+  o.num_slots = slots;
+  o.staging_steps = staging_steps;
+  return o;
+}
+
 // Device memory holding a copy of `host`.
 template <typename T>
 struct DeviceArray {
@@ -44,11 +54,7 @@ struct DeviceArray {
 
 TEST(DeviceHeatRecorderTest, CreateRejectsBadOptionsWithTheField) {
   auto host = HostRecorder(2, 8, 4);
-  DeviceHeatRecorderOptions o;
-  o.num_layers = 2;
-  o.num_experts = 8;
-  o.num_slots = 4;
-  o.staging_steps = 1;
+  DeviceHeatRecorderOptions o = Options(2, 8, 4, /*staging_steps=*/1);
   auto bad = DeviceHeatRecorder::Create(o, host.get());
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().ToString().find("staging_steps = 1"),
@@ -66,11 +72,7 @@ TEST(DeviceHeatRecorderTest, CreateRejectsBadOptionsWithTheField) {
 TEST(DeviceHeatRecorderTest, WithoutADeviceCreateSaysUnavailable) {
   if (DeviceAvailable()) GTEST_SKIP() << "a CUDA device is present";
   auto host = HostRecorder(1, 4, 4);
-  DeviceHeatRecorderOptions o;
-  o.num_layers = 1;
-  o.num_experts = 4;
-  o.num_slots = 4;
-  auto r = DeviceHeatRecorder::Create(o, host.get());
+  auto r = DeviceHeatRecorder::Create(Options(1, 4, 4), host.get());
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), StatusCode::kUnavailable);
 }
@@ -84,11 +86,8 @@ void CompareWithHost(int slots) {
   const int layers = 3, experts = 64;
   auto reference = HostRecorder(layers, experts, slots);
   auto fed = HostRecorder(layers, experts, slots);
-  DeviceHeatRecorderOptions o;
-  o.num_layers = layers;
-  o.num_experts = experts;
-  o.num_slots = slots;
-  auto device = DeviceHeatRecorder::Create(o, fed.get());
+  auto device =
+      DeviceHeatRecorder::Create(Options(layers, experts, slots), fed.get());
   ASSERT_TRUE(device.ok()) << device.status().ToString();
   std::vector<int32_t> log2phy(experts);
   for (int e = 0; e < experts; ++e) log2phy[e] = (e * 7) % slots;
@@ -151,12 +150,7 @@ TEST(DeviceHeatRecorderTest, ManySlotsCountInGlobalMemoryAlike) {
 TEST(DeviceHeatRecorderTest, UndrainedStepsMergeAndNothingIsLost) {
   SKIP_WITHOUT_GPU();
   auto fed = HostRecorder(1, 8, 8);
-  DeviceHeatRecorderOptions o;
-  o.num_layers = 1;
-  o.num_experts = 8;
-  o.num_slots = 8;
-  o.staging_steps = 2;
-  auto device = DeviceHeatRecorder::Create(o, fed.get());
+  auto device = DeviceHeatRecorder::Create(Options(1, 8, 8, 2), fed.get());
   ASSERT_TRUE(device.ok()) << device.status().ToString();
   std::vector<int32_t> log2phy = {0, 1, 2, 3, 4, 5, 6, 7};
   DeviceArray<int32_t> d_log2phy(log2phy);
@@ -180,11 +174,7 @@ TEST(DeviceHeatRecorderTest, UndrainedStepsMergeAndNothingIsLost) {
 TEST(DeviceHeatRecorderTest, RecordTopkReplaysFromACapturedGraph) {
   SKIP_WITHOUT_GPU();
   auto fed = HostRecorder(1, 8, 8);
-  DeviceHeatRecorderOptions o;
-  o.num_layers = 1;
-  o.num_experts = 8;
-  o.num_slots = 8;
-  auto device = DeviceHeatRecorder::Create(o, fed.get());
+  auto device = DeviceHeatRecorder::Create(Options(1, 8, 8), fed.get());
   ASSERT_TRUE(device.ok()) << device.status().ToString();
   DeviceArray<int32_t> d_log2phy(std::vector<int32_t>{0, 1, 2, 3, 4, 5, 6, 7});
   DeviceArray<int32_t> d_ids(std::vector<int32_t>{1, 2, 2});

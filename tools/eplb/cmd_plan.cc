@@ -142,6 +142,24 @@ Status ReadWorkloads(const std::string& path, const PlanFlags& f,
 
 // Several workloads (or --robust-quantile): one map for all of them
 // (PlanRobust), reported per workload.
+// Runs plan_fn (a StatusOr of something with a `placement`), timing it into
+// *plan_ms, and writes the planned map to --out when given (a failed write
+// is the result then).
+template <typename PlanFn>
+auto PlanTimedAndWritten(const PlanFlags& f, PlanFn plan_fn, double* plan_ms)
+    -> decltype(plan_fn()) {
+  const auto start = std::chrono::steady_clock::now();
+  auto plan = plan_fn();
+  *plan_ms = std::chrono::duration<double, std::milli>(
+                 std::chrono::steady_clock::now() - start)
+                 .count();
+  if (plan.ok() && f.out_given) {
+    Status written = WriteExpertMapJson(f.out_path, plan->placement);
+    if (!written.ok()) return written;
+  }
+  return plan;
+}
+
 int RunRobustPlan(const PlanFlags& f) {
   if (f.policy_given) {
     return Fail("--policy = " + f.policy +
@@ -181,16 +199,10 @@ int RunRobustPlan(const PlanFlags& f) {
   options.quantile = f.robust_quantile;
   options.num_groups = f.groups;
   options.num_threads = f.threads;
-  const auto start = std::chrono::steady_clock::now();
-  StatusOr<RobustPlan> plan = PlanRobust(loads, *topology, options);
-  const double plan_ms = std::chrono::duration<double, std::milli>(
-                             std::chrono::steady_clock::now() - start)
-                             .count();
+  double plan_ms = 0.0;
+  StatusOr<RobustPlan> plan = PlanTimedAndWritten(
+      f, [&] { return PlanRobust(loads, *topology, options); }, &plan_ms);
   if (!plan.ok()) return Fail(plan.status());
-  if (f.out_given) {
-    Status written = WriteExpertMapJson(f.out_path, plan->placement);
-    if (!written.ok()) return Fail(written);
-  }
   const std::vector<WorkloadImbalance> per =
       SummariseWorkloads(plan->placement, loads);
   double objective_mean = 0.0, start_mean = 0.0;
@@ -289,17 +301,15 @@ int RunPlan(const PlanFlags& f) {
   StatusOr<DispatchMode> dispatch = ParseDispatchMode(f.dispatch);
   if (!dispatch.ok()) return Fail(dispatch.status().WithPrefix("--dispatch"));
   options.dispatch = *dispatch;
-  const auto start = std::chrono::steady_clock::now();
-  StatusOr<Plan> plan =
-      (*policy)->Rebalance({&current, &load, &samples, *topology}, options);
-  const double plan_ms = std::chrono::duration<double, std::milli>(
-                             std::chrono::steady_clock::now() - start)
-                             .count();
+  double plan_ms = 0.0;
+  StatusOr<Plan> plan = PlanTimedAndWritten(
+      f,
+      [&] {
+        return (*policy)->Rebalance({&current, &load, &samples, *topology},
+                                    options);
+      },
+      &plan_ms);
   if (!plan.ok()) return Fail(plan.status());
-  if (f.out_given) {
-    Status written = WriteExpertMapJson(f.out_path, plan->placement);
-    if (!written.ok()) return Fail(written);
-  }
   for (const std::string& note : plan->notes) {
     std::fprintf(stderr, "eplb: note: %s\n", note.c_str());
   }
