@@ -1,21 +1,29 @@
-// GPU heat recorder speed: DeviceHeatRecorder::RecordTopk per layer-step
-// (16384 tokens x top-8 by default, 256 experts through a log2phy row onto
-// 288 slots) against a plain device histogram of the same ids
-// (cub::DeviceHistogram::HistogramEven over the experts), in the same run,
-// timed with CUDA events over many launches on one stream. Also the cost of
-// a step's end (the staging copy, behind the work) and of a 58-layer step.
+// The CUDA backend's speed per layer-step (16384 tokens x top-8 by default,
+// 256 experts on 32 ranks x 9 slots), timed with CUDA events over many
+// launches on one stream:
+//  - the heat recorder (DeviceHeatRecorder::RecordTopk) against a plain
+//    device histogram of the same ids (cub::DeviceHistogram::HistogramEven),
+//    in the same run, and a 58-layer step with its end and drain;
+//  - balanced dispatch's per-token mapping (DeviceTokenMapper::Map) for
+//    quotas the host computed (BalancedDispatcher::ComputeQuotas, timed on
+//    the host beside it), and their upload (SetQuotas).
 //
-// Usage: eplb_bench_cuda_recorder [TOKENS] [TOP_K] [EXPERTS] [SLOTS]
+// Usage: eplb_bench_cuda [TOKENS] [TOP_K] [EXPERTS] [SLOTS]
 // Needs a GPU; prints "no CUDA device" and exits 0 without one.
 #include <cuda_runtime.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cub/device/device_histogram.cuh>
 #include <memory>
 #include <vector>
 
+#include "eplb/cuda/dispatch.h"
 #include "eplb/cuda/recorder.h"
+#include "eplb/dispatch.h"
+#include "eplb/placement.h"
+#include "eplb/topology.h"
 
 namespace {
 
@@ -53,10 +61,11 @@ int main(int argc, char** argv) {
   const int top_k = argc > 2 ? std::atoi(argv[2]) : 8;
   const int experts = argc > 3 ? std::atoi(argv[3]) : 256;
   const int slots = argc > 4 ? std::atoi(argv[4]) : 288;
-  if (tokens < 1 || top_k < 1 || experts < 1 || slots < experts) {
+  if (tokens < 1 || top_k < 1 || experts < 1 || slots < experts ||
+      slots % 32 != 0 || top_k > experts) {
     std::fprintf(stderr,
-                 "usage: eplb_bench_cuda_recorder [TOKENS] [TOP_K] "
-                 "[EXPERTS] [SLOTS >= EXPERTS]\n");
+                 "usage: eplb_bench_cuda [TOKENS] [TOP_K] [EXPERTS] "
+                 "[SLOTS >= EXPERTS, a multiple of 32]\n");
     return 2;
   }
   if (!eplb::cuda::DeviceAvailable()) {
@@ -134,6 +143,48 @@ int main(int argc, char** argv) {
   });
   CHECK_CUDA(cudaDeviceSynchronize());
   (*rec)->Drain();
+
+  // Balanced dispatch: the initial placement of `experts` on 32 ranks, the
+  // step's counts, the host's quotas, then the device's mapping.
+  const int ranks = 32;
+  const eplb::Topology topology =
+      *eplb::MakeTopology(experts, ranks, slots / ranks);
+  const eplb::Placement placement =
+      eplb::Placement::Initial(1, experts, topology);
+  const eplb::LayerRouting routing =
+      eplb::BuildLayerRouting(placement.layer(0), experts, topology);
+  eplb::BalancedDispatcher dispatcher(experts, ranks, slots / ranks);
+  dispatcher.SetPlacement(placement.layer(0));
+  std::vector<int64_t> counts(experts, 0);
+  for (int32_t id : ids) ++counts[id];
+  std::vector<int64_t> quota(slots);
+  const int quota_reps = 2000;
+  const auto q0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < quota_reps; ++i) dispatcher.ComputeQuotas(counts, quota);
+  const double quota_us = std::chrono::duration<double, std::micro>(
+                              std::chrono::steady_clock::now() - q0)
+                              .count() /
+                          quota_reps;
+  auto mapper = eplb::cuda::DeviceTokenMapper::Create(experts, slots, n);
+  if (!mapper.ok()) {
+    std::fprintf(stderr, "%s\n", mapper.status().ToString().c_str());
+    return 1;
+  }
+  int32_t* d_out = nullptr;
+  CHECK_CUDA(cudaMalloc(&d_out, n * sizeof(int32_t)));
+  const float upload_us = TimeUs(
+      stream, 500, [&] { (void)(*mapper)->SetQuotas(routing, quota, stream); });
+  const float map_us = TimeUs(stream, reps, [&] {
+    (void)(*mapper)->Map(d_ids, n, nullptr, d_out, stream);
+  });
+  CHECK_CUDA(cudaStreamSynchronize(stream));
+  // The device's slots against the host's, once.
+  std::vector<int32_t> want(n), got(n);
+  dispatcher.MapTokens(ids, want);
+  CHECK_CUDA(cudaMemcpy(got.data(), d_out, n * sizeof(int32_t),
+                        cudaMemcpyDeviceToHost));
+  const bool same = got == want;
+  cudaFree(d_out);
   std::printf("device: %s (%d SMs)\n", prop.name, prop.multiProcessorCount);
   std::printf(
       "ids per layer-step: %d tokens x top-%d = %lld, %d experts, %d "
@@ -150,6 +201,17 @@ int main(int argc, char** argv) {
       "| a %d-layer step: RecordTopk x %d + EndStep + Drain | %.1f "
       "|\n",
       kLayers, kLayers, step_us);
+  std::printf("| DeviceTokenMapper::Map (one layer-step, balanced) | %.2f |\n",
+              map_us);
+  std::printf(
+      "| DeviceTokenMapper::SetQuotas (upload of the quota table) "
+      "| %.2f |\n",
+      upload_us);
+  std::printf(
+      "| BalancedDispatcher::ComputeQuotas (host, one core) | %.2f "
+      "|\n",
+      quota_us);
+  std::printf("device mapping equals the host's: %s\n", same ? "yes" : "NO");
   std::printf("status: %s, merged steps: %lld\n",
               (*rec)->status().ToString().c_str(),
               static_cast<long long>((*rec)->merged_steps()));
