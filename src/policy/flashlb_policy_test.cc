@@ -620,8 +620,8 @@ TEST(FlashLbTest, ReplanOfAPerturbedLoadMovesFew) {
   std::unique_ptr<Policy> twin = NewFlashLb();
   const Plan twin_first =
       MustRebalance(*twin, initial, window.Aggregate(), &window, *topology);
-  const Plan twin_second = MustRebalance(*twin, twin_first.placement,
-                                         next_agg, &next, *topology, cycle);
+  const Plan twin_second = MustRebalance(*twin, twin_first.placement, next_agg,
+                                         &next, *topology, cycle);
   EXPECT_EQ(twin_second.placement, second.placement);
   for (int l = 0; l < layers; ++l) {
     EXPECT_EQ(twin_second.layers[l].moved_experts,
