@@ -110,6 +110,15 @@ void RankHeap::RaiseTop(double load) {
   SiftDown(0);
 }
 
+void RankHeap::TakeTop(double load, bool has_room) {
+  if (has_room) {
+    RaiseTop(load);
+  } else {
+    PopTop();
+  }
+  Restore();
+}
+
 void RankHeap::PopTop() {
   heap_[0] = heap_.back();
   heap_.pop_back();
@@ -155,12 +164,7 @@ std::vector<int32_t> PlaceLpt(std::span<const double> load,
     const int best = heap.SeekTop([&](int r) { return fill.Holds(r, e); });
     if (best >= 0) {
       fill.Put(best, e, share[e]);
-      if (fill.Full(best)) {
-        heap.PopTop();
-      } else {
-        heap.RaiseTop(fill.load(best));
-      }
-      heap.Restore();
+      heap.TakeTop(fill.load(best), !fill.Full(best));
       continue;
     }
     const int best_any = heap.first_seen();  // Lightest with room, holds e.

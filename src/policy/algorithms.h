@@ -41,6 +41,9 @@ class RankHeap {
   }
   // The top when the last SeekTop began: the lightest rank, held or not.
   int first_seen() const { return first_seen_; }
+  // The top (SeekTop's rank) took a replica: its load is now `load`; it
+  // stays while it has room, and the set-aside ranks come back.
+  void TakeTop(double load, bool has_room);
   // The top rank's load rose to `load` (it stays in the heap).
   void RaiseTop(double load);
   void PopTop();

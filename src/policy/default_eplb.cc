@@ -48,12 +48,7 @@ Packing BalancedPacking(std::span<const double> weight, int num_packs,
     if (!keys.empty())
       pack_keys[static_cast<size_t>(p) * num_keys + keys[item]] = 1;
     if (best >= 0) {
-      if (pack_items[p] < per_pack) {
-        heap.RaiseTop(pack_weight[p]);
-      } else {
-        heap.PopTop();
-      }
-      heap.Restore();
+      heap.TakeTop(pack_weight[p], pack_items[p] < per_pack);
     } else {
       heap.Restore(p);
       if (pack_items[p] < per_pack) heap.Push(pack_weight[p], p);

@@ -180,10 +180,7 @@ void FlashLbPolicy::PlanCandidates(const LayerContext& ctx,
   // a dynamic re-plan may favour) did not on the shipped DeepSeek-V3 loads
   // nor on synthetic ones up to 1024 ranks; together they were most of the
   // plan time at width.
-  const bool static_cold =
-      ctx.cold && !ctx.options->quick_first_plan &&
-      (ctx.samples == nullptr || ctx.samples->num_steps() < 2);
-  if (static_cold) {
+  if (ctx.static_plan) {
     out->push_back({std::move(full), LayerChoice::kFull});
     return;
   }

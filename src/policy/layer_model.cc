@@ -370,12 +370,7 @@ bool LayerModel::PlaceOnMeans(std::span<const int32_t> count,
       (*layer)[static_cast<size_t>(best) * k_ + used_[best]++] = e;
       Hold(best, e);
       rank_mean_[best] += share_[e];
-      if (used_[best] < k_) {
-        heap_.RaiseTop(rank_mean_[best]);
-      } else {
-        heap_.PopTop();
-      }
-      heap_.Restore();
+      heap_.TakeTop(rank_mean_[best], used_[best] < k_);
     }
   }
   return true;

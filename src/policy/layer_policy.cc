@@ -1,14 +1,13 @@
 #include "policy/layer_policy.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <numeric>
 #include <string>
-#include <thread>
 
 #include "policy/algorithms.h"
 #include "policy/layer_model.h"
+#include "policy/parallel.h"
 
 namespace eplb::policy {
 namespace {
@@ -187,23 +186,6 @@ void CountMoves(std::span<const int32_t> cur, std::span<const int32_t> plan,
   }
 }
 
-// Runs fn(l, model) for every layer on `threads` workers (the calling
-// thread is one), each with a layer model of its own. Layers are taken in
-// order from a shared counter; fn must write only its layer's outputs.
-template <typename Fn>
-void ForEachLayer(int num_layers, int threads, Fn fn) {
-  const int workers = std::clamp(threads, 1, std::max(1, num_layers));
-  std::atomic<int> next{0};
-  auto work = [&] {
-    LayerModel model;
-    for (int l = next++; l < num_layers; l = next++) fn(l, &model);
-  };
-  std::vector<std::thread> pool;
-  for (int i = 1; i < workers; ++i) pool.emplace_back(work);
-  work();
-  for (std::thread& th : pool) th.join();
-}
-
 }  // namespace
 
 StatusOr<Plan> LayerPolicy::Rebalance(const PolicyInput& input,
@@ -269,8 +251,7 @@ StatusOr<Plan> LayerPolicy::Rebalance(const PolicyInput& input,
     info.predicted_score = info.predicted_imbalance;
     CountMoves(cur.layer(l), planned, t, e, &info);
   };
-  ForEachLayer(cur.num_layers(), options.num_threads,
-               [&](int l, LayerModel*) { plan_layer(l); });
+  ForEachIndex(cur.num_layers(), options.num_threads, plan_layer);
   for (std::vector<std::string>& n : layer_notes) {
     plan.notes.insert(plan.notes.end(), n.begin(), n.end());
   }
@@ -377,6 +358,8 @@ StatusOr<Plan> LayerPolicy::RebalanceSelecting(const PolicyInput& input,
     ctx.cold = std::equal(cur.layer(l).begin(), cur.layer(l).end(),
                           initial.layer(0).begin());
     cold[l] = ctx.cold;
+    ctx.static_plan = ctx.cold && !options.quick_first_plan &&
+                      (scoring == nullptr || scoring->num_steps() < 2);
     model.Load(ctx);
     ctx.model = &model;
     std::vector<LayerCandidate> candidates;
@@ -421,8 +404,7 @@ StatusOr<Plan> LayerPolicy::RebalanceSelecting(const PolicyInput& input,
                             c.choice, std::move(c.layer)});
     }
   };
-  ForEachLayer(cur.num_layers(), options.num_threads,
-               [&](int l, LayerModel* model) { plan_layer(l, *model); });
+  ForEachIndex<LayerModel>(cur.num_layers(), options.num_threads, plan_layer);
   for (std::vector<std::string>& n : layer_notes) {
     plan.notes.insert(plan.notes.end(), n.begin(), n.end());
   }
@@ -505,7 +487,7 @@ StatusOr<Plan> LayerPolicy::RebalanceSelecting(const PolicyInput& input,
   }
   // Each layer's outcome, on the planner's threads too (Chosen is told of
   // one layer at a time; a policy's per-layer state is its own).
-  ForEachLayer(cur.num_layers(), options.num_threads, [&](int l, LayerModel*) {
+  ForEachIndex(cur.num_layers(), options.num_threads, [&](int l) {
     const std::vector<Option>& opts = layer_options[l];
     LayerPlan& info = plan.layers[l];
     if (opts.empty()) return;

@@ -46,6 +46,11 @@ struct LayerContext {
   // `current` is the default initial placement: nothing was planned for this
   // layer yet, so a plan is for balance alone (moves are free).
   bool cold = false;
+  // A cold layer planned for balance alone (no quick_first_plan) on one
+  // aggregate (no per-step samples of two steps or more): moves are free and
+  // the score is the imbalance on that aggregate, so candidates that save
+  // moves cannot win.
+  bool static_plan = false;
 };
 
 // One placement a selecting policy offers for a layer.

@@ -25,17 +25,16 @@
 // moves load off the peak). The search stops when no move lowers it or
 // after max_moves_per_layer moves.
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <memory>
 #include <span>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "eplb/policy.h"
 #include "eplb/robust.h"
+#include "policy/parallel.h"
 
 namespace eplb {
 namespace {
@@ -476,53 +475,45 @@ StatusOr<RobustPlan> PlanRobust(const std::vector<LoadMatrix>& loads,
 
   out.placement = initial;
   out.layers.assign(num_layers, RobustLayer{});
-  // Layers are independent: workers take them from a shared counter, each
-  // writing only its layer (the same plan for any thread count).
-  std::atomic<int> next_layer{0};
-  auto search_layers = [&] {
-    std::vector<std::vector<double>> x;
-    for (int l = next_layer++; l < num_layers; l = next_layer++) {
-      x.clear();
-      for (int w = 0; w < num_loads; ++w) {
-        const std::span<const double> row = shares.row(w, l);
-        double total = 0.0;
-        for (double v : row) total += v;
-        if (total > 0.0) x.emplace_back(row.begin(), row.end());
-      }
-      if (x.empty()) continue;  // No load anywhere: the initial layer stays.
-
-      LayerSearch search(x, r, k, num_experts, options.quantile);
-      RobustLayer& info = out.layers[l];
-      bool have = false;
-      Score best;
-      std::vector<int32_t> best_layer;
-      double best_start = 0.0;
-      for (size_t i = 0; i < starts.size(); ++i) {
-        search.Reset(starts[i].layer(l));
-        const double start_objective = search.score().objective;
-        if (i == 0 || start_objective < best_start)
-          best_start = start_objective;
-        const int moves = search.Run(options.max_moves_per_layer);
-        if (!have || Better(search.score(), best)) {
-          have = true;
-          best = search.score();
-          best_layer = search.slots();
-          info.moves = moves;
-          info.start = static_cast<int>(i);
+  // Layers are independent: each worker writes only its layer (the same
+  // plan for any thread count) and keeps its own rows buffer.
+  policy::ForEachIndex<std::vector<std::vector<double>>>(
+      num_layers, options.num_threads,
+      [&](int l, std::vector<std::vector<double>>& x) {
+        x.clear();
+        for (int w = 0; w < num_loads; ++w) {
+          const std::span<const double> row = shares.row(w, l);
+          double total = 0.0;
+          for (double v : row) total += v;
+          if (total > 0.0) x.emplace_back(row.begin(), row.end());
         }
-      }
-      info.start_objective = best_start * r;
-      info.objective = best.objective * r;
-      std::copy(best_layer.begin(), best_layer.end(),
-                out.placement.mutable_layer(l).begin());
-    }
-  };
-  std::vector<std::thread> pool;
-  const int workers =
-      std::clamp(options.num_threads, 1, std::max(1, num_layers));
-  for (int i = 1; i < workers; ++i) pool.emplace_back(search_layers);
-  search_layers();
-  for (std::thread& th : pool) th.join();
+        if (x.empty()) return;  // No load anywhere: the initial layer stays.
+
+        LayerSearch search(x, r, k, num_experts, options.quantile);
+        RobustLayer& info = out.layers[l];
+        bool have = false;
+        Score best;
+        std::vector<int32_t> best_layer;
+        double best_start = 0.0;
+        for (size_t i = 0; i < starts.size(); ++i) {
+          search.Reset(starts[i].layer(l));
+          const double start_objective = search.score().objective;
+          if (i == 0 || start_objective < best_start)
+            best_start = start_objective;
+          const int moves = search.Run(options.max_moves_per_layer);
+          if (!have || Better(search.score(), best)) {
+            have = true;
+            best = search.score();
+            best_layer = search.slots();
+            info.moves = moves;
+            info.start = static_cast<int>(i);
+          }
+        }
+        info.start_objective = best_start * r;
+        info.objective = best.objective * r;
+        std::copy(best_layer.begin(), best_layer.end(),
+                  out.placement.mutable_layer(l).begin());
+      });
   EPLB_RETURN_IF_ERROR(ViolationsToStatus(CheckPlacement(out.placement))
                            .WithPrefix("robust plan (internal error)"));
   out.imbalance.assign(num_loads, std::vector<double>(num_layers, 1.0));

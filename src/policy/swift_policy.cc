@@ -394,19 +394,15 @@ class SwiftPolicy final : public LayerPolicy {
     std::vector<int32_t> minmax = PlanMinMax(ctx.scoring_load, r, k);
     MatchRanksToCurrent(ctx.current, minmax, r, k);
     model.SwapOnShots(ctx.current, move_cost, ExtraSwaps(r), limit, &minmax);
-    // A static plan for balance alone on one aggregate (moves are free):
-    // the candidates that save moves, refined on the same aggregate, cannot
-    // beat the min-max plan and cost most of the time at width; DeepSeek's
-    // plan is offered as it is, a floor.
-    const bool static_cold =
-        ctx.cold && !ctx.options->quick_first_plan &&
-        (ctx.samples == nullptr || ctx.samples->num_steps() < 2);
     std::vector<int32_t> full = DeepSeekRebalanceLayer(
         ctx.scoring_load, t.num_slots(), /*num_groups=*/1, /*num_nodes=*/1, r);
-    std::vector<int32_t> count(ctx.num_experts, 0);
+    std::vector<int32_t> count(ctx.num_experts, 0);  // DeepSeek's replicas.
     for (int32_t e : full) ++count[e];
     MatchRanksToCurrent(ctx.current, full, r, k);
-    if (static_cold) {
+    // A static plan (ctx.static_plan): the candidates that save moves cannot
+    // beat the min-max plan and cost most of the time at width; DeepSeek's
+    // plan is offered as it is, a floor.
+    if (ctx.static_plan) {
       out->push_back({std::move(minmax), LayerChoice::kFull});
       out->push_back({std::move(full), LayerChoice::kFull});
       return;
