@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "core/splitmix.h"
 #include "eplb/load.h"
 #include "eplb/policy.h"
 
@@ -33,15 +34,9 @@ using eplb::Topology;
 
 constexpr int kLayers = 58;
 
-uint64_t Mix(uint64_t* s) {
-  uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
-
 double Unit(uint64_t* s) {
-  return static_cast<double>(Mix(s) >> 11) / 9007199254740992.0;
+  return static_cast<double>(eplb::internal::SplitMix64(s) >> 11) /
+         9007199254740992.0;
 }
 
 LoadMatrix ZipfLoad(int experts, uint64_t seed) {
@@ -53,7 +48,9 @@ LoadMatrix ZipfLoad(int experts, uint64_t seed) {
     std::vector<int> perm(experts);
     for (int i = 0; i < experts; ++i) perm[i] = i;
     for (int i = experts - 1; i > 0; --i) {
-      std::swap(perm[i], perm[Mix(&s) % static_cast<uint64_t>(i + 1)]);
+      std::swap(
+          perm[i],
+          perm[eplb::internal::SplitMix64(&s) % static_cast<uint64_t>(i + 1)]);
     }
     for (int r = 0; r < experts; ++r) {
       load.at(l, perm[r]) = 1e6 / (r + q) * (0.8 + 0.4 * Unit(&s));

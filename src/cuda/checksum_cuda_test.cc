@@ -8,6 +8,7 @@
 #include <span>
 #include <vector>
 
+#include "cuda/device_array_test_util.h"
 #include "eplb/cuda/checksum.h"
 #include "eplb/cuda/recorder.h"
 #include "eplb/weights.h"
@@ -27,17 +28,9 @@ TEST(DeviceChecksumTest, EqualsTheHostChecksumAtEverySizeAndAlignment) {
   const size_t max_bytes = 5 * kChecksumBlockBytes + 64;
   std::vector<std::byte> host(max_bytes + 8);
   for (std::byte& b : host) b = static_cast<std::byte>(rng());
-  unsigned char* device = nullptr;
-  uint64_t* out = nullptr;
-  void* scratch = nullptr;
-  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&device), host.size()),
-            cudaSuccess);
-  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&out), 8), cudaSuccess);
-  ASSERT_EQ(cudaMalloc(&scratch, DeviceChecksumScratchBytes(max_bytes)),
-            cudaSuccess);
-  ASSERT_EQ(
-      cudaMemcpy(device, host.data(), host.size(), cudaMemcpyHostToDevice),
-      cudaSuccess);
+  DeviceArray<std::byte> device(host);
+  DeviceArray<uint64_t> out(1);
+  DeviceArray<std::byte> scratch(DeviceChecksumScratchBytes(max_bytes));
   for (size_t size :
        {size_t{0}, size_t{1}, size_t{7}, size_t{8}, size_t{9},
         kChecksumBlockBytes - 1, kChecksumBlockBytes, kChecksumBlockBytes + 13,
@@ -46,19 +39,15 @@ TEST(DeviceChecksumTest, EqualsTheHostChecksumAtEverySizeAndAlignment) {
       SCOPED_TRACE("size " + std::to_string(size) + " offset " +
                    std::to_string(offset));
       const uint64_t seed = rng();
-      ASSERT_TRUE(
-          DeviceChecksum(device + offset, size, seed, out, scratch, nullptr)
-              .ok());
-      uint64_t got = 0;
-      ASSERT_EQ(cudaMemcpy(&got, out, 8, cudaMemcpyDeviceToHost), cudaSuccess);
+      ASSERT_TRUE(DeviceChecksum(device.data + offset, size, seed, out.data,
+                                 scratch.data, nullptr)
+                      .ok());
+      const uint64_t got = out.Download(1)[0];
       EXPECT_EQ(got, ChecksumBytes(
                          std::span<const std::byte>(host.data() + offset, size),
                          seed));
     }
   }
-  cudaFree(scratch);
-  cudaFree(out);
-  cudaFree(device);
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include <random>
 #include <vector>
 
+#include "cuda/device_array_test_util.h"
 #include "eplb/cuda/dispatch.h"
 #include "eplb/cuda/recorder.h"
 #include "eplb/dispatch.h"
@@ -60,15 +61,8 @@ void CompareWithHost(bool with_offsets) {
   ASSERT_TRUE(mapper.ok()) << mapper.status().ToString();
   cudaStream_t stream = nullptr;
   ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
-  Id* d_ids = nullptr;
-  Id* d_out = nullptr;
-  int64_t* d_offsets = nullptr;
-  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&d_ids), 40000 * sizeof(Id)),
-            cudaSuccess);
-  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&d_out), 40000 * sizeof(Id)),
-            cudaSuccess);
-  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&d_offsets), e * 8),
-            cudaSuccess);
+  DeviceArray<Id> d_ids(40000), d_out(40000);
+  DeviceArray<int64_t> d_offsets(e);
   for (int trial = 0; trial < 6; ++trial) {
     SCOPED_TRACE("trial " + std::to_string(trial));
     const std::vector<int32_t> layer = Layer(e, r, k, rng);
@@ -102,26 +96,17 @@ void CompareWithHost(bool with_offsets) {
       host.MapTokens(ids, want);
     }
     ASSERT_TRUE((*mapper)->SetQuotas(routing, quota, stream).ok());
-    ASSERT_EQ(cudaMemcpyAsync(d_ids, ids.data(), ids.size() * sizeof(Id),
-                              cudaMemcpyHostToDevice, stream),
-              cudaSuccess);
-    ASSERT_EQ(cudaMemcpyAsync(d_offsets, offsets.data(), e * 8,
-                              cudaMemcpyHostToDevice, stream),
-              cudaSuccess);
+    d_ids.Upload(ids);
+    d_offsets.Upload(offsets);
     ASSERT_TRUE((*mapper)
-                    ->Map(d_ids, static_cast<int64_t>(ids.size()),
-                          with_offsets ? d_offsets : nullptr, d_out, stream)
+                    ->Map(d_ids.data, static_cast<int64_t>(ids.size()),
+                          with_offsets ? d_offsets.data : nullptr, d_out.data,
+                          stream)
                     .ok());
-    std::vector<Id> got(ids.size());
-    ASSERT_EQ(cudaMemcpyAsync(got.data(), d_out, got.size() * sizeof(Id),
-                              cudaMemcpyDeviceToHost, stream),
-              cudaSuccess);
     ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    const std::vector<Id> got = d_out.Download(ids.size());
     EXPECT_EQ(got, want);
   }
-  cudaFree(d_offsets);
-  cudaFree(d_out);
-  cudaFree(d_ids);
   cudaStreamDestroy(stream);
 }
 

@@ -9,6 +9,7 @@
 #include <random>
 #include <vector>
 
+#include "cuda/device_array_test_util.h"
 #include "eplb/cuda/recorder.h"
 
 namespace eplb::cuda {
@@ -35,22 +36,6 @@ DeviceHeatRecorderOptions Options(int layers, int experts, int slots,
   o.staging_steps = staging_steps;
   return o;
 }
-
-// Device memory holding a copy of `host`.
-template <typename T>
-struct DeviceArray {
-  explicit DeviceArray(const std::vector<T>& host) : size(host.size()) {
-    EXPECT_EQ(cudaMalloc(reinterpret_cast<void**>(&data),
-                         std::max<size_t>(1, size) * sizeof(T)),
-              cudaSuccess);
-    EXPECT_EQ(
-        cudaMemcpy(data, host.data(), size * sizeof(T), cudaMemcpyHostToDevice),
-        cudaSuccess);
-  }
-  ~DeviceArray() { cudaFree(data); }
-  T* data = nullptr;
-  size_t size = 0;
-};
 
 TEST(DeviceHeatRecorderTest, CreateRejectsBadOptionsWithTheField) {
   auto host = HostRecorder(2, 8, 4);
