@@ -32,6 +32,18 @@ CLI::Validator IntAtLeast(int64_t min) {
   return IntRange(min, std::numeric_limits<int>::max());
 }
 
+CLI::Validator FractionInUnitInterval() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        double v = 0;
+        const char* end = text.data() + text.size();
+        const auto [ptr, ec] = std::from_chars(text.data(), end, v);
+        if (ec == std::errc() && ptr == end && v > 0 && v <= 1) return {};
+        return text.substr(0, 40) + " is not a number in (0, 1]";
+      },
+      "(0, 1]");
+}
+
 int Fail(const Status& status) { return Fail(status.message()); }
 
 int Fail(const std::string& message) {

@@ -25,6 +25,9 @@ inline constexpr int kExitUsage = 2;
 CLI::Validator IntRange(int64_t min, int64_t max);
 // IntRange(min, the largest int).
 CLI::Validator IntAtLeast(int64_t min);
+// Checks a fraction flag: a number in (0, 1] ("1.5 is not a number in (0,
+// 1]").
+CLI::Validator FractionInUnitInterval();
 
 // Prints "eplb: <message>" on stderr and returns kExitFailure.
 int Fail(const Status& status);

@@ -1,7 +1,6 @@
 // eplb plan: run a balancing policy on a load and write the planned map; with
 // several loads (repeated --load, an eplb heat file, or
 // --workloads-from-steps), plan one robust map for all of them (PlanRobust).
-#include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -420,16 +419,7 @@ void AddPlanCommand(CLI::App* app, int* exit_code) {
                       "Robust plan: minimise this quantile over the "
                       "workloads of their per-layer imbalance (1 = the "
                       "worst workload, 0.5 = the median; default 1)")
-          ->check(CLI::Validator(
-              [](std::string& text) -> std::string {
-                double v = 0;
-                const char* end = text.data() + text.size();
-                const auto [ptr, ec] = std::from_chars(text.data(), end, v);
-                if (ec == std::errc() && ptr == end && v > 0 && v <= 1)
-                  return {};
-                return text.substr(0, 40) + " is not a number in (0, 1]";
-              },
-              "(0, 1]"));
+          ->check(FractionInUnitInterval());
   cmd->add_flag("--workloads-from-steps", f->workloads_from_steps,
                 "Robust plan: every step of a --load file is one workload "
                 "(for dumps whose steps are separate recordings)");
@@ -455,15 +445,7 @@ void AddPlanCommand(CLI::App* app, int* exit_code) {
   cmd->add_option("--migration-budget", f->migration_budget,
                   "Swift and FlashLB: the most the plan may move, as a "
                   "fraction of all slots (default 1: no limit)")
-      ->check(CLI::Validator(
-          [](std::string& text) -> std::string {
-            double v = 0;
-            const char* end = text.data() + text.size();
-            const auto [ptr, ec] = std::from_chars(text.data(), end, v);
-            if (ec == std::errc() && ptr == end && v > 0 && v <= 1) return {};
-            return text.substr(0, 40) + " is not a number in (0, 1]";
-          },
-          "(0, 1]"));
+      ->check(FractionInUnitInterval());
   cmd->add_option("--dispatch", f->dispatch,
                   "The dispatch Swift and FlashLB plan for: rr (default) or "
                   "balanced")
