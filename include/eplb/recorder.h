@@ -89,6 +89,8 @@ class HeatRecorder {
   // steps counted in it.
   int64_t CopyWindow(std::span<int64_t> window) const;
   void Clear();  // Empties the window and the ring at the next EndStep().
+  int num_layers() const;
+  int num_slots() const;
 
  private:
   explicit HeatRecorder(const HeatRecorderOptions& options);

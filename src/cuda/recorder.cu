@@ -140,15 +140,14 @@ StatusOr<std::unique_ptr<DeviceHeatRecorder>> DeviceHeatRecorder::Create(
   if (host == nullptr) {
     return InvalidArgumentError("DeviceHeatRecorder: no host recorder");
   }
-  const HeatSnapshot shape = host->Snapshot();
-  if (shape.num_layers != options.num_layers ||
-      shape.num_slots != options.num_slots) {
-    return InvalidArgumentError("DeviceHeatRecorder: the host recorder has " +
-                                std::to_string(shape.num_layers) +
-                                " layers x " + std::to_string(shape.num_slots) +
-                                " slots, the options " +
-                                std::to_string(options.num_layers) + " x " +
-                                std::to_string(options.num_slots));
+  if (host->num_layers() != options.num_layers ||
+      host->num_slots() != options.num_slots) {
+    return InvalidArgumentError(
+        "DeviceHeatRecorder: the host recorder has " +
+        std::to_string(host->num_layers()) + " layers x " +
+        std::to_string(host->num_slots()) + " slots, the options " +
+        std::to_string(options.num_layers) + " x " +
+        std::to_string(options.num_slots));
   }
   if (!DeviceAvailable()) {
     return UnavailableError("DeviceHeatRecorder: no CUDA device");

@@ -391,6 +391,9 @@ void HeatRecorder::RecordSlotCounts(int layer,
   }
 }
 
+int HeatRecorder::num_layers() const { return impl_->num_layers; }
+int HeatRecorder::num_slots() const { return impl_->num_slots; }
+
 void HeatRecorder::RecordDroppedIds(int64_t count) {
   impl_->step_dropped += std::max<int64_t>(count, 0);
 }
