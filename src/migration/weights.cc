@@ -146,11 +146,24 @@ __attribute__((target("avx2"))) uint64_t BlocksAvx2(const std::byte* p,
 
 using BlocksFn = uint64_t (*)(const std::byte*, size_t, uint64_t);
 
-BlocksFn ChooseBlocks() {
+// The kernel of `path`, or nullptr where this CPU (or build) has none.
+BlocksFn BlocksOf(ChecksumPath path) {
+  switch (path) {
+    case ChecksumPath::kPortable:
+      return BlocksPortable;
+    case ChecksumPath::kAvx2:
 #ifdef EPLB_CHECKSUM_AVX2
-  if (__builtin_cpu_supports("avx2")) return BlocksAvx2;
+      return __builtin_cpu_supports("avx2") ? BlocksAvx2 : nullptr;
+#else
+      return nullptr;
 #endif
-  return BlocksPortable;
+  }
+  return nullptr;
+}
+
+BlocksFn ChooseBlocks() {
+  const BlocksFn avx2 = BlocksOf(ChecksumPath::kAvx2);
+  return avx2 != nullptr ? avx2 : BlocksPortable;
 }
 
 // Chosen once, before main (no guard on the hot path).
@@ -175,6 +188,16 @@ uint64_t Checksum(std::span<const std::byte> bytes, uint64_t seed,
 uint64_t ChecksumBytesPortable(std::span<const std::byte> bytes,
                                uint64_t seed) {
   return Checksum(bytes, seed, BlocksPortable);
+}
+
+bool ChecksumPathAvailable(ChecksumPath path) {
+  return BlocksOf(path) != nullptr;
+}
+
+uint64_t ChecksumBytesVia(ChecksumPath path, std::span<const std::byte> bytes,
+                          uint64_t seed) {
+  const BlocksFn fn = BlocksOf(path);
+  return Checksum(bytes, seed, fn != nullptr ? fn : BlocksPortable);
 }
 
 uint64_t ChecksumBytes(std::span<const std::byte> bytes, uint64_t seed) {

@@ -123,6 +123,29 @@ TEST(ChecksumTest, SimdAndPortableAgree) {
   }
 }
 
+TEST(ChecksumTest, EveryKernelThisCpuRunsAgrees) {
+  // Each SIMD kernel, not only the one ChecksumBytes chose, gives the
+  // portable value.
+  const std::vector<std::byte> v = Pattern(9 * kChecksumBlockBytes + 77);
+  const std::span<const std::byte> all(v);
+  int ran = 0;
+  for (ChecksumPath path : {ChecksumPath::kAvx2}) {
+    if (!ChecksumPathAvailable(path)) continue;
+    ++ran;
+    for (const size_t at : {size_t{0}, size_t{3}, size_t{4099}}) {
+      for (const size_t n : {kChecksumBlockBytes, 6 * kChecksumBlockBytes + 3,
+                             8 * kChecksumBlockBytes + 5}) {
+        const auto piece = all.subspan(at, n);
+        EXPECT_EQ(ChecksumBytesVia(path, piece, 7),
+                  ChecksumBytesPortable(piece, 7))
+            << "path " << static_cast<int>(path) << ", offset " << at;
+      }
+    }
+  }
+  EXPECT_TRUE(ChecksumPathAvailable(ChecksumPath::kPortable));
+  if (ran == 0) GTEST_SKIP() << "no SIMD checksum kernel on this CPU";
+}
+
 TEST(ChecksumTest, SlotChecksumChainsTheTensors) {
   TensorWeights w({5000, kChecksumBlockBytes * 2 + 3, 0, 17});
   uint64_t h = kChecksumSeed;
