@@ -6,12 +6,20 @@
 //    in the same run, and a 58-layer step with its end and drain;
 //  - balanced dispatch's per-token mapping (DeviceTokenMapper::Map) for
 //    quotas the host computed (BalancedDispatcher::ComputeQuotas, timed on
-//    the host beside it), and their upload (SetQuotas).
+//    the host beside it), and their upload (SetQuotas);
+//  - migration beside compute: a loop of FP32 GEMMs shaped like an expert
+//    FFN's first projection (256 tokens x 4096 hidden x 1024) on the compute
+//    stream, timed alone and while DeviceMigration copies and verifies one
+//    layer's moved experts (8 experts x 3 tensors of 7168 x 2048 bytes, FP8
+//    sized) on its side stream, interleaved, median of 7 runs each; the
+//    loop is about twice the migration's own time, so the copy overlaps
+//    half of it.
 //
 // Usage: eplb_bench_cuda [TOKENS] [TOP_K] [EXPERTS] [SLOTS]
 // Needs a GPU; prints "no CUDA device" and exits 0 without one.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -20,6 +28,7 @@
 #include <vector>
 
 #include "eplb/cuda/dispatch.h"
+#include "eplb/cuda/migration.h"
 #include "eplb/cuda/recorder.h"
 #include "eplb/dispatch.h"
 #include "eplb/placement.h"
@@ -52,6 +61,140 @@ float TimeUs(cudaStream_t stream, int reps, Fn fn) {
   cudaEventDestroy(start);
   cudaEventDestroy(stop);
   return ms * 1000.0f / static_cast<float>(reps);
+}
+
+// C[M][N] = A[M][K] * B[K][N], 32 x 32 tiles in shared memory (a plain
+// compute-bound stand-in for an expert's projection).
+constexpr int kTile = 32;
+__global__ void Gemm(const float* __restrict__ a, const float* __restrict__ b,
+                     float* __restrict__ c, int m, int n, int k) {
+  __shared__ float ta[kTile][kTile];
+  __shared__ float tb[kTile][kTile + 1];
+  const int row = blockIdx.y * kTile + threadIdx.y;
+  const int col = blockIdx.x * kTile + threadIdx.x;
+  float acc = 0;
+  for (int t = 0; t < k; t += kTile) {
+    ta[threadIdx.y][threadIdx.x] = a[row * k + t + threadIdx.x];
+    tb[threadIdx.y][threadIdx.x] = b[(t + threadIdx.y) * n + col];
+    __syncthreads();
+    for (int j = 0; j < kTile; ++j)
+      acc += ta[threadIdx.y][j] * tb[j][threadIdx.x];
+    __syncthreads();
+  }
+  c[row * n + col] = acc;
+}
+
+// The GEMM loop beside a migration (see the file comment).
+void MigrationBesideGemm() {
+  constexpr int kM = 256, kK = 4096, kN = 1024;
+  constexpr int kExperts = 8, kTensors = 3;
+  constexpr size_t kTensorBytes = size_t{7168} * 2048;
+  constexpr int kCopies = kExperts * kTensors;
+  float *a, *b, *c;
+  CHECK_CUDA(cudaMalloc(&a, sizeof(float) * kM * kK));
+  CHECK_CUDA(cudaMalloc(&b, sizeof(float) * kK * kN));
+  CHECK_CUDA(cudaMalloc(&c, sizeof(float) * kM * kN));
+  CHECK_CUDA(cudaMemset(a, 0, sizeof(float) * kM * kK));
+  CHECK_CUDA(cudaMemset(b, 0, sizeof(float) * kK * kN));
+  std::byte *src, *staging;
+  CHECK_CUDA(cudaMalloc(&src, kTensorBytes * kCopies));
+  CHECK_CUDA(cudaMalloc(&staging, kTensorBytes * kCopies));
+  CHECK_CUDA(cudaMemset(src, 0x5a, kTensorBytes * kCopies));
+  std::vector<eplb::cuda::DeviceCopy> copies(kCopies);
+  for (int i = 0; i < kCopies; ++i) {
+    copies[i] = {src + i * kTensorBytes, staging + i * kTensorBytes,
+                 kTensorBytes, 0};
+  }
+  auto mig = eplb::cuda::DeviceMigration::Create(kCopies, kTensorBytes, 1);
+  if (!mig.ok()) {
+    std::printf("DeviceMigration: %s\n", mig.status().ToString().c_str());
+    std::exit(1);
+  }
+  eplb::cuda::DeviceMigration& m = **mig;
+  cudaStream_t compute;
+  CHECK_CUDA(cudaStreamCreateWithFlags(&compute, cudaStreamNonBlocking));
+  const dim3 grid(kN / kTile, kM / kTile), block(kTile, kTile);
+  auto gemm = [&] { Gemm<<<grid, block, 0, compute>>>(a, b, c, kM, kN, kK); };
+  const float gemm_us = TimeUs(compute, 50, gemm);
+  // The migration alone (source checksums computed; then known).
+  auto migrate = [&](bool known) {
+    for (auto& cp : copies) cp.source_checksum = 0;
+    if (known) {
+      for (int i = 0; i < kCopies; ++i) {
+        copies[i].source_checksum = m.source_checksum(0);  // Same bytes.
+      }
+    }
+    if (!m.Start(copies).ok()) std::exit(1);
+  };
+  auto time_migration = [&](bool known) {
+    const auto t0 = std::chrono::steady_clock::now();
+    migrate(known);
+    CHECK_CUDA(cudaStreamSynchronize(m.side_stream()));
+    if (!m.Done() || !m.Verified()) {
+      std::printf("migration not verified\n");
+      std::exit(1);
+    }
+    return std::chrono::duration<float, std::micro>(
+               std::chrono::steady_clock::now() - t0)
+        .count();
+  };
+  time_migration(false);  // Warm-up; also learns the source checksum.
+  const float mig_us = time_migration(false);
+  const float mig_known_us = time_migration(true);
+  const int loop = std::max(10, static_cast<int>(2 * mig_us / gemm_us));
+  auto run_loop = [&](int with) {  // 0: alone, 1: computed, 2: known.
+    cudaEvent_t start, stop;
+    CHECK_CUDA(cudaEventCreate(&start));
+    CHECK_CUDA(cudaEventCreate(&stop));
+    CHECK_CUDA(cudaEventRecord(start, compute));
+    if (with != 0) {
+      CHECK_CUDA(cudaStreamWaitEvent(m.side_stream(), start, 0));
+      migrate(with == 2);
+    }
+    for (int i = 0; i < loop; ++i) gemm();
+    CHECK_CUDA(cudaEventRecord(stop, compute));
+    CHECK_CUDA(cudaEventSynchronize(stop));
+    CHECK_CUDA(cudaStreamSynchronize(m.side_stream()));
+    if (with != 0 && (!m.Done() || !m.Verified())) std::exit(1);
+    float ms = 0;
+    CHECK_CUDA(cudaEventElapsedTime(&ms, start, stop));
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+    return ms * 1000.0f;
+  };
+  std::vector<float> alone, computed, known;
+  for (int r = 0; r < 7; ++r) {
+    alone.push_back(run_loop(0));
+    computed.push_back(run_loop(1));
+    known.push_back(run_loop(2));
+  }
+  auto median = [](std::vector<float> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  const float t0 = median(alone), t1 = median(computed), t2 = median(known);
+  std::printf(
+      "\nmigration beside a GEMM loop: %d GEMMs of %dx%dx%d (%.1f us each), "
+      "one layer's moves = %d tensors x %.1f MiB\n",
+      loop, kM, kK, kN, gemm_us, kCopies,
+      static_cast<double>(kTensorBytes) / (1 << 20));
+  std::printf("| what | us | GEMM loop slowdown |\n|---|---|---|\n");
+  std::printf("| GEMM loop alone | %.0f | - |\n", t0);
+  std::printf("| migration alone, source checksums computed | %.0f | - |\n",
+              mig_us);
+  std::printf("| migration alone, source checksums known | %.0f | - |\n",
+              mig_known_us);
+  std::printf(
+      "| GEMM loop + migration (checksums computed) | %.0f | %.2f%% |\n", t1,
+      100.0 * (t1 - t0) / t0);
+  std::printf("| GEMM loop + migration (checksums known) | %.0f | %.2f%% |\n",
+              t2, 100.0 * (t2 - t0) / t0);
+  cudaStreamDestroy(compute);
+  cudaFree(a);
+  cudaFree(b);
+  cudaFree(c);
+  cudaFree(src);
+  cudaFree(staging);
 }
 
 }  // namespace
@@ -220,5 +363,6 @@ int main(int argc, char** argv) {
   cudaFree(d_ids);
   cudaFree(d_log2phy);
   cudaStreamDestroy(stream);
+  MigrationBesideGemm();
   return 0;
 }
