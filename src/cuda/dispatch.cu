@@ -8,6 +8,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "cuda/cuda_error.h"
 #include "eplb/cuda/dispatch.h"
 #include "eplb/cuda/recorder.h"
 
@@ -113,8 +114,7 @@ __global__ void MapTiles(const Id* __restrict__ ids, int64_t n, int num_experts,
 }
 
 std::string CudaMessage(const char* what, cudaError_t error) {
-  return std::string("DeviceTokenMapper: CUDA ") + what + ": " +
-         cudaGetErrorString(error);
+  return internal::CudaMessage("DeviceTokenMapper", what, error);
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda/cuda_error.h"
 #include "eplb/cuda/checksum.h"
 #include "eplb/cuda/migration.h"
 #include "eplb/cuda/recorder.h"
@@ -12,8 +13,7 @@ namespace eplb::cuda {
 namespace {
 
 std::string CudaMessage(const char* what, cudaError_t error) {
-  return std::string("DeviceMigration: CUDA ") + what + ": " +
-         cudaGetErrorString(error);
+  return internal::CudaMessage("DeviceMigration", what, error);
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda/cuda_error.h"
 #include "eplb/cuda/recorder.h"
 
 namespace eplb::cuda {
@@ -71,7 +72,7 @@ __global__ void CountGlobal(const Id* __restrict__ ids, int64_t n,
 }
 
 std::string CudaMessage(const char* what, cudaError_t error) {
-  return std::string("CUDA ") + what + ": " + cudaGetErrorString(error);
+  return internal::CudaMessage("DeviceHeatRecorder", what, error);
 }
 
 }  // namespace
