@@ -6,7 +6,9 @@
 //    in the same run, and a 58-layer step with its end and drain;
 //  - balanced dispatch's per-token mapping (DeviceTokenMapper::Map) for
 //    quotas the host computed (BalancedDispatcher::ComputeQuotas, timed on
-//    the host beside it), and their upload (SetQuotas);
+//    the host beside it), and their upload (SetQuotas); the quotas on the
+//    device (DeviceQuotaSolver::Compute) and the whole layer-step there
+//    (Compute + SetQuotasOnDevice + Map);
 //  - migration beside compute: a loop of FP32 GEMMs shaped like an expert
 //    FFN's first projection (256 tokens x 4096 hidden x 1024) on the compute
 //    stream, timed alone and while DeviceMigration copies and verifies one
@@ -327,6 +329,41 @@ int main(int argc, char** argv) {
   CHECK_CUDA(cudaMemcpy(got.data(), d_out, n * sizeof(int32_t),
                         cudaMemcpyDeviceToHost));
   const bool same = got == want;
+  // The whole layer-step on the device: the summed counts -> quotas
+  // (DeviceQuotaSolver) -> the mapper's table (SetQuotasOnDevice) -> each
+  // id's slot (Map), nothing through the host.
+  auto solver =
+      eplb::cuda::DeviceQuotaSolver::Create(experts, ranks, slots / ranks);
+  if (!solver.ok()) {
+    std::fprintf(stderr, "%s\n", solver.status().ToString().c_str());
+    return 1;
+  }
+  int64_t *d_counts = nullptr, *d_quota = nullptr, *d_max = nullptr;
+  CHECK_CUDA(cudaMalloc(&d_counts, experts * sizeof(int64_t)));
+  CHECK_CUDA(cudaMalloc(&d_quota, slots * sizeof(int64_t)));
+  CHECK_CUDA(cudaMalloc(&d_max, sizeof(int64_t)));
+  CHECK_CUDA(cudaMemcpy(d_counts, counts.data(), experts * sizeof(int64_t),
+                        cudaMemcpyHostToDevice));
+  if (!(*solver)->SetPlacement(placement.layer(0), stream).ok()) return 1;
+  const float solve_us = TimeUs(stream, reps, [&] {
+    (void)(*solver)->Compute(d_counts, d_quota, d_max, stream);
+  });
+  const float pipeline_us = TimeUs(stream, reps, [&] {
+    (void)(*solver)->Compute(d_counts, d_quota, nullptr, stream);
+    (void)(*mapper)->SetQuotasOnDevice(routing, d_quota, stream);
+    (void)(*mapper)->Map(d_ids, n, nullptr, d_out, stream);
+  });
+  CHECK_CUDA(cudaStreamSynchronize(stream));
+  std::vector<int64_t> got_quota(slots);
+  CHECK_CUDA(cudaMemcpy(got_quota.data(), d_quota, slots * sizeof(int64_t),
+                        cudaMemcpyDeviceToHost));
+  CHECK_CUDA(cudaMemcpy(got.data(), d_out, n * sizeof(int32_t),
+                        cudaMemcpyDeviceToHost));
+  const bool same_quotas = got_quota == quota;
+  const bool same_pipeline = got == want;
+  cudaFree(d_counts);
+  cudaFree(d_quota);
+  cudaFree(d_max);
   cudaFree(d_out);
   std::printf("device: %s (%d SMs)\n", prop.name, prop.multiProcessorCount);
   std::printf(
@@ -354,7 +391,17 @@ int main(int argc, char** argv) {
       "| BalancedDispatcher::ComputeQuotas (host, one core) | %.2f "
       "|\n",
       quota_us);
+  std::printf("| DeviceQuotaSolver::Compute (one layer-step) | %.2f |\n",
+              solve_us);
+  std::printf(
+      "| Compute + SetQuotasOnDevice + Map (the layer-step on the device) "
+      "| %.2f |\n",
+      pipeline_us);
   std::printf("device mapping equals the host's: %s\n", same ? "yes" : "NO");
+  std::printf("device quotas equal the host's: %s\n",
+              same_quotas ? "yes" : "NO");
+  std::printf("device pipeline's mapping equals the host's: %s\n",
+              same_pipeline ? "yes" : "NO");
   std::printf("status: %s, merged steps: %lld\n",
               (*rec)->status().ToString().c_str(),
               static_cast<long long>((*rec)->merged_steps()));

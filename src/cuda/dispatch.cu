@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "cuda/cuda_error.h"
+#include "cuda/pinned_upload.h"
 #include "eplb/cuda/dispatch.h"
 #include "eplb/cuda/recorder.h"
 
@@ -113,6 +114,27 @@ __global__ void MapTiles(const Id* __restrict__ ids, int64_t n, int num_experts,
   }
 }
 
+// The quota part of the mapper's table from device quotas: one thread per
+// expert, as SetQuotas fills it on the host.
+__global__ void CumulativeQuotas(int num_experts,
+                                 const int32_t* __restrict__ first,
+                                 const int32_t* __restrict__ slot,
+                                 const int64_t* __restrict__ slot_quota,
+                                 int64_t* __restrict__ cum,
+                                 int32_t* __restrict__ last) {
+  const int e = blockIdx.x * blockDim.x + threadIdx.x;
+  if (e >= num_experts) return;
+  int64_t run = 0;
+  int32_t at = first[e];
+  for (int i = first[e]; i < first[e + 1]; ++i) {
+    const int64_t q = max(slot_quota[slot[i]], int64_t{0});
+    run += q;
+    cum[i] = run;
+    if (q > 0) at = i;
+  }
+  last[e] = at;
+}
+
 std::string CudaMessage(const char* what, cudaError_t error) {
   return internal::CudaMessage("DeviceTokenMapper", what, error);
 }
@@ -128,10 +150,7 @@ struct DeviceTokenMapper::Impl {
   // slot [S], last [E] int32.
   size_t table_bytes = 0;
   unsigned char* device_table = nullptr;
-  unsigned char* staging[2] = {nullptr, nullptr};  // Pinned.
-  cudaEvent_t uploaded[2] = {nullptr, nullptr};
-  bool in_flight[2] = {false, false};
-  int next = 0;
+  internal::PinnedUpload upload;  // Host tables, filled on the host.
   bool has_quotas = false;
   int* counts = nullptr;     // [tiles][E]
   int64_t* bases = nullptr;  // [tiles][E]
@@ -144,13 +163,7 @@ struct DeviceTokenMapper::Impl {
   int32_t* last(unsigned char* t) const { return slot(t) + num_slots; }
 
   ~Impl() {
-    for (int b = 0; b < 2; ++b) {
-      if (uploaded[b] != nullptr) {
-        cudaEventSynchronize(uploaded[b]);
-        cudaEventDestroy(uploaded[b]);
-      }
-      if (staging[b] != nullptr) cudaFreeHost(staging[b]);
-    }
+    upload.Wait();
     if (device_table != nullptr) cudaFree(device_table);
     if (counts != nullptr) cudaFree(counts);
     if (bases != nullptr) cudaFree(bases);
@@ -193,25 +206,16 @@ StatusOr<std::unique_ptr<DeviceTokenMapper>> DeviceTokenMapper::Create(
   cudaError_t e = cudaMalloc(&impl->device_table, impl->table_bytes);
   if (e == cudaSuccess) e = cudaMalloc(&impl->counts, cells * sizeof(int));
   if (e == cudaSuccess) e = cudaMalloc(&impl->bases, cells * sizeof(int64_t));
-  for (int b = 0; b < 2 && e == cudaSuccess; ++b) {
-    e = cudaHostAlloc(reinterpret_cast<void**>(&impl->staging[b]),
-                      impl->table_bytes, cudaHostAllocDefault);
-    if (e == cudaSuccess) {
-      e = cudaEventCreateWithFlags(&impl->uploaded[b], cudaEventDisableTiming);
-    }
-  }
+  if (e == cudaSuccess) e = impl->upload.Allocate(impl->table_bytes);
   if (e != cudaSuccess) return InternalError(CudaMessage("allocation", e));
   return std::unique_ptr<DeviceTokenMapper>(
       new DeviceTokenMapper(std::move(impl)));
 }
 
-Status DeviceTokenMapper::SetQuotas(const LayerRouting& routing,
-                                    std::span<const int64_t> slot_quota,
-                                    cudaStream_t stream) {
-  Impl& s = *impl_;
+Status DeviceTokenMapper::CheckRouting(const LayerRouting& routing) const {
+  const Impl& s = *impl_;
   if (routing.num_experts != s.num_experts ||
       routing.num_ranks * routing.slots_per_rank != s.num_slots ||
-      slot_quota.size() != static_cast<size_t>(s.num_slots) ||
       routing.replica_offsets.size() !=
           static_cast<size_t>(s.num_experts) + 1 ||
       routing.replicas.size() != static_cast<size_t>(s.num_slots)) {
@@ -220,13 +224,22 @@ Status DeviceTokenMapper::SetQuotas(const LayerRouting& routing,
         std::to_string(s.num_experts) + " experts x " +
         std::to_string(s.num_slots) + " slots");
   }
-  const int b = s.next;
-  if (s.in_flight[b]) {
-    // The upload two calls ago still reads this buffer (rare: it is tiny).
-    const cudaError_t e = cudaEventSynchronize(s.uploaded[b]);
-    if (e != cudaSuccess) return InternalError(CudaMessage("upload", e));
+  return Status::Ok();
+}
+
+Status DeviceTokenMapper::SetQuotas(const LayerRouting& routing,
+                                    std::span<const int64_t> slot_quota,
+                                    cudaStream_t stream) {
+  Impl& s = *impl_;
+  if (Status st = CheckRouting(routing); !st.ok()) return st;
+  if (slot_quota.size() != static_cast<size_t>(s.num_slots)) {
+    return InvalidArgumentError(
+        "DeviceTokenMapper: " + std::to_string(slot_quota.size()) +
+        " quotas for " + std::to_string(s.num_slots) + " slots");
   }
-  unsigned char* t = s.staging[b];
+  cudaError_t err = cudaSuccess;
+  unsigned char* t = s.upload.Next(&err);
+  if (t == nullptr) return InternalError(CudaMessage("upload", err));
   int64_t* cum = s.cum(t);
   int32_t* first = s.first(t);
   int32_t* slot = s.slot(t);
@@ -245,12 +258,50 @@ Status DeviceTokenMapper::SetQuotas(const LayerRouting& routing,
       if (q > 0) last[e] = i;
     }
   }
-  cudaError_t e = cudaMemcpyAsync(s.device_table, t, s.table_bytes,
-                                  cudaMemcpyHostToDevice, stream);
-  if (e == cudaSuccess) e = cudaEventRecord(s.uploaded[b], stream);
-  if (e != cudaSuccess) return InternalError(CudaMessage("upload", e));
-  s.in_flight[b] = true;
-  s.next = 1 - b;
+  err = s.upload.Send(s.device_table, 0, s.table_bytes, stream);
+  if (err != cudaSuccess) return InternalError(CudaMessage("upload", err));
+  s.has_quotas = true;
+  return Status::Ok();
+}
+
+Status DeviceTokenMapper::SetQuotasOnDevice(const LayerRouting& routing,
+                                            const int64_t* slot_quota,
+                                            cudaStream_t stream) {
+  Impl& s = *impl_;
+  if (Status st = CheckRouting(routing); !st.ok()) return st;
+  if (slot_quota == nullptr) {
+    return InvalidArgumentError("DeviceTokenMapper: null device quotas");
+  }
+  // The replica lists change with the placement, not per step: upload them
+  // only when they differ from the device table's (the last table filled).
+  unsigned char* last = s.upload.Last();
+  const bool same_lists =
+      s.has_quotas &&
+      std::equal(routing.replica_offsets.begin(), routing.replica_offsets.end(),
+                 s.first(last)) &&
+      std::equal(routing.replicas.begin(), routing.replicas.end(),
+                 s.slot(last));
+  unsigned char* device = s.device_table;
+  if (!same_lists) {
+    cudaError_t e = cudaSuccess;
+    unsigned char* t = s.upload.Next(&e);
+    if (t == nullptr) return InternalError(CudaMessage("upload", e));
+    std::copy(routing.replica_offsets.begin(), routing.replica_offsets.end(),
+              s.first(t));
+    std::copy(routing.replicas.begin(), routing.replicas.end(), s.slot(t));
+    // The table's int32 lists only (first, slot); cum and last come from
+    // the kernel, in stream order after the upload.
+    const size_t cum_bytes = sizeof(int64_t) * s.num_slots;
+    e = s.upload.Send(device, cum_bytes,
+                      sizeof(int32_t) * (s.num_experts + 1 + s.num_slots),
+                      stream);
+    if (e != cudaSuccess) return InternalError(CudaMessage("upload", e));
+  }
+  CumulativeQuotas<<<(s.num_experts + 255) / 256, 256, 0, stream>>>(
+      s.num_experts, s.first(device), s.slot(device), slot_quota, s.cum(device),
+      s.last(device));
+  const cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) return InternalError(CudaMessage("launch", e));
   s.has_quotas = true;
   return Status::Ok();
 }

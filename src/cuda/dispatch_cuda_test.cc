@@ -1,5 +1,6 @@
-// DeviceTokenMapper against BalancedDispatcher::MapTokens, id for id (needs
-// a GPU: skips without one; the argument checks run everywhere).
+// DeviceTokenMapper against BalancedDispatcher::MapTokens, id for id, and
+// DeviceQuotaSolver against BalancedDispatcher::ComputeQuotas, slot for slot
+// (needs a GPU: skips without one; the argument checks run everywhere).
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
@@ -8,13 +9,18 @@
 #include <limits>
 #include <numeric>
 #include <random>
+#include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "cuda/device_array_test_util.h"
+#include "cuda/quota_solve.h"
 #include "eplb/cuda/dispatch.h"
 #include "eplb/cuda/recorder.h"
 #include "eplb/dispatch.h"
 #include "eplb/placement.h"
+#include "eplb/status.h"
 #include "eplb/topology.h"
 
 namespace eplb::cuda {
@@ -118,6 +124,231 @@ TEST(DeviceTokenMapperTest, Int32IdsMapAsTheHostDispatcherMapsThem) {
 TEST(DeviceTokenMapperTest, Int64IdsWithOffsetsMapAsTheHostDispatcher) {
   if (!DeviceAvailable()) GTEST_SKIP() << "no CUDA device";
   CompareWithHost<int64_t>(true);
+}
+
+TEST(DeviceQuotaSolverTest, CreateRejectsBadShapesBeforeLookingForADevice) {
+  for (const auto& [e, r, k] :
+       {std::tuple{0, 8, 9}, std::tuple{64, 0, 9}, std::tuple{64, 8, 0},
+        std::tuple{64, 4, 9}, std::tuple{8, 8, 9}}) {
+    auto bad = DeviceQuotaSolver::Create(e, r, k);
+    ASSERT_FALSE(bad.ok());
+    EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(bad.status().ToString().find(std::to_string(e) + " experts on " +
+                                           std::to_string(r) + " x " +
+                                           std::to_string(k)),
+              std::string::npos)
+        << bad.status().ToString();
+  }
+  if (!DeviceAvailable()) {
+    auto none = DeviceQuotaSolver::Create(64, 8, 9);
+    ASSERT_FALSE(none.ok());
+    EXPECT_EQ(none.status().code(), StatusCode::kUnavailable);
+  }
+}
+
+// Counts of one step: a few hot experts, many cold, some zero.
+std::vector<int64_t> SkewedCounts(int e, std::mt19937_64& rng) {
+  std::vector<int64_t> counts(e);
+  const int64_t scale = 1 + static_cast<int64_t>(rng() % 4000);
+  for (int x = 0; x < e; ++x) {
+    const uint64_t pick = rng() % 10;
+    counts[x] = pick == 0 ? 0
+                : x < 8   ? static_cast<int64_t>(rng() % (8 * scale))
+                          : static_cast<int64_t>(rng() % scale);
+  }
+  return counts;
+}
+
+// The solver's phases run in plain loops on the host (no GPU needed): the
+// graph and the flow ported for the kernel give the host dispatcher's
+// quotas and largest load, slot for slot.
+TEST(DeviceQuotaSolverTest, PortedPhasesEqualTheHostDispatcherWithoutAGpu) {
+  std::mt19937_64 rng(32);
+  for (const auto& [e, r, k] :
+       {std::tuple{16, 4, 5}, std::tuple{256, 32, 9}, std::tuple{64, 8, 9},
+        std::tuple{8, 8, 1}, std::tuple{16, 8, 4}, std::tuple{12, 12, 3}}) {
+    SCOPED_TRACE(std::to_string(e) + " experts, " + std::to_string(r) + " x " +
+                 std::to_string(k));
+    const internal::QuotaGraph shape(e, r, r * k);
+    std::vector<int32_t> graph(shape.size);
+    std::vector<int64_t> wide(internal::QuotaScratchWideBytes(shape) /
+                              sizeof(int64_t));
+    std::vector<int32_t> narrow(internal::QuotaScratchNarrowBytes(shape) /
+                                sizeof(int32_t));
+    const internal::QuotaScratch w =
+        internal::QuotaScratchAt(shape, wide.data(), narrow.data());
+    BalancedDispatcher host(e, r, k);
+    for (int trial = 0; trial < 40; ++trial) {
+      SCOPED_TRACE("trial " + std::to_string(trial));
+      const std::vector<int32_t> layer = Layer(e, r, k, rng);
+      host.SetPlacement(layer);
+      ASSERT_TRUE(
+          internal::BuildQuotaGraph(layer, shape, k, graph.data()).ok());
+      for (int step = 0; step < 10; ++step) {
+        const std::vector<int64_t> counts = SkewedCounts(e, rng);
+        std::vector<int64_t> want(r * k), got(r * k, -7);
+        const int64_t want_max = host.ComputeQuotas(counts, want);
+        EXPECT_EQ(internal::SolveQuotasOnHost(graph.data(), shape, w,
+                                              counts.data(), got.data()),
+                  want_max);
+        EXPECT_EQ(got, want);
+      }
+    }
+    // A negative count: every quota 0, -1 (the host's precondition,
+    // reported instead of a crash).
+    std::vector<int64_t> counts(e, 3), got(r * k, -7);
+    counts[e - 1] = -1;
+    EXPECT_EQ(internal::SolveQuotasOnHost(graph.data(), shape, w, counts.data(),
+                                          got.data()),
+              -1);
+    EXPECT_EQ(got, std::vector<int64_t>(r * k, 0));
+  }
+}
+
+TEST(DeviceQuotaSolverTest, BadPlacementsNameTheSlotExpertOrRank) {
+  const internal::QuotaGraph shape(4, 2, 6);
+  std::vector<int32_t> graph(shape.size);
+  const std::vector<std::pair<std::vector<int32_t>, std::string>> bad = {
+      {{0, 1, 2, 3, 0}, "placement of 5 slots: must have 6"},
+      {{0, 1, 2, 3, 0, 4}, "slot 5 holds expert 4"},
+      {{0, 1, -1, 3, 0, 2}, "slot 2 holds expert -1"},
+      {{0, 1, 2, 0, 1, 2}, "expert 3 has no replica"},
+      {{0, 0, 1, 2, 3, 1}, "expert 0 appears twice on rank 0"},
+  };
+  for (const auto& [layer, message] : bad) {
+    const Status st = internal::BuildQuotaGraph(layer, shape, 3, graph.data());
+    EXPECT_EQ(st.code(), StatusCode::kInvalidArgument) << message;
+    EXPECT_NE(st.ToString().find(message), std::string::npos) << st.ToString();
+  }
+  const std::vector<int32_t> good = {0, 1, 2, 3, 0, 1};
+  EXPECT_TRUE(internal::BuildQuotaGraph(good, shape, 3, graph.data()).ok());
+}
+
+TEST(DeviceQuotaSolverTest, QuotasAndMaxLoadEqualTheHostDispatchers) {
+  if (!DeviceAvailable()) GTEST_SKIP() << "no CUDA device";
+  cudaStream_t stream = nullptr;
+  ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
+  std::mt19937_64 rng(30);
+  // Small, DeepSeek-V3-shaped, and one slot per rank (no replicas).
+  for (const auto& [e, r, k] : {std::tuple{16, 4, 5}, std::tuple{256, 32, 9},
+                                std::tuple{64, 8, 9}, std::tuple{8, 8, 1}}) {
+    SCOPED_TRACE(std::to_string(e) + " experts, " + std::to_string(r) + " x " +
+                 std::to_string(k));
+    auto solver = DeviceQuotaSolver::Create(e, r, k);
+    ASSERT_TRUE(solver.ok()) << solver.status().ToString();
+    DeviceArray<int64_t> d_counts(e), d_quota(r * k), d_max(1);
+    BalancedDispatcher host(e, r, k);
+    for (int trial = 0; trial < 20; ++trial) {
+      SCOPED_TRACE("trial " + std::to_string(trial));
+      const std::vector<int32_t> layer = Layer(e, r, k, rng);
+      host.SetPlacement(layer);
+      ASSERT_TRUE((*solver)->SetPlacement(layer, stream).ok());
+      for (int step = 0; step < 5; ++step) {
+        const std::vector<int64_t> counts = SkewedCounts(e, rng);
+        std::vector<int64_t> want(r * k);
+        const int64_t want_max = host.ComputeQuotas(counts, want);
+        d_counts.Upload(counts);
+        ASSERT_TRUE(
+            (*solver)
+                ->Compute(d_counts.data, d_quota.data, d_max.data, stream)
+                .ok());
+        ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+        EXPECT_EQ(d_quota.Download(r * k), want);
+        EXPECT_EQ(d_max.Download(1)[0], want_max);
+      }
+    }
+  }
+  cudaStreamDestroy(stream);
+}
+
+TEST(DeviceQuotaSolverTest, BadPlacementsAndCallsAreErrorsNotCrashes) {
+  if (!DeviceAvailable()) GTEST_SKIP() << "no CUDA device";
+  auto solver = DeviceQuotaSolver::Create(4, 2, 3);
+  ASSERT_TRUE(solver.ok()) << solver.status().ToString();
+  DeviceArray<int64_t> d_counts(std::vector<int64_t>{1, 2, 3, 4});
+  DeviceArray<int64_t> d_quota(6);
+  Status early =
+      (*solver)->Compute(d_counts.data, d_quota.data, nullptr, nullptr);
+  EXPECT_EQ(early.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(early.ToString().find("before SetPlacement"), std::string::npos);
+  const std::vector<int32_t> twice = {0, 0, 1, 2, 3, 1};
+  const Status st = (*solver)->SetPlacement(twice, nullptr);
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(st.ToString().find("expert 0 appears twice on rank 0"),
+            std::string::npos)
+      << st.ToString();
+  const std::vector<int32_t> good = {0, 1, 2, 3, 0, 1};
+  ASSERT_TRUE((*solver)->SetPlacement(good, nullptr).ok());
+  EXPECT_EQ((*solver)->Compute(nullptr, d_quota.data, nullptr, nullptr).code(),
+            StatusCode::kInvalidArgument);
+  // A negative count: every quota 0, max_load -1 (the host's precondition,
+  // reported on the device instead of a crash).
+  DeviceArray<int64_t> d_bad(std::vector<int64_t>{1, -2, 3, 4}), d_max(1);
+  ASSERT_TRUE(
+      (*solver)->Compute(d_bad.data, d_quota.data, d_max.data, nullptr).ok());
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  EXPECT_EQ(d_quota.Download(6), std::vector<int64_t>(6, 0));
+  EXPECT_EQ(d_max.Download(1)[0], -1);
+}
+
+// Counts -> quotas -> table -> mapping, all on the device, equals the host's
+// ComputeQuotas + MapTokens.
+TEST(DeviceQuotaSolverTest, DevicePipelineMapsAsTheHostDispatcher) {
+  if (!DeviceAvailable()) GTEST_SKIP() << "no CUDA device";
+  const int e = 256, r = 32, k = 9, s = r * k;
+  std::mt19937_64 rng(31);
+  auto solver = DeviceQuotaSolver::Create(e, r, k);
+  ASSERT_TRUE(solver.ok()) << solver.status().ToString();
+  auto mapper = DeviceTokenMapper::Create(e, s, 1 << 16);
+  ASSERT_TRUE(mapper.ok()) << mapper.status().ToString();
+  cudaStream_t stream = nullptr;
+  ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
+  DeviceArray<int64_t> d_counts(e), d_quota(s);
+  DeviceArray<int32_t> d_ids(1 << 16), d_out(1 << 16);
+  BalancedDispatcher host(e, r, k);
+  for (int trial = 0; trial < 8; ++trial) {
+    SCOPED_TRACE("trial " + std::to_string(trial));
+    const std::vector<int32_t> layer = Layer(e, r, k, rng);
+    const LayerRouting routing =
+        BuildLayerRouting(layer, e, MakeTopology(e, r, k).value());
+    host.SetPlacement(layer);
+    ASSERT_TRUE((*solver)->SetPlacement(layer, stream).ok());
+    // Two steps per placement: the second reuses the replica lists.
+    for (int step = 0; step < 2; ++step) {
+      SCOPED_TRACE("step " + std::to_string(step));
+      std::vector<int32_t> ids(1 + rng() % ((1 << 16) - 1));
+      std::vector<int64_t> counts(e, 0);
+      for (int32_t& id : ids) {
+        id = static_cast<int32_t>(rng() % (rng() % 3 == 0 ? 8 : e));
+        ++counts[id];
+      }
+      std::vector<int64_t> quota(s);
+      host.ComputeQuotas(counts, quota);
+      std::vector<int32_t> want(ids.size());
+      host.MapTokens(ids, want);
+      d_counts.Upload(counts);
+      d_ids.Upload(ids);
+      ASSERT_TRUE((*solver)
+                      ->Compute(d_counts.data, d_quota.data, nullptr, stream)
+                      .ok());
+      ASSERT_TRUE(
+          (*mapper)->SetQuotasOnDevice(routing, d_quota.data, stream).ok());
+      ASSERT_TRUE((*mapper)
+                      ->Map(d_ids.data, static_cast<int64_t>(ids.size()),
+                            nullptr, d_out.data, stream)
+                      .ok());
+      ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+      EXPECT_EQ(d_out.Download(ids.size()), want);
+    }
+  }
+  const LayerRouting routing =
+      BuildLayerRouting(Layer(e, r, k, rng), e, MakeTopology(e, r, k).value());
+  EXPECT_EQ((*mapper)->SetQuotasOnDevice(routing, nullptr, stream).code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      (*mapper)->SetQuotasOnDevice(LayerRouting{}, d_quota.data, stream).code(),
+      StatusCode::kInvalidArgument);
+  cudaStreamDestroy(stream);
 }
 
 }  // namespace
