@@ -65,15 +65,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::vector<int64_t> want(s);
   const int64_t want_max = host.ComputeQuotas(counts, want);
 
-  std::vector<int64_t> wide(internal::QuotaScratchWideBytes(shape) /
-                            sizeof(int64_t));
-  std::vector<int32_t> narrow(internal::QuotaScratchNarrowBytes(shape) /
-                              sizeof(int32_t));
-  const internal::QuotaScratch w =
-      internal::QuotaScratchAt(shape, wide.data(), narrow.data());
+  const internal::HostQuotaScratch scratch(shape);
   std::vector<int64_t> got(s, -1);
   const int64_t got_max = internal::SolveQuotasOnHost(
-      graph.data(), shape, w, counts.data(), got.data());
+      graph.data(), shape, scratch.view(), counts.data(), got.data());
   Check(got == want, "the GPU solver's quotas differ from the host's");
   Check(got_max == want_max,
         "the GPU solver's largest load differs from the host's");

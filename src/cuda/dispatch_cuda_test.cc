@@ -171,12 +171,8 @@ TEST(DeviceQuotaSolverTest, PortedPhasesEqualTheHostDispatcherWithoutAGpu) {
                  std::to_string(k));
     const internal::QuotaGraph shape(e, r, r * k);
     std::vector<int32_t> graph(shape.size);
-    std::vector<int64_t> wide(internal::QuotaScratchWideBytes(shape) /
-                              sizeof(int64_t));
-    std::vector<int32_t> narrow(internal::QuotaScratchNarrowBytes(shape) /
-                                sizeof(int32_t));
-    const internal::QuotaScratch w =
-        internal::QuotaScratchAt(shape, wide.data(), narrow.data());
+    const internal::HostQuotaScratch scratch(shape);
+    const internal::QuotaScratch& w = scratch.view();
     BalancedDispatcher host(e, r, k);
     for (int trial = 0; trial < 40; ++trial) {
       SCOPED_TRACE("trial " + std::to_string(trial));

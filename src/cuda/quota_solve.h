@@ -10,8 +10,10 @@
 #ifndef EPLB_SRC_CUDA_QUOTA_SOLVE_H_
 #define EPLB_SRC_CUDA_QUOTA_SOLVE_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <span>
+#include <vector>
 
 #include "eplb/status.h"
 
@@ -91,6 +93,23 @@ EPLB_HOST_DEVICE inline QuotaScratch QuotaScratchAt(const QuotaGraph& s,
   w.found = narrow + 2 * s.num_experts + s.num_ranks;
   return w;
 }
+
+// QuotaScratch's arrays on the host (SolveQuotasOnHost's).
+class HostQuotaScratch {
+ public:
+  explicit HostQuotaScratch(const QuotaGraph& s)
+      : wide_(QuotaScratchWideBytes(s) / sizeof(int64_t)),
+        narrow_(QuotaScratchNarrowBytes(s) / sizeof(int32_t)),
+        view_(QuotaScratchAt(s, wide_.data(), narrow_.data())) {}
+  HostQuotaScratch(const HostQuotaScratch&) = delete;
+  HostQuotaScratch& operator=(const HostQuotaScratch&) = delete;
+  const QuotaScratch& view() const { return view_; }
+
+ private:
+  std::vector<int64_t> wide_;
+  std::vector<int32_t> narrow_;
+  QuotaScratch view_;
+};
 
 // Fills `graph` [shape.size] from `layer` [R*K] (physical id -> expert),
 // validating it as BalancedDispatcher::SetPlacement does (InvalidArgument
