@@ -347,5 +347,70 @@ TEST(DeviceQuotaSolverTest, DevicePipelineMapsAsTheHostDispatcher) {
   cudaStreamDestroy(stream);
 }
 
+// On an unchanged placement the layer-step is kernels only, so an engine
+// can capture it in a CUDA graph and replay it on each step's counts and
+// ids (in the same device buffers).
+TEST(DeviceQuotaSolverTest, LayerStepReplaysFromACapturedGraph) {
+  if (!DeviceAvailable()) GTEST_SKIP() << "no CUDA device";
+  const int e = 256, r = 32, k = 9, s = r * k, n = 16384 * 8;
+  std::mt19937_64 rng(33);
+  auto solver = DeviceQuotaSolver::Create(e, r, k);
+  ASSERT_TRUE(solver.ok()) << solver.status().ToString();
+  auto mapper = DeviceTokenMapper::Create(e, s, n);
+  ASSERT_TRUE(mapper.ok()) << mapper.status().ToString();
+  cudaStream_t stream = nullptr;
+  ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
+  DeviceArray<int64_t> d_counts(e), d_quota(s);
+  DeviceArray<int32_t> d_ids(n), d_out(n);
+  const std::vector<int32_t> layer = Layer(e, r, k, rng);
+  const LayerRouting routing =
+      BuildLayerRouting(layer, e, MakeTopology(e, r, k).value());
+  BalancedDispatcher host(e, r, k);
+  host.SetPlacement(layer);
+  ASSERT_TRUE((*solver)->SetPlacement(layer, stream).ok());
+  auto step = [&] {
+    EXPECT_TRUE(
+        (*solver)->Compute(d_counts.data, d_quota.data, nullptr, stream).ok());
+    EXPECT_TRUE(
+        (*mapper)->SetQuotasOnDevice(routing, d_quota.data, stream).ok());
+    EXPECT_TRUE(
+        (*mapper)->Map(d_ids.data, n, nullptr, d_out.data, stream).ok());
+  };
+  // One step outside the graph uploads the replica lists.
+  d_counts.Upload(std::vector<int64_t>(e, 0));
+  d_ids.Upload(std::vector<int32_t>(n, 0));
+  step();
+  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  cudaGraph_t graph = nullptr;
+  ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal),
+            cudaSuccess);
+  step();
+  ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+  cudaGraphExec_t exec = nullptr;
+  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+  for (int round = 0; round < 3; ++round) {
+    SCOPED_TRACE("round " + std::to_string(round));
+    std::vector<int32_t> ids(n);
+    std::vector<int64_t> counts(e, 0);
+    for (int32_t& id : ids) {
+      id = static_cast<int32_t>(rng() % (rng() % 4 == 0 ? 8 : e));
+      ++counts[id];
+    }
+    std::vector<int64_t> quota(s);
+    host.ComputeQuotas(counts, quota);
+    std::vector<int32_t> want(n);
+    host.MapTokens(ids, want);
+    d_counts.Upload(counts);
+    d_ids.Upload(ids);
+    ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+    ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    EXPECT_EQ(d_quota.Download(s), quota);
+    EXPECT_EQ(d_out.Download(n), want);
+  }
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
+}
+
 }  // namespace
 }  // namespace eplb::cuda

@@ -62,7 +62,8 @@ class DeviceTokenMapper {
   // table from the device quotas, with no host synchronisation. The replica
   // lists are copied from `routing` only when they differ from the last
   // call's (they change with the placement), so a step on an unchanged
-  // placement costs one small kernel launch.
+  // placement costs one small kernel launch and may be captured in a CUDA
+  // graph (with Compute and Map).
   Status SetQuotasOnDevice(const LayerRouting& routing,
                            const int64_t* slot_quota, cudaStream_t stream);
 
