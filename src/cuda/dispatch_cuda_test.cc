@@ -287,6 +287,26 @@ TEST(DeviceQuotaSolverTest, BadPlacementsAndCallsAreErrorsNotCrashes) {
   EXPECT_EQ(d_max.Download(1)[0], -1);
 }
 
+// `n` skewed ids (a quarter to a third on the 8 hot experts), their counts,
+// and what the host dispatcher makes of them.
+struct HostStep {
+  std::vector<int32_t> ids;
+  std::vector<int64_t> counts, quota;
+  std::vector<int32_t> want;
+};
+HostStep MakeHostStep(BalancedDispatcher& host, int e, int s, size_t n,
+                      int hot_one_in, std::mt19937_64& rng) {
+  HostStep h{std::vector<int32_t>(n), std::vector<int64_t>(e, 0),
+             std::vector<int64_t>(s), std::vector<int32_t>(n)};
+  for (int32_t& id : h.ids) {
+    id = static_cast<int32_t>(rng() % (rng() % hot_one_in == 0 ? 8 : e));
+    ++h.counts[id];
+  }
+  host.ComputeQuotas(h.counts, h.quota);
+  host.MapTokens(h.ids, h.want);
+  return h;
+}
+
 // Counts -> quotas -> table -> mapping, all on the device, equals the host's
 // ComputeQuotas + MapTokens.
 TEST(DeviceQuotaSolverTest, DevicePipelineMapsAsTheHostDispatcher) {
@@ -312,17 +332,11 @@ TEST(DeviceQuotaSolverTest, DevicePipelineMapsAsTheHostDispatcher) {
     // Two steps per placement: the second reuses the replica lists.
     for (int step = 0; step < 2; ++step) {
       SCOPED_TRACE("step " + std::to_string(step));
-      std::vector<int32_t> ids(1 + rng() % ((1 << 16) - 1));
-      std::vector<int64_t> counts(e, 0);
-      for (int32_t& id : ids) {
-        id = static_cast<int32_t>(rng() % (rng() % 3 == 0 ? 8 : e));
-        ++counts[id];
-      }
-      std::vector<int64_t> quota(s);
-      host.ComputeQuotas(counts, quota);
-      std::vector<int32_t> want(ids.size());
-      host.MapTokens(ids, want);
-      d_counts.Upload(counts);
+      const size_t n = 1 + rng() % ((1 << 16) - 1);
+      const HostStep h = MakeHostStep(host, e, s, n, 3, rng);
+      const std::vector<int32_t>& ids = h.ids;
+      const std::vector<int32_t>& want = h.want;
+      d_counts.Upload(h.counts);
       d_ids.Upload(ids);
       ASSERT_TRUE((*solver)
                       ->Compute(d_counts.data, d_quota.data, nullptr, stream)
@@ -390,22 +404,13 @@ TEST(DeviceQuotaSolverTest, LayerStepReplaysFromACapturedGraph) {
   ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
   for (int round = 0; round < 3; ++round) {
     SCOPED_TRACE("round " + std::to_string(round));
-    std::vector<int32_t> ids(n);
-    std::vector<int64_t> counts(e, 0);
-    for (int32_t& id : ids) {
-      id = static_cast<int32_t>(rng() % (rng() % 4 == 0 ? 8 : e));
-      ++counts[id];
-    }
-    std::vector<int64_t> quota(s);
-    host.ComputeQuotas(counts, quota);
-    std::vector<int32_t> want(n);
-    host.MapTokens(ids, want);
-    d_counts.Upload(counts);
-    d_ids.Upload(ids);
+    const HostStep h = MakeHostStep(host, e, s, n, 4, rng);
+    d_counts.Upload(h.counts);
+    d_ids.Upload(h.ids);
     ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
     ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
-    EXPECT_EQ(d_quota.Download(s), quota);
-    EXPECT_EQ(d_out.Download(n), want);
+    EXPECT_EQ(d_quota.Download(s), h.quota);
+    EXPECT_EQ(d_out.Download(n), h.want);
   }
   cudaGraphExecDestroy(exec);
   cudaGraphDestroy(graph);
