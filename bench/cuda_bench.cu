@@ -15,7 +15,11 @@
 //    layer's moved experts (8 experts x 3 tensors of 7168 x 2048 bytes, FP8
 //    sized) on its side stream, interleaved, median of 7 runs each; the
 //    loop is about twice the migration's own time, so the copy overlaps
-//    half of it.
+//    half of it. One row per configuration: the checksum kernels with no
+//    thread-block cap, capped at a quarter of the multiprocessors, and at 4
+//    (DeviceMigration::Create's checksum_blocks), each with the compute
+//    stream at the default priority (the lowest, the side stream's too) and
+//    at the greatest.
 //
 // Usage: eplb_bench_cuda [TOKENS] [TOP_K] [EXPERTS] [SLOTS]
 // Needs a GPU; prints "no CUDA device" and exits 0 without one.
@@ -86,8 +90,15 @@ __global__ void Gemm(const float* __restrict__ a, const float* __restrict__ b,
   c[row * n + col] = acc;
 }
 
-// The GEMM loop beside a migration (see the file comment).
-void MigrationBesideGemm() {
+// One configuration of the GEMM loop beside a migration: the checksum
+// kernels' thread-block cap and the compute stream's priority.
+struct BesideGemm {
+  int checksum_blocks = 0;     // DeviceMigration::Create's (0: no cap).
+  bool high_priority = false;  // Compute stream at the greatest priority.
+};
+
+// The GEMM loop beside a migration (see the file comment), for `v`.
+void MigrationBesideGemm(const BesideGemm& v) {
   constexpr int kM = 256, kK = 4096, kN = 1024;
   constexpr int kExperts = 8, kTensors = 3;
   constexpr size_t kTensorBytes = size_t{7168} * 2048;
@@ -107,14 +118,18 @@ void MigrationBesideGemm() {
     copies[i] = {src + i * kTensorBytes, staging + i * kTensorBytes,
                  kTensorBytes, 0};
   }
-  auto mig = eplb::cuda::DeviceMigration::Create(kCopies, kTensorBytes, 1);
+  auto mig = eplb::cuda::DeviceMigration::Create(kCopies, kTensorBytes, 1,
+                                                 v.checksum_blocks);
   if (!mig.ok()) {
     std::printf("DeviceMigration: %s\n", mig.status().ToString().c_str());
     std::exit(1);
   }
   eplb::cuda::DeviceMigration& m = **mig;
   cudaStream_t compute;
-  CHECK_CUDA(cudaStreamCreateWithFlags(&compute, cudaStreamNonBlocking));
+  int lowest = 0, greatest = 0;
+  CHECK_CUDA(cudaDeviceGetStreamPriorityRange(&lowest, &greatest));
+  CHECK_CUDA(cudaStreamCreateWithPriority(&compute, cudaStreamNonBlocking,
+                                          v.high_priority ? greatest : lowest));
   const dim3 grid(kN / kTile, kM / kTile), block(kTile, kTile);
   auto gemm = [&] { Gemm<<<grid, block, 0, compute>>>(a, b, c, kM, kN, kK); };
   const float gemm_us = TimeUs(compute, 50, gemm);
@@ -170,33 +185,47 @@ void MigrationBesideGemm() {
     computed.push_back(run_loop(1));
     known.push_back(run_loop(2));
   }
-  auto median = [](std::vector<float> v) {
-    std::sort(v.begin(), v.end());
-    return v[v.size() / 2];
+  auto median = [](std::vector<float> x) {
+    std::sort(x.begin(), x.end());
+    return x[x.size() / 2];
   };
   const float t0 = median(alone), t1 = median(computed), t2 = median(known);
+  char blocks[32];
+  if (v.checksum_blocks == 0) {
+    std::snprintf(blocks, sizeof(blocks), "no cap");
+  } else {
+    std::snprintf(blocks, sizeof(blocks), "%d", v.checksum_blocks);
+  }
   std::printf(
-      "\nmigration beside a GEMM loop: %d GEMMs of %dx%dx%d (%.1f us each), "
-      "one layer's moves = %d tensors x %.1f MiB\n",
-      loop, kM, kK, kN, gemm_us, kCopies,
-      static_cast<double>(kTensorBytes) / (1 << 20));
-  std::printf("| what | us | GEMM loop slowdown |\n|---|---|---|\n");
-  std::printf("| GEMM loop alone | %.0f | - |\n", t0);
-  std::printf("| migration alone, source checksums computed | %.0f | - |\n",
-              mig_us);
-  std::printf("| migration alone, source checksums known | %.0f | - |\n",
-              mig_known_us);
-  std::printf(
-      "| GEMM loop + migration (checksums computed) | %.0f | %.2f%% |\n", t1,
-      100.0 * (t1 - t0) / t0);
-  std::printf("| GEMM loop + migration (checksums known) | %.0f | %.2f%% |\n",
-              t2, 100.0 * (t2 - t0) / t0);
+      "| %s | %s | %d x %.1f | %.0f / %.0f | %.0f | %.2f%% | %.2f%% |\n",
+      blocks, v.high_priority ? "greatest" : "default (lowest)", loop, gemm_us,
+      mig_us, mig_known_us, t0, 100.0 * (t1 - t0) / t0, 100.0 * (t2 - t0) / t0);
   cudaStreamDestroy(compute);
   cudaFree(a);
   cudaFree(b);
   cudaFree(c);
   cudaFree(src);
   cudaFree(staging);
+}
+
+// Every configuration, one row each.
+void MigrationBesideGemmTable(int sms) {
+  std::printf(
+      "\nmigration beside a GEMM loop: GEMMs of 256x4096x1024 (FP32), one "
+      "layer's moves = 24 tensors x 14.0 MiB, %d multiprocessors; slowdown: "
+      "the loop's median time with the migration on the side stream over "
+      "its median time alone, 7 interleaved runs each\n",
+      sms);
+  std::printf(
+      "| checksum blocks | compute stream priority | loop: GEMMs x us | "
+      "migration alone us (checksums computed / known) | loop alone us | "
+      "slowdown, checksums computed | slowdown, known |\n"
+      "|---|---|---|---|---|---|---|\n");
+  for (bool high : {false, true}) {
+    for (int blocks : {0, std::max(1, sms / 4), 4}) {
+      MigrationBesideGemm({blocks, high});
+    }
+  }
 }
 
 }  // namespace
@@ -410,6 +439,6 @@ int main(int argc, char** argv) {
   cudaFree(d_ids);
   cudaFree(d_log2phy);
   cudaStreamDestroy(stream);
-  MigrationBesideGemm();
+  MigrationBesideGemmTable(prop.multiProcessorCount);
   return 0;
 }

@@ -2,6 +2,7 @@
 // (src/migration/weights.cc) on the GPU.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <string>
 
 #include "eplb/cuda/checksum.h"
@@ -97,10 +98,16 @@ size_t DeviceChecksumScratchBytes(size_t num_bytes) {
 }
 
 Status DeviceChecksum(const void* bytes, size_t num_bytes, uint64_t seed,
-                      uint64_t* out, void* scratch, cudaStream_t stream) {
+                      uint64_t* out, void* scratch, cudaStream_t stream,
+                      int max_blocks) {
   if ((bytes == nullptr && num_bytes > 0) || out == nullptr ||
       scratch == nullptr) {
     return InvalidArgumentError("DeviceChecksum: null device pointer");
+  }
+  if (max_blocks < 0) {
+    return InvalidArgumentError(
+        "DeviceChecksum: max_blocks = " + std::to_string(max_blocks) +
+        ": must be >= 0 (0: as many as the bytes need)");
   }
   const auto* p = static_cast<const unsigned char*>(bytes);
   const bool aligned = reinterpret_cast<uintptr_t>(p) % 8 == 0;
@@ -108,7 +115,9 @@ Status DeviceChecksum(const void* bytes, size_t num_bytes, uint64_t seed,
   auto* values = static_cast<uint64_t*>(scratch);
   if (blocks > 0) {
     const size_t wanted = (blocks + kWarpsPerBlock - 1) / kWarpsPerBlock;
-    const int grid = static_cast<int>(wanted < 65535 ? wanted : 65535);
+    size_t cap = 65535;
+    if (max_blocks > 0) cap = std::min(cap, static_cast<size_t>(max_blocks));
+    const int grid = static_cast<int>(std::min(wanted, cap));
     BlockValues<<<grid, kWarpsPerBlock * kLanes, 0, stream>>>(p, blocks,
                                                               aligned, values);
   }

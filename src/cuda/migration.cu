@@ -22,6 +22,7 @@ struct DeviceMigration::Impl {
   int max_copies = 0;
   size_t max_copy_bytes = 0;
   size_t max_table_entries = 0;
+  int checksum_blocks = 0;  // DeviceChecksum's max_blocks.
   cudaStream_t side = nullptr;
   cudaEvent_t finished = nullptr;   // The batch's last operation.
   cudaEvent_t committed = nullptr;  // The last commit's table upload.
@@ -59,7 +60,8 @@ DeviceMigration::DeviceMigration(std::unique_ptr<Impl> impl)
 DeviceMigration::~DeviceMigration() = default;
 
 StatusOr<std::unique_ptr<DeviceMigration>> DeviceMigration::Create(
-    int max_copies, size_t max_copy_bytes, size_t max_table_entries) {
+    int max_copies, size_t max_copy_bytes, size_t max_table_entries,
+    int checksum_blocks) {
   if (max_copies < 1 || max_copies > (1 << 20)) {
     return InvalidArgumentError(
         "DeviceMigration: max_copies = " + std::to_string(max_copies) +
@@ -75,6 +77,12 @@ StatusOr<std::unique_ptr<DeviceMigration>> DeviceMigration::Create(
                                 std::to_string(max_table_entries) +
                                 ": must be in [1, 2^30]");
   }
+  if (checksum_blocks < 0 || checksum_blocks > 65535) {
+    return InvalidArgumentError(
+        "DeviceMigration: checksum_blocks = " +
+        std::to_string(checksum_blocks) +
+        ": must be in [0, 65535] (0: as many as the bytes need)");
+  }
   if (!DeviceAvailable()) {
     return UnavailableError("DeviceMigration: no CUDA device");
   }
@@ -82,6 +90,7 @@ StatusOr<std::unique_ptr<DeviceMigration>> DeviceMigration::Create(
   impl->max_copies = max_copies;
   impl->max_copy_bytes = max_copy_bytes;
   impl->max_table_entries = max_table_entries;
+  impl->checksum_blocks = checksum_blocks;
   impl->known.assign(static_cast<size_t>(max_copies), 0);
   const size_t sums = 2 * static_cast<size_t>(max_copies) * sizeof(uint64_t);
   int lowest = 0;
@@ -154,9 +163,9 @@ Status DeviceMigration::Start(std::span<const DeviceCopy> copies,
   for (size_t i = 0; i < copies.size() && e == cudaSuccess; ++i) {
     s.known[i] = copies[i].source_checksum;
     if (s.known[i] != 0) continue;
-    const Status st =
-        DeviceChecksum(copies[i].src, copies[i].bytes, kChecksumSeed,
-                       s.device_sums + 2 * i, s.scratch, s.side);
+    const Status st = DeviceChecksum(copies[i].src, copies[i].bytes,
+                                     kChecksumSeed, s.device_sums + 2 * i,
+                                     s.scratch, s.side, s.checksum_blocks);
     if (!st.ok()) return fail(st);
   }
   for (size_t i = 0; i < copies.size() && e == cudaSuccess; ++i) {
@@ -164,9 +173,9 @@ Status DeviceMigration::Start(std::span<const DeviceCopy> copies,
                         cudaMemcpyDefault, s.side);
   }
   for (size_t i = 0; i < copies.size() && e == cudaSuccess; ++i) {
-    const Status st =
-        DeviceChecksum(copies[i].dst, copies[i].bytes, kChecksumSeed,
-                       s.device_sums + 2 * i + 1, s.scratch, s.side);
+    const Status st = DeviceChecksum(copies[i].dst, copies[i].bytes,
+                                     kChecksumSeed, s.device_sums + 2 * i + 1,
+                                     s.scratch, s.side, s.checksum_blocks);
     if (!st.ok()) return fail(st);
   }
   if (e == cudaSuccess && !copies.empty()) {

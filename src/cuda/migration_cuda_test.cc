@@ -25,6 +25,13 @@ TEST(DeviceMigrationTest, BadSizesAreRejected) {
             StatusCode::kInvalidArgument);
   EXPECT_EQ(DeviceMigration::Create(4, 64, 0).status().code(),
             StatusCode::kInvalidArgument);
+  for (int blocks : {-1, 65536}) {
+    const Status bad = DeviceMigration::Create(4, 64, 8, blocks).status();
+    EXPECT_EQ(bad.code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(bad.message().find("checksum_blocks = " + std::to_string(blocks)),
+              std::string::npos)
+        << bad.message();
+  }
   if (!DeviceAvailable()) {
     EXPECT_EQ(DeviceMigration::Create(4, 64, 8).status().code(),
               StatusCode::kUnavailable);
@@ -96,6 +103,25 @@ TEST(DeviceMigrationTest, CopiesLandVerifiedAndCommitSwitchesTheTable) {
   EXPECT_EQ(mig.Commit({}, next, nullptr, compute).code(),
             StatusCode::kInvalidArgument);
   cudaStreamDestroy(compute);
+}
+
+TEST(DeviceMigrationTest, ChecksumsOnOneThreadBlockVerifyTheSame) {
+  if (!DeviceAvailable()) GTEST_SKIP() << "no CUDA device";
+  std::mt19937_64 rng(13);
+  // 21 checksum blocks and a tail: each of the one thread block's 8 warps
+  // takes several.
+  const size_t bytes = 21 * kChecksumBlockBytes + 9;
+  const std::vector<std::byte> host = RandomBytes(rng, bytes);
+  DeviceArray<std::byte> src(host), staging(bytes);
+  auto m = DeviceMigration::Create(1, bytes, 4, /*checksum_blocks=*/1);
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  const DeviceCopy copy{src.data, staging.data, bytes, 0};
+  ASSERT_TRUE((*m)->Start({&copy, 1}).ok());
+  WaitDone(**m);
+  ASSERT_TRUE((*m)->Verified());
+  EXPECT_EQ((*m)->source_checksum(0), ChecksumBytes(host));
+  EXPECT_EQ((*m)->landed_checksum(0), ChecksumBytes(host));
+  EXPECT_EQ(staging.Download(bytes), host);
 }
 
 TEST(DeviceMigrationTest, AWrongChecksumBlocksTheCommit) {

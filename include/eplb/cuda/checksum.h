@@ -24,9 +24,15 @@ size_t DeviceChecksumScratchBytes(size_t num_bytes);
 // work (its 32 lanes are the checksum's 32 lanes), then one thread chains the
 // blocks and the tail in order. `scratch`: DeviceChecksumScratchBytes(
 // num_bytes) bytes of device memory, not used by another checksum in flight.
-// InvalidArgument for a null pointer; Internal when the launch fails.
+// `max_blocks` caps the thread blocks of the per-block kernel (each warp
+// then takes several blocks in turn; the value is the same): 0 launches as
+// many as the bytes need, which spreads the work over every free
+// multiprocessor, while a few keep it on a few and leave the rest to other
+// streams' kernels. InvalidArgument for a null pointer or a negative
+// `max_blocks`; Internal when the launch fails.
 Status DeviceChecksum(const void* bytes, size_t num_bytes, uint64_t seed,
-                      uint64_t* out, void* scratch, cudaStream_t stream);
+                      uint64_t* out, void* scratch, cudaStream_t stream,
+                      int max_blocks = 0);
 
 }  // namespace eplb::cuda
 

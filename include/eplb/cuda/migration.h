@@ -12,8 +12,12 @@
 //     m->Commit(slot_writes, new_log2phy, device_log2phy, compute_stream);
 //   }
 //
-// The side stream is created with the lowest priority, so the compute
-// stream's kernels are scheduled first when both have work.
+// The side stream is created with the lowest stream priority. That is also
+// the priority of a stream created without one, so the compute stream's
+// kernels are scheduled first only when the engine gives its compute stream
+// a higher priority (cudaStreamCreateWithPriority; see docs/cuda.md). The
+// copies run on the copy engines; the checksum kernels take multiprocessors,
+// as many as `checksum_blocks` allows (Create).
 #ifndef EPLB_CUDA_MIGRATION_H_
 #define EPLB_CUDA_MIGRATION_H_
 
@@ -53,11 +57,17 @@ class DeviceMigration {
  public:
   // Room for `max_copies` tensors per batch of at most `max_copy_bytes`
   // bytes each (the checksums' scratch is sized for it), and a routing
-  // table of up to `max_table_entries` entries per Commit. InvalidArgument
-  // for a bad size; Unavailable without a device; Internal when an
-  // allocation fails.
+  // table of up to `max_table_entries` entries per Commit.
+  // `checksum_blocks` caps the thread blocks of each checksum kernel
+  // (DeviceChecksum's max_blocks): 0 lets a checksum spread over every free
+  // multiprocessor (fastest verification, most contention with the compute
+  // stream); a few keep verification on a few multiprocessors, slower but
+  // out of the compute stream's way. InvalidArgument for a bad size or a
+  // checksum_blocks outside [0, 65535]; Unavailable without a device;
+  // Internal when an allocation fails.
   static StatusOr<std::unique_ptr<DeviceMigration>> Create(
-      int max_copies, size_t max_copy_bytes, size_t max_table_entries);
+      int max_copies, size_t max_copy_bytes, size_t max_table_entries,
+      int checksum_blocks = 0);
   ~DeviceMigration();
   DeviceMigration(const DeviceMigration&) = delete;
   DeviceMigration& operator=(const DeviceMigration&) = delete;
