@@ -77,16 +77,43 @@ __global__ void BlockValues(const unsigned char* __restrict__ bytes,
   }
 }
 
-// The blocks in order, then the tail word by word and byte by byte.
+// `count` 64-bit values, value(i) for i in [0, count), chained into h in
+// order by one warp: each lane loads one value of every 32 (so the loads of
+// a group are issued together instead of one after the other), then every
+// lane steps the same h through the group, broadcast by shuffles. `count`
+// is the same on every lane, so the warp stays converged.
+template <typename Value>
+__device__ __forceinline__ uint64_t ChainValues(uint64_t h, size_t count,
+                                                int lane, Value value) {
+  for (size_t base = 0; base < count; base += kLanes) {
+    const int group = static_cast<int>(
+        count - base < static_cast<size_t>(kLanes) ? count - base : kLanes);
+    const uint64_t mine = lane < group ? value(base + lane) : 0;
+    for (int j = 0; j < group; ++j) {
+      h = Step(h, __shfl_sync(0xffffffffu, mine, j));
+    }
+  }
+  return h;
+}
+
+// One warp: the blocks' values in order, then the tail's whole words, then
+// its last bytes one by one (lane 0).
 __global__ void Chain(const unsigned char* __restrict__ bytes, size_t n,
                       size_t blocks, bool aligned, uint64_t seed,
                       const uint64_t* __restrict__ values,
                       uint64_t* __restrict__ out) {
-  uint64_t h = seed;
-  for (size_t b = 0; b < blocks; ++b) h = Step(h, values[b]);
-  size_t i = blocks * kChecksumBlockBytes;
-  for (; i + 8 <= n; i += 8) h = Step(h, Load64(bytes + i, aligned));
-  for (; i < n; ++i) h = (h ^ static_cast<uint64_t>(bytes[i])) * kFnvPrime;
+  const int lane = static_cast<int>(threadIdx.x);
+  uint64_t h =
+      ChainValues(seed, blocks, lane, [values](size_t i) { return values[i]; });
+  const size_t tail = blocks * kChecksumBlockBytes;
+  const size_t words = (n - tail) / 8;
+  h = ChainValues(h, words, lane, [bytes, tail, aligned](size_t i) {
+    return Load64(bytes + tail + 8 * i, aligned);
+  });
+  if (lane != 0) return;
+  for (size_t i = tail + 8 * words; i < n; ++i) {
+    h = (h ^ static_cast<uint64_t>(bytes[i])) * kFnvPrime;
+  }
   *out = h;
 }
 
@@ -121,7 +148,8 @@ Status DeviceChecksum(const void* bytes, size_t num_bytes, uint64_t seed,
     BlockValues<<<grid, kWarpsPerBlock * kLanes, 0, stream>>>(p, blocks,
                                                               aligned, values);
   }
-  Chain<<<1, 1, 0, stream>>>(p, num_bytes, blocks, aligned, seed, values, out);
+  Chain<<<1, kLanes, 0, stream>>>(p, num_bytes, blocks, aligned, seed, values,
+                                  out);
   const cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) {
     return InternalError(std::string("DeviceChecksum: ") +

@@ -21,8 +21,8 @@ size_t DeviceChecksumScratchBytes(size_t num_bytes);
 // Enqueues on `stream` the computation of ChecksumBytes(bytes, seed) over
 // `num_bytes` bytes of device memory at `bytes` (any alignment); the value
 // lands in device memory at `out` (8 bytes). Every whole block is one warp's
-// work (its 32 lanes are the checksum's 32 lanes), then one thread chains the
-// blocks and the tail in order. `scratch`: DeviceChecksumScratchBytes(
+// work (its 32 lanes are the checksum's 32 lanes), then one warp chains the
+// blocks and the tail in order (loading 32 values at a time). `scratch`: DeviceChecksumScratchBytes(
 // num_bytes) bytes of device memory, not used by another checksum in flight.
 // `max_blocks` caps the thread blocks of the per-block kernel (each warp
 // then takes several blocks in turn; the value is the same): 0 launches as
