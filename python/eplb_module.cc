@@ -266,28 +266,87 @@ class PyDispatcher {
     quoted_ = true;
     return py::make_tuple(quota, peak);
   }
-  py::array MapTokens(const py::array& topk_ids) {
+  // `offsets`: None, or [E] int64 >= 0 (this rank's place in each expert's
+  // global token order; global_counts_and_offsets).
+  py::array MapTokens(const py::array& topk_ids, const py::object& offsets) {
     if (!quoted_) Raise("map_tokens: call compute_quotas first");
-    if (py::isinstance<py::array_t<int64_t>>(topk_ids)) {
-      auto ids = topk_ids.cast<CArray<int64_t>>();
-      py::array_t<int64_t> out(ids.request().shape);
-      py::gil_scoped_release release;
-      d_->MapTokens(std::span<const int64_t>(ids.data(), ids.size()),
-                    std::span<int64_t>(out.mutable_data(), out.size()));
-      return out;
+    CArray<int64_t> off;  // Empty: no offsets.
+    if (!offsets.is_none()) {
+      off = offsets.cast<CArray<int64_t>>();
+      if (off.ndim() != 1 || off.size() != d_->num_experts()) {
+        Raise("offsets: has " + std::to_string(off.size()) +
+              " entries, must be num_experts = " +
+              std::to_string(d_->num_experts()));
+      }
+      for (py::ssize_t i = 0; i < off.size(); ++i) {
+        if (off.data()[i] < 0) {
+          Raise("offsets[" + std::to_string(i) +
+                "] = " + std::to_string(off.data()[i]) + ": must be >= 0");
+        }
+      }
     }
-    auto ids = topk_ids.cast<CArray<int32_t>>();
-    py::array_t<int32_t> out(ids.request().shape);
-    py::gil_scoped_release release;
-    d_->MapTokens(std::span<const int32_t>(ids.data(), ids.size()),
-                  std::span<int32_t>(out.mutable_data(), out.size()));
-    return out;
+    const std::span<const int64_t> offs =
+        offsets.is_none() ? std::span<const int64_t>()
+                          : std::span<const int64_t>(off.data(), off.size());
+    if (py::isinstance<py::array_t<int64_t>>(topk_ids)) {
+      return Map<int64_t>(topk_ids, offs);
+    }
+    return Map<int32_t>(topk_ids, offs);
   }
 
  private:
+  template <typename Id>
+  py::array Map(const py::array& topk_ids, std::span<const int64_t> offsets) {
+    auto ids = topk_ids.cast<CArray<Id>>();
+    py::array_t<Id> out(ids.request().shape);
+    py::gil_scoped_release release;
+    const std::span<const Id> in(ids.data(), ids.size());
+    const std::span<Id> phys(out.mutable_data(), out.size());
+    if (offsets.empty()) {
+      d_->MapTokens(in, phys);
+    } else {
+      d_->MapTokens(in, offsets, phys);
+    }
+    return out;
+  }
+
   std::unique_ptr<eplb::BalancedDispatcher> d_;
   bool placed_ = false, quoted_ = false;
 };
+
+// (counts [E], offsets [E]) from every sending rank's per-expert counts
+// `rank_counts` [S, E] (int64 >= 0) for `rank` in [0, S).
+py::tuple GlobalCounts(const CArray<int64_t>& rank_counts, int rank) {
+  if (rank_counts.ndim() != 2 || rank_counts.shape(0) < 1 ||
+      rank_counts.shape(1) < 1) {
+    Raise("rank_counts: must be a [ranks, experts] array with both >= 1");
+  }
+  const py::ssize_t sources = rank_counts.shape(0);
+  const py::ssize_t experts = rank_counts.shape(1);
+  if (rank < 0 || rank >= sources) {
+    Raise("rank = " + std::to_string(rank) + ": must be in [0, " +
+          std::to_string(sources) + ")");
+  }
+  std::vector<int64_t> sums(static_cast<size_t>(experts), 0);
+  for (py::ssize_t i = 0; i < rank_counts.size(); ++i) {
+    const int64_t v = rank_counts.data()[i];
+    const std::string at = "rank_counts[" + std::to_string(i / experts) + "][" +
+                           std::to_string(i % experts) + "] = ";
+    if (v < 0) Raise(at + std::to_string(v) + ": must be >= 0");
+    int64_t& sum = sums[static_cast<size_t>(i % experts)];
+    if (__builtin_add_overflow(sum, v, &sum)) {
+      Raise(at + std::to_string(v) +
+            ": the expert's sum over ranks overflows "
+            "int64");
+    }
+  }
+  py::array_t<int64_t> counts(experts), offsets(experts);
+  eplb::GlobalCountsAndOffsets(
+      std::span<const int64_t>(rank_counts.data(), rank_counts.size()), rank,
+      std::span<int64_t>(counts.mutable_data(), counts.size()),
+      std::span<int64_t>(offsets.mutable_data(), offsets.size()));
+  return py::make_tuple(counts, offsets);
+}
 
 py::dict ParseConfig(const std::string& text) {
   const eplb::ParsedConfig p =
@@ -501,7 +560,10 @@ PYBIND11_MODULE(_eplb, m) {
            py::arg("num_ranks"), py::arg("slots_per_rank"))
       .def("set_placement", &PyDispatcher::SetPlacement, py::arg("placement"))
       .def("compute_quotas", &PyDispatcher::ComputeQuotas, py::arg("counts"))
-      .def("map_tokens", &PyDispatcher::MapTokens, py::arg("topk_ids"));
+      .def("map_tokens", &PyDispatcher::MapTokens, py::arg("topk_ids"),
+           py::arg("offsets") = py::none());
+  m.def("global_counts_and_offsets", &GlobalCounts, py::arg("rank_counts"),
+        py::arg("rank"));
   m.def("parse_config", &ParseConfig, py::arg("text"));
   m.def("read_expert_map", &ReadMap, py::arg("path"));
   m.def("write_expert_map", &WriteMap, py::arg("path"), py::arg("placement"),

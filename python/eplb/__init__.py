@@ -26,7 +26,13 @@ C++ works):
                snapshot() -> {"window", "samples", "steps_counted", ...}
   BalancedDispatcher(num_experts, num_ranks, slots_per_rank):
                set_placement(phy2log_row), compute_quotas(counts) ->
-               (quota per slot, busiest rank's load), map_tokens(topk_ids)
+               (quota per slot, busiest rank's load),
+               map_tokens(topk_ids, offsets=None)
+  global_counts_and_offsets(rank_counts, rank) -> (counts, offsets): from
+               every rank's tokens per expert [ranks, experts] (e.g. an
+               all-gather), the summed counts for compute_quotas and this
+               rank's offsets for map_tokens, so that ranks mapping only
+               their own tokens honour the quotas together
   parse_config(json_text) -> dict (the eplb_config, validated; the
                DYNAMIC_EPLB / EXPERT_MAP_RECORD guard read from os.environ)
   read_expert_map(path) / write_expert_map(path, placement, num_experts) /
@@ -52,7 +58,8 @@ from ._eplb import (EplbError, parse_config, read_expert_map, validate_map,
                     write_expert_map)
 from . import _eplb
 
-__all__ = ["BalancedDispatcher", "EplbError", "HeatRecorder", "parse_config",
+__all__ = ["BalancedDispatcher", "EplbError", "HeatRecorder",
+           "global_counts_and_offsets", "parse_config",
            "plan", "read_expert_map", "rebalance_experts", "replay",
            "validate_map",
            "write_expert_map"]
@@ -73,6 +80,25 @@ def _as_numpy(x, dtype, what):
         return _np.ascontiguousarray(x, dtype=dtype)
     except (TypeError, ValueError) as e:
         raise EplbError(f"{what}: not an array of numbers ({e})") from None
+
+
+def _as_counts(x, what):
+    """Whole numbers as int64; fractional, infinite or NaN entries raise."""
+    a = x.detach() if _torch_tensor(x) else x
+    if _torch_tensor(a):
+        if a.device.type != "cpu":
+            raise EplbError(f"{what}: a tensor on {a.device}; pass a CPU tensor")
+        a = a.numpy()
+    a = _np.asarray(a)
+    if a.dtype.kind in "fc":
+        bad = ~_np.isfinite(a) | (a != _np.round(a))
+        if bad.any():
+            at = tuple(int(i) for i in _np.argwhere(bad)[0])
+            raise EplbError(f"{what}{list(at)} = {a[at]}: must be a whole "
+                            "number")
+    elif a.dtype.kind not in "iub":
+        raise EplbError(f"{what}: not an array of numbers (dtype {a.dtype})")
+    return _np.ascontiguousarray(a, dtype=_np.int64)
 
 
 def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus,
@@ -133,13 +159,26 @@ class BalancedDispatcher(_eplb.BalancedDispatcher):
             quota = torch.from_numpy(quota)
         return quota, peak
 
-    def map_tokens(self, topk_ids):
+    def map_tokens(self, topk_ids, offsets=None):
         as_torch = _torch_tensor(topk_ids)
-        out = super().map_tokens(_view(topk_ids, "topk_ids"))
+        if offsets is not None:
+            offsets = _as_counts(offsets, "offsets")
+        out = super().map_tokens(_view(topk_ids, "topk_ids"), offsets)
         if as_torch:
             import torch
             out = torch.from_numpy(out)
         return out
+
+
+def global_counts_and_offsets(rank_counts, rank):
+    """See the module's documentation."""
+    as_torch = _torch_tensor(rank_counts)
+    counts, offsets = _eplb.global_counts_and_offsets(
+        _as_counts(rank_counts, "rank_counts"), int(rank))
+    if as_torch:
+        import torch
+        return torch.from_numpy(counts), torch.from_numpy(offsets)
+    return counts, offsets
 
 
 def plan(load, num_ranks, slots_per_rank, *, policy="swift", current=None,

@@ -51,6 +51,13 @@ def test_heat_recorder_takes_torch_tensors():
     phys = d.map_tokens(torch.tensor([[0, 1], [0, 2]]))
     assert isinstance(phys, torch.Tensor) and phys.dtype == torch.int64
     assert phys.tolist() == [[0, 1], [0, 3]]
+    counts, offsets = eplb.global_counts_and_offsets(
+        torch.tensor([[2, 1, 0], [4, 0, 1]]), 1)
+    assert isinstance(counts, torch.Tensor)
+    assert counts.tolist() == [6, 1, 1] and offsets.tolist() == [2, 1, 0]
+    d.compute_quotas(counts)  # Quotas [3, 1, 3, 1]: rank 1 starts at 2.
+    phys = d.map_tokens(torch.tensor([0, 0, 0, 2]), offsets)
+    assert phys.tolist() == [0, 2, 2, 3]
 
 
 def test_balanced_dispatch_quotas_and_mapping():
@@ -66,6 +73,67 @@ def test_balanced_dispatch_quotas_and_mapping():
         d.set_placement(np.array([0, 0, 1, 2], np.int32))  # 0 twice on rank 0.
     with pytest.raises(eplb.EplbError, match="counts"):
         d.compute_quotas(np.array([1, -1, 0], np.int64))
+
+
+def test_ranks_mapping_their_own_tokens_honour_the_quotas_together():
+    # 4 experts on 3 ranks x 2 slots; experts 0 and 1 have two replicas.
+    placement = np.array([0, 1, 0, 2, 1, 3], np.int32)
+    rng = np.random.default_rng(7)
+    ids = [rng.choice(4, size=40, p=[0.5, 0.3, 0.1, 0.1]) for _ in range(3)]
+    rank_counts = np.stack([np.bincount(i, minlength=4) for i in ids])
+    dispatchers, mapped = [], []
+    for rank in range(3):
+        counts, offsets = eplb.global_counts_and_offsets(rank_counts, rank)
+        assert list(counts) == list(rank_counts.sum(axis=0))
+        assert list(offsets) == list(rank_counts[:rank].sum(axis=0))
+        d = eplb.BalancedDispatcher(4, 3, 2)
+        d.set_placement(placement)
+        quota, _ = d.compute_quotas(counts)
+        mapped.append(d.map_tokens(ids[rank].astype(np.int64), offsets))
+        dispatchers.append(quota)
+    # Every rank computed the same quotas, and together the ranks sent each
+    # slot exactly its quota, each token to a slot of its own expert.
+    for quota in dispatchers[1:]:
+        assert list(quota) == list(dispatchers[0])
+    received = np.bincount(np.concatenate(mapped), minlength=6)
+    assert list(received) == list(dispatchers[0])
+    for rank in range(3):
+        assert (placement[mapped[rank]] == ids[rank]).all()
+    # Without the offsets every rank starts at the first replica, and the
+    # quotas are not met.
+    alone = []
+    for rank in range(3):
+        d = eplb.BalancedDispatcher(4, 3, 2)
+        d.set_placement(placement)
+        d.compute_quotas(rank_counts.sum(axis=0))
+        alone.append(d.map_tokens(ids[rank].astype(np.int64)))
+    assert list(np.bincount(np.concatenate(alone), minlength=6)) != list(
+        dispatchers[0])
+
+
+def test_global_counts_and_offsets_reject_bad_input():
+    d = eplb.BalancedDispatcher(3, 2, 2)
+    d.set_placement(np.array([0, 1, 0, 2], np.int32))
+    d.compute_quotas(np.array([2, 1, 1], np.int64))
+    ids = np.array([0, 1, 0, 2], np.int32)
+    with pytest.raises(eplb.EplbError, match=r"offsets\[1\] = -1"):
+        d.map_tokens(ids, np.array([0, -1, 0]))
+    with pytest.raises(eplb.EplbError, match="offsets: has 2 entries"):
+        d.map_tokens(ids, np.array([0, 0]))
+    with pytest.raises(eplb.EplbError, match="must be a whole number"):
+        d.map_tokens(ids, np.array([0.5, 0, 0]))
+    assert d.map_tokens(ids, np.array([1.0, 0, 0])).dtype == np.int32
+    with pytest.raises(eplb.EplbError, match=r"rank = 2: must be in \[0, 2\)"):
+        eplb.global_counts_and_offsets(np.ones((2, 3), np.int64), 2)
+    with pytest.raises(eplb.EplbError, match=r"rank_counts\[1\]\[2\] = -4"):
+        eplb.global_counts_and_offsets(np.array([[1, 2, 3], [1, 2, -4]]), 0)
+    with pytest.raises(eplb.EplbError, match="overflows int64"):
+        big = np.iinfo(np.int64).max
+        eplb.global_counts_and_offsets(np.array([[big], [1]]), 0)
+    with pytest.raises(eplb.EplbError, match=r"\[ranks, experts\]"):
+        eplb.global_counts_and_offsets(np.array([1, 2, 3]), 0)
+    with pytest.raises(eplb.EplbError, match="whole number"):
+        eplb.global_counts_and_offsets(np.array([[1.0, np.nan]]), 0)
 
 
 def test_parse_config(monkeypatch):
