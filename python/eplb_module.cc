@@ -244,17 +244,7 @@ class PyDispatcher {
   }
   py::tuple ComputeQuotas(const CArray<int64_t>& counts) {
     if (!placed_) Raise("compute_quotas: call set_placement first");
-    if (counts.size() != d_->num_experts()) {
-      Raise("counts: has " + std::to_string(counts.size()) +
-            " entries, must be num_experts = " +
-            std::to_string(d_->num_experts()));
-    }
-    for (py::ssize_t i = 0; i < counts.size(); ++i) {
-      if (counts.data()[i] < 0) {
-        Raise("counts[" + std::to_string(i) +
-              "] = " + std::to_string(counts.data()[i]) + ": must be >= 0");
-      }
-    }
+    CheckPerExpert(counts, "counts");
     py::array_t<int64_t> quota(d_->num_slots());
     int64_t peak;
     {
@@ -273,17 +263,7 @@ class PyDispatcher {
     CArray<int64_t> off;  // Empty: no offsets.
     if (!offsets.is_none()) {
       off = offsets.cast<CArray<int64_t>>();
-      if (off.ndim() != 1 || off.size() != d_->num_experts()) {
-        Raise("offsets: has " + std::to_string(off.size()) +
-              " entries, must be num_experts = " +
-              std::to_string(d_->num_experts()));
-      }
-      for (py::ssize_t i = 0; i < off.size(); ++i) {
-        if (off.data()[i] < 0) {
-          Raise("offsets[" + std::to_string(i) +
-                "] = " + std::to_string(off.data()[i]) + ": must be >= 0");
-        }
-      }
+      CheckPerExpert(off, "offsets");
     }
     const std::span<const int64_t> offs =
         offsets.is_none() ? std::span<const int64_t>()
@@ -295,6 +275,21 @@ class PyDispatcher {
   }
 
  private:
+  // `a` holds one entry >= 0 per expert; raises naming `what` otherwise.
+  void CheckPerExpert(const CArray<int64_t>& a, const char* what) const {
+    if (a.ndim() != 1 || a.size() != d_->num_experts()) {
+      Raise(std::string(what) + ": has " + std::to_string(a.size()) +
+            " entries, must be num_experts = " +
+            std::to_string(d_->num_experts()));
+    }
+    for (py::ssize_t i = 0; i < a.size(); ++i) {
+      if (a.data()[i] < 0) {
+        Raise(std::string(what) + "[" + std::to_string(i) +
+              "] = " + std::to_string(a.data()[i]) + ": must be >= 0");
+      }
+    }
+  }
+
   template <typename Id>
   py::array Map(const py::array& topk_ids, std::span<const int64_t> offsets) {
     auto ids = topk_ids.cast<CArray<Id>>();
