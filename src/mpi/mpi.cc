@@ -215,6 +215,16 @@ class MpiTransport final : public Transport {
   // Checksum work between two polls that found nothing completed: about
   // 0.1 ms at memory speed.
   static constexpr size_t kSumPieceBytes = 1 << 20;
+  // Polls that find nothing completed, in a row, before the worker sleeps
+  // between polls (a few milliseconds of polling). Data moves between
+  // completions: without single-copy shared memory (CMA unavailable, as in
+  // containers without ptrace rights, or over TCP) MPI copies each message
+  // through shared fragments that both sides must keep progressing, so a
+  // sleep between polls stalls the copy (33-38% of MPI's bandwidth with a
+  // 20 us sleep against 51-58% polling, on one core per process). Past the
+  // limit the peer is not sending, and the worker sleeps 20 us between
+  // polls so as not to keep a core busy.
+  static constexpr int kPollsBeforeSleep = 2000;
 
   void Run() {
     for (;;) {
@@ -338,6 +348,7 @@ class MpiTransport final : public Transport {
       }
     };
     size_t active = 0;
+    int idle_polls = 0;   // Polls in a row that completed nothing.
     size_t next_sum = 0;  // sums[< next_sum] are done.
     auto finish_sums = [&](size_t upto) {
       for (; next_sum < upto; ++next_sum) {
@@ -394,10 +405,15 @@ class MpiTransport final : public Transport {
             sent_sums[p.transfer] = p.cursor.value();
             ++next_sum;
           }
+        } else if (++idle_polls < kPollsBeforeSleep) {
+          // Nothing finished: poll again soon, after the other threads and
+          // processes on this core had their turn.
+          std::this_thread::yield();
         } else {
-          // Nothing finished: let the other processes on this core run.
           std::this_thread::sleep_for(std::chrono::microseconds(20));
         }
+      } else {
+        idle_polls = 0;
       }
     }
     read_back();
