@@ -3,7 +3,9 @@
 // launches on one stream:
 //  - the heat recorder (DeviceHeatRecorder::RecordTopk) against a plain
 //    device histogram of the same ids (cub::DeviceHistogram::HistogramEven),
-//    in the same run, and a 58-layer step with its end and drain;
+//    in the same run, RecordTopk at five grids (max_blocks: 1/2, 1, 2, 4
+//    and 8 times the multiprocessors), and a 58-layer step with its end and
+//    drain;
 //  - balanced dispatch's per-token mapping (DeviceTokenMapper::Map) for
 //    quotas the host computed (BalancedDispatcher::ComputeQuotas, timed on
 //    the host beside it), and their upload (SetQuotas); the quotas on the
@@ -31,6 +33,7 @@
 #include <cstdlib>
 #include <cub/device/device_histogram.cuh>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "eplb/cuda/dispatch.h"
@@ -293,6 +296,24 @@ int main(int argc, char** argv) {
   const float record_us = TimeUs(stream, reps, [&] {
     (*rec)->RecordTopk(0, d_ids, n, d_log2phy, stream);
   });
+  // The counting kernel's grid (DeviceHeatRecorderOptions::max_blocks).
+  const int sms = prop.multiProcessorCount;
+  std::vector<std::pair<int, float>> by_blocks;
+  for (int blocks : {sms / 2, sms, 2 * sms, 4 * sms, 8 * sms}) {
+    if (blocks < 1) continue;
+    eplb::cuda::DeviceHeatRecorderOptions ob = o;
+    ob.max_blocks = blocks;
+    auto host_b = eplb::HeatRecorder::Create(ho);
+    auto rec_b = eplb::cuda::DeviceHeatRecorder::Create(ob, host_b->get());
+    if (!rec_b.ok()) {
+      std::fprintf(stderr, "%s\n", rec_b.status().ToString().c_str());
+      return 1;
+    }
+    by_blocks.emplace_back(blocks, TimeUs(stream, reps, [&] {
+                             (*rec_b)->RecordTopk(0, d_ids, n, d_log2phy,
+                                                  stream);
+                           }));
+  }
   // The reference: a plain device histogram of the same ids over experts.
   int* d_hist = nullptr;
   CHECK_CUDA(cudaMalloc(&d_hist, experts * sizeof(int)));
@@ -410,6 +431,10 @@ int main(int argc, char** argv) {
       "| a %d-layer step: RecordTopk x %d + EndStep + Drain | %.1f "
       "|\n",
       kLayers, kLayers, step_us);
+  for (const auto& [blocks, us] : by_blocks) {
+    std::printf("| RecordTopk with max_blocks = %d%s | %.2f |\n", blocks,
+                blocks == 2 * sms ? " (the default: 2 x SMs)" : "", us);
+  }
   std::printf("| DeviceTokenMapper::Map (one layer-step, balanced) | %.2f |\n",
               map_us);
   std::printf(

@@ -138,6 +138,7 @@ StatusOr<std::unique_ptr<DeviceHeatRecorder>> DeviceHeatRecorder::Create(
   EPLB_RETURN_IF_ERROR(check("num_experts", options.num_experts, 1));
   EPLB_RETURN_IF_ERROR(check("num_slots", options.num_slots, 1));
   EPLB_RETURN_IF_ERROR(check("staging_steps", options.staging_steps, 2));
+  EPLB_RETURN_IF_ERROR(check("max_blocks", options.max_blocks, 0));
   if (host == nullptr) {
     return InvalidArgumentError("DeviceHeatRecorder: no host recorder");
   }
@@ -171,7 +172,8 @@ StatusOr<std::unique_ptr<DeviceHeatRecorder>> DeviceHeatRecorder::Create(
   int sms = 0;
   e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (e != cudaSuccess) return InternalError(CudaMessage("attribute", e));
-  impl->blocks = std::max(1, 2 * sms);
+  impl->blocks =
+      options.max_blocks > 0 ? options.max_blocks : std::max(1, 2 * sms);
   const size_t bytes = impl->cells * sizeof(unsigned long long);
   for (int b = 0; b < 2; ++b) {
     e = cudaMalloc(&impl->device_counts[b], bytes);

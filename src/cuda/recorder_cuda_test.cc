@@ -52,6 +52,11 @@ TEST(DeviceHeatRecorderTest, CreateRejectsBadOptionsWithTheField) {
             std::string::npos);
   o.num_slots = 4;
   EXPECT_FALSE(DeviceHeatRecorder::Create(o, nullptr).ok());
+  o.max_blocks = -1;
+  bad = DeviceHeatRecorder::Create(o, host.get());
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().ToString().find("max_blocks = -1"), std::string::npos);
 }
 
 TEST(DeviceHeatRecorderTest, WithoutADeviceCreateSaysUnavailable) {
@@ -67,12 +72,13 @@ TEST(DeviceHeatRecorderTest, WithoutADeviceCreateSaysUnavailable) {
 // recorder (drained into its own host recorder) and the host recorder fed
 // the same ids give bit-identical snapshots.
 template <typename Id>
-void CompareWithHost(int slots) {
+void CompareWithHost(int slots, int max_blocks = 0) {
   const int layers = 3, experts = 64;
   auto reference = HostRecorder(layers, experts, slots);
   auto fed = HostRecorder(layers, experts, slots);
-  auto device =
-      DeviceHeatRecorder::Create(Options(layers, experts, slots), fed.get());
+  DeviceHeatRecorderOptions options = Options(layers, experts, slots);
+  options.max_blocks = max_blocks;
+  auto device = DeviceHeatRecorder::Create(options, fed.get());
   ASSERT_TRUE(device.ok()) << device.status().ToString();
   std::vector<int32_t> log2phy(experts);
   for (int e = 0; e < experts; ++e) log2phy[e] = (e * 7) % slots;
@@ -125,6 +131,12 @@ TEST(DeviceHeatRecorderTest, Int32IdsMatchTheHostRecorder) {
 TEST(DeviceHeatRecorderTest, Int64IdsMatchTheHostRecorder) {
   SKIP_WITHOUT_GPU();
   CompareWithHost<int64_t>(40);
+}
+
+TEST(DeviceHeatRecorderTest, OneOrThreeBlocksCountAlike) {
+  SKIP_WITHOUT_GPU();
+  CompareWithHost<int32_t>(40, /*max_blocks=*/1);
+  CompareWithHost<int64_t>(20000, /*max_blocks=*/3);
 }
 
 TEST(DeviceHeatRecorderTest, ManySlotsCountInGlobalMemoryAlike) {

@@ -49,6 +49,11 @@ struct DeviceHeatRecorderOptions {
   // The device the buffers live on (the caller's current device by
   // default).
   int device = -1;
+  // Thread blocks of a counting kernel (each counts its share of the ids in
+  // shared memory, then adds its counters to the layer's): 0 launches twice
+  // the device's multiprocessors. Fewer blocks add fewer partial counters
+  // per layer-step; more keep more ids in flight. >= 0.
+  int max_blocks = 0;
 };
 
 // Whether a CUDA device can be used here (a driver and at least one device).
