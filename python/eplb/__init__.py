@@ -153,7 +153,7 @@ class BalancedDispatcher(_eplb.BalancedDispatcher):
 
     def compute_quotas(self, counts):
         as_torch = _torch_tensor(counts)
-        quota, peak = super().compute_quotas(_view(counts, "counts"))
+        quota, peak = super().compute_quotas(_as_counts(counts, "counts"))
         if as_torch:
             import torch
             quota = torch.from_numpy(quota)

@@ -73,6 +73,9 @@ def test_balanced_dispatch_quotas_and_mapping():
         d.set_placement(np.array([0, 0, 1, 2], np.int32))  # 0 twice on rank 0.
     with pytest.raises(eplb.EplbError, match="counts"):
         d.compute_quotas(np.array([1, -1, 0], np.int64))
+    with pytest.raises(eplb.EplbError, match=r"counts\[2\] = 0.5: must be a whole"):
+        d.compute_quotas(np.array([1, 2, 0.5]))
+    assert list(d.compute_quotas(np.array([6.0, 1, 1]))[0]) == [3, 1, 3, 1]
 
 
 def test_ranks_mapping_their_own_tokens_honour_the_quotas_together():
