@@ -82,8 +82,9 @@ def _as_numpy(x, dtype, what):
         raise EplbError(f"{what}: not an array of numbers ({e})") from None
 
 
-def _as_counts(x, what):
-    """Whole numbers as int64; fractional, infinite or NaN entries raise."""
+def _as_whole(x, what, dtype=_np.int64):
+    """Whole numbers as `dtype`; fractional, infinite or NaN entries, and
+    entries that `dtype` cannot hold, raise."""
     a = x.detach() if _torch_tensor(x) else x
     if _torch_tensor(a):
         if a.device.type != "cpu":
@@ -98,7 +99,13 @@ def _as_counts(x, what):
                             "number")
     elif a.dtype.kind not in "iub":
         raise EplbError(f"{what}: not an array of numbers (dtype {a.dtype})")
-    return _np.ascontiguousarray(a, dtype=_np.int64)
+    info = _np.iinfo(dtype)
+    if a.size and (a.min() < info.min or a.max() > info.max):
+        bad = (a < info.min) | (a > info.max)
+        at = tuple(int(i) for i in _np.argwhere(bad)[0])
+        raise EplbError(f"{what}{list(at)} = {a[at]}: out of {_np.dtype(dtype)}"
+                        " range")
+    return _np.ascontiguousarray(a, dtype=dtype)
 
 
 def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus,
@@ -106,7 +113,7 @@ def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus,
     """See the module's documentation."""
     as_torch = _torch_tensor(weight)
     w = _as_numpy(weight, _np.float64, "weight")
-    cur = None if current is None else _as_numpy(current, _np.int64, "current")
+    cur = None if current is None else _as_whole(current, "current")
     out = _eplb.rebalance_experts(w, int(num_replicas), int(num_groups),
                                   int(num_nodes), int(num_gpus), str(policy),
                                   cur)
@@ -153,7 +160,7 @@ class BalancedDispatcher(_eplb.BalancedDispatcher):
 
     def compute_quotas(self, counts):
         as_torch = _torch_tensor(counts)
-        quota, peak = super().compute_quotas(_as_counts(counts, "counts"))
+        quota, peak = super().compute_quotas(_as_whole(counts, "counts"))
         if as_torch:
             import torch
             quota = torch.from_numpy(quota)
@@ -162,7 +169,7 @@ class BalancedDispatcher(_eplb.BalancedDispatcher):
     def map_tokens(self, topk_ids, offsets=None):
         as_torch = _torch_tensor(topk_ids)
         if offsets is not None:
-            offsets = _as_counts(offsets, "offsets")
+            offsets = _as_whole(offsets, "offsets")
         out = super().map_tokens(_view(topk_ids, "topk_ids"), offsets)
         if as_torch:
             import torch
@@ -174,7 +181,7 @@ def global_counts_and_offsets(rank_counts, rank):
     """See the module's documentation."""
     as_torch = _torch_tensor(rank_counts)
     counts, offsets = _eplb.global_counts_and_offsets(
-        _as_counts(rank_counts, "rank_counts"), int(rank))
+        _as_whole(rank_counts, "rank_counts"), int(rank))
     if as_torch:
         import torch
         return torch.from_numpy(counts), torch.from_numpy(offsets)
@@ -184,6 +191,6 @@ def global_counts_and_offsets(rank_counts, rank):
 def plan(load, num_ranks, slots_per_rank, *, policy="swift", current=None,
          **options):
     """See the module's documentation."""
-    cur = None if current is None else _as_numpy(current, _np.int32, "current")
+    cur = None if current is None else _as_whole(current, "current", _np.int32)
     return _eplb.plan(_as_numpy(load, _np.float64, "load"), int(num_ranks),
                       int(slots_per_rank), str(policy), cur, **options)

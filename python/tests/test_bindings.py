@@ -139,6 +139,15 @@ def test_global_counts_and_offsets_reject_bad_input():
         eplb.global_counts_and_offsets(np.array([[1.0, np.nan]]), 0)
 
 
+def test_placements_must_be_whole_numbers_in_range():
+    load = np.ones((1, 4))
+    with pytest.raises(eplb.EplbError, match=r"current\[0, 1\] = 1.5"):
+        eplb.rebalance_experts(load, 4, 1, 1, 2,
+                               current=np.array([[0, 1.5, 2, 3]]))
+    with pytest.raises(eplb.EplbError, match="out of int32 range"):
+        eplb.plan(load, 2, 2, current=np.array([[[0, 1], [2, 2**40]]]))
+
+
 def test_parse_config(monkeypatch):
     monkeypatch.setenv("DYNAMIC_EPLB", "true")
     c = eplb.parse_config(json.dumps({"dynamic_eplb": True,
