@@ -16,8 +16,9 @@
 // the priority of a stream created without one, so the compute stream's
 // kernels are scheduled first only when the engine gives its compute stream
 // a higher priority (cudaStreamCreateWithPriority; see docs/cuda.md). The
-// copies run on the copy engines; the checksum kernels take multiprocessors,
-// as many as `checksum_blocks` allows (Create).
+// copies are cudaMemcpyAsync calls (the driver chooses how a device-to-device
+// copy is carried out); the checksum kernels take multiprocessors, as many
+// as `checksum_blocks` allows (Create).
 #ifndef EPLB_CUDA_MIGRATION_H_
 #define EPLB_CUDA_MIGRATION_H_
 
