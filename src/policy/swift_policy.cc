@@ -408,10 +408,7 @@ class SwiftPolicy final : public LayerPolicy {
       return;
     }
     model.SwapOnShots(ctx.current, move_cost, ExtraSwaps(r), limit, &full);
-    std::vector<int32_t> walked =
-        ctx.current_imbalance < kSkipBelow
-            ? std::vector<int32_t>(ctx.current.begin(), ctx.current.end())
-            : SwiftLayer(ctx).Run();
+    std::vector<int32_t> walked = SwiftWalk(ctx);
     std::vector<int32_t> swapped = walked;
     model.SwapOnShots(ctx.current, move_cost, 2 * r, limit, &swapped);
     // Few moves toward DeepSeek's replica counts: every expert keeps what
@@ -430,6 +427,13 @@ class SwiftPolicy final : public LayerPolicy {
 };
 
 }  // namespace
+
+std::vector<int32_t> SwiftWalk(const LayerContext& ctx) {
+  if (ctx.current_imbalance < kSkipBelow) {
+    return std::vector<int32_t>(ctx.current.begin(), ctx.current.end());
+  }
+  return SwiftLayer(ctx).Run();
+}
 
 std::unique_ptr<Policy> NewSwiftPolicy() {
   return std::make_unique<SwiftPolicy>();
