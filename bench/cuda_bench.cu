@@ -93,6 +93,12 @@ __global__ void Gemm(const float* __restrict__ a, const float* __restrict__ b,
   c[row * n + col] = acc;
 }
 
+// The GEMM loop's shape (tokens x hidden x out) and one layer's moves.
+constexpr int kM = 256, kK = 4096, kN = 1024;
+constexpr int kExperts = 8, kTensors = 3;
+constexpr size_t kTensorBytes = size_t{7168} * 2048;
+constexpr int kCopies = kExperts * kTensors;
+
 // One configuration of the GEMM loop beside a migration: the checksum
 // kernels' thread-block cap and the compute stream's priority.
 struct BesideGemm {
@@ -102,10 +108,6 @@ struct BesideGemm {
 
 // The GEMM loop beside a migration (see the file comment), for `v`.
 void MigrationBesideGemm(const BesideGemm& v) {
-  constexpr int kM = 256, kK = 4096, kN = 1024;
-  constexpr int kExperts = 8, kTensors = 3;
-  constexpr size_t kTensorBytes = size_t{7168} * 2048;
-  constexpr int kCopies = kExperts * kTensors;
   float *a, *b, *c;
   CHECK_CUDA(cudaMalloc(&a, sizeof(float) * kM * kK));
   CHECK_CUDA(cudaMalloc(&b, sizeof(float) * kK * kN));
@@ -214,11 +216,11 @@ void MigrationBesideGemm(const BesideGemm& v) {
 // Every configuration, one row each.
 void MigrationBesideGemmTable(int sms) {
   std::printf(
-      "\nmigration beside a GEMM loop: GEMMs of 256x4096x1024 (FP32), one "
-      "layer's moves = 24 tensors x 14.0 MiB, %d multiprocessors; slowdown: "
+      "\nmigration beside a GEMM loop: GEMMs of %dx%dx%d (FP32), one "
+      "layer's moves = %d tensors x %.1f MiB, %d multiprocessors; slowdown: "
       "the loop's median time with the migration on the side stream over "
       "its median time alone, 7 interleaved runs each\n",
-      sms);
+      kM, kK, kN, kCopies, static_cast<double>(kTensorBytes) / (1 << 20), sms);
   std::printf(
       "| checksum blocks | compute stream priority | loop: GEMMs x us | "
       "migration alone us (checksums computed / known) | loop alone us | "

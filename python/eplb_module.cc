@@ -325,14 +325,13 @@ py::tuple GlobalCounts(const CArray<int64_t>& rank_counts, int rank) {
   std::vector<int64_t> sums(static_cast<size_t>(experts), 0);
   for (py::ssize_t i = 0; i < rank_counts.size(); ++i) {
     const int64_t v = rank_counts.data()[i];
-    const std::string at = "rank_counts[" + std::to_string(i / experts) + "][" +
-                           std::to_string(i % experts) + "] = ";
-    if (v < 0) Raise(at + std::to_string(v) + ": must be >= 0");
     int64_t& sum = sums[static_cast<size_t>(i % experts)];
-    if (__builtin_add_overflow(sum, v, &sum)) {
-      Raise(at + std::to_string(v) +
-            ": the expert's sum over ranks overflows "
-            "int64");
+    const bool negative = v < 0;
+    if (negative || __builtin_add_overflow(sum, v, &sum)) {
+      Raise("rank_counts[" + std::to_string(i / experts) + "][" +
+            std::to_string(i % experts) + "] = " + std::to_string(v) +
+            (negative ? ": must be >= 0"
+                      : ": the expert's sum over ranks overflows int64"));
     }
   }
   py::array_t<int64_t> counts(experts), offsets(experts);

@@ -85,12 +85,7 @@ def _as_numpy(x, dtype, what):
 def _as_whole(x, what, dtype=_np.int64):
     """Whole numbers as `dtype`; fractional, infinite or NaN entries, and
     entries that `dtype` cannot hold, raise."""
-    a = x.detach() if _torch_tensor(x) else x
-    if _torch_tensor(a):
-        if a.device.type != "cpu":
-            raise EplbError(f"{what}: a tensor on {a.device}; pass a CPU tensor")
-        a = a.numpy()
-    a = _np.asarray(a)
+    a = _np.asarray(_view(x, what))
     if a.dtype.kind in "fc":
         bad = ~_np.isfinite(a) | (a != _np.round(a))
         if bad.any():
