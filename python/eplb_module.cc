@@ -361,6 +361,7 @@ py::dict ParseConfig(const std::string& text) {
   d["eplb_migration_budget"] = c.eplb_migration_budget;
   d["eplb_fast_warmup"] = c.eplb_fast_warmup;
   d["eplb_shift_replan"] = c.eplb_shift_replan;
+  d["eplb_heat_during_migration"] = c.eplb_heat_during_migration;
   d["eplb_link_gbytes_per_s"] = c.eplb_link_gbytes_per_s;
   d["eplb_planner_threads"] = c.eplb_planner_threads;
   d["warnings"] = p.warnings;

@@ -56,6 +56,13 @@ struct EplbConfig {
   // serving placement clearly worse than its plan predicted (the traffic
   // moved: a new domain, a burst), at least 2 steps in.
   bool eplb_shift_replan = true;
+  // The next heat window starts as soon as the last one is handed to the
+  // planner and runs on while its plan is computed and migrated (the heat of
+  // a layer that commits moves to its new slots, so no token is counted
+  // under the wrong expert): a cycle every H steps, with plans from fresher
+  // heat. false: the next window starts once the migration has ended, a
+  // cycle every H + A + migration steps.
+  bool eplb_heat_during_migration = true;
   // Device-to-device bandwidth (GB/s, one direction) the migration may use:
   // several changed layers commit in one step while the busiest receiving
   // rank's bytes fit in bandwidth x step time. 0: one layer per step.

@@ -13,7 +13,15 @@
 //                        step, or with eplb_link_gbytes_per_s several, while
 //                        the busiest receiving rank's bytes fit in the link's
 //                        bandwidth x the step time and its staging buffers
-//   then                 (recording mode) write the map; clear the heat
+//   then                 (recording mode) write the map
+//
+// The next collection starts at the end of step H-1
+// (eplb_heat_during_migration, the default): heat is counted while the plan
+// runs and migrates, and a committed layer's heat so far moves to its new
+// slots (HeatRecorder::RemapLayer), so a cycle takes H steps. A collection
+// ends only once the last plan has finished migrating (a window past H steps
+// then ends at once). Off: the heat is
+// cleared when the migration ends and the next collection starts then.
 //
 // Ending a collection early, after at least 2 steps, when the heat so far
 // says enough (see HeatShowsImbalance): fast warm-up (eplb_fast_warmup, on
@@ -243,7 +251,12 @@ class Controller {
   std::atomic<uint64_t> stats_seq_{0};
   std::array<std::atomic<uint64_t>, kStatsWords> published_{};
   int64_t step_ = 0;        // Steps served.
-  int64_t cycle_step_ = 0;  // Steps since the cycle started.
+  int64_t cycle_step_ = 0;  // Steps since the phase (plan, migrate) began.
+  int64_t collected_ = 0;   // Steps in the window being collected.
+  bool heat_during_migration_ = false;  // The config's key.
+  // The placement the plan being migrated started from: a committing
+  // layer's heat moves from it to the new one (HeatRecorder::RemapLayer).
+  Placement from_;
   enum class Phase { kCollect, kPlan, kMigrate } phase_ = Phase::kCollect;
   Placement plan_;           // The plan being migrated.
   std::vector<int> layers_;  // Changed layers, in migration order.

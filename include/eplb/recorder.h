@@ -81,6 +81,16 @@ class HeatRecorder {
   // counts join the window and the ring; otherwise they are discarded.
   // Applies a pending Clear() first. O(L * num_slots).
   void EndStep(int64_t num_tokens);
+  // Layer `layer` changed its placement from `from` to `to` ([num_slots]
+  // each: the logical expert of every physical slot). The heat collected so
+  // far for it (the window, every sample of the ring and the step in
+  // progress) moves to the new slots: each expert's tokens, summed over its
+  // old slots, split over its new slots as evenly as whole tokens allow (the
+  // lower slots take the remainder). Logical loads are unchanged, so a
+  // collection may run on across a migration. EPLB_CHECK on the sizes and
+  // on experts outside [0, E). O(ring_steps * num_slots); never allocates.
+  void RemapLayer(int layer, std::span<const int32_t> from,
+                  std::span<const int32_t> to);
 
   // --- Any thread. ---
   HeatSnapshot Snapshot() const;

@@ -164,6 +164,8 @@ StatusOr<std::unique_ptr<Controller>> Controller::Create(ControllerOptions o) {
   c->planner_->keep =
       std::max(o.sample_history, o.config.expert_heat_collection_interval);
   c->expected_.assign(o.num_layers, 1.0);
+  c->heat_during_migration_ = o.config.eplb_heat_during_migration;
+  c->from_ = o.initial;
   c->heat_window_.assign(static_cast<size_t>(o.num_layers) * t.num_slots(), 0);
   c->rank_heat_.assign(t.num_ranks, 0.0);
   if (o.config.mode() == EplbMode::kRecording &&
@@ -273,22 +275,23 @@ void Controller::Advance(int64_t num_tokens, double step_seconds) {
   const int64_t h = options_.config.expert_heat_collection_interval;
   const int64_t a = options_.config.algorithm_execution_interval;
   ++cycle_step_;
+  ++collected_;
   switch (phase_) {
     case Phase::kCollect:
-      if (cycle_step_ == h) {
+      if (collected_ >= h) {
         EndCollect(/*shifted=*/false);
       } else if ((CommittedOnce() ? options_.config.eplb_shift_replan
                                   : options_.config.eplb_fast_warmup) &&
-                 cycle_step_ >= kMinWarmupSteps && HeatShowsImbalance()) {
+                 collected_ >= kMinWarmupSteps && HeatShowsImbalance()) {
         // The planner sees a short window; the plan is due A steps later
         // as usual.
         EndCollect(/*shifted=*/CommittedOnce());
-        if (phase_ == Phase::kPlan) cycle_step_ = h;
       }
       break;
     case Phase::kPlan:
-      // Due at H + A; a late plan is taken at the first step it is ready.
-      if (cycle_step_ >= h + a) TakePlan();
+      // Due A steps after the collection ended; a late plan is taken at the
+      // first step it is ready.
+      if (cycle_step_ >= a) TakePlan();
       break;
     case Phase::kMigrate:
       MigrateStep(/*before=*/false);
@@ -340,6 +343,17 @@ void Controller::EndCollect(bool shifted) {
   // planner is idle and the window joins its history with this job.
   EPLB_CHECK(planner_->state.load(std::memory_order_acquire) == Planner::kIdle);
   HeatSnapshot snap = recorder_->Snapshot();
+  if (snap.num_samples > 0 && snap.steps_counted > snap.num_samples) {
+    // The window outgrew the ring while the last plan migrated (heat during
+    // migration): plan on its newest H steps, the ring's, not on older
+    // traffic that may have moved since.
+    std::fill(snap.window.begin(), snap.window.end(), 0);
+    const size_t cells = snap.window.size();
+    for (int j = 0; j < snap.num_samples; ++j) {
+      const int64_t* sample = snap.samples.data() + j * cells;
+      for (size_t i = 0; i < cells; ++i) snap.window[i] += sample[i];
+    }
+  }
   // The job's heat: every rank's tokens (the sums are the same everywhere,
   // so every rank plans the same placement). A failed sum plans from
   // nothing, and the plan's hash check then skips the cycle.
@@ -367,6 +381,11 @@ void Controller::EndCollect(bool shifted) {
   planner_->state.store(Planner::kRunning, std::memory_order_release);
   planner_->wake.release();
   phase_ = Phase::kPlan;
+  cycle_step_ = 0;
+  if (heat_during_migration_) {
+    recorder_->Clear();
+    collected_ = 0;
+  }
 }
 
 void Controller::TakePlan() {
@@ -384,8 +403,7 @@ void Controller::TakePlan() {
     // Late: the current map keeps serving, and the plan is taken at the
     // first step it is ready (it still fits what serves: nothing migrates
     // without a plan).
-    const int64_t due = options_.config.expert_heat_collection_interval +
-                        options_.config.algorithm_execution_interval;
+    const int64_t due = options_.config.algorithm_execution_interval;
     if (cycle_step_ == due) {
       ++stats_.cycles_late;
       Log("the plan was not ready after algorithm_execution_interval = " +
@@ -488,6 +506,10 @@ void Controller::TakePlan() {
     EndCycle();
     return;
   }
+  for (int l = 0; l < current.num_layers(); ++l) {
+    std::copy(current.layer(l).begin(), current.layer(l).end(),
+              from_.mutable_layer(l).begin());
+  }
   plan_ = std::move(plan->placement);
   next_layer_ = 0;
   committed_this_cycle_ = false;
@@ -528,6 +550,10 @@ std::vector<int> Controller::NextBatch() {
 void Controller::MigrateStep(bool before) {
   auto commit = [&](int layer) {
     routing_->Publish(layer, migration_->placement().layer(layer));
+    if (heat_during_migration_) {
+      recorder_->RemapLayer(layer, from_.layer(layer),
+                            migration_->placement().layer(layer));
+    }
     if (!committed_this_cycle_)
       ++stats_.rebalances;  // Counted at its first commit.
     committed_this_cycle_ = true;
@@ -667,7 +693,10 @@ void Controller::EndCycle() {
     if (stats_.warmup_steps < 0) stats_.warmup_steps = step_;
     if (record_pending_) RecordMap();
   }
-  recorder_->Clear();
+  if (!heat_during_migration_) {
+    recorder_->Clear();
+    collected_ = 0;
+  }
   phase_ = Phase::kCollect;
   cycle_step_ = 0;
   layers_.clear();

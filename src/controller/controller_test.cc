@@ -152,6 +152,30 @@ struct Rig {
     controller->AfterForward(512, 0.002);
   }
 
+  // One step whose every expert's tokens are exact and returned in
+  // `logical` [L][E]: (hot ? 240 : 12) x (layer + 1) + expert + `extra`, split
+  // over the replicas serving then, the first taking the remainder.
+  void StepExact(int hot, int64_t extra, LoadMatrix* logical) {
+    controller->BeforeForward();
+    *logical = LoadMatrix(kLayers, kExperts);
+    std::vector<int64_t> slots(topology.num_slots(), 0);
+    for (int l = 0; l < kLayers; ++l) {
+      std::fill(slots.begin(), slots.end(), 0);
+      std::shared_ptr<const LayerRouting> r = controller->routing().Get(l);
+      for (int e = 0; e < kExperts; ++e) {
+        const int64_t n = (e == hot ? 240 : 12) * (l + 1) + e + extra;
+        std::span<const int32_t> reps = r->ReplicasOf(e);
+        const auto count = static_cast<int64_t>(reps.size());
+        for (size_t j = 0; j < reps.size(); ++j) {
+          slots[reps[j]] += n / count + (j == 0 ? n % count : 0);
+        }
+        logical->at(l, e) = static_cast<double>(n);
+      }
+      controller->recorder().RecordSlotCounts(l, slots);
+    }
+    controller->AfterForward(512, 0.002);
+  }
+
   // Waits, without sleeping, until the planner has finished the plan it is
   // computing.
   void AwaitPlan() const {
@@ -263,13 +287,14 @@ class WindowSpy final : public Policy {
   struct Seen {
     int window_steps;
     bool shifted;
+    LoadMatrix load;  // The window's.
   };
   explicit WindowSpy(std::vector<Seen>* seen)
       : seen_(seen), inner_(*CreatePolicy("default")) {}
   std::string_view name() const override { return "window-spy"; }
   StatusOr<Plan> Rebalance(const PolicyInput& in,
                            const PolicyOptions& options) override {
-    seen_->push_back({in.window_steps, in.window_shifted});
+    seen_->push_back({in.window_steps, in.window_shifted, *in.load});
     return inner_->Rebalance(in, options);
   }
 
@@ -279,12 +304,14 @@ class WindowSpy final : public Policy {
 };
 
 TEST(ControllerTest, AShiftCutsTheCollectionShort) {
-  // H = 8, A = 2: the first plan (a full window) balances expert 0's heat.
-  // Then expert 9 turns hot: 2 steps into the next collection the heat is
-  // far beyond what the plan predicted, so that window is handed over at
-  // once, marked as shifted, and its plan commits 2 + A + 1 steps later.
+  // H = 8, A = 2, the next collection starting after the migration: the
+  // first plan (a full window) balances expert 0's heat. Then expert 9 turns
+  // hot: 2 steps into the next collection the heat is far beyond what the
+  // plan predicted, so that window is handed over at once, marked as
+  // shifted, and its plan commits 2 + A + 1 steps later.
   EplbConfig c = Dynamic(8, 2);
   c.eplb_shift_replan = true;
+  c.eplb_heat_during_migration = false;
   std::vector<WindowSpy::Seen> seen;
   Rig rig(c, std::make_unique<WindowSpy>(&seen), false, Placement(),
           /*lockstep=*/true);
@@ -300,6 +327,95 @@ TEST(ControllerTest, AShiftCutsTheCollectionShort) {
   EXPECT_TRUE(seen[1].shifted);
   ASSERT_GT(rig.commits.size(), static_cast<size_t>(kLayers));
   EXPECT_EQ(rig.commits[kLayers].first, cycle_start + 2 + 2 + 1);
+}
+
+TEST(ControllerTest, WithHeatDuringMigrationAShiftIsSeenOnceTheMigrationEnds) {
+  // The same traffic with the next collection running during the first
+  // plan's A steps and migration (one layer a step): when the migration
+  // ends, the new heat already shows the shift, and the window handed over
+  // holds every step since the first plan was handed over.
+  EplbConfig c = Dynamic(8, 2);
+  c.eplb_shift_replan = true;
+  std::vector<WindowSpy::Seen> seen;
+  Rig rig(c, std::make_unique<WindowSpy>(&seen), false, Placement(),
+          /*lockstep=*/true);
+  for (int i = 0; i < 8; ++i) rig.Step();
+  // Expert 9 turns hot as the first plan is handed over.
+  for (int i = 0; i < 2 + kLayers; ++i) rig.Step(true, /*hot=*/9);
+  ASSERT_EQ(static_cast<int>(rig.commits.size()), kLayers);
+  EXPECT_EQ(rig.controller->step(), 8 + 2 + kLayers);
+  // One step later the window is handed over; its plan commits A + 1 steps
+  // after that.
+  for (int i = 0; i < 1 + 2 + 1; ++i) rig.Step(true, /*hot=*/9);
+  rig.controller->Shutdown();  // `seen` is the planner's until it stops.
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_EQ(seen[0].window_steps, 8);
+  EXPECT_EQ(seen[1].window_steps, 2 + kLayers + 1);
+  EXPECT_TRUE(seen[1].shifted);
+  ASSERT_GT(rig.commits.size(), static_cast<size_t>(kLayers));
+  EXPECT_EQ(rig.commits[kLayers].first, 8 + 2 + kLayers + 1 + 2 + 1);
+}
+
+TEST(ControllerTest, HeatCollectedDuringAMigrationKeepsEachExpertsTokens) {
+  // H = 8, A = 2, one layer a step: the second window (steps 8-15) runs
+  // while the first plan's layers commit (from step 11 on). Every step routes
+  // expert e's tokens over the replicas serving it then; the planner must
+  // see each expert's true tokens, whichever placement counted them.
+  EplbConfig c = Dynamic(8, 2);
+  std::vector<WindowSpy::Seen> seen;
+  Rig rig(c, std::make_unique<WindowSpy>(&seen), false, Placement(),
+          /*lockstep=*/true);
+  LoadMatrix expected(kLayers, kExperts);
+  LoadMatrix logical;
+  for (int step = 0; step < 16; ++step) {
+    // Expert 0 hot at first, expert 9 from step 8 on: the second plan moves
+    // replicas again.
+    rig.StepExact(step < 8 ? 0 : 9, 0, &logical);
+    if (step < 8) continue;
+    for (int l = 0; l < kLayers; ++l) {
+      for (int e = 0; e < kExperts; ++e) expected.at(l, e) += logical.at(l, e);
+    }
+  }
+  // The second window ends at step 16; its plan is handed over then.
+  rig.AwaitPlan();
+  rig.controller->Shutdown();
+  ASSERT_EQ(static_cast<int>(rig.commits.size()), kLayers);
+  EXPECT_EQ(rig.commits.front().first, 8 + 2 + 1);
+  ASSERT_EQ(seen.size(), 2u);
+  for (int l = 0; l < kLayers; ++l) {
+    for (int e = 0; e < kExperts; ++e) {
+      EXPECT_EQ(seen[1].load.at(l, e), expected.at(l, e))
+          << "layer " << l << " expert " << e;
+    }
+  }
+}
+
+TEST(ControllerTest, AWindowThatOutgrewTheRingIsPlannedOnItsNewestSteps) {
+  // H = 4, A = 2, one layer a step: the second window starts after step 4
+  // while the first plan commits at steps 7-9, and is handed over at step
+  // 10 with 6 steps. The ring keeps 4 samples: the plan sees steps 7-10
+  // (indices 6-9), not traffic older than H.
+  EplbConfig c = Dynamic(4, 2);
+  std::vector<WindowSpy::Seen> seen;
+  Rig rig(c, std::make_unique<WindowSpy>(&seen), false, Placement(),
+          /*lockstep=*/true);
+  std::vector<LoadMatrix> steps(10);
+  for (int step = 0; step < 10; ++step) {
+    rig.StepExact(step < 4 ? 0 : 9, 7 * step, &steps[step]);
+  }
+  rig.AwaitPlan();
+  rig.controller->Shutdown();
+  ASSERT_EQ(static_cast<int>(rig.commits.size()), kLayers);
+  EXPECT_EQ(rig.commits.back().first, 4 + 2 + kLayers);
+  ASSERT_EQ(seen.size(), 2u);
+  for (int l = 0; l < kLayers; ++l) {
+    for (int e = 0; e < kExperts; ++e) {
+      double want = 0.0;
+      for (int step = 6; step < 10; ++step) want += steps[step].at(l, e);
+      EXPECT_EQ(seen[1].load.at(l, e), want)
+          << "layer " << l << " expert " << e;
+    }
+  }
 }
 
 TEST(ControllerTest, SteadyHeatRunsWholeCollections) {

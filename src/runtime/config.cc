@@ -48,17 +48,20 @@ constexpr std::string_view kDispatch = "eplb_dispatch";
 constexpr std::string_view kMigrationBudget = "eplb_migration_budget";
 constexpr std::string_view kFastWarmup = "eplb_fast_warmup";
 constexpr std::string_view kShiftReplan = "eplb_shift_replan";
+constexpr std::string_view kHeatDuringMigration = "eplb_heat_during_migration";
 constexpr std::string_view kLinkBandwidth = "eplb_link_gbytes_per_s";
 constexpr std::string_view kPlannerThreads = "eplb_planner_threads";
 constexpr std::string_view kRecordHeatPath = "eplb_record_heat_path";
 
 // vllm-ascend's keys in the order of its table, then eplb's own; the
 // unknown-key error lists them so.
-constexpr std::array<std::string_view, 16> kValidKeys = {
-    kDynamicEplb,         kExpertMapPath, kExpertMapRecordPath, kHeatInterval,
-    kAlgorithmInterval,   kNumRedundant,  kPolicyType,          kHeatStage,
-    kLoadCollectionPhase, kDispatch,      kMigrationBudget,     kFastWarmup,
-    kShiftReplan,         kLinkBandwidth, kPlannerThreads,      kRecordHeatPath,
+constexpr std::array<std::string_view, 17> kValidKeys = {
+    kDynamicEplb,    kExpertMapPath,       kExpertMapRecordPath,
+    kHeatInterval,   kAlgorithmInterval,   kNumRedundant,
+    kPolicyType,     kHeatStage,           kLoadCollectionPhase,
+    kDispatch,       kMigrationBudget,     kFastWarmup,
+    kShiftReplan,    kHeatDuringMigration, kLinkBandwidth,
+    kPlannerThreads, kRecordHeatPath,
 };
 
 constexpr std::string_view kDynamicEnv = "DYNAMIC_EPLB";
@@ -351,6 +354,10 @@ Status ReadKeys(const Json& object, EplbConfig* config) {
   if (const Json* v = find(kShiftReplan)) {
     EPLB_RETURN_IF_ERROR(
         ReadBool(*v, kShiftReplan, &config->eplb_shift_replan));
+  }
+  if (const Json* v = find(kHeatDuringMigration)) {
+    EPLB_RETURN_IF_ERROR(ReadBool(*v, kHeatDuringMigration,
+                                  &config->eplb_heat_during_migration));
   }
   if (const Json* v = find(kLinkBandwidth)) {
     EPLB_RETURN_IF_ERROR(ReadNumber(*v, kLinkBandwidth, 0.0, 1e6,

@@ -34,7 +34,8 @@ constexpr char kValidKeys[] =
     "num_redundant_experts, eplb_policy_type, eplb_heat_collection_stage, "
     "load_collection_phase, "
     "eplb_dispatch, eplb_migration_budget, eplb_fast_warmup, "
-    "eplb_shift_replan, eplb_link_gbytes_per_s, eplb_planner_threads, "
+    "eplb_shift_replan, eplb_heat_during_migration, eplb_link_gbytes_per_s, "
+    "eplb_planner_threads, "
     "eplb_record_heat_path";
 constexpr char kPolicyFix[] =
     "must be 0 (Random), 1 (DefaultEplb), 2 (SwiftBalancer) or 3 (FlashLB)";
@@ -103,7 +104,8 @@ const ParseCase kRuleCases[] = {
      "num_redundant_experts, eplb_policy_type, eplb_heat_collection_stage, "
      "load_collection_phase, "
      "eplb_dispatch, eplb_migration_budget, eplb_fast_warmup, "
-     "eplb_shift_replan, eplb_link_gbytes_per_s, eplb_planner_threads, "
+     "eplb_shift_replan, eplb_heat_during_migration, eplb_link_gbytes_per_s, "
+     "eplb_planner_threads, "
      "eplb_record_heat_path)"},
     {"UnknownKeyInAdditionalConfig", R"({"eplb_config": {"num_redundant": 2}})",
      kNoEnv, "eplb_config: unknown key \"num_redundant\" (valid keys: "},
@@ -236,6 +238,9 @@ const ParseCase kRuleCases[] = {
      "eplb_config.eplb_fast_warmup = 1: must be true or false"},
     {"ShiftReplanNotBool", R"({"eplb_shift_replan": "yes"})", kNoEnv,
      "eplb_config.eplb_shift_replan = \"yes\": must be true or false"},
+    {"HeatDuringMigrationNotBool", R"({"eplb_heat_during_migration": 0})",
+     kNoEnv,
+     "eplb_config.eplb_heat_during_migration = 0: must be true or false"},
     {"LinkNegative", R"({"eplb_link_gbytes_per_s": -5})", kNoEnv,
      "eplb_config.eplb_link_gbytes_per_s = -5: must be a number in [0, "
      "1e+06]"},
@@ -394,6 +399,7 @@ TEST_P(ValidEplbConfigTest, ParsesEveryField) {
   EXPECT_EQ(got.eplb_migration_budget, want.eplb_migration_budget);
   EXPECT_EQ(got.eplb_fast_warmup, want.eplb_fast_warmup);
   EXPECT_EQ(got.eplb_shift_replan, want.eplb_shift_replan);
+  EXPECT_EQ(got.eplb_heat_during_migration, want.eplb_heat_during_migration);
   EXPECT_EQ(got.eplb_planner_threads, want.eplb_planner_threads);
   EXPECT_EQ(got.eplb_link_gbytes_per_s, want.eplb_link_gbytes_per_s);
   EXPECT_EQ(EplbModeName(got.mode()), EplbModeName(c.want_mode));
@@ -416,6 +422,7 @@ const ValidCase kValidCases[] = {
     {"EplbOwnKeys",
      R"({"eplb_dispatch": "balanced", "eplb_migration_budget": 0.1,
          "eplb_fast_warmup": false, "eplb_shift_replan": false,
+         "eplb_heat_during_migration": false,
          "eplb_link_gbytes_per_s": 56, "eplb_planner_threads": 1})",
      kNoEnv,
      [](EplbConfig& c) {
@@ -423,6 +430,7 @@ const ValidCase kValidCases[] = {
        c.eplb_migration_budget = 0.1;
        c.eplb_fast_warmup = false;
        c.eplb_shift_replan = false;
+       c.eplb_heat_during_migration = false;
        c.eplb_planner_threads = 1;
        c.eplb_link_gbytes_per_s = 56;
      },

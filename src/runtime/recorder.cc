@@ -191,7 +191,15 @@ struct HeatRecorder::Impl {
         lanes(kLanes * lane_stride, 0),
         totals(lane_stride, 0),
         window(cells),
-        ring(static_cast<size_t>(ring_steps) * cells) {}
+        ring(static_cast<size_t>(ring_steps) * cells),
+        remap_tokens(num_experts),
+        remap_slots(num_experts),
+        remap_given(num_experts) {}
+
+  // RemapLayer on one row [S] (load and store through `get` and `set`).
+  template <typename Get, typename Set>
+  void RemapRow(std::span<const int32_t> from, std::span<const int32_t> to,
+                Get get, Set set);
 
   template <typename Id>
   void CountTopk(int layer, std::span<const Id> ids,
@@ -225,6 +233,12 @@ struct HeatRecorder::Impl {
   std::atomic<int64_t> dropped_ids{0};
   std::vector<std::atomic<int64_t>> window;  // [L][S].
   std::vector<std::atomic<int64_t>> ring;    // [ring_steps][L][S].
+
+  // RemapLayer's scratch (writer-private): [E] tokens per expert, [E] its
+  // new slots, [E] new slots given so far.
+  std::vector<int64_t> remap_tokens;
+  std::vector<int32_t> remap_slots;
+  std::vector<int32_t> remap_given;
 
   // Set by Clear() (any thread), taken by EndStep(). Own cache line: readers
   // poll `sequence`, the controller writes this.
@@ -336,6 +350,59 @@ void HeatRecorder::Impl::Publish(bool clear, bool add_step) {
         dropped_ids.load(std::memory_order_relaxed) + step_dropped, kDataStore);
   }
   sequence.store(seq + 2, std::memory_order_release);
+}
+
+template <typename Get, typename Set>
+void HeatRecorder::Impl::RemapRow(std::span<const int32_t> from,
+                                  std::span<const int32_t> to, Get get,
+                                  Set set) {
+  std::fill(remap_tokens.begin(), remap_tokens.end(), 0);
+  for (int p = 0; p < num_slots; ++p) remap_tokens[from[p]] += get(p);
+  std::fill(remap_given.begin(), remap_given.end(), 0);
+  for (int p = 0; p < num_slots; ++p) {
+    const int32_t e = to[p];
+    const int64_t n = remap_slots[e];
+    const int64_t i = remap_given[e]++;
+    const int64_t c = remap_tokens[e];
+    set(p, c / n + (i < c % n ? 1 : 0));
+  }
+}
+
+void HeatRecorder::RemapLayer(int layer, std::span<const int32_t> from,
+                              std::span<const int32_t> to) {
+  Impl& s = *impl_;
+  EPLB_CHECK_MSG(layer >= 0 && layer < s.num_layers,
+                 "HeatRecorder::RemapLayer: layer out of range");
+  EPLB_CHECK_MSG(from.size() == static_cast<size_t>(s.num_slots) &&
+                     to.size() == static_cast<size_t>(s.num_slots),
+                 "HeatRecorder::RemapLayer: placements must have num_slots "
+                 "entries");
+  std::fill(s.remap_slots.begin(), s.remap_slots.end(), 0);
+  for (int p = 0; p < s.num_slots; ++p) {
+    EPLB_CHECK_MSG(from[p] >= 0 && from[p] < s.num_experts && to[p] >= 0 &&
+                       to[p] < s.num_experts,
+                   "HeatRecorder::RemapLayer: expert out of range");
+    ++s.remap_slots[to[p]];
+  }
+  const size_t offset = static_cast<size_t>(layer) * s.num_slots;
+  // The step in progress is the writer's own.
+  int64_t* step_row = s.step.data() + offset;
+  s.RemapRow(
+      from, to, [&](int p) { return step_row[p]; },
+      [&](int p, int64_t v) { step_row[p] = v; });
+  const uint64_t seq = s.sequence.load(std::memory_order_relaxed);
+  s.sequence.store(seq + 1, std::memory_order_relaxed);
+  WriterFence();
+  for (int j = 0; j <= s.ring_steps; ++j) {
+    std::atomic<int64_t>* row =
+        (j == s.ring_steps ? s.window.data()
+                           : s.ring.data() + static_cast<size_t>(j) * s.cells) +
+        offset;
+    s.RemapRow(
+        from, to, [&](int p) { return row[p].load(std::memory_order_relaxed); },
+        [&](int p, int64_t v) { row[p].store(v, kDataStore); });
+  }
+  s.sequence.store(seq + 2, std::memory_order_release);
 }
 
 StatusOr<std::unique_ptr<HeatRecorder>> HeatRecorder::Create(

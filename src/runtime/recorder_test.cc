@@ -525,6 +525,12 @@ TEST(HeatRecorderTest, HotPathDoesNotAllocate) {
     ids64[i] = static_cast<int64_t>(i * 13 % 270) - 5;
   }
   std::vector<int64_t> slot_counts(288, 2);
+  std::vector<int32_t> identity(288);  // A migration of layer 1.
+  std::vector<int32_t> shifted(288);
+  for (int p = 0; p < 288; ++p) {
+    identity[p] = p % 256;
+    shifted[p] = (p + 1) % 256;
+  }
 
   const int64_t before = testing_util::ThreadAllocations();
   for (int step = 0; step < 6; ++step) {
@@ -536,6 +542,7 @@ TEST(HeatRecorderTest, HotPathDoesNotAllocate) {
       recorder->RecordSlotCounts(l, slot_counts);
     }
     if (step == 3) recorder->Clear();
+    if (step == 2) recorder->RemapLayer(1, identity, shifted);
     recorder->EndStep(step == 4 ? 1000 : 64);  // Step 4 is discarded.
   }
   EXPECT_EQ(testing_util::ThreadAllocations() - before, 0);
@@ -545,6 +552,68 @@ TEST(HeatRecorderTest, HotPathDoesNotAllocate) {
   EXPECT_GT(testing_util::ThreadAllocations() - before, 0);
   EXPECT_EQ(snap.steps_counted, 2);  // Steps 3 (after the Clear) and 5.
   EXPECT_EQ(snap.num_samples, 2);
+}
+
+// The fixture layer with experts 7 and 0 traded: 0 on slots 0 and 8 (two
+// replicas), 7 on slot 2 alone.
+const std::vector<int32_t> kRemappedLayer = {0, 2, 7, 3, 5, 6, 1, 4, 0, 2};
+
+TEST(HeatRecorderTest, RemapLayerMovesEachExpertsTokensToItsNewSlots) {
+  auto recorder = MakeRecorder(FixtureOptions(/*num_layers=*/2));
+  const std::vector<int64_t> counts = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10};
+  const std::vector<int64_t> other = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+  for (int step = 0; step < 3; ++step) {  // The third is in progress.
+    recorder->RecordSlotCounts(0, counts);
+    recorder->RecordSlotCounts(1, other);
+    if (step < 2) recorder->EndStep(3);
+  }
+  const HeatSnapshot before = recorder->Snapshot();
+  recorder->RemapLayer(0, kFixtureLayer, kRemappedLayer);
+  recorder->EndStep(3);
+  const HeatSnapshot after = recorder->Snapshot();
+
+  // Per step: expert 7 had 1 + 9 on slots 0 and 8 -> 10 on slot 2; expert 0
+  // had 3 on slot 2 -> 2 and 1 on slots 0 and 8 (the lower slot takes the
+  // odd token); expert 2 had 2 + 10 on slots 1 and 9 -> 6 and 6; the others
+  // stay.
+  const std::vector<int64_t> remapped = {2, 6, 10, 4, 5, 6, 7, 8, 1, 6};
+  ASSERT_EQ(after.num_samples, 3);
+  for (int sample = 0; sample < 3; ++sample) {
+    EXPECT_EQ(SampleRow(after, sample, 0), remapped) << "sample " << sample;
+    EXPECT_EQ(SampleRow(after, sample, 1), other) << "sample " << sample;
+  }
+  // The window: the two ended steps' sum remapped as one (expert 0's 6
+  // tokens split 3 and 3), then the remapped step in progress added.
+  EXPECT_EQ(WindowRow(after, 0),
+            (std::vector<int64_t>{5, 18, 30, 12, 15, 18, 21, 24, 4, 18}));
+  EXPECT_EQ(WindowRow(after, 1),
+            (std::vector<int64_t>{3, 3, 3, 3, 3, 3, 3, 3, 3, 3}));
+  EXPECT_EQ(after.steps_counted, 3);
+
+  // The logical load is the same, read through the new placement.
+  Placement old_map = FixturePlacement(2);
+  Placement new_map = FixturePlacement(2);
+  std::copy(kRemappedLayer.begin(), kRemappedLayer.end(),
+            new_map.mutable_layer(0).begin());
+  const LoadMatrix was = before.LogicalLoad(old_map);
+  const LoadMatrix now = after.LogicalLoad(new_map);
+  for (int e = 0; e < 8; ++e) {
+    EXPECT_EQ(now.at(0, e), was.at(0, e) * 3 / 2) << "expert " << e;
+    EXPECT_EQ(now.at(1, e), was.at(1, e) * 3 / 2) << "expert " << e;
+  }
+}
+
+TEST(HeatRecorderDeathTest, RemapLayerRejectsBadPlacements) {
+  auto recorder = MakeRecorder(FixtureOptions());
+  const std::vector<int32_t> short_layer = {7, 2, 0};
+  std::vector<int32_t> bad_expert(kFixtureLayer);
+  bad_expert[4] = 8;
+  EXPECT_DEATH(recorder->RemapLayer(1, kFixtureLayer, kRemappedLayer),
+               "layer out of range");
+  EXPECT_DEATH(recorder->RemapLayer(0, short_layer, kRemappedLayer),
+               "num_slots entries");
+  EXPECT_DEATH(recorder->RemapLayer(0, kFixtureLayer, bad_expert),
+               "expert out of range");
 }
 
 TEST(HeatRecorderDeathTest, LayerOutOfRangeAborts) {
