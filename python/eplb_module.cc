@@ -37,7 +37,7 @@ PyObject* g_error = nullptr;  // eplb.EplbError, a ValueError.
 
 // A numpy array that owns `v` (no copy).
 py::array_t<int64_t> Own(std::vector<int64_t>&& v,
-                         std::vector<py::ssize_t> shape) {
+                         const std::vector<py::ssize_t>& shape) {
   auto* owned = new std::vector<int64_t>(std::move(v));
   py::capsule free(
       owned, [](void* p) { delete static_cast<std::vector<int64_t>*>(p); });
