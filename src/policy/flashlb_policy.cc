@@ -11,13 +11,14 @@
 //    of consecutive steps (a layer with no samples, or with all-zero
 //    samples, is one shot: the aggregate). Over the shots: mean μ, variance
 //    σ² and covariance C of every expert's load (ShotStats).
-// 2. Trigger. A layer planned before is re-planned only when its balance
-//    degraded: the current placement's mean/max rank load on μ fell below
-//    0.9 x the ratio after the last plan, or below 0.85 (0.95 and 0.9 with
-//    fewer than 32 ranks). A layer that holds its balance on μ is not
-//    re-planned, but still gets the shot-scored swaps of step 8 from its
-//    current placement (kept only when they pay for their moves): the means
-//    hide experts that are hot in the same steps.
+// 2. Trigger (under round robin, or with 32 ranks and more; see "The
+//    trigger under balanced dispatch" below). A layer planned before is
+//    re-planned only when its balance degraded: the current placement's
+//    mean/max rank load on μ fell below 0.9 x the ratio after the last
+//    plan, or below 0.85 (0.95 and 0.9 with fewer than 32 ranks). A layer that
+//    holds its balance on μ is not re-planned, but still gets the shot-scored
+//    swaps of step 8 from its current placement (kept only when they pay for
+//    their moves): the means hide experts that are hot in the same steps.
 // 3. Replica counts. The risk-aware load μ + zσ (z = 0.6745, the 75th
 //    percentile of a normal) is shared by an expert's replicas; counts
 //    minimise the largest risk share (MinMaxReplicaCounts, capped at R).
@@ -85,6 +86,22 @@
 // fewer moves. Not below 32 ranks: on the top-1 EP8 families it raised the
 // p90 (topics 1.638 -> 1.720); nor under balanced dispatch, which evens
 // replicas per step and where it raised two seeds' median by 0.012.
+//
+// The trigger under balanced dispatch. The trigger judges a layer on its
+// means split evenly over replicas (round robin's split), and a layer it
+// holds gets only swaps scored the same way. Balanced dispatch splits each
+// step's tokens over the replicas by load, so a layer whose means hold can
+// still gain from another replica mix that only the frame's dispatch-aware
+// score sees. Below 32 ranks under balanced dispatch every layer therefore
+// offers the full set of candidates each cycle (plans stay cheap there). On
+// the EP8 families (seeds 1-4 of topics, domains and burst, 1-2 of skew,
+// sparse and drift, the DeepSeek-V2-Lite folds; H 16, A 2) the realized
+// median fell on nearly every trace (burst 1.091-1.115 -> 1.078-1.100,
+// puffin folds 1.258-1.279 -> 1.250-1.270, topics 1.062-1.075 ->
+// 1.062-1.071), with 0-10% more moves. At width it stays: on `dsv3` at
+// EP32 + 32 the medians fell by 0.002-0.009 too, but one seed's steady p90
+// rose from 1.164 to 1.215 and, paced on two cores, 5 of 15 plans came late
+// against 1.
 //
 // Unlike the reference, replica counts are capped at R, layers that do not
 // improve are never migrated, every layer is scored on the windowed shots,
@@ -169,7 +186,12 @@ void FlashLbPolicy::PlanCandidates(const LayerContext& ctx,
   const double move_cost =
       ctx.cold && !ctx.options->quick_first_plan ? 0.0 : model.MoveCost();
   const double last = last_ratio_[ctx.layer];
-  if (!ctx.cold && last >= 0.0) {
+  // The trigger holds only where it measures what the ranks will meet: under
+  // round robin, or at width, where it also bounds the plan time (see "The
+  // trigger under balanced dispatch" above).
+  const bool triggered =
+      ctx.options->dispatch == DispatchMode::kRoundRobin || r >= kWideRanks;
+  if (triggered && !ctx.cold && last >= 0.0) {
     // Small groups are easier to balance, so they are held to more.
     const double relative = r < 32 ? 0.95 : 0.9;
     const double absolute = r < 32 ? 0.9 : 0.85;

@@ -845,5 +845,40 @@ TEST(FlashLbTest, AtWidthUnderRoundRobinTheWalkSavesMoves) {
   EXPECT_LT(mean_score(second), 1.156);
 }
 
+TEST(FlashLbTest, UnderBalancedDispatchLayersWhoseMeansHoldAreStillReplanned) {
+  // EP8 (64 experts, 72 slots), 16-step windows, as the dynamic cycle
+  // re-plans. The second window heats the 3 hottest experts of each layer by
+  // 10%: on the means, split evenly over replicas, every layer holds its
+  // balance, so under round robin the trigger offers only swaps. Under
+  // balanced dispatch every layer offers the full candidates: two layers
+  // that scored 1.042 and 1.047 under balanced dispatch are re-planned to
+  // 1.000 and 1.005 (with the trigger they were kept, no swap paying for
+  // its moves).
+  StatusOr<Topology> topology = MakeTopology(64, 8, 9);
+  ASSERT_TRUE(topology.ok());
+  const int layers = 8;
+  const LoadMatrix load = RandomLoad(layers, 64, 31);
+  const LoadTrace window = NoisySamples(load, 16, 32);
+  const LoadTrace next = NoisySamples(HeatUp(load, 3, 1.1), 16, 33);
+  const Placement initial = Placement::Initial(layers, 64, *topology);
+  PolicyOptions balanced;
+  balanced.dispatch = DispatchMode::kBalanced;
+  balanced.full_plan_tolerance = -1.0;
+  std::unique_ptr<Policy> policy = NewFlashLb();
+  const Plan first = MustRebalance(*policy, initial, window.Aggregate(),
+                                   &window, *topology, balanced);
+  const Plan second = MustRebalance(*policy, first.placement, next.Aggregate(),
+                                    &next, *topology, balanced);
+  ExpectValid(first.placement, second, *topology);
+  int replanned = 0;
+  for (const LayerPlan& info : second.layers) {
+    if (info.current_score > 1.04 && info.predicted_score < 1.01) {
+      EXPECT_NE(info.choice, LayerChoice::kKept);
+      ++replanned;
+    }
+  }
+  EXPECT_GE(replanned, 2);
+}
+
 }  // namespace
 }  // namespace eplb::policy
