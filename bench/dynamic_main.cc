@@ -7,8 +7,13 @@
 // that very window). Prints one Markdown table (bench/results/dynamic.md
 // holds a full run).
 //
+// With --seeds N the generated families are replayed at seeds 1..N (the
+// shipped trace and its re-orderings have no seed), and a second table gives,
+// per family, dispatch and policy, the worst margin against `default` over
+// the seeds.
+//
 // Usage: eplb_bench_dynamic [--traces a,b] [--policies a,b]
-//                           [--dispatches rr,balanced] [--quick]
+//                           [--dispatches rr,balanced] [--quick] [--seeds N]
 //                           [--data-dir DIR] [--out FILE.md]
 #include <CLI/CLI.hpp>
 #include <algorithm>
@@ -58,6 +63,8 @@ struct TraceCase {
   std::string model = {};  // Preset; empty: the one matching the shape.
   int steady_from = 64;    // First step of the steady-state figures.
   int quick_steps = 200;
+  uint64_t seed = 1;      // Generated families: the generator's seed.
+  std::string base = {};  // The name without the seed suffix.
 };
 
 std::vector<TraceCase> AllCases() {
@@ -185,6 +192,8 @@ std::vector<double> ScoreWindows(const LoadTrace& trace, const Topology& t,
 // One row of the table.
 struct Row {
   std::string trace = {}, dispatch = {}, label = {};
+  std::string base = {};  // The trace's name without its seed suffix.
+  uint64_t seed = 1;
   std::optional<Figures> whole = {}, steady = {};
   std::string moved = "–", rebalances = "–", late = "–", seconds = "–";
 };
@@ -236,10 +245,76 @@ double SecondsSince(std::chrono::steady_clock::time_point start) {
       .count();
 }
 
+// Per family, dispatch and policy (not `default`), over its seeds: the
+// largest relative excess of each figure over `default`'s in the same
+// replay setting, with the seed where it occurs.
+std::string SeedTable(const std::vector<Row>& rows,
+                      const std::vector<std::string>& policies) {
+  std::string md =
+      "\nEach policy against `default` through the same cycle, over the "
+      "seeds: the largest relative excess of its figure over `default`'s "
+      "(negative: below `default` at every seed) and the seed where it "
+      "occurs.\n\n| trace | dispatch | policy | seeds | median | p90 | "
+      "steady median | steady p90 |\n|---|---|---|---|---|---|---|---|\n";
+  std::vector<std::string> done;
+  for (const Row& first : rows) {
+    if (first.label == "default" || std::find(policies.begin(), policies.end(),
+                                              first.label) == policies.end()) {
+      continue;
+    }
+    const std::string key =
+        first.base + "|" + first.dispatch + "|" + first.label;
+    if (std::find(done.begin(), done.end(), key) != done.end()) continue;
+    done.push_back(key);
+    // Worst excess per figure: {excess, seed}.
+    std::pair<double, uint64_t> worst[4];
+    for (auto& w : worst) w = {-1e300, 0};
+    int seeds = 0;
+    bool missing = false;
+    for (const Row& r : rows) {
+      if (r.base != first.base || r.dispatch != first.dispatch ||
+          r.label != first.label) {
+        continue;
+      }
+      const Row* d = nullptr;
+      for (const Row& x : rows) {
+        if (x.trace == r.trace && x.dispatch == r.dispatch &&
+            x.label == "default") {
+          d = &x;
+        }
+      }
+      if (!d || !r.whole || !d->whole || !r.steady || !d->steady) {
+        missing = true;
+        continue;
+      }
+      ++seeds;
+      const double mine[4] = {r.whole->median, r.whole->p90, r.steady->median,
+                              r.steady->p90};
+      const double theirs[4] = {d->whole->median, d->whole->p90,
+                                d->steady->median, d->steady->p90};
+      for (int i = 0; i < 4; ++i) {
+        const double excess = mine[i] / theirs[i] - 1.0;
+        if (excess > worst[i].first) worst[i] = {excess, r.seed};
+      }
+    }
+    md += "| " + first.base + " | " + first.dispatch + " | " + first.label +
+          " | " + std::to_string(seeds) + (missing ? " (some n/a)" : "");
+    for (const auto& [excess, seed] : worst) {
+      md += seeds == 0 ? " | n/a"
+                       : " | " + std::string(excess >= 0 ? "+" : "") +
+                             Fixed(100 * excess, 1) + "% (s" +
+                             std::to_string(seed) + ")";
+    }
+    md += " |\n";
+  }
+  return md;
+}
+
 struct Options {
   std::vector<std::string> traces, policies;
   std::vector<DispatchMode> dispatches;
   bool quick = false;
+  int seeds = 1;  // Generated families at seeds 1..seeds.
   std::string data_dir;
   std::string out;
   std::string command;
@@ -253,11 +328,29 @@ int Run(const Options& opt) {
   // dispatches came out the same in every figure.
   std::map<std::string, std::vector<std::string>> same_dispatch;
   bool steady_missing = false;
-  for (const TraceCase& c : AllCases()) {
-    if (std::find(opt.traces.begin(), opt.traces.end(), c.name) ==
+  // The selected traces, the generated families once per seed ("topics",
+  // "topics s2", ...).
+  std::vector<TraceCase> cases;
+  for (const TraceCase& selected : AllCases()) {
+    if (std::find(opt.traces.begin(), opt.traces.end(), selected.name) ==
         opt.traces.end()) {
       continue;
     }
+    bool seeded = false;
+    if (!selected.family.empty() && selected.fold < 0) {
+      const eplb::bench::FamilyInfo info =
+          *eplb::bench::FindFamily(selected.family);
+      seeded = !(info.fixed_shape && info.tokens == 0);
+    }
+    for (int seed = 1; seed <= (seeded ? opt.seeds : 1); ++seed) {
+      TraceCase c = selected;
+      c.base = selected.name;
+      c.seed = static_cast<uint64_t>(seed);
+      if (seed > 1) c.name += " s" + std::to_string(seed);
+      cases.push_back(std::move(c));
+    }
+  }
+  for (const TraceCase& c : cases) {
     // The trace.
     const auto gen_start = std::chrono::steady_clock::now();
     eplb::StatusOr<LoadTrace> trace = eplb::InternalError("not loaded");
@@ -278,15 +371,17 @@ int Run(const Options& opt) {
       eplb::bench::TraceSpec spec;
       spec.family = c.family;
       spec.fold = c.fold;
+      spec.seed = c.seed;
       spec.steps = opt.quick ? c.quick_steps : 0;
       spec.data_dir = opt.data_dir;
       trace = eplb::bench::GenerateTrace(spec);
       const eplb::bench::FamilyInfo info = *eplb::bench::FindFamily(c.family);
       top_k = info.top_k;
       what = "`" + c.family + "`" +
-             (c.fold >= 0
-                  ? " fold " + std::to_string(c.fold)
-                  : (info.fixed_shape && info.tokens == 0 ? "" : " seed 1"));
+             (c.fold >= 0 ? " fold " + std::to_string(c.fold)
+                          : (info.fixed_shape && info.tokens == 0
+                                 ? ""
+                                 : " seed " + std::to_string(c.seed)));
     }
     if (!trace.ok()) {
       std::fprintf(stderr, "eplb_bench_dynamic: %s: %s\n", c.name.c_str(),
@@ -410,7 +505,11 @@ int Run(const Options& opt) {
         std::fprintf(stderr, "%-16s %-8s %-8s %6.1f s  median %.3f p90 %.3f\n",
                      c.name.c_str(), dname.c_str(), name.c_str(), secs,
                      r->imbalance.median, r->imbalance.p90);
-        Row row{.trace = c.name, .dispatch = dname, .label = r->policy};
+        Row row{.trace = c.name,
+                .dispatch = dname,
+                .label = r->policy,
+                .base = c.base,
+                .seed = c.seed};
         row.whole = Figures{r->imbalance.median, r->imbalance.p90};
         if (r->imbalance_by_step_layer.size() ==
             static_cast<size_t>(r->steps) * layers) {
@@ -525,6 +624,10 @@ int Run(const Options& opt) {
           r.moved + " | " + r.rebalances + " | " + r.late + " | " + r.seconds +
           " |\n";
   }
+  if (opt.seeds > 1 && std::find(opt.policies.begin(), opt.policies.end(),
+                                 "default") != opt.policies.end()) {
+    md += SeedTable(rows, opt.policies);
+  }
   for (const auto& [pair, traces] : same_dispatch) {
     std::string list;
     for (const std::string& t : traces) list += (list.empty() ? "" : ", ") + t;
@@ -578,6 +681,10 @@ int Main(int argc, char** argv) {
                  "Comma-separated dispatches (default: rr,balanced)");
   app.add_flag("--quick", opt.quick,
                "Fewer steps (200; dsv3 120) for iterating");
+  app.add_option("--seeds", opt.seeds,
+                 "Replay the generated families at seeds 1..N and add a table "
+                 "of each policy's worst margin against default (default 1)")
+      ->check(CLI::Range(1, 100));
   app.add_option("--data-dir", opt.data_dir, "The repository's data/");
   app.add_option("--out", opt.out, "Also write the Markdown to this file");
   try {
