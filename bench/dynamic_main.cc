@@ -64,6 +64,7 @@ struct TraceCase {
   int steady_from = 64;    // First step of the steady-state figures.
   int quick_steps = 200;
   uint64_t seed = 1;      // Generated families: the generator's seed.
+  bool seeded = false;    // The family takes a seed (set by Run).
   std::string base = {};  // The name without the seed suffix.
 };
 
@@ -336,6 +337,7 @@ int Run(const Options& opt) {
         opt.traces.end()) {
       continue;
     }
+    // The families drawn from real data without a token count take no seed.
     bool seeded = false;
     if (!selected.family.empty() && selected.fold < 0) {
       const eplb::bench::FamilyInfo info =
@@ -344,6 +346,7 @@ int Run(const Options& opt) {
     }
     for (int seed = 1; seed <= (seeded ? opt.seeds : 1); ++seed) {
       TraceCase c = selected;
+      c.seeded = seeded;
       c.base = selected.name;
       c.seed = static_cast<uint64_t>(seed);
       if (seed > 1) c.name += " s" + std::to_string(seed);
@@ -377,11 +380,10 @@ int Run(const Options& opt) {
       trace = eplb::bench::GenerateTrace(spec);
       const eplb::bench::FamilyInfo info = *eplb::bench::FindFamily(c.family);
       top_k = info.top_k;
-      what = "`" + c.family + "`" +
-             (c.fold >= 0 ? " fold " + std::to_string(c.fold)
-                          : (info.fixed_shape && info.tokens == 0
-                                 ? ""
-                                 : " seed " + std::to_string(c.seed)));
+      what =
+          "`" + c.family + "`" +
+          (c.fold >= 0 ? " fold " + std::to_string(c.fold)
+                       : (c.seeded ? " seed " + std::to_string(c.seed) : ""));
     }
     if (!trace.ok()) {
       std::fprintf(stderr, "eplb_bench_dynamic: %s: %s\n", c.name.c_str(),
