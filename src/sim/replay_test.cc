@@ -121,13 +121,19 @@ TEST(ReplayTest, CorruptedTransfersNeverCommit) {
 
 // The check that proves the others: weights corrupted past the migration's
 // own check (the transport forges the checksum) must show in the outputs.
+// Forged transfers pass the check, so far fewer layers abort than with the
+// same corruption unforged. One still may: once a forged copy committed, the
+// engine remembers its checksum for that expert, and a later transfer of
+// the expert from an intact replica no longer matches it.
 TEST(ReplayTest, ForgedChecksumsAreCaughtByTheOutputs) {
   ReplayOptions o = Options();
   o.faults.corrupt_every = 7;
+  StatusOr<ReplayResult> checked = RunReplay(ShortTrace(), o);
+  ASSERT_TRUE(checked.ok()) << checked.status().ToString();
   o.faults.forge_checksums = true;
   StatusOr<ReplayResult> r = RunReplay(ShortTrace(), o);
   ASSERT_TRUE(r.ok()) << r.status().ToString();
-  EXPECT_EQ(r->layers_aborted, 0);
+  EXPECT_LT(r->layers_aborted, checked->layers_aborted / 2);
   EXPECT_GT(r->layers_committed, 0);
   EXPECT_GT(r->outputs_mismatched, 0);
 }
