@@ -20,11 +20,13 @@
 // nodes) is scored 1% of the mean rank load below its gain per move, so
 // traffic crosses nodes only when that buys a clearly lower peak.
 //
-// The walk is one of four candidates the policy frame weighs against the
+// The walk is one of five candidates the policy frame weighs against the
 // current layer (layer_policy.h): the walk's layer; the same refined by up
 // to 2R swaps scored on the per-step samples (LayerModel::SwapOnShots: the
 // mean over steps of each step's peak / mean rank load, since the mean
-// hides experts that are hot in the same steps); few moves toward the
+// hides experts that are hot in the same steps); the current layer refined
+// by the same swaps (the walk follows the newest window's means, the swaps
+// every scored step); few moves toward the
 // replica counts of DeepSeek's algorithm on the scored load (every expert
 // keeps the replicas it still needs, the missing ones fill the freed
 // slots); and DeepSeek's full plan with its ranks matched to the current
