@@ -193,8 +193,8 @@ void FlashLbPolicy::PlanCandidates(const LayerContext& ctx,
       ctx.options->dispatch == DispatchMode::kRoundRobin || r >= kWideRanks;
   if (triggered && !ctx.cold && last >= 0.0) {
     // Small groups are easier to balance, so they are held to more.
-    const double relative = r < 32 ? 0.95 : 0.9;
-    const double absolute = r < 32 ? 0.9 : 0.85;
+    const double relative = r < kWideRanks ? 0.95 : 0.9;
+    const double absolute = r < kWideRanks ? 0.9 : 0.85;
     const double current_ratio = Ratio(ctx.current, model.mean(), r, k);
     if (!(current_ratio < relative * last || current_ratio < absolute)) {
       // Balanced on the means: no full re-plan, but a few swaps scored on

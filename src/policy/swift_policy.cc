@@ -410,9 +410,23 @@ class SwiftPolicy final : public LayerPolicy {
       return;
     }
     model.SwapOnShots(ctx.current, move_cost, ExtraSwaps(r), limit, &full);
+    // The current layer refined by the same swaps: the walk plans on the
+    // newest window's means, the swaps on every scored step, so on steady
+    // traffic this finds moves that pay where the walk's do not.
+    std::vector<int32_t> tuned(ctx.current.begin(), ctx.current.end());
+    const int tuned_swaps =
+        model.SwapOnShots(ctx.current, move_cost, ExtraSwaps(r), limit, &tuned);
     std::vector<int32_t> walked = SwiftWalk(ctx);
-    std::vector<int32_t> swapped = walked;
-    model.SwapOnShots(ctx.current, move_cost, 2 * r, limit, &swapped);
+    std::vector<int32_t> swapped;
+    if (tuned_swaps < ExtraSwaps(r) && ExtraSwaps(r) <= 2 * r &&
+        std::equal(walked.begin(), walked.end(), ctx.current.begin())) {
+      // The walk kept the layer: the walk's swaps are the search just run,
+      // from the same layer, and it stopped before either limit.
+      swapped = tuned;
+    } else {
+      swapped = walked;
+      model.SwapOnShots(ctx.current, move_cost, 2 * r, limit, &swapped);
+    }
     // Few moves toward DeepSeek's replica counts: every expert keeps what
     // it still needs, the missing replicas fill the freed slots.
     model.ComputeMeansOnly();
@@ -421,12 +435,7 @@ class SwiftPolicy final : public LayerPolicy {
       model.SwapOnShots(ctx.current, move_cost, ExtraSwaps(r), limit, &recount);
       out->push_back({std::move(recount), LayerChoice::kIncremental});
     }
-    // The current layer refined by the same swaps: the walk plans on the
-    // newest window's means, the swaps on every scored step, so on steady
-    // traffic this finds moves that pay where the walk's do not.
-    std::vector<int32_t> tuned(ctx.current.begin(), ctx.current.end());
-    if (model.SwapOnShots(ctx.current, move_cost, ExtraSwaps(r), limit,
-                          &tuned) > 0) {
+    if (tuned_swaps > 0) {
       out->push_back({std::move(tuned), LayerChoice::kIncremental});
     }
     out->push_back({std::move(walked), LayerChoice::kIncremental});
