@@ -83,15 +83,16 @@ TEST(SwiftTest, DeterministicWithSamples) {
                          b.placement.layer(0).begin()));
 }
 
-// A context for `layer` of one-layer inputs (the spans and pointers must
-// outlive it).
+// A context for `layer`, layer `index` of the inputs (the spans and
+// pointers must outlive it).
 LayerContext ContextFor(std::span<const int32_t> layer, const LoadMatrix& load,
                         const LoadTrace* samples, const Topology& topology,
-                        const PolicyOptions& options) {
+                        const PolicyOptions& options, int index = 0) {
   LayerContext ctx;
+  ctx.layer = index;
   ctx.num_experts = load.num_experts();
   ctx.current = layer;
-  ctx.load = load.row(0);
+  ctx.load = load.row(index);
   ctx.samples = samples;
   ctx.topology = &topology;
   ctx.options = &options;
@@ -240,14 +241,8 @@ TEST(SwiftTest, OnSteadyTrafficNoWorseThanTheCurrentLayersOwnSwaps) {
     ASSERT_TRUE(plan.ok()) << plan.status().ToString();
     for (int l = 0; l < kL; ++l) {
       SCOPED_TRACE("layer " + std::to_string(l));
-      LayerContext ctx;
-      ctx.layer = l;
-      ctx.num_experts = kE;
-      ctx.current = current.layer(l);
-      ctx.load = load.row(l);
-      ctx.samples = &samples;
-      ctx.topology = &topology;
-      ctx.options = &options;
+      LayerContext ctx =
+          ContextFor(current.layer(l), load, &samples, topology, options, l);
       ctx.current_imbalance =
           LayerImbalance(current.layer(l), load.row(l), kR, kK);
       LayerModel model;
