@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(
   build-essential cmake ninja-build     # compiler, build system
   clang                                 # sanitizer builds, libFuzzer (scripts/sanitize.sh)
+  clang-format                          # the format test (house style: Google)
   nlohmann-json3-dev                    # JSON maps, SGLang dumps, --json output
   libcli11-dev                          # command-line parsing
   libgtest-dev libgmock-dev             # unit and integration tests
