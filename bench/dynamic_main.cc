@@ -58,6 +58,9 @@ struct TraceCase {
   std::string name = {};    // As --traces names it.
   std::string family = {};  // trace_gen family; empty: the shipped trace.
   int fold = -1;            // puffin-fold.
+  int tokens = 0;           // Mean tokens per step; 0: the family's.
+  int layers = 0;           // 0: the family's.
+  int top_k = 0;            // 0: the family's.
   int ranks = 8;
   int redundant = 8;
   std::string model = {};  // Preset; empty: the one matching the shape.
@@ -74,8 +77,28 @@ std::vector<TraceCase> AllCases() {
        {"topics", "domains", "skew", "sparse", "drift", "burst"}) {
     cases.push_back({.name = f, .family = f});
   }
+  // Steady, dense traffic at Qwen3-30B-A3B's shape (48 layers x 128
+  // experts, top-8): `sparse`'s stable hot set at 4096 tokens per step,
+  // EP16 + 16. Little noise and no shift: what a move buys keeps paying.
+  cases.push_back({.name = "steady-dense",
+                   .family = "sparse",
+                   .tokens = 4096,
+                   .layers = 48,
+                   .top_k = 8,
+                   .ranks = 16,
+                   .redundant = 16});
   cases.push_back({.name = "dsv3",
                    .family = "dsv3",
+                   .ranks = 32,
+                   .redundant = 32,
+                   .model = "deepseek-v3",
+                   .steady_from = 80,
+                   .quick_steps = 120});
+  // The same at 8192 tokens per step (256 per rank): denser batches, so
+  // less sampling noise per expert than dsv3's 3072.
+  cases.push_back({.name = "dsv3-8k",
+                   .family = "dsv3",
+                   .tokens = 8192,
                    .ranks = 32,
                    .redundant = 32,
                    .model = "deepseek-v3",
@@ -374,16 +397,22 @@ int Run(const Options& opt) {
       eplb::bench::TraceSpec spec;
       spec.family = c.family;
       spec.fold = c.fold;
+      spec.tokens = c.tokens;
+      spec.layers = c.layers;
+      spec.top_k = c.top_k;
       spec.seed = c.seed;
       spec.steps = opt.quick ? c.quick_steps : 0;
       spec.data_dir = opt.data_dir;
       trace = eplb::bench::GenerateTrace(spec);
       const eplb::bench::FamilyInfo info = *eplb::bench::FindFamily(c.family);
-      top_k = info.top_k;
+      top_k = c.top_k > 0 ? c.top_k : info.top_k;
       what =
           "`" + c.family + "`" +
           (c.fold >= 0 ? " fold " + std::to_string(c.fold)
-                       : (c.seeded ? " seed " + std::to_string(c.seed) : ""));
+                       : (c.seeded ? " seed " + std::to_string(c.seed) : "")) +
+          (c.top_k > 0 ? ", top-" + std::to_string(c.top_k) : "") +
+          (c.layers > 0 ? ", " + std::to_string(c.layers) + " layers" : "") +
+          (c.tokens > 0 ? ", " + std::to_string(c.tokens) + " tokens" : "");
     }
     if (!trace.ok()) {
       std::fprintf(stderr, "eplb_bench_dynamic: %s: %s\n", c.name.c_str(),

@@ -2,8 +2,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <limits>
 #include <numeric>
+#include <span>
 #include <string>
+#include <vector>
 
 #include "policy/algorithms.h"
 #include "policy/layer_model.h"
@@ -12,12 +16,69 @@
 namespace eplb::policy {
 namespace {
 
-// ChooseScoringSamples sees that the traffic moved a while ago when the
+// ReadTrafficHistory sees that the traffic moved a while ago when the
 // window before the newest predicts the newest better than all older steps
 // by this much log-likelihood per token: noise alone keeps it below about
 // 0.03 on per-prompt traffic, while a topic switch a window ago lifts it to
 // 0.1-1.
 constexpr double kRecentGainPerToken = 0.05;
+// And calls the history settled only where the advantage's sampling scale
+// is at most this: below it a shift worth re-planning for stands clearly out
+// of the noise (DeepSeek-V3 at 3072 tokens a step: 0.001, with the
+// dispersion of its per-step mixes; 8192 tokens: 0.0006), above it (the
+// top-1 and top-2 families at 75-512 tokens a step: 0.015-0.06; per-prompt
+// traffic: 0.01-0.1) the test cannot tell one regime from several.
+constexpr double kSettledMaxNoise = 0.01;
+// Within how many times its sampling scale the advantage must stay (either
+// way: a newest window unlike the one before it is a shift too).
+constexpr double kSettledNoiseMultiple = 2.0;
+// Half a token per expert: an expert unseen before is unlikely, not
+// impossible.
+constexpr double kHistoryPrior = 0.5;
+
+// The newest `w` steps of `samples`.
+LoadTrace NewestSteps(const LoadTrace& samples, int w) {
+  LoadTrace out(w, samples.num_layers(), samples.num_experts());
+  const size_t cells =
+      static_cast<size_t>(samples.num_layers()) * samples.num_experts();
+  std::copy(samples.data().end() - static_cast<ptrdiff_t>(w * cells),
+            samples.data().end(), out.mutable_data().begin());
+  return out;
+}
+
+// Pearson's chi-square per degree of freedom of steps [begin, end) of one
+// layer (rows: steps, columns: experts with tokens), each step's total
+// spread by the window's shares; `share` is scratch [E]. 0 when the window
+// has fewer than two experts with tokens or fewer than two steps.
+double Dispersion(const LoadTrace& samples, int layer, int begin, int end,
+                  std::vector<double>* share) {
+  std::vector<double>& sum = *share;
+  std::fill(sum.begin(), sum.end(), 0.0);
+  for (int t = begin; t < end; ++t) {
+    std::span<const double> row = samples.row(t, layer);
+    for (size_t e = 0; e < sum.size(); ++e) sum[e] += row[e];
+  }
+  double total = 0.0;
+  int experts = 0;
+  for (double v : sum) {
+    total += v;
+    experts += v > 0.0 ? 1 : 0;
+  }
+  if (experts < 2 || end - begin < 2) return 0.0;
+  double chi = 0.0;
+  for (int t = begin; t < end; ++t) {
+    std::span<const double> row = samples.row(t, layer);
+    const double step_total = std::accumulate(row.begin(), row.end(), 0.0);
+    if (step_total <= 0.0) continue;
+    for (size_t e = 0; e < sum.size(); ++e) {
+      if (sum[e] <= 0.0) continue;
+      const double expected = sum[e] / total * step_total;
+      const double d = row[e] - expected;
+      chi += d * d / expected;
+    }
+  }
+  return chi / ((experts - 1.0) * (end - begin - 1.0));
+}
 
 }  // namespace
 
@@ -85,59 +146,74 @@ void LayerPolicy::PlanCandidates(const LayerContext&,
 
 void LayerPolicy::Chosen(int, std::span<const int32_t>, double) {}
 
+TrafficHistory ReadTrafficHistory(const PolicyInput& input) {
+  TrafficHistory h;
+  h.moved = input.window_shifted;
+  h.noise = std::numeric_limits<double>::infinity();
+  const LoadTrace* samples = input.samples;
+  if (samples == nullptr) return h;
+  const int steps = samples->num_steps();
+  const int w = input.window_steps;
+  if (w < 1 || 2 * w > steps) return h;
+  // A: the newest w steps; C: the w before them; B: all older steps.
+  const int e_count = samples->num_experts();
+  std::vector<double> a(e_count), b(e_count), c(e_count);
+  double advantage = 0.0;  // log L(A | C) - log L(A | B).
+  double tokens = 0.0;     // In A.
+  double c_tokens = 0.0;   // In C.
+  double dispersion = 0.0;
+  int dispersed_layers = 0;
+  for (int l = 0; l < samples->num_layers(); ++l) {
+    std::fill(a.begin(), a.end(), 0.0);
+    std::fill(b.begin(), b.end(), 0.0);
+    std::fill(c.begin(), c.end(), 0.0);
+    for (int t = 0; t < steps; ++t) {
+      std::span<const double> row = samples->row(t, l);
+      std::vector<double>& into = t >= steps - w ? a : b;
+      for (int e = 0; e < e_count; ++e) into[e] += row[e];
+      if (t >= steps - 2 * w && t < steps - w) {
+        for (int e = 0; e < e_count; ++e) c[e] += row[e];
+      }
+    }
+    double nb = kHistoryPrior * e_count, nc = kHistoryPrior * e_count;
+    for (int e = 0; e < e_count; ++e) {
+      nb += b[e];
+      nc += c[e];
+      c_tokens += c[e];
+    }
+    for (int e = 0; e < e_count; ++e) {
+      if (a[e] == 0.0) continue;
+      tokens += a[e];
+      advantage += a[e] * (std::log((c[e] + kHistoryPrior) / nc) -
+                           std::log((b[e] + kHistoryPrior) / nb));
+    }
+    const double d = Dispersion(*samples, l, steps - 2 * w, steps - w, &c);
+    if (d > 0.0) {
+      dispersion += d;
+      ++dispersed_layers;
+    }
+  }
+  if (tokens <= 0.0 || c_tokens <= 0.0) return h;
+  h.advantage = advantage / tokens;
+  h.moved = h.moved || h.advantage > kRecentGainPerToken;
+  h.dispersion =
+      std::max(1.0, dispersed_layers > 0 ? dispersion / dispersed_layers : 1.0);
+  h.noise = h.dispersion * (e_count - 1) /
+            (c_tokens / static_cast<double>(samples->num_layers()));
+  h.settled = !h.moved && h.noise <= kSettledMaxNoise &&
+              std::abs(h.advantage) <= kSettledNoiseMultiple * h.noise;
+  return h;
+}
+
 const LoadTrace* ChooseScoringSamples(const PolicyInput& input,
                                       LoadTrace* recent) {
   const LoadTrace* samples = input.samples;
   if (samples == nullptr || samples->num_steps() < 2) return samples;
-  const int steps = samples->num_steps();
   const int w = input.window_steps;
-  if (w < 1 || w >= steps) return samples;
-  bool moved = input.window_shifted;
-  if (!moved && 2 * w <= steps) {
-    // Did the traffic move a while ago? Then the w steps just before the
-    // newest window (C) predict it (A) better than all steps before it (B)
-    // do: compare the log-likelihoods of A's counts under each, as smoothed
-    // distributions, summed over layers.
-    const int e_count = samples->num_experts();
-    // Half a token per expert: an expert unseen before is unlikely, not
-    // impossible.
-    constexpr double kPrior = 0.5;
-    std::vector<double> a(e_count), b(e_count), c(e_count);
-    double advantage = 0.0;  // log L(A | C) - log L(A | B).
-    double tokens = 0.0;     // In A.
-    for (int l = 0; l < samples->num_layers(); ++l) {
-      std::fill(a.begin(), a.end(), 0.0);
-      std::fill(b.begin(), b.end(), 0.0);
-      std::fill(c.begin(), c.end(), 0.0);
-      for (int t = 0; t < steps; ++t) {
-        std::span<const double> row = samples->row(t, l);
-        std::vector<double>& into = t >= steps - w ? a : b;
-        for (int e = 0; e < e_count; ++e) into[e] += row[e];
-        if (t >= steps - 2 * w && t < steps - w) {
-          for (int e = 0; e < e_count; ++e) c[e] += row[e];
-        }
-      }
-      double nb = kPrior * e_count, nc = kPrior * e_count;
-      for (int e = 0; e < e_count; ++e) {
-        nb += b[e];
-        nc += c[e];
-      }
-      for (int e = 0; e < e_count; ++e) {
-        if (a[e] == 0.0) continue;
-        tokens += a[e];
-        advantage += a[e] * (std::log((c[e] + kPrior) / nc) -
-                             std::log((b[e] + kPrior) / nb));
-      }
-    }
-    moved = advantage > kRecentGainPerToken * tokens;
-  }
-  if (!moved) return samples;
+  if (w < 1 || w >= samples->num_steps()) return samples;
+  if (!ReadTrafficHistory(input).moved) return samples;
   // The newest window alone predicts what comes next.
-  *recent = LoadTrace(w, samples->num_layers(), samples->num_experts());
-  const size_t cells =
-      static_cast<size_t>(samples->num_layers()) * samples->num_experts();
-  std::copy(samples->data().end() - static_cast<ptrdiff_t>(w * cells),
-            samples->data().end(), recent->mutable_data().begin());
+  *recent = NewestSteps(*samples, w);
   return recent;
 }
 
@@ -191,6 +267,12 @@ void CountMoves(std::span<const int32_t> cur, std::span<const int32_t> plan,
 StatusOr<Plan> LayerPolicy::Rebalance(const PolicyInput& input,
                                       const PolicyOptions& options) {
   EPLB_RETURN_IF_ERROR(ValidatePolicyInput(input));
+  if (!(options.settled_move_discount > 0.0 &&
+        options.settled_move_discount <= 1.0)) {
+    return InvalidArgumentError("settled_move_discount = " +
+                                std::to_string(options.settled_move_discount) +
+                                ": must be in (0, 1]");
+  }
   const Placement& cur = *input.current;
   const Topology& t = input.topology;
   const int r = t.num_ranks;
@@ -318,11 +400,23 @@ StatusOr<Plan> LayerPolicy::RebalanceSelecting(const PolicyInput& input,
   const int k = t.slots_per_rank;
   const int e = cur.num_experts();
   const int max_receives = options.max_receives_per_rank;
+  const TrafficHistory history = ReadTrafficHistory(input);
   LoadTrace recent;
-  const LoadTrace* scoring = ChooseScoringSamples(input, &recent);
-  if (scoring == &recent) {
+  const LoadTrace* scoring = input.samples;
+  if (history.moved && scoring != nullptr && input.window_steps >= 1 &&
+      input.window_steps < scoring->num_steps()) {
+    recent = NewestSteps(*scoring, input.window_steps);
+    scoring = &recent;
     plan.notes.push_back("scored on the newest " +
                          std::to_string(recent.num_steps()) + " steps only");
+  }
+  // Settled traffic: what a move buys keeps paying for longer.
+  const double discount = history.settled ? options.settled_move_discount : 1.0;
+  if (history.settled && discount < 1.0) {
+    char text[32];
+    std::snprintf(text, sizeof(text), "%g", discount);
+    plan.notes.push_back(std::string("traffic settled: a move costs ") + text +
+                         " of its score");
   }
   // What the full candidates plan on: the scored steps' sum, or the window's
   // load without samples of two steps or more.
@@ -426,7 +520,7 @@ StatusOr<Plan> LayerPolicy::RebalanceSelecting(const PolicyInput& input,
       if (!own.empty()) chosen[l] = own.back().to;
       continue;
     }
-    HullSteps(l, opts, move_cost, &steps);
+    HullSteps(l, opts, discount * move_cost, &steps);
   }
   std::stable_sort(steps.begin(), steps.end(),
                    [](const HullStep& a, const HullStep& b) {

@@ -10,10 +10,11 @@
 //    the newest window when the traffic moved (ChooseScoringSamples);
 //  - per layer, the current placement or one candidate, by predicted gain
 //    (the shot score under the dispatch in use) against the experts moved:
-//    a move must buy kShotMovePenalty / (R * K) of score, and one plan moves
-//    at most migration_budget x L x R x K experts, spent on the best gain per
-//    move first. A layer still in the default initial placement (cold) is
-//    planned for balance alone, outside the budget.
+//    a move must buy kShotMovePenalty / (R * K) of score (times
+//    settled_move_discount on settled traffic, ReadTrafficHistory), and one
+//    plan moves at most migration_budget x L x R x K experts, spent on the
+//    best gain per move first. A layer still in the default initial
+//    placement (cold) is planned for balance alone, outside the budget.
 #ifndef EPLB_SRC_POLICY_LAYER_POLICY_H_
 #define EPLB_SRC_POLICY_LAYER_POLICY_H_
 
@@ -92,13 +93,39 @@ class LayerPolicy : public Policy {
                                     const PolicyOptions& options, Plan plan);
 };
 
+// What the per-step samples say about the traffic's history. With A the
+// newest window (input.window_steps steps), C the window before it and B
+// every older step, `advantage` is log L(A | C) - log L(A | B) per token of
+// A: the log-likelihood of A's counts under C's and under B's distribution
+// (each smoothed by half a token per expert), summed over layers. Computed
+// when the samples hold at least two windows; O(steps x L x E).
+struct TrafficHistory {
+  // Score on the newest window only: the window was cut short by a shift
+  // (window_shifted), or C predicts A clearly better than B does
+  // (advantage > 0.05).
+  bool moved = false;
+  // One regime over the whole history, measured with enough tokens to tell:
+  // not moved, |advantage| <= 2 x noise, and noise <= 0.01.
+  bool settled = false;
+  double advantage = 0.0;
+  // The advantage's sampling scale, dispersion x (E - 1) / n: a
+  // distribution estimated from n multinomial draws (n: C's tokens per
+  // layer) misses the true one by about (E - 1) / (2n) of log-likelihood
+  // per token, and counts that vary more than multinomial draws (per-prompt
+  // traffic) miss it by `dispersion` times that. Infinite when not
+  // computed.
+  double noise = 0.0;
+  // C's Pearson chi-square per degree of freedom (its steps x experts
+  // table, each step's total spread by C's shares), averaged over layers and
+  // at least 1: 1 for multinomial draws, far more where each step has its
+  // own mix.
+  double dispersion = 1.0;
+};
+TrafficHistory ReadTrafficHistory(const PolicyInput& input);
+
 // Which samples a selecting policy scores on: `input.samples` whole, or (in
 // `*recent`, returned) only its newest `input.window_steps` steps when the
-// traffic moved: the window was cut short by a shift (window_shifted), or
-// the window before it predicts it clearly better than all older steps do
-// (the log-likelihood of the newest window's counts under each as a smoothed
-// distribution, summed over layers, differs by more than 0.05 per token).
-// Null without samples.
+// traffic moved (TrafficHistory::moved). Null without samples.
 const LoadTrace* ChooseScoringSamples(const PolicyInput& input,
                                       LoadTrace* recent);
 

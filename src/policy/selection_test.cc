@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <random>
@@ -98,6 +99,77 @@ TEST(ScoringSamplesTest, AWindowCutShortByAShiftScoresItAlone) {
   EXPECT_EQ(recent.num_steps(), 3);
 }
 
+// Each step all of its `tokens` from one of two topics, drawn at random:
+// counts that vary far more than multinomial draws (per-prompt traffic).
+LoadTrace MixedSteps(int steps, uint64_t seed, int tokens) {
+  const LoadTrace a = TopicSteps(steps, 0, seed, tokens);
+  const LoadTrace b = TopicSteps(steps, 29, seed + 1, tokens);
+  std::mt19937_64 rng(seed + 2);
+  LoadTrace out(steps, kLayers, kExperts);
+  for (int t = 0; t < steps; ++t) {
+    const LoadTrace& from = rng() % 2 == 0 ? a : b;
+    for (int l = 0; l < kLayers; ++l) {
+      for (int e = 0; e < kExperts; ++e) out.at(t, l, e) = from.at(t, l, e);
+    }
+  }
+  return out;
+}
+
+TrafficHistory HistoryOf(const LoadTrace& samples, int window = 16) {
+  const LoadMatrix load = Newest(samples, window);
+  const Placement current = Placement::Initial(kLayers, kExperts, Shape());
+  return ReadTrafficHistory({&current, &load, &samples, Shape(), window});
+}
+
+TEST(TrafficHistoryTest, DenseSteadyTrafficIsSettled) {
+  // 64 experts, 4000 tokens a step: 64000 per layer in a window, so the
+  // advantage's sampling scale is about 63 / 64000 = 0.001.
+  const TrafficHistory h = HistoryOf(TopicSteps(64, 0, 11, 4000));
+  EXPECT_FALSE(h.moved);
+  EXPECT_TRUE(h.settled) << "advantage " << h.advantage << " noise " << h.noise;
+  EXPECT_NEAR(h.dispersion, 1.0, 0.2);
+  EXPECT_NEAR(h.noise, 63.0 / 64000.0, 0.0003);
+  EXPECT_LE(std::abs(h.advantage), 2.0 * h.noise);
+}
+
+TEST(TrafficHistoryTest, FewTokensCannotTellOneRegimeFromSeveral) {
+  // The same traffic at 100 tokens a step: a scale of 0.04.
+  const TrafficHistory h = HistoryOf(TopicSteps(64, 0, 12, 100));
+  EXPECT_FALSE(h.moved);
+  EXPECT_FALSE(h.settled);
+  EXPECT_GT(h.noise, 0.01);
+}
+
+TEST(TrafficHistoryTest, StepsWithTheirOwnMixAreNotSettled) {
+  // Dense, but each step is one of two topics: far more dispersed than
+  // multinomial draws, so the test has no power.
+  const TrafficHistory h = HistoryOf(MixedSteps(64, 13, 4000));
+  EXPECT_GT(h.dispersion, 10.0);
+  EXPECT_GT(h.noise, 0.01);
+  EXPECT_FALSE(h.settled);
+}
+
+TEST(TrafficHistoryTest, ASwitchIsNotSettled) {
+  // A window ago: the traffic moved.
+  const TrafficHistory ago = HistoryOf(
+      Concat(TopicSteps(48, 0, 14, 4000), TopicSteps(32, 21, 15, 4000)));
+  EXPECT_TRUE(ago.moved);
+  EXPECT_FALSE(ago.settled);
+  // Within the newest window: the window before it predicts it no better
+  // than the older steps (the advantage is far below zero), which is no
+  // regime either.
+  const TrafficHistory now = HistoryOf(
+      Concat(TopicSteps(56, 0, 16, 4000), TopicSteps(8, 21, 17, 4000)));
+  EXPECT_FALSE(now.settled);
+  EXPECT_LT(now.advantage, -2.0 * now.noise);
+}
+
+TEST(TrafficHistoryTest, WithoutTwoWindowsNothingIsRead) {
+  const TrafficHistory h = HistoryOf(TopicSteps(24, 0, 18, 4000));
+  EXPECT_FALSE(h.moved);
+  EXPECT_FALSE(h.settled);
+}
+
 // A current placement planned for topic 0, and samples that moved to
 // another topic a window ago.
 struct Shifted {
@@ -153,6 +225,60 @@ TEST_P(SelectingPolicyTest, NeverWorseThanAFullReplanAfterAShift) {
     EXPECT_LE(
         info.predicted_score,
         full_score + 0.25 * (full_moves - info.moved_experts) / slots + 0.01);
+  }
+}
+
+TEST_P(SelectingPolicyTest, SettledTrafficBuysMoreBalanceWithMoreMoves) {
+  // A placement planned on a noisy window of a topic (20 tokens a step),
+  // then dense, steady traffic of the same topic: the history is settled, and
+  // at a quarter of the cost each layer walks at least as far down its
+  // candidates (at least as many moves, a score at least as good) as at the
+  // full cost.
+  const Topology t = Shape();
+  const LoadMatrix noisy = TopicSteps(16, 0, 21, 20).Aggregate();
+  const Placement initial = Placement::Initial(kLayers, kExperts, t);
+  const Placement current = CreatePolicy("default")
+                                .value()
+                                ->Rebalance({&initial, &noisy, nullptr, t}, {})
+                                .value()
+                                .placement;
+  const LoadTrace samples = TopicSteps(64, 0, 22, 4000);
+  const LoadMatrix load = Newest(samples, 16);
+  const PolicyInput in{&current, &load, &samples, t, 16};
+  ASSERT_TRUE(ReadTrafficHistory(in).settled);
+  // As the dynamic cycle sets them: no full-plan guard, whose own choice
+  // does not follow the move cost.
+  PolicyOptions full, settled;
+  full.migration_budget = settled.migration_budget = 1.0;
+  full.full_plan_tolerance = settled.full_plan_tolerance = -1.0;
+  full.settled_move_discount = 1.0;
+  const Plan a = CreatePolicy(GetParam()).value()->Rebalance(in, full).value();
+  const Plan b =
+      CreatePolicy(GetParam()).value()->Rebalance(in, settled).value();
+  EXPECT_TRUE(std::any_of(b.notes.begin(), b.notes.end(), [](const auto& n) {
+    return n.find("traffic settled") != std::string::npos;
+  }));
+  int further = 0;
+  for (int l = 0; l < kLayers; ++l) {
+    SCOPED_TRACE("layer " + std::to_string(l));
+    EXPECT_LE(b.layers[l].predicted_score, a.layers[l].predicted_score);
+    EXPECT_GE(b.layers[l].moved_experts, a.layers[l].moved_experts);
+    further += b.layers[l].moved_experts > a.layers[l].moved_experts ? 1 : 0;
+  }
+  EXPECT_GT(further, 0);
+}
+
+TEST_P(SelectingPolicyTest, TheSettledDiscountIsChecked) {
+  const Shifted s;
+  for (double bad : {0.0, -0.5, 1.5}) {
+    PolicyOptions options;
+    options.settled_move_discount = bad;
+    const StatusOr<Plan> plan =
+        CreatePolicy(GetParam()).value()->Rebalance(s.Input(), options);
+    ASSERT_FALSE(plan.ok());
+    EXPECT_EQ(plan.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(plan.status().message().find("settled_move_discount"),
+              std::string::npos);
   }
 }
 
