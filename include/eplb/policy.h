@@ -73,7 +73,8 @@ struct PolicyOptions {
   // Swift and FlashLB re-plans on settled traffic: when the per-step samples
   // show one regime over the whole history, measured with enough tokens to
   // tell (TrafficHistory::settled), a moved expert costs this fraction of its
-  // usual score when the policy chooses what to migrate. A move is paid once,
+  // usual score, in the policy's searches and in its choice of what to
+  // migrate. A move is paid once,
   // and where the traffic keeps its shape what it buys keeps paying; where
   // the traffic shifts, a placement fitted closely to it serves the next
   // traffic worse, which the full cost guards against. In (0, 1]; 1: off.

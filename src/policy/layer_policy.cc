@@ -452,6 +452,7 @@ StatusOr<Plan> LayerPolicy::RebalanceSelecting(const PolicyInput& input,
     ctx.cold = std::equal(cur.layer(l).begin(), cur.layer(l).end(),
                           initial.layer(0).begin());
     cold[l] = ctx.cold;
+    if (!ctx.cold) ctx.move_cost_scale = discount;
     ctx.static_plan = ctx.cold && !options.quick_first_plan &&
                       (scoring == nullptr || scoring->num_steps() < 2);
     model.Load(ctx);

@@ -47,6 +47,10 @@ struct LayerContext {
   // `current` is the default initial placement: nothing was planned for this
   // layer yet, so a plan is for balance alone (moves are free).
   bool cold = false;
+  // What a move costs in the policy's own searches, as a multiple of
+  // LayerModel::MoveCost(): the frame's settled_move_discount on settled
+  // traffic (ReadTrafficHistory), else 1.
+  double move_cost_scale = 1.0;
   // A cold layer planned for balance alone (no quick_first_plan) on one
   // aggregate (no per-step samples of two steps or more): moves are free and
   // the score is the imbalance on that aggregate, so candidates that save

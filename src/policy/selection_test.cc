@@ -231,9 +231,8 @@ TEST_P(SelectingPolicyTest, NeverWorseThanAFullReplanAfterAShift) {
 TEST_P(SelectingPolicyTest, SettledTrafficBuysMoreBalanceWithMoreMoves) {
   // A placement planned on a noisy window of a topic (20 tokens a step),
   // then dense, steady traffic of the same topic: the history is settled, and
-  // at a quarter of the cost each layer walks at least as far down its
-  // candidates (at least as many moves, a score at least as good) as at the
-  // full cost.
+  // at a quarter of the cost the plan buys more balance with more moves than
+  // at the full cost.
   const Topology t = Shape();
   const LoadMatrix noisy = TopicSteps(16, 0, 21, 20).Aggregate();
   const Placement initial = Placement::Initial(kLayers, kExperts, t);
@@ -258,14 +257,21 @@ TEST_P(SelectingPolicyTest, SettledTrafficBuysMoreBalanceWithMoreMoves) {
   EXPECT_TRUE(std::any_of(b.notes.begin(), b.notes.end(), [](const auto& n) {
     return n.find("traffic settled") != std::string::npos;
   }));
-  int further = 0;
+  // The searches too pay the cheaper moves, so the candidates differ and a
+  // layer may trade a little score for moves elsewhere: over the layers the
+  // plan moves more and scores no worse, and some layer moves more.
+  int further = 0, moves_a = 0, moves_b = 0;
+  double score_a = 0.0, score_b = 0.0;
   for (int l = 0; l < kLayers; ++l) {
-    SCOPED_TRACE("layer " + std::to_string(l));
-    EXPECT_LE(b.layers[l].predicted_score, a.layers[l].predicted_score);
-    EXPECT_GE(b.layers[l].moved_experts, a.layers[l].moved_experts);
     further += b.layers[l].moved_experts > a.layers[l].moved_experts ? 1 : 0;
+    moves_a += a.layers[l].moved_experts;
+    moves_b += b.layers[l].moved_experts;
+    score_a += a.layers[l].predicted_score;
+    score_b += b.layers[l].predicted_score;
   }
   EXPECT_GT(further, 0);
+  EXPECT_GT(moves_b, moves_a);
+  EXPECT_LT(score_b, score_a);
 }
 
 TEST_P(SelectingPolicyTest, TheSettledDiscountIsChecked) {
