@@ -71,13 +71,13 @@ struct PolicyOptions {
   // replay of every trace family served worse with it.
   double full_plan_tolerance = 0.01;
   // Swift and FlashLB re-plans on settled traffic: when the per-step samples
-  // show one regime over the whole history, measured with enough tokens to
-  // tell (TrafficHistory::settled), a moved expert costs this fraction of its
-  // usual score, in the policy's searches and in its choice of what to
-  // migrate. A move is paid once,
-  // and where the traffic keeps its shape what it buys keeps paying; where
-  // the traffic shifts, a placement fitted closely to it serves the next
-  // traffic worse, which the full cost guards against. In (0, 1]; 1: off.
+  // show one regime over their whole history, measured with enough tokens to
+  // tell (docs/policies.md, "Settled traffic"), a moved expert costs this
+  // fraction of its usual score, in the policy's searches and in its choice
+  // of what to migrate. A move is paid once, and where the traffic keeps its
+  // shape what it buys keeps paying; where the traffic shifts, a placement
+  // fitted closely to it serves the next traffic worse, which the full cost
+  // guards against. In (0, 1]; 1: off.
   double settled_move_discount = 0.25;
   // Threads that plan layers in parallel (the calling thread is one of
   // them; every policy but "random", whose layers take microseconds, gains
