@@ -193,9 +193,11 @@ TrafficHistory ReadTrafficHistory(const PolicyInput& input) {
       ++dispersed_layers;
     }
   }
-  if (tokens <= 0.0 || c_tokens <= 0.0) return h;
+  if (tokens <= 0.0) return h;
   h.advantage = advantage / tokens;
   h.moved = h.moved || h.advantage > kRecentGainPerToken;
+  // An idle window C vouches for nothing: not settled.
+  if (c_tokens <= 0.0) return h;
   h.dispersion =
       std::max(1.0, dispersed_layers > 0 ? dispersion / dispersed_layers : 1.0);
   h.noise = h.dispersion * (e_count - 1) /

@@ -164,6 +164,25 @@ TEST(TrafficHistoryTest, ASwitchIsNotSettled) {
   EXPECT_LT(now.advantage, -2.0 * now.noise);
 }
 
+TEST(TrafficHistoryTest, AnIdleWindowVouchesForNothing) {
+  // Traffic, an idle window, the same traffic again: the window before the
+  // newest has no tokens to measure a regime by.
+  const LoadTrace samples = Concat(
+      Concat(TopicSteps(32, 0, 19, 4000), LoadTrace(16, kLayers, kExperts)),
+      TopicSteps(16, 0, 20, 4000));
+  const TrafficHistory h = HistoryOf(samples);
+  EXPECT_FALSE(h.moved);  // The older steps predict it better.
+  EXPECT_FALSE(h.settled);
+  EXPECT_TRUE(std::isinf(h.noise));
+  // Other traffic after the idle window: even no information (C smoothed to
+  // uniform) predicts it better than the older steps, so it moved.
+  const TrafficHistory other = HistoryOf(Concat(
+      Concat(TopicSteps(32, 0, 19, 4000), LoadTrace(16, kLayers, kExperts)),
+      TopicSteps(16, 21, 20, 4000)));
+  EXPECT_TRUE(other.moved);
+  EXPECT_FALSE(other.settled);
+}
+
 TEST(TrafficHistoryTest, WithoutTwoWindowsNothingIsRead) {
   const TrafficHistory h = HistoryOf(TopicSteps(24, 0, 18, 4000));
   EXPECT_FALSE(h.moved);
