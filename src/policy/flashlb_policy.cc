@@ -183,9 +183,8 @@ void FlashLbPolicy::PlanCandidates(const LayerContext& ctx,
   const int k = ctx.topology->slots_per_rank;
   LayerModel& model = *ctx.model;
   const int limit = ctx.options->max_receives_per_rank;
-  const double move_cost = ctx.cold && !ctx.options->quick_first_plan
-                               ? 0.0
-                               : model.MoveCost() * ctx.move_cost_scale;
+  const double move_cost =
+      ctx.cold && !ctx.options->quick_first_plan ? 0.0 : model.MoveCost();
   const double last = last_ratio_[ctx.layer];
   // The trigger holds only where it measures what the ranks will meet: under
   // round robin, or at width, where it also bounds the plan time (see "The

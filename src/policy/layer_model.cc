@@ -60,6 +60,7 @@ void LayerModel::Load(const LayerContext& ctx) {
   e_ = ctx.num_experts;
   r_ = ctx.topology->num_ranks;
   k_ = ctx.topology->slots_per_rank;
+  move_cost_scale_ = ctx.move_cost_scale;
   dispatch_ = ctx.options != nullptr ? ctx.options->dispatch
                                      : DispatchMode::kRoundRobin;
   shot_tokens_.clear();  // DispatchScore's, rebuilt on first use.
@@ -264,7 +265,7 @@ double LayerModel::Cost(std::span<const int32_t> current,
 }
 
 double LayerModel::MoveCost() const {
-  return kShotMovePenalty / (static_cast<double>(r_) * k_);
+  return move_cost_scale_ * kShotMovePenalty / (static_cast<double>(r_) * k_);
 }
 
 int LayerModel::BestRank(int e, double share, double var_e, double inv) const {

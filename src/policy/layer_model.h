@@ -59,7 +59,8 @@ class LayerModel {
   // Score(layer) + move_cost x the experts `layer` moves against `current`.
   double Cost(std::span<const int32_t> current, std::span<const int32_t> layer,
               double move_cost);
-  // kShotMovePenalty / (R * K): the cost of one moved expert.
+  // kShotMovePenalty / (R * K) times the context's move_cost_scale (Load):
+  // the cost of one moved expert.
   double MoveCost() const;
   // The FlashTree search plus swap refinement: the best-scoring layer.
   std::vector<int32_t> Search();
@@ -138,15 +139,16 @@ class LayerModel {
   int e_ = 0;
   int r_ = 0;
   int k_ = 0;
-  int s_ = 0;                    // Shots.
-  std::vector<double> shots_;    // [S][E]
-  std::vector<double> shots_t_;  // [E][S]: shots_ transposed.
-  std::vector<double> inv_avg_;  // [S]: R / shot total (0: no load).
-  std::vector<double> mean_;     // [E]
-  std::vector<double> var_;      // [E]
-  std::vector<double> risk_;     // [E]: μ + zσ.
-  std::vector<double> cov_;      // [E][E], when spread_.
-  bool spread_ = false;          // Some expert varies over the shots.
+  double move_cost_scale_ = 1.0;  // LayerContext::move_cost_scale.
+  int s_ = 0;                     // Shots.
+  std::vector<double> shots_;     // [S][E]
+  std::vector<double> shots_t_;   // [E][S]: shots_ transposed.
+  std::vector<double> inv_avg_;   // [S]: R / shot total (0: no load).
+  std::vector<double> mean_;      // [E]
+  std::vector<double> var_;       // [E]
+  std::vector<double> risk_;      // [E]: μ + zσ.
+  std::vector<double> cov_;       // [E][E], when spread_.
+  bool spread_ = false;           // Some expert varies over the shots.
   // Every shot is one step of whole-token counts: slot loads follow the
   // default dispatch (AddSlotShares).
   bool whole_tokens_ = false;

@@ -48,16 +48,11 @@ LoadTrace NewestSteps(const LoadTrace& samples, int w) {
 
 // Pearson's chi-square per degree of freedom of steps [begin, end) of one
 // layer (rows: steps, columns: experts with tokens), each step's total
-// spread by the window's shares; `share` is scratch [E]. 0 when the window
-// has fewer than two experts with tokens or fewer than two steps.
+// spread by the window's shares; `sum` [E] is the window's sum per expert.
+// 0 when the window has fewer than two experts with tokens or fewer than two
+// steps.
 double Dispersion(const LoadTrace& samples, int layer, int begin, int end,
-                  std::vector<double>* share) {
-  std::vector<double>& sum = *share;
-  std::fill(sum.begin(), sum.end(), 0.0);
-  for (int t = begin; t < end; ++t) {
-    std::span<const double> row = samples.row(t, layer);
-    for (size_t e = 0; e < sum.size(); ++e) sum[e] += row[e];
-  }
+                  std::span<const double> sum) {
   double total = 0.0;
   int experts = 0;
   for (double v : sum) {
@@ -187,7 +182,7 @@ TrafficHistory ReadTrafficHistory(const PolicyInput& input) {
       advantage += a[e] * (std::log((c[e] + kHistoryPrior) / nc) -
                            std::log((b[e] + kHistoryPrior) / nb));
     }
-    const double d = Dispersion(*samples, l, steps - 2 * w, steps - w, &c);
+    const double d = Dispersion(*samples, l, steps - 2 * w, steps - w, c);
     if (d > 0.0) {
       dispersion += d;
       ++dispersed_layers;
@@ -209,11 +204,17 @@ TrafficHistory ReadTrafficHistory(const PolicyInput& input) {
 
 const LoadTrace* ChooseScoringSamples(const PolicyInput& input,
                                       LoadTrace* recent) {
+  return ChooseScoringSamples(input, ReadTrafficHistory(input), recent);
+}
+
+const LoadTrace* ChooseScoringSamples(const PolicyInput& input,
+                                      const TrafficHistory& history,
+                                      LoadTrace* recent) {
   const LoadTrace* samples = input.samples;
   if (samples == nullptr || samples->num_steps() < 2) return samples;
   const int w = input.window_steps;
   if (w < 1 || w >= samples->num_steps()) return samples;
-  if (!ReadTrafficHistory(input).moved) return samples;
+  if (!history.moved) return samples;
   // The newest window alone predicts what comes next.
   *recent = NewestSteps(*samples, w);
   return recent;
@@ -404,11 +405,8 @@ StatusOr<Plan> LayerPolicy::RebalanceSelecting(const PolicyInput& input,
   const int max_receives = options.max_receives_per_rank;
   const TrafficHistory history = ReadTrafficHistory(input);
   LoadTrace recent;
-  const LoadTrace* scoring = input.samples;
-  if (history.moved && scoring != nullptr && input.window_steps >= 1 &&
-      input.window_steps < scoring->num_steps()) {
-    recent = NewestSteps(*scoring, input.window_steps);
-    scoring = &recent;
+  const LoadTrace* scoring = ChooseScoringSamples(input, history, &recent);
+  if (scoring == &recent) {
     plan.notes.push_back("scored on the newest " +
                          std::to_string(recent.num_steps()) + " steps only");
   }

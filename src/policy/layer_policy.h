@@ -47,9 +47,9 @@ struct LayerContext {
   // `current` is the default initial placement: nothing was planned for this
   // layer yet, so a plan is for balance alone (moves are free).
   bool cold = false;
-  // What a move costs in the policy's own searches, as a multiple of
-  // LayerModel::MoveCost(): the frame's settled_move_discount on settled
-  // traffic (ReadTrafficHistory), else 1.
+  // What a move costs, as a multiple of kShotMovePenalty / (R * K): the
+  // frame's settled_move_discount on settled traffic (ReadTrafficHistory),
+  // else 1. LayerModel::MoveCost() includes it.
   double move_cost_scale = 1.0;
   // A cold layer planned for balance alone (no quick_first_plan) on one
   // aggregate (no per-step samples of two steps or more): moves are free and
@@ -131,6 +131,10 @@ TrafficHistory ReadTrafficHistory(const PolicyInput& input);
 // `*recent`, returned) only its newest `input.window_steps` steps when the
 // traffic moved (TrafficHistory::moved). Null without samples.
 const LoadTrace* ChooseScoringSamples(const PolicyInput& input,
+                                      LoadTrace* recent);
+// The same for a history already read (ReadTrafficHistory(input)).
+const LoadTrace* ChooseScoringSamples(const PolicyInput& input,
+                                      const TrafficHistory& history,
                                       LoadTrace* recent);
 
 // Checks the shapes and values of a PolicyInput (shared with non-layer

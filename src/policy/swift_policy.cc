@@ -384,9 +384,8 @@ class SwiftPolicy final : public LayerPolicy {
     const Topology& t = *ctx.topology;
     const int r = t.num_ranks;
     LayerModel& model = *ctx.model;
-    const double move_cost = ctx.cold && !ctx.options->quick_first_plan
-                                 ? 0.0
-                                 : model.MoveCost() * ctx.move_cost_scale;
+    const double move_cost =
+        ctx.cold && !ctx.options->quick_first_plan ? 0.0 : model.MoveCost();
     const int limit = ctx.options->max_receives_per_rank;
     const int k = t.slots_per_rank;
     // Two full plans, each matched to the current ranks and refined by
