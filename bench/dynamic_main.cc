@@ -104,6 +104,15 @@ std::vector<TraceCase> AllCases() {
                    .model = "deepseek-v3",
                    .steady_from = 80,
                    .quick_steps = 120});
+  // dsv3 with three workloads each seed draws from the eight shipped: the
+  // policies meet orders of workloads they were not tuned on.
+  cases.push_back({.name = "dsv3-mix",
+                   .family = "dsv3-mix",
+                   .ranks = 32,
+                   .redundant = 32,
+                   .model = "deepseek-v3",
+                   .steady_from = 80,
+                   .quick_steps = 120});
   cases.push_back({.name = "dsv2lite"});
   for (int fold = 0; fold < 4; ++fold) {
     cases.push_back({.name = "puffin-fold" + std::to_string(fold),
@@ -413,6 +422,10 @@ int Run(const Options& opt) {
           (c.top_k > 0 ? ", top-" + std::to_string(c.top_k) : "") +
           (c.layers > 0 ? ", " + std::to_string(c.layers) + " layers" : "") +
           (c.tokens > 0 ? ", " + std::to_string(c.tokens) + " tokens" : "");
+      if (c.family == "dsv3-mix") {
+        const auto w = eplb::bench::Dsv3MixWorkloads(c.seed);
+        what += ": " + std::string(w[0]) + ", " + w[1] + ", " + w[2];
+      }
     }
     if (!trace.ok()) {
       std::fprintf(stderr, "eplb_bench_dynamic: %s: %s\n", c.name.c_str(),

@@ -12,10 +12,12 @@
 #include "bench/trace_gen.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <iterator>
 #include <limits>
+#include <span>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -445,11 +447,10 @@ void GenBurst(Gen& g) {
 // replacement), so an expert's expected share is close to, but a little
 // flatter than, its share of the aggregate's assignments. Group-limited
 // routing (top-4 of 8 expert groups) is not modelled.
-StatusOr<LoadTrace> GenDsv3(Gen& g, const std::string& data_dir) {
-  const char* const kWorkloads[] = {"prefill_in1024", "decode_in1000out1000",
-                                    "prefill_in2000out100"};
+StatusOr<LoadTrace> GenDsv3(Gen& g, const std::string& data_dir,
+                            std::span<const char* const> workloads) {
   std::vector<LoadMatrix> loads;
-  for (const char* name : kWorkloads) {
+  for (const char* name : workloads) {
     const std::string path = data_dir + "/dsv3-sglang/" + name + ".json";
     EPLB_ASSIGN_OR_RETURN(LoadTrace t, ReadLoadFile(path));
     if (t.num_layers() != g.layers || t.num_experts() != g.experts) {
@@ -486,6 +487,32 @@ StatusOr<LoadTrace> GenDsv3(Gen& g, const std::string& data_dir) {
   }
   return std::move(g.trace);
 }
+
+// Every workload aggregate shipped in data/dsv3-sglang.
+constexpr const char* kDsv3Workloads[] = {
+    "decode_in1000out1000", "decode_in1800out100",  "prefill_in1000out1000",
+    "prefill_in1024",       "prefill_in2000out100", "prefill_in2048",
+    "prefill_in500out1500", "prefill_in512"};
+
+}  // namespace
+
+std::array<const char*, 3> Dsv3MixWorkloads(uint64_t seed) {
+  constexpr uint64_t kCount = std::size(kDsv3Workloads);
+  Rng pick = Rng::ForKey({NameKey("dsv3-mix"), seed, kPopularityStream, 0, 0});
+  std::array<const char*, 3> chosen{};
+  uint64_t last = kCount;
+  for (const char*& c : chosen) {
+    uint64_t i;
+    do {
+      i = pick.Below(kCount);
+    } while (i == last);
+    c = kDsv3Workloads[i];
+    last = i;
+  }
+  return chosen;
+}
+
+namespace {
 
 // puffin-fold / puffin-reversed: the shipped DeepSeek-V2-Lite trace, one
 // prompt per step, re-ordered.
@@ -647,6 +674,10 @@ const std::vector<FamilyInfo>& Families() {
        "DeepSeek-V3 58x256 top-8, 2048-4096 tokens per step from the shipped "
        "workload aggregates, two workload switches",
        240, 58, 256, 8, 3072, true},
+      {"dsv3-mix",
+       "dsv3 with three workloads the seed draws from the eight shipped "
+       "(each differs from the one before)",
+       240, 58, 256, 8, 3072, true},
       {"puffin-fold",
        "the shipped DeepSeek-V2-Lite prompts i with i mod 4 = fold (--fold, "
        "else seed mod 4)",
@@ -737,7 +768,11 @@ StatusOr<LoadTrace> GenerateTrace(const TraceSpec& spec) {
   } else if (f.name == "burst") {
     GenBurst(g);
   } else if (f.name == "dsv3") {
-    return GenDsv3(g, spec.data_dir);
+    const char* const kWorkloads[] = {"prefill_in1024", "decode_in1000out1000",
+                                      "prefill_in2000out100"};
+    return GenDsv3(g, spec.data_dir, kWorkloads);
+  } else if (f.name == "dsv3-mix") {
+    return GenDsv3(g, spec.data_dir, Dsv3MixWorkloads(g.seed));
   }
   return std::move(g.trace);
 }

@@ -13,6 +13,7 @@
 #ifndef EPLB_BENCH_TRACE_GEN_H_
 #define EPLB_BENCH_TRACE_GEN_H_
 
+#include <array>
 #include <cstdint>
 #include <span>
 #include <string>
@@ -82,7 +83,8 @@ struct FamilyInfo {
   bool fixed_shape = true;  // Layers / experts / top-k come from real data.
 };
 
-// domains, skew, sparse, drift, burst, dsv3, puffin-fold, puffin-reversed.
+// domains, topics, skew, sparse, drift, burst, dsv3, dsv3-mix, puffin-fold,
+// puffin-reversed.
 const std::vector<FamilyInfo>& Families();
 // NotFound lists the valid names.
 StatusOr<FamilyInfo> FindFamily(std::string_view name);
@@ -98,8 +100,13 @@ struct TraceSpec {
   int top_k = 0;
   int tokens = 0;
   int fold = -1;         // puffin-fold: 0..3; -1 = seed mod 4.
-  std::string data_dir;  // The repository's data/ (dsv3, puffin-*).
+  std::string data_dir;  // The repository's data/ (dsv3*, puffin-*).
 };
+
+// dsv3-mix: the three workloads (data/dsv3-sglang file names, without
+// .json) that `seed` draws from the eight shipped, in the order the trace
+// serves them; each differs from the one before it.
+std::array<const char*, 3> Dsv3MixWorkloads(uint64_t seed);
 
 // Generates the trace: [steps][layers][experts] whole token counts.
 // InvalidArgument names a bad field by its eplb_gen_trace flag (--top-k 9:

@@ -6,7 +6,9 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -62,6 +64,8 @@ TEST(TraceGenTest, FingerprintsArePinned) {
   EXPECT_EQ(Fingerprint(Generate("domains", 1, 8)), 14198934299785377503ULL);
   EXPECT_EQ(Fingerprint(Generate("drift", 1, 8)), 8470115329415114347ULL);
   EXPECT_EQ(Fingerprint(Generate("dsv3", 1, 2, 256)), 14499798398987891099ULL);
+  EXPECT_EQ(Fingerprint(Generate("dsv3-mix", 1, 2, 256)),
+            16913068254201164545ULL);
 }
 
 TEST(TraceGenTest, ShorterTraceIsAPrefix) {
@@ -171,6 +175,74 @@ TEST(TraceGenTest, Dsv3Shape) {
       peak = std::max(peak, c);
     }
     EXPECT_LE(peak, total / 8);
+  }
+}
+
+// dsv3-mix serves the workloads its seed draws, in order, each from the
+// shipped aggregate of that name; seeds draw different mixes.
+TEST(TraceGenTest, Dsv3MixServesTheWorkloadsItsSeedDraws) {
+  const char* const kShipped[] = {
+      "decode_in1000out1000", "decode_in1800out100",  "prefill_in1000out1000",
+      "prefill_in1024",       "prefill_in2000out100", "prefill_in2048",
+      "prefill_in500out1500", "prefill_in512"};
+  std::vector<LoadMatrix> aggregates;
+  for (const char* name : kShipped) {
+    StatusOr<LoadTrace> t =
+        ReadLoadFile(kDataDir + "/dsv3-sglang/" + name + ".json");
+    ASSERT_TRUE(t.ok()) << t.status().message();
+    aggregates.push_back(t->Aggregate());
+  }
+  std::set<std::string> mixes;
+  for (uint64_t seed = 1; seed <= 20; ++seed) {
+    const std::array<const char*, 3> w = Dsv3MixWorkloads(seed);
+    EXPECT_STRNE(w[0], w[1]) << seed;
+    EXPECT_STRNE(w[1], w[2]) << seed;
+    mixes.insert(std::string(w[0]) + w[1] + w[2]);
+  }
+  EXPECT_GE(mixes.size(), 10u);
+  // The whole trace at seed 2 (decode_in1800out100, prefill_in500out1500,
+  // prefill_in2048): the middle of each third (away from the switches,
+  // which move by up to a twelfth of the steps) is closer to the aggregate
+  // drawn for it than to the other two, by the cosine of its summed counts
+  // with each over every layer. (Some prefill aggregates are too alike to
+  // tell apart among all eight.)
+  const LoadTrace t = Generate("dsv3-mix", 2, 0);
+  ASSERT_EQ(t.num_steps(), 240);
+  const std::array<const char*, 3> drawn = Dsv3MixWorkloads(2);
+  std::array<const LoadMatrix*, 3> drawn_aggregates{};
+  for (int phase = 0; phase < 3; ++phase) {
+    const auto it = std::find_if(
+        std::begin(kShipped), std::end(kShipped),
+        [&](const char* n) { return std::string(n) == drawn[phase]; });
+    ASSERT_NE(it, std::end(kShipped)) << drawn[phase];
+    drawn_aggregates[phase] = &aggregates[it - std::begin(kShipped)];
+  }
+  for (int phase = 0; phase < 3; ++phase) {
+    std::vector<double> sum(static_cast<size_t>(58) * 256, 0.0);
+    for (int s = phase * 80 + 25; s < phase * 80 + 55; ++s) {
+      for (int l = 0; l < 58; ++l) {
+        for (int e = 0; e < 256; ++e) sum[l * 256 + e] += t.row(s, l)[e];
+      }
+    }
+    std::array<double, 3> cosine{};
+    for (int a = 0; a < 3; ++a) {
+      double dot = 0, n1 = 0, n2 = 0;
+      for (int l = 0; l < 58; ++l) {
+        for (int e = 0; e < 256; ++e) {
+          const double x = sum[l * 256 + e];
+          const double y = drawn_aggregates[a]->row(l)[e];
+          dot += x * y;
+          n1 += x * x;
+          n2 += y * y;
+        }
+      }
+      cosine[a] = dot / std::sqrt(n1 * n2);
+    }
+    for (int a = 0; a < 3; ++a) {
+      if (a == phase) continue;
+      EXPECT_GT(cosine[phase], cosine[a] + 0.01)
+          << "phase " << phase << " against " << drawn[a];
+    }
   }
 }
 
