@@ -79,6 +79,14 @@ struct PolicyOptions {
   // fitted closely to it serves the next traffic worse, which the full cost
   // guards against. In (0, 1]; 1: off.
   double settled_move_discount = 0.25;
+  // Swift and FlashLB on dense traffic: where the per-step samples hold
+  // enough tokens that the newest window is a precise estimate of the
+  // current traffic (docs/policies.md, "Dense traffic"), the newest
+  // window counts this many times in the history they score on; the older
+  // steps still hedge against traffic that returns. Where the traffic moved,
+  // the newest window alone is scored; on sparse or per-prompt traffic, the
+  // history as it is. In [1, 16]; 1: off.
+  int recent_window_weight = 3;
   // Threads that plan layers in parallel (the calling thread is one of
   // them; every policy but "random", whose layers take microseconds, gains
   // from it). Layers are independent, so any count gives the same plan, bit

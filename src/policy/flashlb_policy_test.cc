@@ -215,6 +215,32 @@ TEST(FlashLbStatsTest, GroupIntoShotsSplitsEvenlyAndKeepsTotals) {
   EXPECT_TRUE(GroupIntoShots(LoadTrace(0, 1, 2), 0, 64).empty());
 }
 
+TEST(FlashLbStatsTest, GroupIntoShotsCountsTheNewestStepsMore) {
+  // 10 steps, the newest 3 counted 3 times: the steps 0..9, 7..9, 7..9.
+  LoadTrace trace(10, 1, 2);
+  for (int t = 0; t < 10; ++t) {
+    trace.at(t, 0, 0) = t;
+    trace.at(t, 0, 1) = 100.0 + t;
+  }
+  const int order[] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 7, 8, 9, 7, 8, 9};
+  const std::vector<double> each = GroupIntoShots(trace, 0, 64, 3, 3);
+  ASSERT_EQ(each.size(), 16u * 2);
+  for (int i = 0; i < 16; ++i) {
+    EXPECT_EQ(each[static_cast<size_t>(i) * 2], order[i]) << "shot " << i;
+    EXPECT_EQ(each[static_cast<size_t>(i) * 2 + 1], 100.0 + order[i]);
+  }
+  // Four shots of four of those steps each.
+  const std::vector<double> four = GroupIntoShots(trace, 0, 4, 3, 3);
+  ASSERT_EQ(four.size(), 8u);
+  for (int i = 0; i < 4; ++i) {
+    double want = 0.0;
+    for (int j = 4 * i; j < 4 * i + 4; ++j) want += order[j];
+    EXPECT_EQ(four[static_cast<size_t>(i) * 2], want) << "shot " << i;
+  }
+  // A weight of 1 is the trace as it is.
+  EXPECT_EQ(GroupIntoShots(trace, 0, 64, 3, 1), GroupIntoShots(trace, 0, 64));
+}
+
 // ----------------------------------------------------------------------------
 // The policy.
 

@@ -69,15 +69,18 @@ void LayerModel::Load(const LayerContext& ctx) {
   if (ctx.samples != nullptr) {
     const int budget = kShotBudget / std::max(1, e_ * e_);
     const int max_shots = std::clamp(budget, kMinShots, kMaxShots);
-    shots_ = GroupIntoShots(*ctx.samples, ctx.layer, max_shots);
+    shots_ = GroupIntoShots(*ctx.samples, ctx.layer, max_shots,
+                            ctx.newest_steps, ctx.newest_weight);
+    const int64_t steps =
+        ctx.samples->num_steps() +
+        static_cast<int64_t>(ctx.newest_weight - 1) * ctx.newest_steps;
     // Per-step samples (two steps or more; one is an aggregate), one step
     // per shot, in whole tokens: replicas split each expert's tokens as the
     // default dispatch does. A balanced dispatch splits them as
     // the step needs, closer to even shares than to round robin's odd
     // tokens.
-    whole_tokens_ = dispatch_ == DispatchMode::kRoundRobin &&
-                    ctx.samples->num_steps() >= 2 &&
-                    ctx.samples->num_steps() <= max_shots &&
+    whole_tokens_ = dispatch_ == DispatchMode::kRoundRobin && steps >= 2 &&
+                    steps <= max_shots &&
                     std::all_of(shots_.begin(), shots_.end(), IsTokenCount);
   }
   if (std::all_of(shots_.begin(), shots_.end(),

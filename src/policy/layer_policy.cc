@@ -197,7 +197,8 @@ TrafficHistory ReadTrafficHistory(const PolicyInput& input) {
       std::max(1.0, dispersed_layers > 0 ? dispersion / dispersed_layers : 1.0);
   h.noise = h.dispersion * (e_count - 1) /
             (c_tokens / static_cast<double>(samples->num_layers()));
-  h.settled = !h.moved && h.noise <= kSettledMaxNoise &&
+  h.dense = h.noise <= kSettledMaxNoise;
+  h.settled = !h.moved && h.dense &&
               std::abs(h.advantage) <= kSettledNoiseMultiple * h.noise;
   return h;
 }
@@ -218,6 +219,15 @@ const LoadTrace* ChooseScoringSamples(const PolicyInput& input,
   // The newest window alone predicts what comes next.
   *recent = NewestSteps(*samples, w);
   return recent;
+}
+
+int NewestWindowWeight(const PolicyInput& input, const TrafficHistory& history,
+                       int recent_weight) {
+  const LoadTrace* samples = input.samples;
+  const int w = input.window_steps;
+  if (samples == nullptr || w < 1 || w >= samples->num_steps()) return 1;
+  if (history.moved || !history.dense) return 1;
+  return std::max(1, recent_weight);
 }
 
 namespace {
@@ -275,6 +285,11 @@ StatusOr<Plan> LayerPolicy::Rebalance(const PolicyInput& input,
     return InvalidArgumentError("settled_move_discount = " +
                                 std::to_string(options.settled_move_discount) +
                                 ": must be in (0, 1]");
+  }
+  if (options.recent_window_weight < 1 || options.recent_window_weight > 16) {
+    return InvalidArgumentError("recent_window_weight = " +
+                                std::to_string(options.recent_window_weight) +
+                                ": must be in [1, 16]");
   }
   const Placement& cur = *input.current;
   const Topology& t = input.topology;
@@ -406,9 +421,17 @@ StatusOr<Plan> LayerPolicy::RebalanceSelecting(const PolicyInput& input,
   const TrafficHistory history = ReadTrafficHistory(input);
   LoadTrace recent;
   const LoadTrace* scoring = ChooseScoringSamples(input, history, &recent);
+  // Dense traffic: the newest window counts more in the whole history.
+  const int newest_weight =
+      scoring == input.samples
+          ? NewestWindowWeight(input, history, options.recent_window_weight)
+          : 1;
   if (scoring == &recent) {
     plan.notes.push_back("scored on the newest " +
                          std::to_string(recent.num_steps()) + " steps only");
+  } else if (newest_weight > 1) {
+    plan.notes.push_back("dense traffic: the newest window counts " +
+                         std::to_string(newest_weight) + " times");
   }
   // Settled traffic: what a move buys keeps paying for longer.
   const double discount = history.settled ? options.settled_move_discount : 1.0;
@@ -423,6 +446,17 @@ StatusOr<Plan> LayerPolicy::RebalanceSelecting(const PolicyInput& input,
   LoadMatrix scoring_load = *input.load;
   if (scoring != nullptr && scoring->num_steps() >= 2) {
     LoadMatrix sum = scoring->Aggregate();
+    if (newest_weight > 1) {
+      const LoadMatrix newest = scoring->Aggregate(
+          scoring->num_steps() - input.window_steps, scoring->num_steps());
+      for (int l = 0; l < sum.num_layers(); ++l) {
+        std::span<double> into = sum.mutable_row(l);
+        std::span<const double> add = newest.row(l);
+        for (size_t x = 0; x < into.size(); ++x) {
+          into[x] += (newest_weight - 1) * add[x];
+        }
+      }
+    }
     if (std::any_of(sum.data().begin(), sum.data().end(),
                     [](double v) { return v > 0.0; })) {
       scoring_load = std::move(sum);
@@ -448,6 +482,10 @@ StatusOr<Plan> LayerPolicy::RebalanceSelecting(const PolicyInput& input,
     }
     LayerContext ctx =
         MakeContext(l, input, options, scoring, info.current_imbalance);
+    if (newest_weight > 1) {
+      ctx.newest_steps = input.window_steps;
+      ctx.newest_weight = newest_weight;
+    }
     ctx.scoring_load = sload;
     ctx.cold = std::equal(cur.layer(l).begin(), cur.layer(l).end(),
                           initial.layer(0).begin());

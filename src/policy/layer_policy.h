@@ -35,6 +35,10 @@ struct LayerContext {
   std::span<const int32_t> current;  // [R*K]
   std::span<const double> load;      // [E]
   const LoadTrace* samples = nullptr;
+  // The newest `newest_steps` steps of `samples` count `newest_weight` times
+  // (dense traffic: NewestWindowWeight).
+  int newest_steps = 0;
+  int newest_weight = 1;
   const Topology* topology = nullptr;
   const PolicyOptions* options = nullptr;
   double current_imbalance = 1.0;  // Of `current` under `load`.
@@ -108,8 +112,10 @@ struct TrafficHistory {
   // (window_shifted), or C predicts A clearly better than B does
   // (advantage > 0.05).
   bool moved = false;
+  // Enough tokens to measure the traffic closely: noise <= 0.01.
+  bool dense = false;
   // One regime over the whole history, measured with enough tokens to tell:
-  // not moved, |advantage| <= 2 x noise, and noise <= 0.01.
+  // not moved, dense, and |advantage| <= 2 x noise.
   bool settled = false;
   double advantage = 0.0;
   // The advantage's sampling scale, dispersion x (E - 1) / n: a
@@ -136,6 +142,12 @@ const LoadTrace* ChooseScoringSamples(const PolicyInput& input,
 const LoadTrace* ChooseScoringSamples(const PolicyInput& input,
                                       const TrafficHistory& history,
                                       LoadTrace* recent);
+// How many times the newest window counts when the whole history is scored:
+// `recent_weight` (PolicyOptions::recent_window_weight) where the traffic
+// did not move and is dense (TrafficHistory::dense) and the samples hold
+// more than one window, else 1.
+int NewestWindowWeight(const PolicyInput& input, const TrafficHistory& history,
+                       int recent_weight);
 
 // Checks the shapes and values of a PolicyInput (shared with non-layer
 // policies).

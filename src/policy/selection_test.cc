@@ -183,6 +183,41 @@ TEST(TrafficHistoryTest, AnIdleWindowVouchesForNothing) {
   EXPECT_FALSE(other.settled);
 }
 
+TEST(ScoringSamplesTest, DenseTrafficCountsTheNewestWindowMore) {
+  // Dense steady traffic (a sampling scale of about 0.001): the whole
+  // history is scored, its newest window counted as often as asked.
+  const LoadTrace samples = TopicSteps(64, 0, 31, 4000);
+  const LoadMatrix load = Newest(samples, 16);
+  const Placement current = Placement::Initial(kLayers, kExperts, Shape());
+  const PolicyInput in{&current, &load, &samples, Shape(), 16};
+  const TrafficHistory h = ReadTrafficHistory(in);
+  ASSERT_TRUE(h.dense);
+  ASSERT_FALSE(h.moved);
+  LoadTrace recent;
+  EXPECT_EQ(ChooseScoringSamples(in, h, &recent), &samples);
+  EXPECT_EQ(NewestWindowWeight(in, h, 3), 3);
+  EXPECT_EQ(NewestWindowWeight(in, h, 1), 1);
+  // Without a known window, every sample is alike.
+  EXPECT_EQ(NewestWindowWeight({&current, &load, &samples, Shape(), 0}, h, 3),
+            1);
+  // Sparse traffic (100 tokens a step: a scale of 0.04): the newest window
+  // is too noisy an estimate to count more.
+  const LoadTrace sparse = TopicSteps(64, 0, 32, 100);
+  const LoadMatrix sparse_load = Newest(sparse, 16);
+  const PolicyInput sparse_in{&current, &sparse_load, &sparse, Shape(), 16};
+  const TrafficHistory sh = ReadTrafficHistory(sparse_in);
+  EXPECT_FALSE(sh.dense);
+  EXPECT_EQ(NewestWindowWeight(sparse_in, sh, 3), 1);
+  // Where the traffic moved, the newest window alone is scored.
+  const LoadTrace shifted =
+      Concat(TopicSteps(48, 0, 33, 4000), TopicSteps(32, 21, 34, 4000));
+  const LoadMatrix shifted_load = Newest(shifted, 16);
+  const PolicyInput shifted_in{&current, &shifted_load, &shifted, Shape(), 16};
+  const TrafficHistory moved = ReadTrafficHistory(shifted_in);
+  ASSERT_TRUE(moved.moved);
+  EXPECT_EQ(NewestWindowWeight(shifted_in, moved, 3), 1);
+}
+
 TEST(TrafficHistoryTest, WithoutTwoWindowsNothingIsRead) {
   const TrafficHistory h = HistoryOf(TopicSteps(24, 0, 18, 4000));
   EXPECT_FALSE(h.moved);
@@ -304,6 +339,67 @@ TEST_P(SelectingPolicyTest, TheSettledDiscountIsChecked) {
     EXPECT_EQ(plan.status().code(), StatusCode::kInvalidArgument);
     EXPECT_NE(plan.status().message().find("settled_move_discount"),
               std::string::npos);
+  }
+}
+
+TEST_P(SelectingPolicyTest, DenseTrafficFollowsTheNewestWindowCloser) {
+  // 48 dense steps of one topic, then a window where a quarter of the
+  // tokens follow another: too mild a change to count as a move (the older
+  // steps predict the newest window as well as the one before it does), but
+  // measured with enough tokens to trust. Counting the newest window three
+  // times, the plan serves it better than on the plain history.
+  const Topology t = Shape();
+  const LoadTrace before = TopicSteps(48, 0, 41, 4000);
+  const LoadTrace a = TopicSteps(16, 0, 42, 3000);
+  const LoadTrace b = TopicSteps(16, 17, 43, 1000);
+  LoadTrace mixed(16, kLayers, kExperts);
+  for (size_t i = 0; i < mixed.data().size(); ++i) {
+    mixed.mutable_data()[i] = a.data()[i] + b.data()[i];
+  }
+  const LoadTrace samples = Concat(before, mixed);
+  const LoadMatrix load = Newest(samples, 16);
+  const LoadMatrix first = before.Aggregate();
+  const Placement initial = Placement::Initial(kLayers, kExperts, t);
+  const Placement current = CreatePolicy("default")
+                                .value()
+                                ->Rebalance({&initial, &first, nullptr, t}, {})
+                                .value()
+                                .placement;
+  const PolicyInput in{&current, &load, &samples, t, 16};
+  const TrafficHistory h = ReadTrafficHistory(in);
+  ASSERT_FALSE(h.moved) << "advantage " << h.advantage;
+  ASSERT_TRUE(h.dense);
+  PolicyOptions plain, weighted;
+  plain.migration_budget = weighted.migration_budget = 1.0;
+  plain.full_plan_tolerance = weighted.full_plan_tolerance = -1.0;
+  plain.recent_window_weight = 1;
+  const Plan p = CreatePolicy(GetParam()).value()->Rebalance(in, plain).value();
+  const Plan w =
+      CreatePolicy(GetParam()).value()->Rebalance(in, weighted).value();
+  EXPECT_TRUE(std::any_of(w.notes.begin(), w.notes.end(), [](const auto& n) {
+    return n.find("the newest window counts 3 times") != std::string::npos;
+  }));
+  double served_p = 0.0, served_w = 0.0;
+  for (int l = 0; l < kLayers; ++l) {
+    served_p += StepImbalance(p.placement, l, mixed);
+    served_w += StepImbalance(w.placement, l, mixed);
+  }
+  EXPECT_LT(served_w, served_p);
+}
+
+TEST_P(SelectingPolicyTest, TheRecentWeightIsChecked) {
+  const Shifted s;
+  for (int bad : {0, -1, 17}) {
+    PolicyOptions options;
+    options.recent_window_weight = bad;
+    const StatusOr<Plan> plan =
+        CreatePolicy(GetParam()).value()->Rebalance(s.Input(), options);
+    ASSERT_FALSE(plan.ok());
+    EXPECT_EQ(plan.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(plan.status().message().find("recent_window_weight = " +
+                                           std::to_string(bad)),
+              std::string::npos)
+        << plan.status().message();
   }
 }
 

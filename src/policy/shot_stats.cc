@@ -14,8 +14,13 @@
 namespace eplb::policy {
 
 std::vector<double> GroupIntoShots(const LoadTrace& trace, int layer,
-                                   int max_shots) {
-  const int64_t steps = trace.num_steps();
+                                   int max_shots, int newest_steps,
+                                   int newest_weight) {
+  const int64_t real_steps = trace.num_steps();
+  EPLB_CHECK(newest_steps >= 0 && newest_steps <= real_steps &&
+             newest_weight >= 1);
+  const int64_t steps =
+      real_steps + static_cast<int64_t>(newest_weight - 1) * newest_steps;
   const int n = trace.num_experts();
   if (steps == 0) return {};
   const int64_t shots = std::min<int64_t>(steps, max_shots);
@@ -23,7 +28,11 @@ std::vector<double> GroupIntoShots(const LoadTrace& trace, int layer,
   for (int64_t i = 0; i < shots; ++i) {
     double* dst = out.data() + static_cast<size_t>(i) * n;
     for (int64_t t = i * steps / shots; t < (i + 1) * steps / shots; ++t) {
-      std::span<const double> row = trace.row(static_cast<int>(t), layer);
+      // Past the trace's own steps: its newest ones again.
+      const int64_t from = t < real_steps ? t
+                                          : real_steps - newest_steps +
+                                                (t - real_steps) % newest_steps;
+      std::span<const double> row = trace.row(static_cast<int>(from), layer);
       for (int e = 0; e < n; ++e) dst[e] += row[e];
     }
   }

@@ -14,10 +14,15 @@ namespace eplb::policy {
 
 // Groups the steps of one layer of `trace` into min(T, max_shots) shots of
 // consecutive steps, shot i summing steps [i*T/S, (i+1)*T/S) (sizes differ by
-// at most one; the split depends only on T and S). Returns [S][E] row-major;
-// empty when the trace has no steps. Precondition: max_shots >= 1.
+// at most one; the split depends only on T and S). The steps are the
+// trace's, followed by its newest `newest_steps` steps newest_weight - 1
+// more times (T = steps + (newest_weight - 1) * newest_steps), so that the
+// newest count newest_weight times without a copy of the trace. Returns
+// [S][E] row-major; empty when the trace has no steps. Preconditions:
+// max_shots >= 1, 0 <= newest_steps <= steps, newest_weight >= 1.
 std::vector<double> GroupIntoShots(const LoadTrace& trace, int layer,
-                                   int max_shots);
+                                   int max_shots, int newest_steps = 0,
+                                   int newest_weight = 1);
 
 // Sums over a window of shots: Σx, Σx² and Σx xᵀ (upper triangle), each
 // taken about a fixed shift (the first shot added to an empty window) so that
