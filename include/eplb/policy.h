@@ -70,9 +70,9 @@ struct PolicyOptions {
   // turns it off: there each moved expert also costs serving time, and the
   // replay of every trace family served worse with it.
   double full_plan_tolerance = 0.01;
-  // Swift and FlashLB re-plans on settled traffic: when the per-step samples
-  // show one regime over their whole history, measured with enough tokens to
-  // tell (docs/policies.md, "Settled traffic"), a moved expert costs this
+  // Swift and FlashLB re-plans on settled traffic: when the per-step samples,
+  // measured with enough tokens to tell, show traffic that is not moving
+  // now (docs/policies.md, "Settled traffic"), a moved expert costs this
   // fraction of its usual score, in the policy's searches and in its choice
   // of what to migrate. A move is paid once, and where the traffic keeps its
   // shape what it buys keeps paying; where the traffic shifts, a placement

@@ -22,15 +22,17 @@ namespace {
 // 0.03 on per-prompt traffic, while a topic switch a window ago lifts it to
 // 0.1-1.
 constexpr double kRecentGainPerToken = 0.05;
-// And calls the history settled only where the advantage's sampling scale
-// is at most this: below it a shift worth re-planning for stands clearly out
-// of the noise (DeepSeek-V3 at 3072 tokens a step: 0.001, with the
-// dispersion of its per-step mixes; 8192 tokens: 0.0006), above it (the
-// top-1 and top-2 families at 75-512 tokens a step: 0.015-0.06; per-prompt
-// traffic: 0.01-0.1) the test cannot tell one regime from several.
+// And calls the traffic dense (the newest window counts more; the traffic
+// may be settled) only where the advantage's sampling scale is at most this:
+// below it a shift worth re-planning for stands clearly out of the noise
+// (DeepSeek-V3 at 3072 tokens a step: 0.001, with the dispersion of its
+// per-step mixes; 8192 tokens: 0.0006), above it (the top-1 and top-2 families
+// at 75-512 tokens a step: 0.015-0.06; per-prompt traffic: 0.01-0.1) the test
+// cannot tell one regime from several.
 constexpr double kSettledMaxNoise = 0.01;
-// Within how many times its sampling scale the advantage must stay (either
-// way: a newest window unlike the one before it is a shift too).
+// How far below zero, in multiples of its sampling scale, the advantage may
+// fall on settled traffic: a newest window that the window before predicts
+// clearly worse than the older steps do holds a shift of its own.
 constexpr double kSettledNoiseMultiple = 2.0;
 // Half a token per expert: an expert unseen before is unlikely, not
 // impossible.
@@ -198,8 +200,8 @@ TrafficHistory ReadTrafficHistory(const PolicyInput& input) {
   h.noise = h.dispersion * (e_count - 1) /
             (c_tokens / static_cast<double>(samples->num_layers()));
   h.dense = h.noise <= kSettledMaxNoise;
-  h.settled = !h.moved && h.dense &&
-              std::abs(h.advantage) <= kSettledNoiseMultiple * h.noise;
+  h.settled =
+      !h.moved && h.dense && h.advantage >= -kSettledNoiseMultiple * h.noise;
   return h;
 }
 

@@ -114,8 +114,9 @@ struct TrafficHistory {
   bool moved = false;
   // Enough tokens to measure the traffic closely: noise <= 0.01.
   bool dense = false;
-  // One regime over the whole history, measured with enough tokens to tell:
-  // not moved, dense, and |advantage| <= 2 x noise.
+  // Not moving now, measured with enough tokens to tell: not moved, dense,
+  // and advantage >= -2 x noise (the window before predicts the newest at
+  // least as well as the older steps do, within the noise).
   bool settled = false;
   double advantage = 0.0;
   // The advantage's sampling scale, dispersion x (E - 1) / n: a

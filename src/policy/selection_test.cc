@@ -132,6 +132,26 @@ TEST(TrafficHistoryTest, DenseSteadyTrafficIsSettled) {
   EXPECT_LE(std::abs(h.advantage), 2.0 * h.noise);
 }
 
+TEST(TrafficHistoryTest, SettledAgainAfterAMildShift) {
+  // 48 dense steps of one topic, then 32 where a quarter of the tokens
+  // follow another: the two newest windows agree, the older steps differ a
+  // little (too little to count as a move). The traffic is not moving now.
+  const LoadTrace a = TopicSteps(32, 0, 51, 3000);
+  const LoadTrace b = TopicSteps(32, 17, 52, 1000);
+  LoadTrace mixed(32, kLayers, kExperts);
+  for (size_t i = 0; i < mixed.data().size(); ++i) {
+    mixed.mutable_data()[i] = a.data()[i] + b.data()[i];
+  }
+  const TrafficHistory h =
+      HistoryOf(Concat(TopicSteps(48, 0, 53, 4000), mixed));
+  EXPECT_FALSE(h.moved) << "advantage " << h.advantage;
+  EXPECT_TRUE(h.dense);
+  // Beyond the noise: the window before predicts the newest better than the
+  // older steps do.
+  EXPECT_GT(h.advantage, 2.0 * h.noise);
+  EXPECT_TRUE(h.settled);
+}
+
 TEST(TrafficHistoryTest, FewTokensCannotTellOneRegimeFromSeveral) {
   // The same traffic at 100 tokens a step: a scale of 0.04.
   const TrafficHistory h = HistoryOf(TopicSteps(64, 0, 12, 100));
