@@ -87,32 +87,26 @@ std::vector<TraceCase> AllCases() {
                    .top_k = 8,
                    .ranks = 16,
                    .redundant = 16});
-  cases.push_back({.name = "dsv3",
-                   .family = "dsv3",
-                   .ranks = 32,
-                   .redundant = 32,
-                   .model = "deepseek-v3",
-                   .steady_from = 80,
-                   .quick_steps = 120});
+  // DeepSeek-V3 scale on EP32 + 32 with its preset.
+  const TraceCase dsv3{.name = "dsv3",
+                       .family = "dsv3",
+                       .ranks = 32,
+                       .redundant = 32,
+                       .model = "deepseek-v3",
+                       .steady_from = 80,
+                       .quick_steps = 120};
+  cases.push_back(dsv3);
   // The same at 8192 tokens per step (256 per rank): denser batches, so
   // less sampling noise per expert than dsv3's 3072.
-  cases.push_back({.name = "dsv3-8k",
-                   .family = "dsv3",
-                   .tokens = 8192,
-                   .ranks = 32,
-                   .redundant = 32,
-                   .model = "deepseek-v3",
-                   .steady_from = 80,
-                   .quick_steps = 120});
+  TraceCase dense = dsv3;
+  dense.name = "dsv3-8k";
+  dense.tokens = 8192;
+  cases.push_back(dense);
   // dsv3 with three workloads each seed draws from the eight shipped: the
   // policies meet orders of workloads they were not tuned on.
-  cases.push_back({.name = "dsv3-mix",
-                   .family = "dsv3-mix",
-                   .ranks = 32,
-                   .redundant = 32,
-                   .model = "deepseek-v3",
-                   .steady_from = 80,
-                   .quick_steps = 120});
+  TraceCase mix = dsv3;
+  mix.name = mix.family = "dsv3-mix";
+  cases.push_back(mix);
   cases.push_back({.name = "dsv2lite"});
   for (int fold = 0; fold < 4; ++fold) {
     cases.push_back({.name = "puffin-fold" + std::to_string(fold),

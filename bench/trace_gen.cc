@@ -488,6 +488,10 @@ StatusOr<LoadTrace> GenDsv3(Gen& g, const std::string& data_dir,
   return std::move(g.trace);
 }
 
+// The workloads dsv3 serves, in order.
+constexpr const char* kDsv3Order[] = {"prefill_in1024", "decode_in1000out1000",
+                                      "prefill_in2000out100"};
+
 // Every workload aggregate shipped in data/dsv3-sglang.
 constexpr const char* kDsv3Workloads[] = {
     "decode_in1000out1000", "decode_in1800out100",  "prefill_in1000out1000",
@@ -768,9 +772,7 @@ StatusOr<LoadTrace> GenerateTrace(const TraceSpec& spec) {
   } else if (f.name == "burst") {
     GenBurst(g);
   } else if (f.name == "dsv3") {
-    const char* const kWorkloads[] = {"prefill_in1024", "decode_in1000out1000",
-                                      "prefill_in2000out100"};
-    return GenDsv3(g, spec.data_dir, kWorkloads);
+    return GenDsv3(g, spec.data_dir, kDsv3Order);
   } else if (f.name == "dsv3-mix") {
     return GenDsv3(g, spec.data_dir, Dsv3MixWorkloads(g.seed));
   }

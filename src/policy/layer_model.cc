@@ -72,8 +72,7 @@ void LayerModel::Load(const LayerContext& ctx) {
     shots_ = GroupIntoShots(*ctx.samples, ctx.layer, max_shots,
                             ctx.newest_steps, ctx.newest_weight);
     const int64_t steps =
-        ctx.samples->num_steps() +
-        static_cast<int64_t>(ctx.newest_weight - 1) * ctx.newest_steps;
+        WeightedStepCount(*ctx.samples, ctx.newest_steps, ctx.newest_weight);
     // Per-step samples (two steps or more; one is an aggregate), one step
     // per shot, in whole tokens: replicas split each expert's tokens as the
     // default dispatch does. A balanced dispatch splits them as

@@ -53,6 +53,29 @@ LoadTrace Concat(const LoadTrace& a, const LoadTrace& b) {
   return out;
 }
 
+// Three quarters of `steps` x 4000 tokens from topic 0, a quarter from the
+// topic shifted by 17: a mild tilt of topic 0.
+LoadTrace TiltedSteps(int steps, uint64_t seed) {
+  const LoadTrace a = TopicSteps(steps, 0, seed, 3000);
+  const LoadTrace b = TopicSteps(steps, 17, seed + 1, 1000);
+  LoadTrace out(steps, kLayers, kExperts);
+  for (size_t i = 0; i < out.data().size(); ++i) {
+    out.mutable_data()[i] = a.data()[i] + b.data()[i];
+  }
+  return out;
+}
+
+// DeepSeek's plan of `load` from the initial placement.
+Placement PlannedFor(const LoadMatrix& load) {
+  const Topology t = Shape();
+  const Placement initial = Placement::Initial(kLayers, kExperts, t);
+  return CreatePolicy("default")
+      .value()
+      ->Rebalance({&initial, &load, nullptr, t}, {})
+      .value()
+      .placement;
+}
+
 LoadMatrix Newest(const LoadTrace& samples, int steps) {
   return samples.Aggregate(samples.num_steps() - steps, samples.num_steps());
 }
@@ -136,14 +159,8 @@ TEST(TrafficHistoryTest, SettledAgainAfterAMildShift) {
   // 48 dense steps of one topic, then 32 where a quarter of the tokens
   // follow another: the two newest windows agree, the older steps differ a
   // little (too little to count as a move). The traffic is not moving now.
-  const LoadTrace a = TopicSteps(32, 0, 51, 3000);
-  const LoadTrace b = TopicSteps(32, 17, 52, 1000);
-  LoadTrace mixed(32, kLayers, kExperts);
-  for (size_t i = 0; i < mixed.data().size(); ++i) {
-    mixed.mutable_data()[i] = a.data()[i] + b.data()[i];
-  }
   const TrafficHistory h =
-      HistoryOf(Concat(TopicSteps(48, 0, 53, 4000), mixed));
+      HistoryOf(Concat(TopicSteps(48, 0, 53, 4000), TiltedSteps(32, 51)));
   EXPECT_FALSE(h.moved) << "advantage " << h.advantage;
   EXPECT_TRUE(h.dense);
   // Beyond the noise: the window before predicts the newest better than the
@@ -308,13 +325,7 @@ TEST_P(SelectingPolicyTest, SettledTrafficBuysMoreBalanceWithMoreMoves) {
   // at a quarter of the cost the plan buys more balance with more moves than
   // at the full cost.
   const Topology t = Shape();
-  const LoadMatrix noisy = TopicSteps(16, 0, 21, 20).Aggregate();
-  const Placement initial = Placement::Initial(kLayers, kExperts, t);
-  const Placement current = CreatePolicy("default")
-                                .value()
-                                ->Rebalance({&initial, &noisy, nullptr, t}, {})
-                                .value()
-                                .placement;
+  const Placement current = PlannedFor(TopicSteps(16, 0, 21, 20).Aggregate());
   const LoadTrace samples = TopicSteps(64, 0, 22, 4000);
   const LoadMatrix load = Newest(samples, 16);
   const PolicyInput in{&current, &load, &samples, t, 16};
@@ -368,24 +379,12 @@ TEST_P(SelectingPolicyTest, DenseTrafficFollowsTheNewestWindowCloser) {
   // steps predict the newest window as well as the one before it does), but
   // measured with enough tokens to trust. Counting the newest window three
   // times, the plan serves it better than on the plain history.
-  const Topology t = Shape();
   const LoadTrace before = TopicSteps(48, 0, 41, 4000);
-  const LoadTrace a = TopicSteps(16, 0, 42, 3000);
-  const LoadTrace b = TopicSteps(16, 17, 43, 1000);
-  LoadTrace mixed(16, kLayers, kExperts);
-  for (size_t i = 0; i < mixed.data().size(); ++i) {
-    mixed.mutable_data()[i] = a.data()[i] + b.data()[i];
-  }
+  const LoadTrace mixed = TiltedSteps(16, 42);
   const LoadTrace samples = Concat(before, mixed);
   const LoadMatrix load = Newest(samples, 16);
-  const LoadMatrix first = before.Aggregate();
-  const Placement initial = Placement::Initial(kLayers, kExperts, t);
-  const Placement current = CreatePolicy("default")
-                                .value()
-                                ->Rebalance({&initial, &first, nullptr, t}, {})
-                                .value()
-                                .placement;
-  const PolicyInput in{&current, &load, &samples, t, 16};
+  const Placement current = PlannedFor(before.Aggregate());
+  const PolicyInput in{&current, &load, &samples, Shape(), 16};
   const TrafficHistory h = ReadTrafficHistory(in);
   ASSERT_FALSE(h.moved) << "advantage " << h.advantage;
   ASSERT_TRUE(h.dense);

@@ -13,14 +13,19 @@
 
 namespace eplb::policy {
 
+int64_t WeightedStepCount(const LoadTrace& trace, int newest_steps,
+                          int newest_weight) {
+  EPLB_CHECK(newest_steps >= 0 && newest_steps <= trace.num_steps() &&
+             newest_weight >= 1);
+  return trace.num_steps() +
+         static_cast<int64_t>(newest_weight - 1) * newest_steps;
+}
+
 std::vector<double> GroupIntoShots(const LoadTrace& trace, int layer,
                                    int max_shots, int newest_steps,
                                    int newest_weight) {
   const int64_t real_steps = trace.num_steps();
-  EPLB_CHECK(newest_steps >= 0 && newest_steps <= real_steps &&
-             newest_weight >= 1);
-  const int64_t steps =
-      real_steps + static_cast<int64_t>(newest_weight - 1) * newest_steps;
+  const int64_t steps = WeightedStepCount(trace, newest_steps, newest_weight);
   const int n = trace.num_experts();
   if (steps == 0) return {};
   const int64_t shots = std::min<int64_t>(steps, max_shots);

@@ -5,6 +5,7 @@
 #ifndef EPLB_SRC_POLICY_SHOT_STATS_H_
 #define EPLB_SRC_POLICY_SHOT_STATS_H_
 
+#include <cstdint>
 #include <span>
 #include <vector>
 
@@ -23,6 +24,9 @@ namespace eplb::policy {
 std::vector<double> GroupIntoShots(const LoadTrace& trace, int layer,
                                    int max_shots, int newest_steps = 0,
                                    int newest_weight = 1);
+// T above: the steps GroupIntoShots groups.
+int64_t WeightedStepCount(const LoadTrace& trace, int newest_steps,
+                          int newest_weight);
 
 // Sums over a window of shots: Σx, Σx² and Σx xᵀ (upper triangle), each
 // taken about a fixed shift (the first shot added to an empty window) so that
