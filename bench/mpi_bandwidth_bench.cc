@@ -4,7 +4,7 @@
 //
 //   mpirun -np 2 eplb_bench_mpi_bandwidth [--sizes 256K,1M,4M,16M,44M]
 //       [--total-mib 256] [--reps 5] [--tensors 1] [--both]
-//       [--max-in-flight 16] [--chunk-bytes 4M] [--json]
+//       [--max-in-flight 16] [--chunk-bytes 4M] [--two-sided] [--json]
 //
 // For each expert size it moves a batch of experts (enough to total
 // --total-mib) from rank 0's slots to rank 1's staging buffers (--both: each
@@ -14,7 +14,9 @@
 //     batch is Done(), then the receiver's verification as the migration
 //     engine does it (every transfer's landed_checksum against its
 //     source_checksum); the sender's checksum and the read-back of what
-//     landed happen inside the transport, while the data moves;
+//     landed happen inside the transport, while the data moves. Every other
+//     chunk is written one-sided (MpiTransportOptions::one_sided), unless
+//     --two-sided;
 //   - eplb, checksum known: the same, but each transfer carries its
 //     expert's checksum (Transfer::source_checksum), as the migration engine
 //     gives it once an earlier transfer of the expert verified: the sender
@@ -24,6 +26,11 @@
 //     transport's chunks, in the same order) through a window of the same
 //     number of requests, completed with MPI_Waitsome: no checksum, no
 //     thread hand-off. MPI's own bandwidth for that traffic.
+//   - MPI split: the same, with every other chunk from one process to the
+//     other written by MPI_Put (then MPI_Win_flush and an empty message in
+//     its place) into the receiver's staging buffers, exposed in a dynamic
+//     window: the data path of eplb's one-sided chunks, raw, to show what
+//     the transport's checks and thread cost on it.
 //
 // Each run starts and ends with a barrier of both processes; its bytes over
 // its time is its bandwidth (GB/s, 10^9 bytes per second, every direction
@@ -51,8 +58,9 @@
 namespace {
 
 // The expert weights of one rank: `experts` slots (layer 0) and as many
-// staging buffers, each expert `tensors` tensors in one allocation (the
-// last tensor takes the remainder of the size).
+// staging buffers, each expert `tensors` tensors in one buffer (the last
+// tensor takes the remainder of the size), every buffer in one pool, which
+// Regions() names (as an engine with pooled expert memory would).
 class BenchWeights final : public eplb::ExpertWeights {
  public:
   BenchWeights(int rank, int experts, int tensors, int64_t expert_bytes)
@@ -63,11 +71,13 @@ class BenchWeights final : public eplb::ExpertWeights {
       offsets_.push_back(static_cast<size_t>(x) * each);
       sizes_.push_back(x + 1 < tensors ? each : bytes - offsets_.back());
     }
+    pool_bytes_ = 2 * static_cast<size_t>(experts) * bytes;
+    pool_.reset(new std::byte[pool_bytes_]);
     for (int s = 0; s < experts; ++s) {
-      slots_.emplace_back(new std::byte[bytes]);
-      Fill(s, {slots_.back().get(), bytes});
-      staging_.emplace_back(new std::byte[bytes]);
-      std::memset(staging_.back().get(), 0, bytes);  // Faults the pages in.
+      slots_.push_back(pool_.get() + 2 * static_cast<size_t>(s) * bytes);
+      Fill(s, {slots_.back(), bytes});
+      staging_.push_back(slots_.back() + bytes);
+      std::memset(staging_.back(), 0, bytes);  // Faults the pages in.
     }
     bytes_ = bytes;
   }
@@ -80,7 +90,7 @@ class BenchWeights final : public eplb::ExpertWeights {
         slot >= static_cast<int>(slots_.size())) {
       return {};
     }
-    return {slots_[slot].get() + offsets_[tensor], sizes_[tensor]};
+    return {slots_[slot] + offsets_[tensor], sizes_[tensor]};
   }
   int staging_per_rank() const override {
     return static_cast<int>(staging_.size());
@@ -90,15 +100,19 @@ class BenchWeights final : public eplb::ExpertWeights {
         index >= static_cast<int>(staging_.size())) {
       return {};
     }
-    return {staging_[index].get() + offsets_[tensor], sizes_[tensor]};
+    return {staging_[index] + offsets_[tensor], sizes_[tensor]};
   }
   void CommitStaging(int rank, int index, int layer, int slot) override {
     if (rank != rank_ || layer != 0) return;
     std::swap(staging_[index], slots_[slot]);
   }
+  std::vector<std::span<std::byte>> Regions(int rank) override {
+    if (rank != rank_) return {};
+    return {{pool_.get(), pool_bytes_}};
+  }
 
   void ClearStaging() {
-    for (auto& s : staging_) std::memset(s.get(), 0, bytes_);
+    for (std::byte* s : staging_) std::memset(s, 0, bytes_);
   }
 
  private:
@@ -121,7 +135,9 @@ class BenchWeights final : public eplb::ExpertWeights {
   int tensors_;
   size_t bytes_ = 0;
   std::vector<size_t> offsets_, sizes_;
-  std::vector<std::unique_ptr<std::byte[]>> slots_, staging_;
+  std::unique_ptr<std::byte[]> pool_;
+  size_t pool_bytes_ = 0;
+  std::vector<std::byte*> slots_, staging_;
 };
 
 struct Flags {
@@ -130,6 +146,7 @@ struct Flags {
   int reps = 5;
   int tensors = 1;
   bool both = false;
+  bool two_sided = false;
   int max_in_flight = 16;
   std::string chunk = "4M";
   bool json = false;
@@ -189,7 +206,10 @@ class Bench {
       : job_(job), f_(f), chunk_(static_cast<size_t>(chunk_bytes)) {
     MPI_Comm_dup(MPI_COMM_WORLD, &comm_);
   }
-  ~Bench() { MPI_Comm_free(&comm_); }
+  ~Bench() {
+    FreeWindow();
+    MPI_Comm_free(&comm_);
+  }
 
   // Sets up one expert size; false on failure (reported).
   bool Setup(int64_t expert_bytes) {
@@ -197,6 +217,7 @@ class Bench {
     const int64_t total = f_.total_mib << 20;
     experts_ = static_cast<int>(
         std::max<int64_t>(2, (total + expert_bytes - 1) / expert_bytes));
+    FreeWindow();      // It holds the last size's buffers.
     weights_.reset();  // Free the last size's buffers first.
     weights_ =
         std::make_unique<BenchWeights>(me, experts_, f_.tensors, expert_bytes);
@@ -236,8 +257,38 @@ class Bench {
         expected_[j] = peer[static_cast<size_t>(transfers_[j].src_slot)];
       }
     }
-    // The messages of the reference: the transport's, less the checksums.
+    // The split reference's window over this process's pool, and the
+    // peer's pool address (the two pools are laid out alike).
+    std::span<std::byte> pool = weights_->Regions(me)[0];
+    MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
+    int ok =
+        MPI_Win_create_dynamic(MPI_INFO_NULL, comm_, &window_) == MPI_SUCCESS &&
+                window_ != MPI_WIN_NULL
+            ? 1
+            : 0;
+    MPI_Comm_set_errhandler(comm_, MPI_ERRORS_ARE_FATAL);
+    if (ok == 1) {
+      MPI_Win_set_errhandler(window_, MPI_ERRORS_RETURN);
+      ok = MPI_Win_attach(window_, pool.data(),
+                          static_cast<MPI_Aint>(pool.size())) == MPI_SUCCESS
+               ? 1
+               : 0;
+    }
+    MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_MIN, comm_);
+    // Without it on both (no single-copy shared memory, say), no split;
+    // a window made on one side only is left unfreed (freeing is
+    // collective).
+    if (ok == 0) window_ = MPI_WIN_NULL;
+    MPI_Aint mine_base = 0, peer_base = 0;
+    MPI_Get_address(pool.data(), &mine_base);
+    MPI_Sendrecv(&mine_base, 1, MPI_AINT, 1 - me, 8, &peer_base, 1, MPI_AINT,
+                 1 - me, 8, comm_, MPI_STATUS_IGNORE);
+    split_ = ok == 1;
+    if (split_) MPI_Win_lock_all(MPI_MODE_NOCHECK, window_);
+    // The messages of the reference: the transport's, less the checksums;
+    // in the split, every other chunk each way is put.
     messages_.clear();
+    int sent = 0, received = 0;
     for (const eplb::Transfer& t : transfers_) {
       const bool send = t.src_rank == me;
       if (!send && t.dst_rank != me) continue;
@@ -248,9 +299,15 @@ class Bench {
                               : weights_->Staging(me, t.staging, x).data();
         const size_t bytes = send ? weights_->Slot(me, 0, t.src_slot, x).size()
                                   : weights_->Staging(me, t.staging, x).size();
+        // Where the chunk lands on the receiver, as an address there.
+        const std::byte* lands = weights_->Staging(me, t.staging, x).data();
         for (size_t at = 0; at < bytes; at += chunk_) {
-          messages_.push_back({send, send ? t.dst_rank : t.src_rank, data + at,
-                               static_cast<int>(std::min(chunk_, bytes - at))});
+          const bool put = ((send ? sent++ : received++) % 2) == 1;
+          messages_.push_back(
+              {send, send ? t.dst_rank : t.src_rank, data + at,
+               static_cast<int>(std::min(chunk_, bytes - at)), put,
+               MPI_Aint_add(peer_base, (lands - pool.data()) +
+                                           static_cast<MPI_Aint>(at))});
         }
       }
     }
@@ -299,8 +356,9 @@ class Bench {
     return {t3 - t0, t1 - t0, t2 - t1};
   }
 
-  // One reference run: the same messages, raw, through a window.
-  Run Mpi() {
+  // One reference run: the same messages, raw, through a window; `split`:
+  // every other chunk each way put instead of sent.
+  Run Mpi(bool split = false) {
     const int me = job_.rank();
     weights_->ClearStaging();
     const size_t window = static_cast<size_t>(f_.max_in_flight);
@@ -314,7 +372,14 @@ class Bench {
       for (size_t s = 0; s < window && next < messages_.size(); ++s) {
         if (requests[s] != MPI_REQUEST_NULL) continue;
         const Message& m = messages_[next++];
-        if (m.send) {
+        if (split && m.put && m.send) {
+          MPI_Put(m.data, m.bytes, MPI_BYTE, m.peer, m.target, m.bytes,
+                  MPI_BYTE, window_);
+          MPI_Win_flush(m.peer, window_);
+          MPI_Isend(&note_, 0, MPI_BYTE, m.peer, 1, comm_, &requests[s]);
+        } else if (split && m.put) {
+          MPI_Irecv(&note_, 0, MPI_BYTE, m.peer, 1, comm_, &requests[s]);
+        } else if (m.send) {
           MPI_Isend(m.data, m.bytes, MPI_BYTE, m.peer, 1, comm_, &requests[s]);
         } else {
           MPI_Irecv(m.data, m.bytes, MPI_BYTE, m.peer, 1, comm_, &requests[s]);
@@ -339,6 +404,8 @@ class Bench {
     return {t1 - t0, t1 - t0, 0};
   }
 
+  // Whether the split reference runs (this MPI made its window).
+  bool split() const { return split_; }
   int experts() const { return experts_; }
   int64_t batch_bytes() const { return batch_bytes_; }
   int64_t mismatches() const { return mismatches_; }
@@ -350,7 +417,15 @@ class Bench {
     int peer;
     std::byte* data;
     int bytes;
+    bool put;         // In the split: written by MPI_Put.
+    MPI_Aint target;  // Where a put lands in the receiver.
   };
+  void FreeWindow() {
+    if (window_ == MPI_WIN_NULL) return;
+    if (split_) MPI_Win_unlock_all(window_);
+    MPI_Win_free(&window_);  // Collective; its attached pool goes with it.
+    split_ = false;
+  }
   void Fail(const std::string& what) {
     std::fprintf(stderr, "eplb_bench_mpi_bandwidth: rank %d: %s\n", job_.rank(),
                  what.c_str());
@@ -368,6 +443,9 @@ class Bench {
   std::vector<eplb::Transfer> known_transfers_;  // With source_checksum.
   std::vector<uint64_t> expected_;
   std::vector<Message> messages_;
+  MPI_Win window_ = MPI_WIN_NULL;
+  bool split_ = false;
+  char note_ = 0;  // The buffer of empty messages.
   int64_t mismatches_ = 0;
   bool failed_ = false;
 };
@@ -377,7 +455,7 @@ struct Row {
   int experts = 0;
   int64_t batch_bytes = 0;
   std::vector<double> eplb_seconds, transfer_seconds, verify_seconds,
-      known_seconds, mpi_seconds;
+      known_seconds, mpi_seconds, split_seconds;
 };
 
 int Main(int argc, char** argv) {
@@ -413,6 +491,8 @@ int Main(int argc, char** argv) {
   app.add_option("--chunk-bytes", f.chunk,
                  "Transport chunk, and the reference's message size")
       ->capture_default_str();
+  app.add_flag("--two-sided", f.two_sided,
+               "Send every chunk (MpiTransportOptions::one_sided off)");
   app.add_flag("--json", f.json, "Print JSON instead of the table");
   try {
     app.parse(argc, argv);
@@ -463,8 +543,9 @@ int Main(int argc, char** argv) {
     }
   }
 
-  auto transport_or = job->CreateTransport(
-      {.max_in_flight = f.max_in_flight, .chunk_bytes = chunk});
+  auto transport_or = job->CreateTransport({.max_in_flight = f.max_in_flight,
+                                            .chunk_bytes = chunk,
+                                            .one_sided = !f.two_sided});
   if (!transport_or.ok()) {
     return bad(transport_or.status().ToString());
   }
@@ -477,11 +558,15 @@ int Main(int argc, char** argv) {
     Bench bench(*job, f, chunk);
     for (int64_t size : sizes) {
       bench.Setup(size);
-      Row row{size, bench.experts(), bench.batch_bytes(), {}, {}, {}, {}, {}};
+      Row row;
+      row.expert_bytes = size;
+      row.experts = bench.experts();
+      row.batch_bytes = bench.batch_bytes();
       // One untimed run of each first (page faults, MPI's first messages).
       bench.Eplb(*transport, false);
       bench.Eplb(*transport, true);
       bench.Mpi();
+      if (bench.split()) bench.Mpi(true);
       for (int r = 0; r < f.reps; ++r) {
         const Run e = bench.Eplb(*transport, false);
         row.eplb_seconds.push_back(e.seconds);
@@ -489,6 +574,7 @@ int Main(int argc, char** argv) {
         row.verify_seconds.push_back(e.verify_seconds);
         row.known_seconds.push_back(bench.Eplb(*transport, true).seconds);
         row.mpi_seconds.push_back(bench.Mpi().seconds);
+        if (bench.split()) row.split_seconds.push_back(bench.Mpi(true).seconds);
       }
       rows.push_back(std::move(row));
     }
@@ -512,6 +598,7 @@ int Main(int argc, char** argv) {
     if (f.json) {
       nlohmann::json out;
       out["direction"] = f.both ? "both" : "0->1";
+      out["one_sided"] = job->one_sided();
       out["tensors_per_expert"] = f.tensors;
       out["max_in_flight"] = f.max_in_flight;
       out["chunk_bytes"] = chunk;
@@ -539,26 +626,44 @@ int Main(int argc, char** argv) {
                                 {"mpi_gbps", b / m / 1e9},
                                 {"ratio", m / e},
                                 {"transfer_ratio", m / x}});
+        if (!row.split_seconds.empty()) {
+          const double sp = Median(row.split_seconds);
+          nlohmann::json& last = out["sizes"].back();
+          last["mpi_split_seconds"] = row.split_seconds;
+          last["mpi_split_gbps"] = b / sp / 1e9;
+          last["split_ratio"] = sp / e;
+          last["known_split_ratio"] = sp / k;
+        }
       }
       std::printf("%s\n", out.dump(2).c_str());
     } else {
       std::printf(
-          "eplb MPI transport vs raw MPI point to point, %s; %d tensor(s) "
-          "per expert, window %d, chunk %s; median of %d runs each\n",
+          "eplb MPI transport (%s) vs raw MPI point to point, %s; %d "
+          "tensor(s) per expert, window %d, chunk %s; median of %d runs "
+          "each\n",
+          job->one_sided() ? "every other chunk one-sided" : "every chunk sent",
           dir, f.tensors, f.max_in_flight, FormatBytes(chunk).c_str(), f.reps);
-      std::printf("%-8s %7s %9s %9s %10s %6s %10s %6s %9s\n", "expert",
+      std::printf("%-8s %7s %9s %9s %10s %6s %10s %6s %9s %9s %9s\n", "expert",
                   "experts", "batch MiB", "MPI GB/s", "eplb GB/s", "ratio",
-                  "known GB/s", "ratio", "verify ms");
+                  "known GB/s", "ratio", "verify ms", "split GB/s", "of split");
       for (const Row& row : rows) {
         const double b = static_cast<double>(row.batch_bytes);
         const double e = Median(row.eplb_seconds);
         const double m = Median(row.mpi_seconds);
         const double k = Median(row.known_seconds);
+        std::string split = "        -         -";
+        if (!row.split_seconds.empty()) {
+          const double sp = Median(row.split_seconds);
+          char text[48];
+          std::snprintf(text, sizeof(text), "%10.2f %4.0f/%2.0f%%",
+                        b / sp / 1e9, 100 * sp / e, 100 * sp / k);
+          split = text;
+        }
         std::printf(
-            "%-8s %7d %9.0f %9.2f %10.2f %5.0f%% %10.2f %5.0f%% %9.1f\n",
+            "%-8s %7d %9.0f %9.2f %10.2f %5.0f%% %10.2f %5.0f%% %9.1f %s\n",
             FormatBytes(row.expert_bytes).c_str(), row.experts, b / (1 << 20),
             b / m / 1e9, b / e / 1e9, 100 * m / e, b / k / 1e9, 100 * m / k,
-            Median(row.verify_seconds) * 1e3);
+            Median(row.verify_seconds) * 1e3, split.c_str());
       }
       std::printf(
           "eplb: Start to Done, then the receiver's verification "
@@ -566,7 +671,9 @@ int Main(int argc, char** argv) {
           "its checksum; known: the same with the checksum given "
           "(Transfer::source_checksum, as the migration engine does once an "
           "expert's earlier transfer verified); verify: the verification's "
-          "median time\n");
+          "median time; split: raw MPI with every other chunk each way "
+          "MPI_Put (eplb's one-sided data path without its checks), and "
+          "eplb's and known's share of it\n");
       std::printf("checksum mismatches: %lld%s\n",
                   static_cast<long long>(mismatches),
                   failed ? " (a batch failed)" : "");

@@ -13,12 +13,15 @@
 //     at once per process. Each transfer's sender computes the checksum of
 //     the expert it reads while the expert's data is in flight, and sends
 //     it after the data; the receiver reads each chunk back as it lands
-//     (TransferBatch::landed_checksum).
+//     (TransferBatch::landed_checksum). With one_sided (the default), the
+//     sender writes every other chunk straight into the receiver's staging
+//     buffer (MPI_Put through a dynamic window) instead of sending it.
 // Built when CMake finds MPI (EPLB_MPI); the library itself does not need
 // MPI. Multi-node is the same program under `mpirun -H host1,host2 ...`.
 #ifndef EPLB_MPI_H_
 #define EPLB_MPI_H_
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -34,6 +37,18 @@ struct MpiTransportOptions {
   // Largest message: a multiple of kChecksumBlockBytes (4096), so that the
   // receiver reads back each chunk's checksum as it lands.
   int64_t chunk_bytes = 4 << 20;
+  // Every other chunk of a transfer (the 2nd, 4th, ...) is written by its
+  // sender with MPI_Put into the receiver's staging buffer, then announced
+  // by an empty message in its place; the others are sent. Within one node
+  // MPI copies a sent message on the receiver's core (single-copy shared
+  // memory reads the sender's pages) and a put on the sender's, so the
+  // copying is split over both processes and the receiver's core keeps time
+  // to read back what landed. The receiver attaches each staging buffer it
+  // receives into to a dynamic window (MPI_Win_create_dynamic, created with
+  // the transport) and sends the sender its addresses once per transfer.
+  // When this MPI cannot create the window on every process, the transport
+  // sends every chunk (MpiJob::one_sided() says which).
+  bool one_sided = true;
 };
 
 class MpiJob {
@@ -52,8 +67,17 @@ class MpiJob {
   // collective_timeout_nanos fails with DeadlineExceeded.
   Collective& collective();
   void set_collective_timeout_nanos(int64_t nanos);
+  // Collective: every process of the job calls it, with the same options.
+  // The transport's window (one_sided) is freed when it is destroyed, a
+  // collective call too: destroy transports on every process.
   StatusOr<std::unique_ptr<Transport>> CreateTransport(
       const MpiTransportOptions& options);
+  // Whether the transport created last writes chunks one-sided: false when
+  // it was not asked to, or this MPI could not create its window.
+  bool one_sided() const { return one_sided_; }
+  // Bytes this process wrote one-sided (MPI_Put) through every transport
+  // it created.
+  int64_t one_sided_bytes() const { return put_bytes_->load(); }
   // After a collective call failed because a process stopped answering:
   // every surviving process calls it. Each sends a heartbeat to every other
   // process of the job and waits for theirs until `timeout_nanos`; those
@@ -73,6 +97,9 @@ class MpiJob {
   int rank_ = 0;
   int epoch_ = 0;  // Recoveries so far.
   int size_ = 1;
+  bool one_sided_ = false;
+  std::shared_ptr<std::atomic<int64_t>> put_bytes_ =
+      std::make_shared<std::atomic<int64_t>>(0);
   char processor_name_[256] = {};
   std::unique_ptr<MpiCollective> collective_;
 };

@@ -20,6 +20,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <vector>
 
 namespace eplb {
 
@@ -44,6 +45,15 @@ class ExpertWeights {
   // (layer, slot): a pointer swap or a copy, as the engine's layout allows.
   // The staging buffer's contents are undefined afterwards.
   virtual void CommitStaging(int rank, int index, int layer, int slot) = 0;
+  // The allocations that hold every slot and staging buffer of `rank`, when
+  // the engine has a few (a pool, a tensor per layer), so that a transport
+  // can register them once (the MPI transport's window); empty (the
+  // default) when it does not say, and a transport registers buffers one at
+  // a time.
+  virtual std::vector<std::span<std::byte>> Regions(int rank) {
+    static_cast<void>(rank);
+    return {};
+  }
 };
 
 // The checksum of `bytes`, continuing from `seed`. Deterministic and the

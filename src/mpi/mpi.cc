@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstring>
 #include <deque>
+#include <map>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -22,6 +23,9 @@ namespace {
 
 constexpr int kDataTag = 1;
 constexpr int kChecksumTag = 2;
+// The receiver's staging addresses of one transfer, for its one-sided
+// chunks.
+constexpr int kAddressTag = 3;
 
 std::string MpiError(int code) {
   char text[MPI_MAX_ERROR_STRING];
@@ -166,8 +170,17 @@ class ReadBackThread {
 
 class MpiTransport final : public Transport {
  public:
-  MpiTransport(MPI_Comm comm, int rank, const MpiTransportOptions& o)
-      : comm_(comm), rank_(rank), options_(o) {
+  // `window`: a dynamic window over `comm` in a passive-target epoch
+  // (MPI_Win_lock_all), or MPI_WIN_NULL to send every chunk.
+  MpiTransport(MPI_Comm comm, MPI_Win window, int rank,
+               const MpiTransportOptions& o,
+               std::shared_ptr<std::atomic<int64_t>> put_bytes)
+      : comm_(comm),
+        window_(window),
+        rank_(rank),
+        options_(o),
+        put_bytes_(std::move(put_bytes)) {
+    MPI_Comm_size(comm_, &size_);
     worker_ = std::thread([this] { Run(); });
   }
   ~MpiTransport() override {
@@ -177,6 +190,13 @@ class MpiTransport final : public Transport {
     }
     cv_.notify_all();
     worker_.join();
+    if (window_ != MPI_WIN_NULL) {
+      // Collective: returns once every process freed it, so no peer still
+      // writes into memory this process attached. The attached buffers go
+      // with the window.
+      MPI_Win_unlock_all(window_);
+      MPI_Win_free(&window_);
+    }
     MPI_Comm_free(&comm_);
   }
 
@@ -205,6 +225,16 @@ class MpiTransport final : public Transport {
     // A received piece of transfer `landing`'s data (read back once it
     // lands), or its checksum (`landing` complete).
     int landing = -1;
+    // A one-sided chunk. The sender writes `bytes` from `data` with MPI_Put
+    // to the receiver's address for tensor `tensor` (received by message
+    // `addresses`, into `target`) plus `offset`, then sends an empty
+    // message; the receiver receives that empty message, and then reads
+    // back `bytes` at `data`, where the chunk landed.
+    bool put = false;
+    int addresses = -1;
+    int tensor = 0;
+    MPI_Aint offset = 0;
+    const MPI_Aint* target = nullptr;
   };
   // The checksum of an expert this process sends, computed while the data
   // is in flight.
@@ -258,12 +288,39 @@ class MpiTransport final : public Transport {
     std::vector<uint64_t> sent_sums(b.transfers_.size(), 0);
     std::vector<PendingSum> sums;
     const auto chunk = static_cast<size_t>(options_.chunk_bytes);
+    // One-sided chunks: the receiver's staging addresses, per direction
+    // and peer (Pairs).
+    std::vector<Pair> to_peer, from_peer;
+    std::vector<size_t> address_at(b.transfers_.size(), 0);
+    if (window_ != MPI_WIN_NULL) {
+      PlanOneSided(b, &to_peer, &from_peer, &address_at);
+    }
+    Pair* pair = nullptr;              // The current transfer's.
+    const MPI_Aint* target = nullptr;  // Its addresses, one per tensor.
     auto add = [&](bool send, int peer, std::byte* data, size_t bytes,
-                   int landing) {
+                   int landing, int tensor) {
       for (size_t at = 0; at < bytes || (bytes == 0 && at == 0); at += chunk) {
-        messages.push_back({send, peer, kDataTag, data + at,
-                            static_cast<int>(std::min(chunk, bytes - at)), -1,
-                            landing});
+        Message m{send,
+                  peer,
+                  kDataTag,
+                  data + at,
+                  static_cast<int>(std::min(chunk, bytes - at)),
+                  -1,
+                  landing};
+        // Every other chunk between two processes, from the second (the
+        // first is sent while the addresses travel). The receiver knows its
+        // addresses; the sender learns them when they arrive, and sends
+        // the chunk instead where one is 0 (PostPut).
+        if (pair != nullptr && pair->address_msg >= 0 && bytes > 0 &&
+            pair->chunks % 2 == 1 && (send || target[tensor] != 0)) {
+          m.put = true;
+          m.addresses = pair->address_msg;
+          m.tensor = tensor;
+          m.offset = static_cast<MPI_Aint>(at);
+          m.target = target;
+        }
+        if (pair != nullptr) ++pair->chunks;
+        messages.push_back(m);
         if (bytes == 0) break;
       }
     };
@@ -288,12 +345,34 @@ class MpiTransport final : public Transport {
         b.landed_[i] = StagingChecksum(w, t.dst_rank, t.staging);
         continue;
       }
+      const int peer = src ? t.dst_rank : t.src_rank;
+      pair = nullptr;
+      if (window_ != MPI_WIN_NULL) {
+        pair = src ? &to_peer[static_cast<size_t>(peer)]
+                   : &from_peer[static_cast<size_t>(peer)];
+        if (pair->addresses.empty()) {
+          pair = nullptr;  // Fewer than two chunks: all sent.
+        } else {
+          if (pair->address_msg < 0) {
+            // With the pair's first transfer, the receiver sends every
+            // address of the batch's transfers between the two; the sender
+            // waits for them before its first one-sided chunk.
+            pair->address_msg = static_cast<int>(messages.size());
+            messages.push_back(
+                {dst, peer, kAddressTag,
+                 reinterpret_cast<std::byte*>(pair->addresses.data()),
+                 static_cast<int>(pair->addresses.size() * sizeof(MPI_Aint)),
+                 -1, -1});
+          }
+          target = pair->addresses.data() + address_at[i];
+        }
+      }
       for (int x = 0; x < w.num_tensors(); ++x) {
         if (src) {
           auto from = w.Slot(t.src_rank, t.layer, t.src_slot, x);
           // MPI's send buffers are const in spirit; the API takes void*.
           add(true, t.dst_rank, const_cast<std::byte*>(from.data()),
-              from.size(), -1);
+              from.size(), -1, x);
         } else {
           auto to = w.Staging(t.dst_rank, t.staging, x);
           if (to.empty()) {
@@ -301,7 +380,7 @@ class MpiTransport final : public Transport {
                                  std::to_string(t.staging) + " on rank " +
                                  std::to_string(rank_));
           }
-          add(false, t.src_rank, to.data(), to.size(), static_cast<int>(i));
+          add(false, t.src_rank, to.data(), to.size(), static_cast<int>(i), x);
         }
       }
       if (src && t.source_checksum != 0) {
@@ -333,11 +412,18 @@ class MpiTransport final : public Transport {
     size_t next = 0;  // The next message to post.
     size_t next_landed = 0;
     auto read_back = [&] {
+      bool synced = false;
       for (; next_landed < next; ++next_landed) {
         const Message& m = messages[next_landed];
         if (m.send || m.landing < 0) continue;
         if (completed_flag[next_landed] == 0) return;
         const auto i = static_cast<size_t>(m.landing);
+        if (m.put && !synced) {
+          // What peers wrote into the window, visible to this process's
+          // loads (a memory barrier where the window is unified).
+          MPI_Win_sync(window_);
+          synced = true;
+        }
         if (m.tag == kDataTag) {
           read_back_.Push(
               std::span<const std::byte>(m.data, static_cast<size_t>(m.bytes)),
@@ -360,13 +446,25 @@ class MpiTransport final : public Transport {
     while (next < messages.size() || active > 0) {
       for (size_t slot = 0; slot < window && next < messages.size(); ++slot) {
         if (requests[slot] != MPI_REQUEST_NULL) continue;
-        const Message& m = messages[next++];
+        const Message& m = messages[next];
+        // A one-sided chunk waits for the receiver's addresses.
+        if (m.put && m.send && completed_flag[m.addresses] == 0) break;
+        ++next;
         if (m.sum >= 0) finish_sums(static_cast<size_t>(m.sum) + 1);
         posted_as[slot] = next - 1;
-        const int rc = m.send ? MPI_Isend(m.data, m.bytes, MPI_BYTE, m.peer,
-                                          m.tag, comm_, &requests[slot])
-                              : MPI_Irecv(m.data, m.bytes, MPI_BYTE, m.peer,
-                                          m.tag, comm_, &requests[slot]);
+        int rc;
+        if (m.put && m.send) {
+          rc = PostPut(m, &requests[slot]);
+        } else if (m.put) {
+          rc = MPI_Irecv(&note_, 0, MPI_BYTE, m.peer, m.tag, comm_,
+                         &requests[slot]);
+        } else if (m.send) {
+          rc = MPI_Isend(m.data, m.bytes, MPI_BYTE, m.peer, m.tag, comm_,
+                         &requests[slot]);
+        } else {
+          rc = MPI_Irecv(m.data, m.bytes, MPI_BYTE, m.peer, m.tag, comm_,
+                         &requests[slot]);
+        }
         if (rc != MPI_SUCCESS) {
           Cancel(requests);
           return UnavailableError("MPI transport: " + MpiError(rc));
@@ -427,6 +525,150 @@ class MpiTransport final : public Transport {
     return Status::Ok();
   }
 
+  // A one-sided chunk: MPI_Put to the receiver's address, completed at the
+  // target (MPI_Win_flush), then the empty message that tells the receiver
+  // it landed. Where the receiver gave no address, the chunk is sent.
+  int PostPut(const Message& m, MPI_Request* request) {
+    const MPI_Aint base = m.target[m.tensor];
+    if (base == 0) {
+      return MPI_Isend(m.data, m.bytes, MPI_BYTE, m.peer, m.tag, comm_,
+                       request);
+    }
+    int rc = MPI_Put(m.data, m.bytes, MPI_BYTE, m.peer,
+                     MPI_Aint_add(base, m.offset), m.bytes, MPI_BYTE, window_);
+    if (rc == MPI_SUCCESS) rc = MPI_Win_flush(m.peer, window_);
+    if (rc != MPI_SUCCESS) return rc;
+    put_bytes_->fetch_add(m.bytes, std::memory_order_relaxed);
+    return MPI_Isend(&note_, 0, MPI_BYTE, m.peer, m.tag, comm_, request);
+  }
+
+  // The transfers between this process and one peer in one direction.
+  struct Pair {
+    // Per transfer in batch order, one per tensor: the receiver's address
+    // of its staging tensor (0: that tensor's chunks are all sent). Empty
+    // when the two exchange fewer than two chunks this way (no one-sided
+    // chunk).
+    std::vector<MPI_Aint> addresses;
+    int address_msg = -1;  // The message that carries them.
+    int chunks = 0;        // Chunks enumerated so far.
+  };
+
+  // Fills the pairs of this process (both sides count the same chunks) and
+  // each transfer's index into its pair's addresses; where this process
+  // receives, attaches the staging tensors to the window for their
+  // addresses.
+  void PlanOneSided(MpiBatch& b, std::vector<Pair>* to_peer,
+                    std::vector<Pair>* from_peer,
+                    std::vector<size_t>* address_at) {
+    ExpertWeights& w = *b.weights_;
+    if (&w != attached_for_) {
+      // Other weights: what was attached may be gone.
+      DetachAll();
+      attached_for_ = &w;
+      std::vector<std::span<std::byte>> regions = w.Regions(rank_);
+      if (regions.size() <= kMaxAttached) {
+        for (std::span<std::byte> r : regions) {
+          if (!r.empty()) Attach(r, /*pinned=*/true);
+        }
+      }
+    }
+    ++batch_;
+    to_peer->assign(static_cast<size_t>(size_), Pair{});
+    from_peer->assign(static_cast<size_t>(size_), Pair{});
+    const auto chunk = static_cast<size_t>(options_.chunk_bytes);
+    auto chunks = [chunk](size_t bytes) {
+      return bytes == 0 ? size_t{1} : (bytes + chunk - 1) / chunk;
+    };
+    const auto tensors = static_cast<size_t>(w.num_tensors());
+    for (size_t i = 0; i < b.transfers_.size(); ++i) {
+      const Transfer& t = b.transfers_[i];
+      const bool src = t.src_rank == rank_;
+      const bool dst = t.dst_rank == rank_;
+      if (src == dst) continue;  // Local, or not this process's.
+      Pair& pair = src ? (*to_peer)[static_cast<size_t>(t.dst_rank)]
+                       : (*from_peer)[static_cast<size_t>(t.src_rank)];
+      (*address_at)[i] = pair.addresses.size();
+      pair.addresses.resize(pair.addresses.size() + tensors, 0);
+      for (int x = 0; x < w.num_tensors(); ++x) {
+        if (src) {
+          pair.chunks += static_cast<int>(
+              chunks(w.Slot(t.src_rank, t.layer, t.src_slot, x).size()));
+          continue;
+        }
+        std::span<std::byte> to = w.Staging(t.dst_rank, t.staging, x);
+        pair.chunks += static_cast<int>(chunks(to.size()));
+        if (to.empty() || !Covered(to)) continue;
+        MPI_Get_address(
+            to.data(),
+            &pair.addresses[(*address_at)[i] + static_cast<size_t>(x)]);
+      }
+    }
+    for (std::vector<Pair>* pairs : {to_peer, from_peer}) {
+      for (Pair& pair : *pairs) {
+        if (pair.chunks < 2) pair.addresses.clear();
+        pair.chunks = 0;  // Counted again as the messages are enumerated.
+      }
+    }
+  }
+
+  // Whether `buffer` lies in an attached region, attaching it when not
+  // (evicting a region no transfer of this batch uses when the window
+  // holds kMaxAttached). Between batches no peer writes into this process:
+  // every chunk of the last batch landed before it ended.
+  bool Covered(std::span<std::byte> buffer) {
+    const auto begin = reinterpret_cast<uintptr_t>(buffer.data());
+    const uintptr_t end = begin + buffer.size();
+    auto it = attached_.upper_bound(begin);
+    if (it != attached_.begin()) {
+      --it;
+      if (it->first <= begin && end <= it->first + it->second.bytes) {
+        it->second.batch = batch_;
+        return true;
+      }
+    }
+    // Overlapping regions (buffers the engine re-allocated) go first.
+    for (auto o = attached_.begin(); o != attached_.end();) {
+      if (o->first < end && begin < o->first + o->second.bytes &&
+          !o->second.pinned) {
+        MPI_Win_detach(window_, o->second.data);
+        o = attached_.erase(o);
+      } else {
+        ++o;
+      }
+    }
+    if (attached_.size() >= kMaxAttached) {
+      auto victim = attached_.end();
+      for (auto o = attached_.begin(); o != attached_.end(); ++o) {
+        if (o->second.pinned || o->second.batch == batch_) continue;
+        if (victim == attached_.end() ||
+            o->second.batch < victim->second.batch) {
+          victim = o;
+        }
+      }
+      if (victim == attached_.end()) return false;
+      MPI_Win_detach(window_, victim->second.data);
+      attached_.erase(victim);
+    }
+    return Attach(buffer, /*pinned=*/false);
+  }
+
+  bool Attach(std::span<std::byte> region, bool pinned) {
+    if (MPI_Win_attach(window_, region.data(),
+                       static_cast<MPI_Aint>(region.size())) != MPI_SUCCESS) {
+      return false;
+    }
+    attached_[reinterpret_cast<uintptr_t>(region.data())] =
+        Region{region.data(), region.size(), batch_, pinned};
+    return true;
+  }
+
+  void DetachAll() {
+    for (const auto& [begin, region] : attached_) {
+      MPI_Win_detach(window_, region.data);
+    }
+    attached_.clear();
+  }
+
   static void Cancel(std::vector<MPI_Request>& requests) {
     for (MPI_Request& r : requests) {
       if (r == MPI_REQUEST_NULL) continue;
@@ -436,8 +678,25 @@ class MpiTransport final : public Transport {
   }
 
   MPI_Comm comm_;
+  MPI_Win window_;
   int rank_;
+  int size_ = 1;
   MpiTransportOptions options_;
+  // Regions attached to the window (worker thread only), by start address.
+  struct Region {
+    std::byte* data = nullptr;
+    size_t bytes = 0;
+    int64_t batch = 0;    // The last batch that used it.
+    bool pinned = false;  // One of the weights' Regions(): never evicted.
+  };
+  // Open MPI's osc/rdma attaches at most 64 regions to a dynamic window by
+  // default (osc_rdma_max_attach); this stays below it.
+  static constexpr size_t kMaxAttached = 32;
+  std::map<uintptr_t, Region> attached_;
+  const ExpertWeights* attached_for_ = nullptr;
+  int64_t batch_ = 0;
+  char note_ = 0;  // The buffer of empty messages.
+  std::shared_ptr<std::atomic<int64_t>> put_bytes_;
   ReadBackThread read_back_;
   std::mutex mu_;
   std::condition_variable cv_;
@@ -633,8 +892,30 @@ StatusOr<std::unique_ptr<Transport>> MpiJob::CreateTransport(
   MPI_Comm comm;
   MPI_Comm_dup(collective_->comm(), &comm);
   MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN);
+  MPI_Win window = MPI_WIN_NULL;
+  if (options.one_sided) {
+    // Every process must have the window, or none uses it.
+    int ok =
+        MPI_Win_create_dynamic(MPI_INFO_NULL, comm, &window) == MPI_SUCCESS &&
+                window != MPI_WIN_NULL
+            ? 1
+            : 0;
+    if (MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_MIN, comm) !=
+        MPI_SUCCESS) {
+      ok = 0;
+    }
+    if (ok == 1) {
+      MPI_Win_set_errhandler(window, MPI_ERRORS_RETURN);
+      MPI_Win_lock_all(MPI_MODE_NOCHECK, window);
+    } else {
+      // Left unfreed where it was created (MPI_Win_free is collective and
+      // some process has no window); the MPI reclaims it at MPI_Finalize.
+      window = MPI_WIN_NULL;
+    }
+  }
+  one_sided_ = window != MPI_WIN_NULL;
   return std::unique_ptr<Transport>(
-      std::make_unique<MpiTransport>(comm, rank_, options));
+      std::make_unique<MpiTransport>(comm, window, rank_, options, put_bytes_));
 }
 
 }  // namespace eplb

@@ -98,7 +98,8 @@ StatusOr<std::unique_ptr<SyntheticWeights>> SyntheticWeights::Create(
     }
   }
   const int64_t mine = static_cast<int64_t>(hosted) * per_rank;
-  w->pool_.reset(new std::byte[static_cast<size_t>(mine * w->stored_bytes_)]);
+  w->pool_bytes_ = static_cast<size_t>(mine * w->stored_bytes_);
+  w->pool_.reset(new std::byte[w->pool_bytes_]);
   w->slot_buffer_.resize(static_cast<size_t>(hosted) * o.num_layers *
                          t.slots_per_rank);
   w->staging_buffer_.resize(static_cast<size_t>(hosted) * w->staging_per_rank_);
@@ -121,6 +122,11 @@ StatusOr<std::unique_ptr<SyntheticWeights>> SyntheticWeights::Create(
 
 bool SyntheticWeights::Hosts(int rank) const {
   return rank >= 0 && rank < topology_.num_ranks && host_index_[rank] >= 0;
+}
+
+std::vector<std::span<std::byte>> SyntheticWeights::Regions(int rank) {
+  if (!Hosts(rank) || pool_bytes_ == 0) return {};
+  return {{pool_.get(), pool_bytes_}};
 }
 
 std::byte* SyntheticWeights::Buffer(int32_t id) const {

@@ -75,6 +75,8 @@ class SyntheticWeights final : public ExpertWeights {
   int staging_per_rank() const override { return staging_per_rank_; }
   std::span<std::byte> Staging(int rank, int index, int tensor) override;
   void CommitStaging(int rank, int index, int layer, int slot) override;
+  // The one pool every hosted buffer lives in.
+  std::vector<std::span<std::byte>> Regions(int rank) override;
 
   // The whole stored expert of (rank, layer, slot), every tensor.
   std::span<const std::byte> SlotBytes(int rank, int layer, int slot) const;
@@ -101,6 +103,7 @@ class SyntheticWeights final : public ExpertWeights {
   int staging_per_rank_ = 0;
   std::vector<int> host_index_;  // [R]: index among hosted ranks, or -1.
   std::unique_ptr<std::byte[]> pool_;
+  size_t pool_bytes_ = 0;
   std::vector<int32_t> slot_buffer_;        // [hosted][L][K] -> buffer id.
   std::vector<int32_t> staging_buffer_;     // [hosted][S] -> buffer id.
   mutable std::vector<uint64_t> expected_;  // [L][E], 0 = not computed yet.
