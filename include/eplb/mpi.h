@@ -37,7 +37,8 @@ struct MpiTransportOptions {
   // Largest message: a multiple of kChecksumBlockBytes (4096), so that the
   // receiver reads back each chunk's checksum as it lands.
   int64_t chunk_bytes = 4 << 20;
-  // Every other chunk of a transfer (the 2nd, 4th, ...) is written by its
+  // Every other chunk a process sends to one peer in a batch (the 2nd,
+  // 4th, ... of all the batch's chunks between the two) is written by the
   // sender with MPI_Put into the receiver's staging buffer, then announced
   // by an empty message in its place; the others are sent. Within one node
   // MPI copies a sent message on the receiver's core (single-copy shared
@@ -45,7 +46,8 @@ struct MpiTransportOptions {
   // copying is split over both processes and the receiver's core keeps time
   // to read back what landed. The receiver attaches each staging buffer it
   // receives into to a dynamic window (MPI_Win_create_dynamic, created with
-  // the transport) and sends the sender its addresses once per transfer.
+  // the transport) and sends each sender the addresses of the batch's
+  // staging buffers once per batch.
   // When this MPI cannot create the window on every process, the transport
   // sends every chunk (MpiJob::one_sided() says which).
   bool one_sided = true;
