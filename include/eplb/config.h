@@ -54,7 +54,8 @@ struct EplbConfig {
   bool eplb_fast_warmup = true;
   // Any later cycle ends its collection as soon as the heat shows the
   // serving placement clearly worse than its plan predicted (the traffic
-  // moved: a new domain, a burst), at least 2 steps in.
+  // moved: a new domain, a burst), at least 2 steps in: in the whole window,
+  // or in its newest 3 steps alone, which are then the window planned on.
   bool eplb_shift_replan = true;
   // The next heat window starts as soon as the last one is handed to the
   // planner and runs on while its plan is computed and migrated (the heat of

@@ -29,7 +29,9 @@
 // initial placement being clearly beyond sampling noise; shift re-plans
 // (eplb_shift_replan, on by default) afterwards, the serving placement
 // meeting clearly more imbalance than its plan predicted (the traffic
-// moved). The plan is then due A steps later as usual.
+// moved), in the whole window or in its newest 3 steps alone (a shift in the
+// middle of a long collection; the planner's window is then those steps).
+// The plan is then due A steps later as usual.
 //
 // Threads: the serving thread calls BeforeForward / AfterForward and the
 // recorder; it never waits on the planner (a lock-free handshake: an atomic
@@ -213,18 +215,22 @@ class Controller {
   struct Planner;
   Controller() = default;
   void Log(const std::string& line);
-  // Whether, in most layers, the heat collected so far shows the serving
+  // Where the heat collected so far shows, in most layers, the serving
   // placement's max/mean rank load above what was expected of it (1 for the
   // initial placement, else what the last plan predicted) by more than
   // twice the sampling noise of a balanced layer, sqrt(2 ln R / mean rank
   // load) (the largest of R Poisson counts exceeds their mean by about that
-  // much).
-  bool HeatShowsImbalance();
+  // much): in the whole window, or (after the warm-up) in its newest steps
+  // alone, each of them carrying at least half their mean heat.
+  enum class Seen { kNothing, kInWindow, kInNewestSteps };
+  Seen HeatShowsImbalance();
+  // The test on one sum of heat ([L][R*K], summed over the ranks).
+  bool ShowsImbalance(std::span<const int64_t> heat);
   // Whether a plan was ever fully committed (the warm-up is over).
   bool CommittedOnce() const { return stats_.warmup_steps >= 0; }
   // Hands the collected window to the planner; `shifted`: a shift cut it
-  // short.
-  void EndCollect(bool shifted);
+  // short; `newest` > 0: the planner's window is only its newest steps.
+  void EndCollect(bool shifted, int newest = 0);
   void TakePlan();
   // The layers the next migration step starts: the next in order, then more
   // while the batch fits the staging buffers and the step's byte budget.
@@ -273,10 +279,12 @@ class Controller {
   bool shut_down_ = false;
   // [L]: the imbalance each layer's serving placement was expected to meet.
   std::vector<double> expected_;
-  std::vector<int64_t> heat_window_;  // [L][R*K]: HeatShowsImbalance's copy.
-  std::vector<double> rank_heat_;     // [R]: its rank loads.
-  double step_seconds_ = 0.0;         // The last step's duration.
-  int64_t last_step_nanos_ = -1;      // Clock at the last AfterForward.
+  // HeatShowsImbalance's copies: the window and the newest steps ([L][R*K]
+  // each), then the newest steps' totals.
+  std::vector<int64_t> heat_window_;
+  std::vector<double> rank_heat_;  // [R]: its rank loads.
+  double step_seconds_ = 0.0;      // The last step's duration.
+  int64_t last_step_nanos_ = -1;   // Clock at the last AfterForward.
 };
 
 }  // namespace eplb

@@ -98,6 +98,11 @@ class HeatRecorder {
   // size), without allocating: a cheap look at the heat so far. Returns the
   // steps counted in it.
   int64_t CopyWindow(std::span<int64_t> window) const;
+  // The sum of the newest `steps` samples of the ring into `sum`
+  // [L][num_slots] (EPLB_CHECK on its size), without allocating. Returns
+  // how many were summed: fewer when the ring holds fewer.
+  int64_t CopyNewest(int steps, std::span<int64_t> sum,
+                     std::span<int64_t> step_totals = {}) const;
   void Clear();  // Empties the window and the ring at the next EndStep().
   int num_layers() const;
   int num_slots() const;

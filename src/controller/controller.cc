@@ -23,6 +23,12 @@ namespace {
 // HeatShowsImbalance).
 constexpr int64_t kMinWarmupSteps = 2;
 constexpr double kWarmupNoiseFactor = 2.0;
+// After the warm-up the shift test also judges the newest few steps alone,
+// so a shift in the middle of a long collection is not diluted by the steps
+// before it. When only they show it, the planner's window is those steps
+// (the older ones join its history). Each of them must carry at least half
+// their mean heat: one large prompt among small steps is not a shift.
+constexpr int kShiftNewestSteps = 3;
 
 }  // namespace
 
@@ -40,6 +46,9 @@ struct Controller::Planner {
     LoadMatrix load;
     LoadTrace window;      // Logical per-step loads of the collected window.
     bool shifted = false;  // It was cut short by a shift.
+    // > 0: the window is only the newest `newest` steps of `window` (the
+    // older steps join the history).
+    int newest = 0;
   };
 
   Policy* policy = nullptr;
@@ -64,12 +73,13 @@ struct Controller::Planner {
   // Appends the job's window to the history (keeping the newest `keep`
   // steps) and copies it into `samples`.
   void TakeWindow() {
-    window_steps = job.window.num_steps();
+    const int steps = job.window.num_steps();
+    window_steps = job.newest > 0 ? std::min(job.newest, steps) : steps;
     const size_t cells =
         static_cast<size_t>(job.load.num_layers()) * job.load.num_experts();
     history.insert(history.end(), job.window.data().begin(),
                    job.window.data().end());
-    history_steps += window_steps;
+    history_steps += steps;
     job.window = LoadTrace();
     if (history_steps > keep) {
       history.erase(history.begin(),
@@ -166,7 +176,10 @@ StatusOr<std::unique_ptr<Controller>> Controller::Create(ControllerOptions o) {
   c->expected_.assign(o.num_layers, 1.0);
   c->heat_during_migration_ = o.config.eplb_heat_during_migration;
   c->from_ = o.initial;
-  c->heat_window_.assign(static_cast<size_t>(o.num_layers) * t.num_slots(), 0);
+  // The window's sum, the newest steps' sum and their per-step totals.
+  c->heat_window_.assign(
+      2 * static_cast<size_t>(o.num_layers) * t.num_slots() + kShiftNewestSteps,
+      0);
   c->rank_heat_.assign(t.num_ranks, 0.0);
   if (o.config.mode() == EplbMode::kRecording &&
       o.config.eplb_record_heat_path.has_value()) {
@@ -282,10 +295,19 @@ void Controller::Advance(int64_t num_tokens, double step_seconds) {
         EndCollect(/*shifted=*/false);
       } else if ((CommittedOnce() ? options_.config.eplb_shift_replan
                                   : options_.config.eplb_fast_warmup) &&
-                 collected_ >= kMinWarmupSteps && HeatShowsImbalance()) {
+                 collected_ >= kMinWarmupSteps) {
         // The planner sees a short window; the plan is due A steps later
         // as usual.
-        EndCollect(/*shifted=*/CommittedOnce());
+        switch (HeatShowsImbalance()) {
+          case Seen::kNothing:
+            break;
+          case Seen::kInWindow:
+            EndCollect(/*shifted=*/CommittedOnce());
+            break;
+          case Seen::kInNewestSteps:
+            EndCollect(/*shifted=*/true, kShiftNewestSteps);
+            break;
+        }
       }
       break;
     case Phase::kPlan:
@@ -299,11 +321,35 @@ void Controller::Advance(int64_t num_tokens, double step_seconds) {
   }
 }
 
-bool Controller::HeatShowsImbalance() {
+Controller::Seen Controller::HeatShowsImbalance() {
   // Buffers sized at Create: nothing allocates on the serving thread.
-  if (recorder_->CopyWindow(heat_window_) < kMinWarmupSteps) return false;
+  const size_t cells =
+      static_cast<size_t>(options_.num_layers) * options_.topology.num_slots();
+  const std::span<int64_t> buffer(heat_window_);
+  const std::span<int64_t> window = buffer.first(cells);
+  const std::span<int64_t> newest = buffer.subspan(cells, cells);
+  const std::span<int64_t> totals =
+      buffer.subspan(2 * cells, kShiftNewestSteps);
+  if (recorder_->CopyWindow(window) < kMinWarmupSteps) return Seen::kNothing;
+  // The newest steps alone, once the window holds more than them.
+  const bool judge_newest = CommittedOnce() && collected_ > kShiftNewestSteps &&
+                            recorder_->CopyNewest(kShiftNewestSteps, newest,
+                                                  totals) == kShiftNewestSteps;
   // Every rank judges the same sums.
-  if (!options_.collective->AllReduceSum(heat_window_).ok()) return false;
+  if (!options_.collective->AllReduceSum(judge_newest ? buffer : window).ok()) {
+    return Seen::kNothing;
+  }
+  if (ShowsImbalance(window)) return Seen::kInWindow;
+  if (!judge_newest) return Seen::kNothing;
+  int64_t sum = 0;
+  for (int64_t total : totals) sum += total;
+  for (int64_t total : totals) {
+    if (2 * kShiftNewestSteps * total < sum) return Seen::kNothing;
+  }
+  return ShowsImbalance(newest) ? Seen::kInNewestSteps : Seen::kNothing;
+}
+
+bool Controller::ShowsImbalance(std::span<const int64_t> heat) {
   const Topology& t = options_.topology;
   const int k = t.slots_per_rank;
   const int slots = t.num_slots();
@@ -312,8 +358,7 @@ bool Controller::HeatShowsImbalance() {
   int clear = 0;
   for (int l = 0; l < options_.num_layers; ++l) {
     std::fill(ranks.begin(), ranks.end(), 0.0);
-    const int64_t* counts =
-        heat_window_.data() + static_cast<size_t>(l) * slots;
+    const int64_t* counts = heat.data() + static_cast<size_t>(l) * slots;
     double total = 0.0;
     for (int p = 0; p < slots; ++p) {
       ranks[p / k] += static_cast<double>(counts[p]);
@@ -338,7 +383,7 @@ bool Controller::HeatShowsImbalance() {
   return loaded > 0 && 2 * clear > loaded;
 }
 
-void Controller::EndCollect(bool shifted) {
+void Controller::EndCollect(bool shifted, int newest) {
   // A cycle collects only after its previous plan was taken, so the
   // planner is idle and the window joins its history with this job.
   EPLB_CHECK(planner_->state.load(std::memory_order_acquire) == Planner::kIdle);
@@ -376,6 +421,21 @@ void Controller::EndCollect(bool shifted) {
       for (size_t e = 0; e < sum.size(); ++e) sum[e] += add[e];
     }
     run_heat_steps_ += snap.steps_counted;
+  }
+  job.newest = 0;
+  if (newest > 0 && newest < job.window.num_steps()) {
+    // The planner's window: the newest steps' sum.
+    job.newest = newest;
+    LoadMatrix load(job.load.num_layers(), job.load.num_experts());
+    for (int j = job.window.num_steps() - newest; j < job.window.num_steps();
+         ++j) {
+      for (int l = 0; l < load.num_layers(); ++l) {
+        std::span<double> sum = load.mutable_row(l);
+        std::span<const double> add = job.window.row(j, l);
+        for (size_t e = 0; e < sum.size(); ++e) sum[e] += add[e];
+      }
+    }
+    job.load = std::move(load);
   }
   job.shifted = shifted;
   planner_->state.store(Planner::kRunning, std::memory_order_release);

@@ -130,8 +130,8 @@ struct Rig {
 
   // One step with skewed per-slot load (expert 0 very hot), routed through
   // the current tables. `hot`: the expert of the 400 tokens (the next two
-  // take 100 each).
-  void Step(bool skewed = true, int hot = 0) {
+  // take 100 each); `scale`: every count times this.
+  void Step(bool skewed = true, int hot = 0, int64_t scale = 1) {
     controller->BeforeForward();
     std::vector<int64_t> slots(topology.num_slots(), 0);
     for (int l = 0; l < kLayers; ++l) {
@@ -140,7 +140,9 @@ struct Rig {
       for (int e = 0; e < kExperts; ++e) {
         const int rank_of_e = (e - hot + kExperts) % kExperts;
         const int64_t n =
-            !skewed ? 10 : (rank_of_e == 0 ? 400 : (rank_of_e < 3 ? 100 : 10));
+            scale * (!skewed
+                         ? 10
+                         : (rank_of_e == 0 ? 400 : (rank_of_e < 3 ? 100 : 10)));
         std::span<const int32_t> reps = r->ReplicasOf(e);
         for (size_t j = 0; j < reps.size(); ++j) {
           slots[reps[j]] += n / static_cast<int64_t>(reps.size());
@@ -354,6 +356,63 @@ TEST(ControllerTest, WithHeatDuringMigrationAShiftIsSeenOnceTheMigrationEnds) {
   EXPECT_TRUE(seen[1].shifted);
   ASSERT_GT(rig.commits.size(), static_cast<size_t>(kLayers));
   EXPECT_EQ(rig.commits[kLayers].first, 8 + 2 + kLayers + 1 + 2 + 1);
+}
+
+// H = 64, A = 2, heat during migration: the first plan (expert 0 hot)
+// commits at steps 67-69 while the next collection runs; 56 more steps of
+// the same traffic follow, so the window holds 56 steps the plan fits, and
+// then the steps of `last` (hot expert, scale). Returns what the planner
+// was told of each window.
+std::vector<WindowSpy::Seen> ShiftAfterALongSteadyWindow(
+    const std::vector<std::pair<int, int64_t>>& last) {
+  EplbConfig c = Dynamic(64, 2);
+  c.eplb_shift_replan = true;
+  std::vector<WindowSpy::Seen> seen;
+  Rig rig(c, std::make_unique<WindowSpy>(&seen), false, Placement(),
+          /*lockstep=*/true);
+  for (int i = 0; i < 64 + 56; ++i) rig.Step();
+  EXPECT_EQ(static_cast<int>(rig.commits.size()), kLayers);
+  for (const auto& [hot, scale] : last) rig.Step(true, hot, scale);
+  rig.AwaitPlan();
+  rig.controller->Shutdown();  // `seen` is the planner's until it stops.
+  return seen;
+}
+
+TEST(ControllerTest, AShiftInTheNewestStepsIsPlannedOnThemAlone) {
+  // Expert 9 turns hot after 56 steady steps. In the whole window that is
+  // still a small share (no cut), but the newest 3 steps show it in every
+  // layer (this traffic has no noise: one step of it is enough), so the
+  // collection ends there and the planner's window is those 3 steps (the
+  // older ones join its history only).
+  const std::vector<WindowSpy::Seen> seen =
+      ShiftAfterALongSteadyWindow({{9, 1}});
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_EQ(seen[0].window_steps, 64);
+  EXPECT_EQ(seen[1].window_steps, 3);
+  EXPECT_TRUE(seen[1].shifted);
+  for (int l = 0; l < kLayers; ++l) {
+    // Two steady steps and the new one: expert 9 takes 10, 10 and 400
+    // tokens, expert 0 400, 400 and 10, 730 tokens a step in all (a
+    // replica's remainder lost at most).
+    double total = 0.0;
+    for (int e = 0; e < kExperts; ++e) total += seen[1].load.at(l, e);
+    EXPECT_LE(total, 3 * 730.0) << "layer " << l;
+    EXPECT_GE(total, 3 * 730.0 - 3 * kRanks * kSlots) << "layer " << l;
+    EXPECT_GE(seen[1].load.at(l, 9), 418.0) << "layer " << l;
+    EXPECT_LE(seen[1].load.at(l, 9), 420.0) << "layer " << l;
+    EXPECT_GE(seen[1].load.at(l, 0), 800.0) << "layer " << l;
+    EXPECT_LE(seen[1].load.at(l, 0), 810.0) << "layer " << l;
+  }
+}
+
+TEST(ControllerTest, OneLargeStepAmongTheNewestIsNoShift) {
+  // The same, but expert 9's step is 5 times the usual size, and two usual
+  // steps follow. The newest 3 steps alone look shifted, but one of them
+  // carries most of their heat (one large prompt, not a new workload), and
+  // in the whole window it is a small share: the collection runs on.
+  const std::vector<WindowSpy::Seen> seen =
+      ShiftAfterALongSteadyWindow({{9, 5}, {0, 1}, {0, 1}, {0, 1}});
+  EXPECT_EQ(seen.size(), 1u);
 }
 
 TEST(ControllerTest, HeatCollectedDuringAMigrationKeepsEachExpertsTokens) {

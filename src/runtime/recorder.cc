@@ -542,6 +542,33 @@ int64_t HeatRecorder::CopyWindow(std::span<int64_t> window) const {
   return steps;
 }
 
+int64_t HeatRecorder::CopyNewest(int steps, std::span<int64_t> sum,
+                                 std::span<int64_t> step_totals) const {
+  const Impl& s = *impl_;
+  EPLB_CHECK(sum.size() == s.cells);
+  int64_t n = 0;
+  ReadConsistent(s.sequence, [&] {
+    const int64_t written = s.samples_written.load(kDataLoad);
+    // Clamped, so a torn read (retried) still indexes in range.
+    n = std::clamp<int64_t>(std::min<int64_t>(steps, written), 0, s.ring_steps);
+    std::fill(sum.begin(), sum.end(), 0);
+    std::fill(step_totals.begin(), step_totals.end(), 0);
+    for (int64_t j = written - n; j < written; ++j) {
+      const std::atomic<int64_t>* src =
+          s.ring.data() + static_cast<size_t>(j % s.ring_steps) * s.cells;
+      int64_t total = 0;
+      for (size_t i = 0; i < s.cells; ++i) {
+        const int64_t v = src[i].load(kDataLoad);
+        sum[i] += v;
+        total += v;
+      }
+      const size_t k = static_cast<size_t>(j - (written - n));
+      if (k < step_totals.size()) step_totals[k] = total;
+    }
+  });
+  return n;
+}
+
 void HeatRecorder::Clear() {
   impl_->clear_requested.store(true, std::memory_order_relaxed);
 }

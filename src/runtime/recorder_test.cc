@@ -340,6 +340,41 @@ TEST(HeatRecorderTest, RingKeepsLastStepsOldestFirst) {
   EXPECT_EQ(SampleRow(snap, 2, 0)[3], 5);
 }
 
+TEST(HeatRecorderTest, CopyNewestSumsTheNewestSamples) {
+  HeatRecorderOptions options = FixtureOptions();
+  options.ring_steps = 3;
+  auto recorder = MakeRecorder(options);
+  std::vector<int64_t> sum(10, -1);
+  std::vector<int64_t> totals(3, -1);
+  // Nothing recorded yet: nothing summed.
+  EXPECT_EQ(recorder->CopyNewest(2, sum, totals), 0);
+  EXPECT_EQ(sum, std::vector<int64_t>(10, 0));
+  // Step k routes k + 1 tokens to expert 3 (slot 3) and one to expert 7
+  // (slot 0).
+  for (int k = 0; k < 5; ++k) {
+    std::vector<int32_t> ids(static_cast<size_t>(k) + 1, 3);
+    ids.push_back(7);
+    recorder->RecordTopk(0, ids, kRank0Log2Phy);
+    recorder->EndStep(static_cast<int64_t>(ids.size()));
+  }
+  // The newest two: steps 3 and 4, oldest first.
+  EXPECT_EQ(recorder->CopyNewest(2, sum, totals), 2);
+  EXPECT_EQ(sum[3], 4 + 5);
+  EXPECT_EQ(sum[0], 2);
+  EXPECT_EQ(std::accumulate(sum.begin(), sum.end(), int64_t{0}), 11);
+  EXPECT_EQ(totals[0], 5);
+  EXPECT_EQ(totals[1], 6);
+  EXPECT_EQ(totals[2], 0);  // Beyond the steps summed.
+  // More than the ring holds: the ring's three.
+  EXPECT_EQ(recorder->CopyNewest(8, sum), 3);
+  EXPECT_EQ(sum[3], 3 + 4 + 5);
+  // After Clear, only what was recorded since.
+  recorder->Clear();
+  OneStep(*recorder, 1);
+  EXPECT_EQ(recorder->CopyNewest(2, sum, totals), 1);
+  EXPECT_EQ(totals[0], std::accumulate(sum.begin(), sum.end(), int64_t{0}));
+}
+
 TEST(HeatRecorderTest, ClearTakesEffectAtNextEndStep) {
   auto recorder = MakeRecorder(FixtureOptions());
   OneStep(*recorder, 1);
