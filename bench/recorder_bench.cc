@@ -229,6 +229,32 @@ void BM_Snapshot(benchmark::State& state) {
 }
 BENCHMARK(BM_Snapshot)->Unit(benchmark::kMicrosecond);
 
+// The controller's shift test, once per collected step on the serving
+// thread: the window's sum, and the newest 3 steps' sum with their totals
+// (58 x 288 counters each), without allocating.
+void BM_CopyWindow(benchmark::State& state) {
+  auto recorder = MakeRecorder();
+  for (int s = 0; s < 64; ++s) recorder->EndStep(1);
+  std::vector<int64_t> window(static_cast<size_t>(kLayers) * kRanks *
+                              kSlotsPerRank);
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(recorder->CopyWindow(window));
+  }
+}
+BENCHMARK(BM_CopyWindow)->Unit(benchmark::kMicrosecond);
+
+void BM_CopyNewest3(benchmark::State& state) {
+  auto recorder = MakeRecorder();
+  for (int s = 0; s < 64; ++s) recorder->EndStep(1);
+  std::vector<int64_t> sum(static_cast<size_t>(kLayers) * kRanks *
+                           kSlotsPerRank);
+  std::vector<int64_t> totals(3);
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(recorder->CopyNewest(3, sum, totals));
+  }
+}
+BENCHMARK(BM_CopyNewest3)->Unit(benchmark::kMicrosecond);
+
 }  // namespace
 
 BENCHMARK_MAIN();
