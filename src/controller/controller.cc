@@ -331,10 +331,12 @@ Controller::Seen Controller::HeatShowsImbalance() {
   const std::span<int64_t> totals =
       buffer.subspan(2 * cells, kShiftNewestSteps);
   if (recorder_->CopyWindow(window) < kMinWarmupSteps) return Seen::kNothing;
-  // The newest steps alone, once the window holds more than them.
-  const bool judge_newest = CommittedOnce() && collected_ > kShiftNewestSteps &&
-                            recorder_->CopyNewest(kShiftNewestSteps, newest,
-                                                  totals) == kShiftNewestSteps;
+  // The newest steps alone, once the window holds more than them. Decided
+  // on the step count every rank shares, so every rank makes the same
+  // all-reduce; a rank whose ring holds fewer steps (a stage filter) adds
+  // zeros, and a step with no heat fails the condition on the totals below.
+  const bool judge_newest = CommittedOnce() && collected_ > kShiftNewestSteps;
+  if (judge_newest) recorder_->CopyNewest(kShiftNewestSteps, newest, totals);
   // Every rank judges the same sums.
   if (!options_.collective->AllReduceSum(judge_newest ? buffer : window).ok()) {
     return Seen::kNothing;
