@@ -217,11 +217,18 @@ void BM_EndStep_Discarded(benchmark::State& state) {
 }
 BENCHMARK(BM_EndStep_Discarded);
 
+// A recorder whose ring (64 steps) is full, and the size of its window.
+std::unique_ptr<eplb::HeatRecorder> FullRecorder() {
+  auto recorder = MakeRecorder();
+  for (int s = 0; s < 64; ++s) recorder->EndStep(1);
+  return recorder;
+}
+constexpr size_t kCells = static_cast<size_t>(kLayers) * kRanks * kSlotsPerRank;
+
 // A reader's copy of the window and a full ring (64 x 58 x 288), not on the
 // hot path.
 void BM_Snapshot(benchmark::State& state) {
-  auto recorder = MakeRecorder();
-  for (int s = 0; s < 64; ++s) recorder->EndStep(1);
+  auto recorder = FullRecorder();
   for (auto _ : state) {
     eplb::HeatSnapshot snap = recorder->Snapshot();
     benchmark::DoNotOptimize(snap.samples.data());
@@ -233,10 +240,8 @@ BENCHMARK(BM_Snapshot)->Unit(benchmark::kMicrosecond);
 // thread: the window's sum, and the newest 3 steps' sum with their totals
 // (58 x 288 counters each), without allocating.
 void BM_CopyWindow(benchmark::State& state) {
-  auto recorder = MakeRecorder();
-  for (int s = 0; s < 64; ++s) recorder->EndStep(1);
-  std::vector<int64_t> window(static_cast<size_t>(kLayers) * kRanks *
-                              kSlotsPerRank);
+  auto recorder = FullRecorder();
+  std::vector<int64_t> window(kCells);
   for (auto _ : state) {
     benchmark::DoNotOptimize(recorder->CopyWindow(window));
   }
@@ -244,10 +249,8 @@ void BM_CopyWindow(benchmark::State& state) {
 BENCHMARK(BM_CopyWindow)->Unit(benchmark::kMicrosecond);
 
 void BM_CopyNewest3(benchmark::State& state) {
-  auto recorder = MakeRecorder();
-  for (int s = 0; s < 64; ++s) recorder->EndStep(1);
-  std::vector<int64_t> sum(static_cast<size_t>(kLayers) * kRanks *
-                           kSlotsPerRank);
+  auto recorder = FullRecorder();
+  std::vector<int64_t> sum(kCells);
   std::vector<int64_t> totals(3);
   for (auto _ : state) {
     benchmark::DoNotOptimize(recorder->CopyNewest(3, sum, totals));

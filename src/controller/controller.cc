@@ -425,19 +425,11 @@ void Controller::EndCollect(bool shifted, int newest) {
     run_heat_steps_ += snap.steps_counted;
   }
   job.newest = 0;
-  if (newest > 0 && newest < job.window.num_steps()) {
+  const int steps = job.window.num_steps();
+  if (newest > 0 && newest < steps) {
     // The planner's window: the newest steps' sum.
     job.newest = newest;
-    LoadMatrix load(job.load.num_layers(), job.load.num_experts());
-    for (int j = job.window.num_steps() - newest; j < job.window.num_steps();
-         ++j) {
-      for (int l = 0; l < load.num_layers(); ++l) {
-        std::span<double> sum = load.mutable_row(l);
-        std::span<const double> add = job.window.row(j, l);
-        for (size_t e = 0; e < sum.size(); ++e) sum[e] += add[e];
-      }
-    }
-    job.load = std::move(load);
+    job.load = job.window.Aggregate(steps - newest, steps);
   }
   job.shifted = shifted;
   planner_->state.store(Planner::kRunning, std::memory_order_release);
