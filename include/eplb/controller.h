@@ -279,8 +279,8 @@ class Controller {
   bool shut_down_ = false;
   // [L]: the imbalance each layer's serving placement was expected to meet.
   std::vector<double> expected_;
-  // HeatShowsImbalance's copies: the window and the newest steps ([L][R*K]
-  // each), then the newest steps' totals.
+  // HeatShowsImbalance's copies: the window ([L][R*K]), its counted steps,
+  // the newest steps ([L][R*K]) and their per-step totals.
   std::vector<int64_t> heat_window_;
   std::vector<double> rank_heat_;  // [R]: its rank loads.
   double step_seconds_ = 0.0;      // The last step's duration.

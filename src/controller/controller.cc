@@ -176,10 +176,11 @@ StatusOr<std::unique_ptr<Controller>> Controller::Create(ControllerOptions o) {
   c->expected_.assign(o.num_layers, 1.0);
   c->heat_during_migration_ = o.config.eplb_heat_during_migration;
   c->from_ = o.initial;
-  // The window's sum, the newest steps' sum and their per-step totals.
-  c->heat_window_.assign(
-      2 * static_cast<size_t>(o.num_layers) * t.num_slots() + kShiftNewestSteps,
-      0);
+  // The window's sum and its counted steps, the newest steps' sum and their
+  // per-step totals.
+  c->heat_window_.assign(2 * static_cast<size_t>(o.num_layers) * t.num_slots() +
+                             1 + kShiftNewestSteps,
+                         0);
   c->rank_heat_.assign(t.num_ranks, 0.0);
   if (o.config.mode() == EplbMode::kRecording &&
       o.config.eplb_record_heat_path.has_value()) {
@@ -327,18 +328,29 @@ Controller::Seen Controller::HeatShowsImbalance() {
       static_cast<size_t>(options_.num_layers) * options_.topology.num_slots();
   const std::span<int64_t> buffer(heat_window_);
   const std::span<int64_t> window = buffer.first(cells);
-  const std::span<int64_t> newest = buffer.subspan(cells, cells);
+  int64_t& counted = buffer[cells];
+  const std::span<int64_t> newest = buffer.subspan(cells + 1, cells);
   const std::span<int64_t> totals =
-      buffer.subspan(2 * cells, kShiftNewestSteps);
-  if (recorder_->CopyWindow(window) < kMinWarmupSteps) return Seen::kNothing;
-  // The newest steps alone, once the window holds more than them. Decided
-  // on the step count every rank shares, so every rank makes the same
-  // all-reduce; a rank whose ring holds fewer steps (a stage filter) adds
-  // zeros, and a step with no heat fails the condition on the totals below.
+      buffer.subspan(2 * cells + 1, kShiftNewestSteps);
+  // Every rank makes the same all-reduce whatever its own ring holds: the
+  // calls follow the step count every rank shares, never this rank's
+  // stage-filtered count. A stage filter can count a step on one rank and
+  // not on another (each rank classifies its own batch), so the counted
+  // steps are summed with the heat and judged after it.
+  counted = recorder_->CopyWindow(window);
+  // The newest steps alone, once the window holds more than them. A rank
+  // whose ring holds fewer steps adds zeros, and a step with no heat fails
+  // the condition on the totals below.
   const bool judge_newest = CommittedOnce() && collected_ > kShiftNewestSteps;
   if (judge_newest) recorder_->CopyNewest(kShiftNewestSteps, newest, totals);
   // Every rank judges the same sums.
-  if (!options_.collective->AllReduceSum(judge_newest ? buffer : window).ok()) {
+  if (!options_.collective
+           ->AllReduceSum(judge_newest ? buffer : buffer.first(cells + 1))
+           .ok()) {
+    return Seen::kNothing;
+  }
+  // At least kMinWarmupSteps counted steps per rank on average.
+  if (counted < kMinWarmupSteps * options_.collective->size()) {
     return Seen::kNothing;
   }
   if (ShowsImbalance(window)) return Seen::kInWindow;

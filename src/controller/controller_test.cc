@@ -89,6 +89,7 @@ struct Rig {
   std::unique_ptr<Controller> controller;
   std::vector<std::pair<int64_t, int>> commits;
   std::vector<std::string> logs;
+  int64_t num_tokens = 512;  // Each step's batch, as the stage filter sees it.
 
   // `lockstep` (the default): the serving thread waits for a plan due at a
   // step, so that plans are never late however slow the machine (a
@@ -96,7 +97,8 @@ struct Rig {
   // policy instead.
   Rig(EplbConfig config, std::unique_ptr<Policy> policy = nullptr,
       bool sync = false, Placement initial = Placement(), bool lockstep = true,
-      int staging_per_rank = 0, Clock* clock = nullptr) {
+      int staging_per_rank = 0, Clock* clock = nullptr,
+      Collective* collective = nullptr) {
     ControllerOptions o;
     o.config = config;
     o.topology = topology;
@@ -120,6 +122,7 @@ struct Rig {
     o.sync_migration = sync;
     o.lockstep = lockstep;
     o.clock = clock;
+    o.collective = collective;
     o.on_commit = [this](int64_t step, int layer, const Placement&) {
       commits.emplace_back(step, layer);
     };
@@ -151,7 +154,7 @@ struct Rig {
       controller->recorder().RecordSlotCounts(l, slots);
     }
     // The forward took 2 ms (for the migration's per-step byte budget).
-    controller->AfterForward(512, 0.002);
+    controller->AfterForward(num_tokens, 0.002);
   }
 
   // One step whose every expert's tokens are exact and returned in
@@ -281,6 +284,49 @@ TEST(ControllerTest, FastWarmupWaitsUntilTheImbalanceIsBeyondNoise) {
   for (int i = 0; i < 5 + 2 + 1; ++i) rig.Step(/*skewed=*/false);
   ASSERT_FALSE(rig.commits.empty());
   EXPECT_EQ(rig.commits[0].first, 5 + 2 + 1);
+}
+
+// One process of a two-process job, as its controller calls it: every call
+// is logged (kind and length) and leaves the values as they are.
+class LoggingCollective final : public Collective {
+ public:
+  int rank() const override { return 0; }
+  int size() const override { return 2; }
+  Status AllReduceSum(std::span<int64_t> values) override {
+    calls.push_back("sum " + std::to_string(values.size()));
+    return Status::Ok();
+  }
+  Status AllReduceMax(std::span<int64_t> values) override {
+    calls.push_back("max " + std::to_string(values.size()));
+    return Status::Ok();
+  }
+  std::vector<std::string> calls;
+};
+
+TEST(ControllerTest, RanksWhoseStageFilterCountsDifferentStepsCallAlike) {
+  // Decode-only heat: a step counts on a rank when its own batch holds at
+  // most max_num_reqs (256) tokens, so ranks of one job can count different
+  // steps. The collectives a rank calls must not depend on that, or one
+  // rank waits forever in a call another never makes. Rank A's batches are
+  // all decode; rank B's first two are prefill. Uniform heat keeps both
+  // from planning in these steps, so both must make the same calls.
+  EplbConfig c = Dynamic(8, 2);
+  c.eplb_fast_warmup = true;
+  c.eplb_heat_collection_stage = HeatStage::kDecode;
+  LoggingCollective a_calls;
+  LoggingCollective b_calls;
+  Rig a(c, nullptr, false, Placement(), true, 0, nullptr, &a_calls);
+  Rig b(c, nullptr, false, Placement(), true, 0, nullptr, &b_calls);
+  a.num_tokens = 64;
+  for (int i = 0; i < 4; ++i) {
+    b.num_tokens = i < 2 ? 1024 : 64;
+    a.Step(/*skewed=*/false);
+    b.Step(/*skewed=*/false);
+    EXPECT_EQ(a_calls.calls, b_calls.calls) << "step " << i + 1;
+  }
+  // The window is judged from the second step on.
+  EXPECT_FALSE(a_calls.calls.empty());
+  EXPECT_TRUE(a.commits.empty());
 }
 
 // The default policy, recording what the planner was told of each window.
