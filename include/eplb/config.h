@@ -56,6 +56,8 @@ struct EplbConfig {
   // serving placement clearly worse than its plan predicted (the traffic
   // moved: a new domain, a burst), at least 2 steps in: in the whole window,
   // or in its newest 3 steps alone, which are then the window planned on.
+  // With eplb_heat_during_migration, a plan that comes due when the steps
+  // since its window show such a shift is dropped and they are planned on.
   bool eplb_shift_replan = true;
   // The next heat window starts as soon as the last one is handed to the
   // planner and runs on while its plan is computed and migrated (the heat of

@@ -31,7 +31,10 @@
 // meeting clearly more imbalance than its plan predicted (the traffic
 // moved), in the whole window or in its newest 3 steps alone (a shift in the
 // middle of a long collection; the planner's window is then those steps).
-// The plan is then due A steps later as usual.
+// The plan is then due A steps later as usual. With the heat collected
+// during migration, a plan that comes due when the steps collected since
+// its window show such a shift is dropped (it fits traffic that has gone)
+// and those steps are handed over at once, marked shifted.
 //
 // Threads: the serving thread calls BeforeForward / AfterForward and the
 // recorder; it never waits on the planner (a lock-free handshake: an atomic
@@ -133,6 +136,9 @@ struct ControllerStats {
   int64_t plan_late_steps = 0;  // Steps served waiting for late plans.
   int64_t plans_failed = 0;     // Policy threw or returned an error.
   int64_t plans_rejected = 0;   // Plan broke an invariant.
+  // Plans dropped when due because the traffic shifted while they were
+  // made; the steps since were planned at once (eplb_shift_replan).
+  int64_t plans_superseded = 0;
   int64_t layers_committed = 0;
   int64_t layers_aborted = 0;
   int64_t experts_moved = 0;

@@ -509,6 +509,26 @@ void Controller::TakePlan() {
     EndCycle();
     return;
   }
+  // A shift while the plan was made: its window ended before the traffic
+  // moved, so it fits traffic that has gone. The steps collected since the
+  // window was handed over (heat during migration) are judged as a
+  // collection's are; when they show a shift, the plan is dropped and they
+  // are handed over at once, marked shifted, instead of migrating first and
+  // seeing the shift only after. A plan made on a shift is never dropped
+  // this way (the traffic it met has moved away from what serves), nor is
+  // the warm-up's.
+  if (options_.config.eplb_shift_replan && heat_during_migration_ &&
+      CommittedOnce() && !planner_->job.shifted &&
+      collected_ >= kMinWarmupSteps) {
+    const Seen seen = HeatShowsImbalance();
+    if (seen != Seen::kNothing) {
+      // Counted, not logged: a routine step of the cycle, as a shift cut is.
+      ++stats_.plans_superseded;
+      EndCollect(/*shifted=*/true,
+                 seen == Seen::kInNewestSteps ? kShiftNewestSteps : 0);
+      return;
+    }
+  }
   if (!plan.ok()) {
     ++stats_.plans_failed;
     Log("plan failed, the current map keeps serving: " +

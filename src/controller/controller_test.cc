@@ -377,6 +377,41 @@ TEST(ControllerTest, AShiftCutsTheCollectionShort) {
   EXPECT_EQ(rig.commits[kLayers].first, cycle_start + 2 + 2 + 1);
 }
 
+TEST(ControllerTest, APlanWhoseTrafficShiftedWhileItWasMadeIsDropped) {
+  // H = 8, A = 2, heat during migration: the first plan (expert 0 hot)
+  // commits at steps 11-13 while the second window (steps 9-16) collects
+  // the same traffic; it is handed over at step 16. Expert 9 turns hot at
+  // step 17, so when the second plan comes due (step 18) the 2 steps since
+  // show the shift: that plan is dropped and those 2 steps are handed over
+  // at once, marked shifted; their plan is taken A steps later and commits.
+  EplbConfig c = Dynamic(8, 2);
+  c.eplb_shift_replan = true;
+  std::vector<WindowSpy::Seen> seen;
+  Rig rig(c, std::make_unique<WindowSpy>(&seen), false, Placement(),
+          /*lockstep=*/true);
+  for (int i = 0; i < 16; ++i) rig.Step();
+  ASSERT_EQ(static_cast<int>(rig.commits.size()), kLayers);
+  for (int i = 0; i < 2; ++i) rig.Step(true, /*hot=*/9);
+  EXPECT_EQ(rig.controller->stats().plans_superseded, 1);
+  EXPECT_EQ(static_cast<int>(rig.commits.size()), kLayers);
+  for (int i = 0; i < 2 + kLayers + 1; ++i) rig.Step(true, /*hot=*/9);
+  rig.controller->Shutdown();  // `seen` is the planner's until it stops.
+  ASSERT_EQ(seen.size(), 3u);
+  EXPECT_EQ(seen[1].window_steps, 8);
+  EXPECT_FALSE(seen[1].shifted);
+  EXPECT_EQ(seen[2].window_steps, 2);
+  EXPECT_TRUE(seen[2].shifted);
+  for (int l = 0; l < kLayers; ++l) {
+    EXPECT_GT(seen[2].load.at(l, 9), seen[2].load.at(l, 0)) << "layer " << l;
+  }
+  // A plan made on a shift is not dropped in turn: it commits from step
+  // 18 + A + 1 on.
+  const ControllerStats s = rig.controller->stats();
+  EXPECT_EQ(s.plans_superseded, 1);
+  ASSERT_GT(rig.commits.size(), static_cast<size_t>(kLayers));
+  EXPECT_EQ(rig.commits[kLayers].first, 18 + 2 + 1);
+}
+
 TEST(ControllerTest, WithHeatDuringMigrationAShiftIsSeenOnceTheMigrationEnds) {
   // The same traffic with the next collection running during the first
   // plan's A steps and migration (one layer a step): when the migration

@@ -108,6 +108,10 @@ std::string RenderPrometheus(const MetricsInput& in) {
   w.Metric("eplb_plans_rejected_total", "counter",
            "Plans that broke a placement invariant and were rejected.",
            s.plans_rejected);
+  w.Metric("eplb_plans_superseded_total", "counter",
+           "Plans dropped because the traffic shifted while they were made; "
+           "the steps since were planned at once.",
+           s.plans_superseded);
   w.Metric("eplb_plan_hash_mismatches_total", "counter",
            "Cycles skipped because the ranks' plans differed.",
            s.plan_hash_mismatches);

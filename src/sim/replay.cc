@@ -520,6 +520,7 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
     sum->max_layers_per_step =
         std::max(sum->max_layers_per_step, s.max_layers_per_step);
     sum->plan_hash_mismatches += s.plan_hash_mismatches;
+    sum->plans_superseded += s.plans_superseded;
     if (sum->warmup_steps < 0) sum->warmup_steps = s.warmup_steps;
     sum->cycles += s.cycles;
     sum->total_stall_nanos += s.total_stall_nanos;
@@ -904,6 +905,7 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
   result.max_layers_per_step = cs.max_layers_per_step;
   result.warmup_steps = cs.warmup_steps;
   result.plan_hash_mismatches = cs.plan_hash_mismatches;
+  result.plans_superseded = cs.plans_superseded;
   if (cs.rebalances > 0) {
     result.moved_per_rebalance =
         static_cast<double>(cs.experts_moved) /

@@ -164,6 +164,8 @@ struct ReplayResult {
   int64_t warmup_steps = -1;  // Steps before the first plan fully committed.
   int processes = 1;          // Processes the ranks ran in.
   int64_t plan_hash_mismatches = 0;
+  // Plans dropped because the traffic shifted while they were made.
+  int64_t plans_superseded = 0;
   // verify_outputs: tokens whose expert output was checked, and those that
   // differed from the original weights' output (over every rank).
   int64_t outputs_verified = 0;
