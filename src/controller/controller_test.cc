@@ -9,6 +9,7 @@
 #include <semaphore>
 #include <stdexcept>
 #include <thread>
+#include <utility>
 
 #include "eplb/io.h"
 #include "eplb/robust.h"
@@ -95,12 +96,12 @@ struct Rig {
   // step, so that plans are never late however slow the machine (a
   // sanitizer build, say); the tests of late plans turn it off and gate the
   // policy instead.
-  Rig(EplbConfig config, std::unique_ptr<Policy> policy = nullptr,
-      bool sync = false, Placement initial = Placement(), bool lockstep = true,
-      int staging_per_rank = 0, Clock* clock = nullptr,
-      Collective* collective = nullptr) {
+  explicit Rig(EplbConfig config, std::unique_ptr<Policy> policy = nullptr,
+               bool sync = false, const Placement& initial = Placement(),
+               bool lockstep = true, int staging_per_rank = 0,
+               Clock* clock = nullptr, Collective* collective = nullptr) {
     ControllerOptions o;
-    o.config = config;
+    o.config = std::move(config);
     o.topology = topology;
     o.num_layers = kLayers;
     o.num_experts = kExperts;
