@@ -237,6 +237,10 @@ class Controller {
   // Hands the collected window to the planner; `shifted`: a shift cut it
   // short; `newest` > 0: the planner's window is only its newest steps.
   void EndCollect(bool shifted, int newest = 0);
+  // Ends the collection early when HeatShowsImbalance sees enough (marked
+  // shifted after the warm-up; the newest steps alone when only they show
+  // it). Whether it did.
+  bool EndCollectIfClear();
   void TakePlan();
   // The layers the next migration step starts: the next in order, then more
   // while the batch fits the staging buffers and the step's byte budget.

@@ -299,16 +299,7 @@ void Controller::Advance(int64_t num_tokens, double step_seconds) {
                  collected_ >= kMinWarmupSteps) {
         // The planner sees a short window; the plan is due A steps later
         // as usual.
-        switch (HeatShowsImbalance()) {
-          case Seen::kNothing:
-            break;
-          case Seen::kInWindow:
-            EndCollect(/*shifted=*/CommittedOnce());
-            break;
-          case Seen::kInNewestSteps:
-            EndCollect(/*shifted=*/true, kShiftNewestSteps);
-            break;
-        }
+        EndCollectIfClear();
       }
       break;
     case Phase::kPlan:
@@ -361,6 +352,20 @@ Controller::Seen Controller::HeatShowsImbalance() {
     if (2 * kShiftNewestSteps * total < sum) return Seen::kNothing;
   }
   return ShowsImbalance(newest) ? Seen::kInNewestSteps : Seen::kNothing;
+}
+
+bool Controller::EndCollectIfClear() {
+  switch (HeatShowsImbalance()) {
+    case Seen::kNothing:
+      return false;
+    case Seen::kInWindow:
+      EndCollect(/*shifted=*/CommittedOnce());
+      return true;
+    case Seen::kInNewestSteps:
+      EndCollect(/*shifted=*/true, kShiftNewestSteps);
+      return true;
+  }
+  return false;
 }
 
 bool Controller::ShowsImbalance(std::span<const int64_t> heat) {
@@ -520,12 +525,9 @@ void Controller::TakePlan() {
   if (options_.config.eplb_shift_replan && heat_during_migration_ &&
       CommittedOnce() && !planner_->job.shifted &&
       collected_ >= kMinWarmupSteps) {
-    const Seen seen = HeatShowsImbalance();
-    if (seen != Seen::kNothing) {
+    if (EndCollectIfClear()) {
       // Counted, not logged: a routine step of the cycle, as a shift cut is.
       ++stats_.plans_superseded;
-      EndCollect(/*shifted=*/true,
-                 seen == Seen::kInNewestSteps ? kShiftNewestSteps : 0);
       return;
     }
   }
