@@ -58,6 +58,10 @@ struct EplbConfig {
   // or in its newest 3 steps alone, which are then the window planned on.
   // With eplb_heat_during_migration, a plan that comes due when the steps
   // since its window show such a shift is dropped and they are planned on.
+  // A shift that ends (a burst) is undone: a plan made on it is dropped when
+  // due if the serving placement fits the steps since better, and once one
+  // serves, the placement before it returns when it fits the newest steps
+  // better.
   bool eplb_shift_replan = true;
   // The next heat window starts as soon as the last one is handed to the
   // planner and runs on while its plan is computed and migrated (the heat of

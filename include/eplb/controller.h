@@ -36,6 +36,15 @@
 // its window show such a shift is dropped (it fits traffic that has gone)
 // and those steps are handed over at once, marked shifted.
 //
+// A shift can end (a burst of a few steps). The placement that served
+// before the first plan made on a shift is kept until a regular plan is
+// taken. A plan made on a shift is dropped when due if the serving
+// placement would carry the newest 2 steps better than it, and waits (up to
+// 2 steps) while neither is clearly better or the newest step alone favours
+// the serving placement; once such a plan serves, the layers migrate back
+// to the kept placement, with no plan, when it would carry the newest 3
+// steps better (CarriesBetter).
+//
 // Threads: the serving thread calls BeforeForward / AfterForward and the
 // recorder; it never waits on the planner (a lock-free handshake: an atomic
 // state and a semaphore) and, unless sync_migration is set, never waits on a
@@ -139,6 +148,11 @@ struct ControllerStats {
   // Plans dropped when due because the traffic shifted while they were
   // made; the steps since were planned at once (eplb_shift_replan).
   int64_t plans_superseded = 0;
+  // Shifts that ended (a burst), with eplb_shift_replan: a plan made on a
+  // shift dropped when due because the serving placement carries the steps
+  // since better, or, once such a plan serves, the placement before it
+  // migrated back to when it carries the newest steps better.
+  int64_t shifts_reverted = 0;
   int64_t layers_committed = 0;
   int64_t layers_aborted = 0;
   int64_t experts_moved = 0;
@@ -228,10 +242,25 @@ class Controller {
   // load) (the largest of R Poisson counts exceeds their mean by about that
   // much): in the whole window, or (after the warm-up) in its newest steps
   // alone, each of them carrying at least half their mean heat.
-  enum class Seen { kNothing, kInWindow, kInNewestSteps };
+  // After a plan made on a shift, also whether the traffic went back
+  // (WentBack).
+  enum class Seen { kNothing, kInWindow, kInNewestSteps, kWentBack };
   Seen HeatShowsImbalance();
   // The test on one sum of heat ([L][R*K], summed over the ranks).
   bool ShowsImbalance(std::span<const int64_t> heat);
+  // The verdict on a plan made on a shift, when it is due: whether the
+  // serving placement carries the newest steps better than the plan would
+  // (ended), the plan better (goes on), or neither (unclear). The same on
+  // every rank, which all make the same collective calls.
+  enum class ShiftVerdict { kGoesOn, kEnded, kUnclear };
+  ShiftVerdict JudgeShiftPlan();
+  // Whether placement `a` would carry `heat` ([L][R*K], collected under
+  // the serving placement) better than placement `b`: a lower max / mean
+  // rank load in 3 of 4 layers with heat, and by at least kWentBackGain on
+  // average, each expert's tokens split evenly over its replicas in both.
+  // Both see the same tokens, so most of their sampling noise cancels.
+  bool CarriesBetter(std::span<const int64_t> heat, const Placement& a,
+                     const Placement& b);
   // Whether a plan was ever fully committed (the warm-up is over).
   bool CommittedOnce() const { return stats_.warmup_steps >= 0; }
   // Hands the collected window to the planner; `shifted`: a shift cut it
@@ -242,6 +271,9 @@ class Controller {
   // it). Whether it did.
   bool EndCollectIfClear();
   void TakePlan();
+  // Starts migrating to plan_ from the serving placement; `layers` [L]:
+  // what each layer is predicted to meet, and its gain (the order).
+  void StartMigration(std::span<const LayerPlan> layers);
   // The layers the next migration step starts: the next in order, then more
   // while the batch fits the staging buffers and the step's byte budget.
   std::vector<int> NextBatch();
@@ -293,8 +325,22 @@ class Controller {
   // the newest steps ([L][R*K]) and their per-step totals.
   std::vector<int64_t> heat_window_;
   std::vector<double> rank_heat_;  // [R]: its rank loads.
-  double step_seconds_ = 0.0;      // The last step's duration.
-  int64_t last_step_nanos_ = -1;   // Clock at the last AfterForward.
+  // The placement served when the first plan made on a shift since the
+  // last regular plan was taken; WentBack compares against it while
+  // went_back_armed_.
+  Placement went_back_from_;
+  bool went_back_armed_ = false;
+  // CarriesBetter's scratch: [E] logical tokens, [E] replica counts of
+  // each placement, [R] rank loads under `b` (rank_heat_ holds `a`'s).
+  std::vector<double> went_back_tokens_;
+  std::vector<int> replicas_a_;
+  std::vector<int> replicas_b_;
+  std::vector<double> rank_heat_b_;
+  // [L]: what CarriesBetter found of each layer (`b` as the current, `a`
+  // as the plan): the migration back's predictions and order.
+  std::vector<LayerPlan> went_back_layers_;
+  double step_seconds_ = 0.0;     // The last step's duration.
+  int64_t last_step_nanos_ = -1;  // Clock at the last AfterForward.
 };
 
 }  // namespace eplb

@@ -29,6 +29,14 @@ constexpr double kWarmupNoiseFactor = 2.0;
 // (the older ones join its history). Each of them must carry at least half
 // their mean heat: one large prompt among small steps is not a shift.
 constexpr int kShiftNewestSteps = 3;
+// After a plan made on a shift: the traffic went back when the placement
+// served before it would carry the newest steps at least this much better
+// (max / mean rank load, averaged over the layers with heat).
+constexpr double kWentBackGain = 0.02;
+// A plan made on a shift is judged on the newest 2 steps when due, and
+// waits at most 2 steps when they favour neither it nor what serves.
+constexpr int kShiftJudgeSteps = 2;
+constexpr int64_t kShiftHoldSteps = 2;
 
 }  // namespace
 
@@ -182,6 +190,12 @@ StatusOr<std::unique_ptr<Controller>> Controller::Create(ControllerOptions o) {
                              1 + kShiftNewestSteps,
                          0);
   c->rank_heat_.assign(t.num_ranks, 0.0);
+  c->went_back_from_ = o.initial;
+  c->went_back_tokens_.assign(o.num_experts, 0.0);
+  c->replicas_a_.assign(o.num_experts, 0);
+  c->replicas_b_.assign(o.num_experts, 0);
+  c->rank_heat_b_.assign(t.num_ranks, 0.0);
+  c->went_back_layers_.assign(o.num_layers, LayerPlan{});
   if (o.config.mode() == EplbMode::kRecording &&
       o.config.eplb_record_heat_path.has_value()) {
     c->run_heat_ = LoadMatrix(o.num_layers, o.num_experts);
@@ -351,7 +365,99 @@ Controller::Seen Controller::HeatShowsImbalance() {
   for (int64_t total : totals) {
     if (2 * kShiftNewestSteps * total < sum) return Seen::kNothing;
   }
-  return ShowsImbalance(newest) ? Seen::kInNewestSteps : Seen::kNothing;
+  if (ShowsImbalance(newest)) return Seen::kInNewestSteps;
+  return went_back_armed_ &&
+                 CarriesBetter(newest, went_back_from_, migration_->placement())
+             ? Seen::kWentBack
+             : Seen::kNothing;
+}
+
+Controller::ShiftVerdict Controller::JudgeShiftPlan() {
+  const size_t cells =
+      static_cast<size_t>(options_.num_layers) * options_.topology.num_slots();
+  const std::span<int64_t> buffer =
+      std::span(heat_window_).first(2 * cells + 1);
+  const std::span<int64_t> newest = buffer.first(cells);
+  int64_t& counted = buffer[cells];
+  const std::span<int64_t> last = buffer.subspan(cells + 1, cells);
+  counted = recorder_->CopyNewest(kShiftJudgeSteps, newest);
+  recorder_->CopyNewest(1, last);
+  if (!options_.collective->AllReduceSum(buffer).ok()) {
+    return ShiftVerdict::kGoesOn;
+  }
+  // The plan is ready (kDone): the serving thread may read it. Ranks whose
+  // plans differ are skipped later by the hash check; the votes keep their
+  // calls alike until then.
+  const StatusOr<Plan>& ready = planner_->result;
+  int64_t votes[2] = {0, 0};  // Ended; unclear.
+  if (ready.ok() && counted >= kMinWarmupSteps * options_.collective->size()) {
+    const Placement& serving = migration_->placement();
+    // The newest step alone must not favour what serves either: a burst's
+    // last step can outweigh the steps after it.
+    if (CarriesBetter(newest, serving, ready->placement)) {
+      votes[0] = 1;
+    } else if (!CarriesBetter(newest, ready->placement, serving) ||
+               CarriesBetter(last, serving, ready->placement)) {
+      votes[1] = 1;
+    }
+  }
+  if (!options_.collective->AllReduceSum(votes).ok()) {
+    return ShiftVerdict::kGoesOn;
+  }
+  if (votes[0] == options_.collective->size()) return ShiftVerdict::kEnded;
+  if (votes[0] + votes[1] > 0) return ShiftVerdict::kUnclear;
+  return ShiftVerdict::kGoesOn;
+}
+
+bool Controller::CarriesBetter(std::span<const int64_t> heat,
+                               const Placement& a, const Placement& b) {
+  const Topology& t = options_.topology;
+  const int k = t.slots_per_rank;
+  const int slots = t.num_slots();
+  const Placement& now = migration_->placement();
+  int loaded = 0;
+  int better = 0;
+  double gain = 0.0;
+  for (int l = 0; l < options_.num_layers; ++l) {
+    const std::span<const int32_t> serving = now.layer(l);
+    const std::span<const int32_t> pa = a.layer(l);
+    const std::span<const int32_t> pb = b.layer(l);
+    went_back_layers_[l] = LayerPlan{.choice = LayerChoice::kIncremental,
+                                     .current_score = 0.0,
+                                     .predicted_score = 0.0};
+    std::fill(went_back_tokens_.begin(), went_back_tokens_.end(), 0.0);
+    std::fill(replicas_a_.begin(), replicas_a_.end(), 0);
+    std::fill(replicas_b_.begin(), replicas_b_.end(), 0);
+    const int64_t* counts = heat.data() + static_cast<size_t>(l) * slots;
+    double total = 0.0;
+    for (int p = 0; p < slots; ++p) {
+      went_back_tokens_[serving[p]] += static_cast<double>(counts[p]);
+      total += static_cast<double>(counts[p]);
+      ++replicas_a_[pa[p]];
+      ++replicas_b_[pb[p]];
+    }
+    if (total <= 0.0) continue;
+    ++loaded;
+    std::fill(rank_heat_.begin(), rank_heat_.end(), 0.0);
+    std::fill(rank_heat_b_.begin(), rank_heat_b_.end(), 0.0);
+    for (int p = 0; p < slots; ++p) {
+      rank_heat_[p / k] += went_back_tokens_[pa[p]] / replicas_a_[pa[p]];
+      rank_heat_b_[p / k] += went_back_tokens_[pb[p]] / replicas_b_[pb[p]];
+    }
+    const double mean = total / t.num_ranks;
+    const double peak_a =
+        *std::max_element(rank_heat_.begin(), rank_heat_.end());
+    const double peak_b =
+        *std::max_element(rank_heat_b_.begin(), rank_heat_b_.end());
+    LayerPlan& info = went_back_layers_[l];
+    info.changed = !std::equal(pa.begin(), pa.end(), pb.begin());
+    info.predicted_imbalance = peak_a / mean;
+    info.current_imbalance = peak_b / mean;
+    if (peak_a < peak_b) ++better;
+    gain += (peak_b - peak_a) / mean;
+  }
+  return loaded > 0 && 4 * better >= 3 * loaded &&
+         gain >= kWentBackGain * loaded;
 }
 
 bool Controller::EndCollectIfClear() {
@@ -363,6 +469,15 @@ bool Controller::EndCollectIfClear() {
       return true;
     case Seen::kInNewestSteps:
       EndCollect(/*shifted=*/true, kShiftNewestSteps);
+      return true;
+    case Seen::kWentBack:
+      // What the shift's plans left behind fits traffic that has gone, and
+      // the placement before them fits what came back: it migrates back at
+      // once, with no plan to wait for. The collection runs on.
+      ++stats_.shifts_reverted;
+      went_back_armed_ = false;
+      plan_ = went_back_from_;
+      StartMigration(went_back_layers_);
       return true;
   }
   return false;
@@ -484,6 +599,20 @@ void Controller::TakePlan() {
     ++stats_.plan_late_steps;
     return;
   }
+  // A plan made on a shift is judged on the newest steps before it is
+  // taken: the shift may have ended (a burst) while it was made. When the
+  // steps favour neither the plan nor the serving placement, it waits up to
+  // kShiftHoldSteps steps for clearer ones.
+  ShiftVerdict verdict = ShiftVerdict::kGoesOn;
+  if (planner_->job.shifted && options_.config.eplb_shift_replan &&
+      heat_during_migration_ && collected_ >= kMinWarmupSteps) {
+    verdict = JudgeShiftPlan();
+    if (verdict == ShiftVerdict::kUnclear &&
+        cycle_step_ <
+            options_.config.algorithm_execution_interval + kShiftHoldSteps) {
+      return;
+    }
+  }
   StatusOr<Plan> plan = std::move(planner_->result);
   planner_->result = InternalError("no plan");
   stats_.max_plan_nanos = std::max(stats_.max_plan_nanos, planner_->plan_nanos);
@@ -522,6 +651,8 @@ void Controller::TakePlan() {
   // seeing the shift only after. A plan made on a shift is never dropped
   // this way (the traffic it met has moved away from what serves), nor is
   // the warm-up's.
+  // A regular plan ends the watch for traffic going back.
+  if (!planner_->job.shifted) went_back_armed_ = false;
   if (options_.config.eplb_shift_replan && heat_during_migration_ &&
       CommittedOnce() && !planner_->job.shifted &&
       collected_ >= kMinWarmupSteps) {
@@ -546,10 +677,31 @@ void Controller::TakePlan() {
     EndCycle();
     return;
   }
+  // A plan made on a shift that was over by the time the plan came due (a
+  // burst of a few steps): the serving placement carries the steps since
+  // its window better than the plan would. Dropped, and the placement that
+  // fits the traffic serves on.
+  if (verdict == ShiftVerdict::kEnded) {
+    ++stats_.shifts_reverted;
+    EndCycle();
+    return;
+  }
+  // A plan made on a shift: watch for the traffic going back to what the
+  // placement before it served (the first such plan's, until a regular plan).
+  if (planner_->job.shifted && !went_back_armed_) {
+    went_back_from_ = current;
+    went_back_armed_ = true;
+  }
+  plan_ = std::move(plan->placement);
+  StartMigration(plan->layers);
+}
+
+void Controller::StartMigration(std::span<const LayerPlan> layers) {
+  const Placement& current = migration_->placement();
   // What each layer should meet once the plan serves: the planned
   // imbalance, or the current one where the layer stays.
   for (int l = 0; l < current.num_layers(); ++l) {
-    const LayerPlan& info = plan->layers[l];
+    const LayerPlan& info = layers[l];
     expected_[l] =
         info.changed ? info.predicted_imbalance : info.current_imbalance;
   }
@@ -558,9 +710,9 @@ void Controller::TakePlan() {
   const int k = t.slots_per_rank;
   receives_.assign(static_cast<size_t>(current.num_layers()) * t.num_ranks, 0);
   for (int l = 0; l < current.num_layers(); ++l) {
-    const LayerPlan& info = plan->layers[l];
+    const LayerPlan& info = layers[l];
     if (std::equal(current.layer(l).begin(), current.layer(l).end(),
-                   plan->placement.layer(l).begin())) {
+                   plan_.layer(l).begin())) {
       ++stats_.layers_kept;
       continue;
     }
@@ -573,7 +725,7 @@ void Controller::TakePlan() {
       const std::span<const int32_t> had = current.layer(l).subspan(
           static_cast<size_t>(r) * k, static_cast<size_t>(k));
       for (int j = 0; j < k; ++j) {
-        const int32_t e = plan->placement.at(l, r, j);
+        const int32_t e = plan_.at(l, r, j);
         if (std::find(had.begin(), had.end(), e) == had.end()) {
           ++receives_[static_cast<size_t>(l) * t.num_ranks + r];
         }
@@ -584,7 +736,7 @@ void Controller::TakePlan() {
   // is in the policy's score (per step under the dispatch in use) when it
   // reports one, else in imbalance on the window's load.
   auto gain = [&](int l) {
-    const LayerPlan& x = plan->layers[l];
+    const LayerPlan& x = layers[l];
     const double score = x.current_score - x.predicted_score;
     return score != 0.0 ? score : x.current_imbalance - x.predicted_imbalance;
   };
@@ -598,10 +750,10 @@ void Controller::TakePlan() {
     std::copy(current.layer(l).begin(), current.layer(l).end(),
               from_.mutable_layer(l).begin());
   }
-  plan_ = std::move(plan->placement);
   next_layer_ = 0;
   committed_this_cycle_ = false;
   phase_ = Phase::kMigrate;
+  cycle_step_ = 0;
 }
 
 std::vector<int> Controller::NextBatch() {

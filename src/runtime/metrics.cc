@@ -112,6 +112,10 @@ std::string RenderPrometheus(const MetricsInput& in) {
            "Plans dropped because the traffic shifted while they were made; "
            "the steps since were planned at once.",
            s.plans_superseded);
+  w.Metric("eplb_shifts_reverted_total", "counter",
+           "Shifts that ended (a burst): the plan made on one dropped when "
+           "due, or the placement before it migrated back to at once.",
+           s.shifts_reverted);
   w.Metric("eplb_plan_hash_mismatches_total", "counter",
            "Cycles skipped because the ranks' plans differed.",
            s.plan_hash_mismatches);

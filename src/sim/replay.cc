@@ -521,6 +521,7 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
         std::max(sum->max_layers_per_step, s.max_layers_per_step);
     sum->plan_hash_mismatches += s.plan_hash_mismatches;
     sum->plans_superseded += s.plans_superseded;
+    sum->shifts_reverted += s.shifts_reverted;
     if (sum->warmup_steps < 0) sum->warmup_steps = s.warmup_steps;
     sum->cycles += s.cycles;
     sum->total_stall_nanos += s.total_stall_nanos;
@@ -906,6 +907,7 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
   result.warmup_steps = cs.warmup_steps;
   result.plan_hash_mismatches = cs.plan_hash_mismatches;
   result.plans_superseded = cs.plans_superseded;
+  result.shifts_reverted = cs.shifts_reverted;
   if (cs.rebalances > 0) {
     result.moved_per_rebalance =
         static_cast<double>(cs.experts_moved) /

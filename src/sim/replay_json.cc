@@ -82,6 +82,7 @@ std::string ReplayResultJson(const ReplayResult& r, const ReplayOptions& o,
                       {"processes", r.processes},
                       {"plan_hash_mismatches", r.plan_hash_mismatches},
                       {"plans_superseded", r.plans_superseded},
+                      {"shifts_reverted", r.shifts_reverted},
                       {"outputs_verified", r.outputs_verified},
                       {"outputs_mismatched",
                        o.verify_outputs ? nlohmann::json(r.outputs_mismatched)

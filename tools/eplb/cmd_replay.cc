@@ -414,6 +414,8 @@ int RunReplayCommand(const ReplayFlags& f) {
                   .c_str());
   std::printf("%-28s %14s %14lld\n", "plans dropped for a shift", "-",
               static_cast<long long>(r->plans_superseded));
+  std::printf("%-28s %14s %14lld\n", "shifts reverted", "-",
+              static_cast<long long>(r->shifts_reverted));
   std::printf("%-28s %14s %11.2f ms\n", "slowest plan", "-", r->max_plan_ms);
   std::printf("%-28s %14s %14lld\n", "experts moved", "0",
               static_cast<long long>(r->experts_moved));

@@ -166,6 +166,9 @@ struct ReplayResult {
   int64_t plan_hash_mismatches = 0;
   // Plans dropped because the traffic shifted while they were made.
   int64_t plans_superseded = 0;
+  // Shifts that ended (a burst): their plan dropped when due, or the
+  // placement before them migrated back to.
+  int64_t shifts_reverted = 0;
   // verify_outputs: tokens whose expert output was checked, and those that
   // differed from the original weights' output (over every rank).
   int64_t outputs_verified = 0;
