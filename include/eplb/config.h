@@ -61,7 +61,7 @@ struct EplbConfig {
   // A shift that ends (a burst) is undone: a plan made on it is dropped when
   // due if the serving placement fits the steps since better, and once one
   // serves, the placement before it returns when it fits the newest steps
-  // better.
+  // better; shift re-plans then rest for 4 heat intervals (bursty traffic).
   bool eplb_shift_replan = true;
   // The next heat window starts as soon as the last one is handed to the
   // planner and runs on while its plan is computed and migrated (the heat of

@@ -43,7 +43,8 @@
 // 2 steps) while neither is clearly better or the newest step alone favours
 // the serving placement; once such a plan serves, the layers migrate back
 // to the kept placement, with no plan, when it would carry the newest 3
-// steps better (CarriesBetter).
+// steps better (CarriesBetter). After either, shift re-plans rest for 4
+// heat intervals: bursty traffic's next burst would be chased as well.
 //
 // Threads: the serving thread calls BeforeForward / AfterForward and the
 // recorder; it never waits on the planner (a lock-free handshake: an atomic
@@ -330,6 +331,8 @@ class Controller {
   // went_back_armed_.
   Placement went_back_from_;
   bool went_back_armed_ = false;
+  // No shift re-plan before this step (after a shift that ended).
+  int64_t quiet_until_ = 0;
   // CarriesBetter's scratch: [E] logical tokens, [E] replica counts of
   // each placement, [R] rank loads under `b` (rank_heat_ holds `a`'s).
   std::vector<double> went_back_tokens_;

@@ -37,6 +37,9 @@ constexpr double kWentBackGain = 0.02;
 // waits at most 2 steps when they favour neither it nor what serves.
 constexpr int kShiftJudgeSteps = 2;
 constexpr int64_t kShiftHoldSteps = 2;
+// After a shift that ended, shift re-plans rest for this many heat
+// intervals: bursty traffic, whose next burst would be chased as well.
+constexpr int64_t kQuietIntervals = 4;
 
 }  // namespace
 
@@ -308,7 +311,8 @@ void Controller::Advance(int64_t num_tokens, double step_seconds) {
     case Phase::kCollect:
       if (collected_ >= h) {
         EndCollect(/*shifted=*/false);
-      } else if ((CommittedOnce() ? options_.config.eplb_shift_replan
+      } else if ((CommittedOnce() ? options_.config.eplb_shift_replan &&
+                                        step_ >= quiet_until_
                                   : options_.config.eplb_fast_warmup) &&
                  collected_ >= kMinWarmupSteps) {
         // The planner sees a short window; the plan is due A steps later
@@ -476,6 +480,9 @@ bool Controller::EndCollectIfClear() {
       // once, with no plan to wait for. The collection runs on.
       ++stats_.shifts_reverted;
       went_back_armed_ = false;
+      quiet_until_ =
+          step_ +
+          kQuietIntervals * options_.config.expert_heat_collection_interval;
       plan_ = went_back_from_;
       StartMigration(went_back_layers_);
       return true;
@@ -654,7 +661,7 @@ void Controller::TakePlan() {
   // A regular plan ends the watch for traffic going back.
   if (!planner_->job.shifted) went_back_armed_ = false;
   if (options_.config.eplb_shift_replan && heat_during_migration_ &&
-      CommittedOnce() && !planner_->job.shifted &&
+      CommittedOnce() && !planner_->job.shifted && step_ >= quiet_until_ &&
       collected_ >= kMinWarmupSteps) {
     if (EndCollectIfClear()) {
       // Counted, not logged: a routine step of the cycle, as a shift cut is.
@@ -683,6 +690,8 @@ void Controller::TakePlan() {
   // fits the traffic serves on.
   if (verdict == ShiftVerdict::kEnded) {
     ++stats_.shifts_reverted;
+    quiet_until_ = step_ + kQuietIntervals *
+                               options_.config.expert_heat_collection_interval;
     EndCycle();
     return;
   }

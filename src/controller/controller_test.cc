@@ -465,6 +465,24 @@ TEST(ControllerTest, APlanMadeOnAShiftThatEndedBeforeItWasDueIsDropped) {
   EXPECT_TRUE(t.seen[2].shifted);
 }
 
+TEST(ControllerTest, AfterAShiftThatEndedTheNextShiftWaitsForTheCycle) {
+  // The burst of steps 17-18 ends and its plan is dropped at step 20. When
+  // expert 9 turns hot again at step 21 the traffic is bursty, and shift
+  // re-plans rest for 4 heat intervals: the collection runs its whole 8
+  // steps (19-26) and is handed over as a regular window.
+  AfterTheFirstPlan t;
+  Rig& rig = t.rig;
+  for (int i = 0; i < 2; ++i) rig.Step(true, /*hot=*/9);
+  for (int i = 0; i < 2; ++i) rig.Step();
+  ASSERT_EQ(rig.controller->stats().shifts_reverted, 1);
+  // Its plan is taken A = 2 steps later (lockstep: once it is made).
+  for (int i = 0; i < 6 + 2; ++i) rig.Step(true, /*hot=*/9);
+  rig.controller->Shutdown();  // `seen` is the planner's until it stops.
+  ASSERT_EQ(t.seen.size(), 4u);
+  EXPECT_FALSE(t.seen[3].shifted);
+  EXPECT_EQ(t.seen[3].window_steps, 8);
+}
+
 TEST(ControllerTest, APlanMadeOnAShiftWaitsWhileTheNewestStepsAreUnclear) {
   // Expert 9 is hot through step 19: when the plan made on it comes due
   // (step 20), its newest 2 steps are one of each traffic and the newest
