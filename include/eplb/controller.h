@@ -43,7 +43,7 @@
 // 2 steps) while neither is clearly better or the newest step alone favours
 // the serving placement; once such a plan serves, the layers migrate back
 // to the kept placement, with no plan, when it would carry the newest 3
-// steps better (CarriesBetter). After either, shift re-plans rest for 4
+// steps better (CompareCarried). After either, shift re-plans rest for 4
 // heat intervals: bursty traffic's next burst would be chased as well.
 //
 // Threads: the serving thread calls BeforeForward / AfterForward and the
@@ -243,8 +243,8 @@ class Controller {
   // load) (the largest of R Poisson counts exceeds their mean by about that
   // much): in the whole window, or (after the warm-up) in its newest steps
   // alone, each of them carrying at least half their mean heat.
-  // After a plan made on a shift, also whether the traffic went back
-  // (WentBack).
+  // After a plan made on a shift, also whether the traffic went back: the
+  // placement kept from before it carries the newest steps better.
   enum class Seen { kNothing, kInWindow, kInNewestSteps, kWentBack };
   Seen HeatShowsImbalance();
   // The test on one sum of heat ([L][R*K], summed over the ranks).
@@ -256,12 +256,25 @@ class Controller {
   enum class ShiftVerdict { kGoesOn, kEnded, kUnclear };
   ShiftVerdict JudgeShiftPlan();
   // Whether placement `a` would carry `heat` ([L][R*K], collected under
-  // the serving placement) better than placement `b`: a lower max / mean
-  // rank load in 3 of 4 layers with heat, and by at least kWentBackGain on
-  // average, each expert's tokens split evenly over its replicas in both.
-  // Both see the same tokens, so most of their sampling noise cancels.
-  bool CarriesBetter(std::span<const int64_t> heat, const Placement& a,
-                     const Placement& b);
+  // the serving placement) better than placement `b`, and whether `b`
+  // would carry it better than `a`: a lower max / mean rank load in 3 of 4
+  // layers with heat, and by at least kWentBackGain on average, each
+  // expert's tokens split evenly over its replicas in both. Both see the
+  // same tokens, so most of their sampling noise cancels. Neither, when
+  // the heat does not tell them apart.
+  struct Carried {
+    bool a_better = false;
+    bool b_better = false;
+  };
+  Carried CompareCarried(std::span<const int64_t> heat, const Placement& a,
+                         const Placement& b);
+  // A shift ended (a plan made on it dropped, or the placement before it
+  // migrated back to): counted, and shift re-plans rest for a while.
+  void OnShiftEnded();
+  // Shift re-plans are on and not resting after a shift that ended.
+  bool ShiftReplansOn() const {
+    return options_.config.eplb_shift_replan && step_ >= quiet_until_;
+  }
   // Whether a plan was ever fully committed (the warm-up is over).
   bool CommittedOnce() const { return stats_.warmup_steps >= 0; }
   // Hands the collected window to the planner; `shifted`: a shift cut it
@@ -327,19 +340,19 @@ class Controller {
   std::vector<int64_t> heat_window_;
   std::vector<double> rank_heat_;  // [R]: its rank loads.
   // The placement served when the first plan made on a shift since the
-  // last regular plan was taken; WentBack compares against it while
-  // went_back_armed_.
+  // last regular plan was taken; the test for traffic going back compares
+  // against it while went_back_armed_.
   Placement went_back_from_;
   bool went_back_armed_ = false;
   // No shift re-plan before this step (after a shift that ended).
   int64_t quiet_until_ = 0;
-  // CarriesBetter's scratch: [E] logical tokens, [E] replica counts of
+  // CompareCarried's scratch: [E] logical tokens, [E] replica counts of
   // each placement, [R] rank loads under `b` (rank_heat_ holds `a`'s).
   std::vector<double> went_back_tokens_;
   std::vector<int> replicas_a_;
   std::vector<int> replicas_b_;
   std::vector<double> rank_heat_b_;
-  // [L]: what CarriesBetter found of each layer (`b` as the current, `a`
+  // [L]: what CompareCarried found of each layer (`b` as the current, `a`
   // as the plan): the migration back's predictions and order.
   std::vector<LayerPlan> went_back_layers_;
   double step_seconds_ = 0.0;     // The last step's duration.

@@ -311,8 +311,7 @@ void Controller::Advance(int64_t num_tokens, double step_seconds) {
     case Phase::kCollect:
       if (collected_ >= h) {
         EndCollect(/*shifted=*/false);
-      } else if ((CommittedOnce() ? options_.config.eplb_shift_replan &&
-                                        step_ >= quiet_until_
+      } else if ((CommittedOnce() ? ShiftReplansOn()
                                   : options_.config.eplb_fast_warmup) &&
                  collected_ >= kMinWarmupSteps) {
         // The planner sees a short window; the plan is due A steps later
@@ -370,8 +369,9 @@ Controller::Seen Controller::HeatShowsImbalance() {
     if (2 * kShiftNewestSteps * total < sum) return Seen::kNothing;
   }
   if (ShowsImbalance(newest)) return Seen::kInNewestSteps;
-  return went_back_armed_ &&
-                 CarriesBetter(newest, went_back_from_, migration_->placement())
+  return went_back_armed_ && CompareCarried(newest, went_back_from_,
+                                            migration_->placement())
+                                 .a_better
              ? Seen::kWentBack
              : Seen::kNothing;
 }
@@ -398,10 +398,11 @@ Controller::ShiftVerdict Controller::JudgeShiftPlan() {
     const Placement& serving = migration_->placement();
     // The newest step alone must not favour what serves either: a burst's
     // last step can outweigh the steps after it.
-    if (CarriesBetter(newest, serving, ready->placement)) {
+    const Carried steps = CompareCarried(newest, serving, ready->placement);
+    if (steps.a_better) {
       votes[0] = 1;
-    } else if (!CarriesBetter(newest, ready->placement, serving) ||
-               CarriesBetter(last, serving, ready->placement)) {
+    } else if (!steps.b_better ||
+               CompareCarried(last, serving, ready->placement).a_better) {
       votes[1] = 1;
     }
   }
@@ -413,15 +414,17 @@ Controller::ShiftVerdict Controller::JudgeShiftPlan() {
   return ShiftVerdict::kGoesOn;
 }
 
-bool Controller::CarriesBetter(std::span<const int64_t> heat,
-                               const Placement& a, const Placement& b) {
+Controller::Carried Controller::CompareCarried(std::span<const int64_t> heat,
+                                               const Placement& a,
+                                               const Placement& b) {
   const Topology& t = options_.topology;
   const int k = t.slots_per_rank;
   const int slots = t.num_slots();
   const Placement& now = migration_->placement();
   int loaded = 0;
-  int better = 0;
-  double gain = 0.0;
+  int a_lower = 0;
+  int b_lower = 0;
+  double gain = 0.0;  // Of `a` over `b`.
   for (int l = 0; l < options_.num_layers; ++l) {
     const std::span<const int32_t> serving = now.layer(l);
     const std::span<const int32_t> pa = a.layer(l);
@@ -457,11 +460,20 @@ bool Controller::CarriesBetter(std::span<const int64_t> heat,
     info.changed = !std::equal(pa.begin(), pa.end(), pb.begin());
     info.predicted_imbalance = peak_a / mean;
     info.current_imbalance = peak_b / mean;
-    if (peak_a < peak_b) ++better;
+    if (peak_a < peak_b) ++a_lower;
+    if (peak_b < peak_a) ++b_lower;
     gain += (peak_b - peak_a) / mean;
   }
-  return loaded > 0 && 4 * better >= 3 * loaded &&
-         gain >= kWentBackGain * loaded;
+  return Carried{.a_better = loaded > 0 && 4 * a_lower >= 3 * loaded &&
+                             gain >= kWentBackGain * loaded,
+                 .b_better = loaded > 0 && 4 * b_lower >= 3 * loaded &&
+                             -gain >= kWentBackGain * loaded};
+}
+
+void Controller::OnShiftEnded() {
+  ++stats_.shifts_reverted;
+  quiet_until_ =
+      step_ + kQuietIntervals * options_.config.expert_heat_collection_interval;
 }
 
 bool Controller::EndCollectIfClear() {
@@ -478,11 +490,8 @@ bool Controller::EndCollectIfClear() {
       // What the shift's plans left behind fits traffic that has gone, and
       // the placement before them fits what came back: it migrates back at
       // once, with no plan to wait for. The collection runs on.
-      ++stats_.shifts_reverted;
+      OnShiftEnded();
       went_back_armed_ = false;
-      quiet_until_ =
-          step_ +
-          kQuietIntervals * options_.config.expert_heat_collection_interval;
       plan_ = went_back_from_;
       StartMigration(went_back_layers_);
       return true;
@@ -650,6 +659,8 @@ void Controller::TakePlan() {
     EndCycle();
     return;
   }
+  // A regular plan ends the watch for traffic going back.
+  if (!planner_->job.shifted) went_back_armed_ = false;
   // A shift while the plan was made: its window ended before the traffic
   // moved, so it fits traffic that has gone. The steps collected since the
   // window was handed over (heat during migration) are judged as a
@@ -658,11 +669,8 @@ void Controller::TakePlan() {
   // seeing the shift only after. A plan made on a shift is never dropped
   // this way (the traffic it met has moved away from what serves), nor is
   // the warm-up's.
-  // A regular plan ends the watch for traffic going back.
-  if (!planner_->job.shifted) went_back_armed_ = false;
-  if (options_.config.eplb_shift_replan && heat_during_migration_ &&
-      CommittedOnce() && !planner_->job.shifted && step_ >= quiet_until_ &&
-      collected_ >= kMinWarmupSteps) {
+  if (ShiftReplansOn() && heat_during_migration_ && CommittedOnce() &&
+      !planner_->job.shifted && collected_ >= kMinWarmupSteps) {
     if (EndCollectIfClear()) {
       // Counted, not logged: a routine step of the cycle, as a shift cut is.
       ++stats_.plans_superseded;
@@ -685,13 +693,11 @@ void Controller::TakePlan() {
     return;
   }
   // A plan made on a shift that was over by the time the plan came due (a
-  // burst of a few steps): the serving placement carries the steps since
-  // its window better than the plan would. Dropped, and the placement that
-  // fits the traffic serves on.
+  // burst of a few steps): the serving placement carries the newest steps
+  // better than the plan would. Dropped, and the placement that fits the
+  // traffic serves on.
   if (verdict == ShiftVerdict::kEnded) {
-    ++stats_.shifts_reverted;
-    quiet_until_ = step_ + kQuietIntervals *
-                               options_.config.expert_heat_collection_interval;
+    OnShiftEnded();
     EndCycle();
     return;
   }

@@ -390,6 +390,26 @@ TEST(ControllerTest, AShiftCutsTheCollectionShort) {
   EXPECT_EQ(rig.commits[kLayers].first, cycle_start + 2 + 2 + 1);
 }
 
+// H = 8, A = 2, shift re-plans, heat during migration, the planner's
+// windows in `seen`: after 16 steps the first plan (expert 0 hot) has
+// committed, and the next window is being collected.
+struct AfterTheFirstPlan {
+  AfterTheFirstPlan()
+      : rig(ShiftReplans(), std::make_unique<WindowSpy>(&seen), false,
+            Placement(), /*lockstep=*/true) {
+    for (int i = 0; i < 16; ++i) rig.Step();
+    fits_expert_0 = rig.controller->placement();
+  }
+  static EplbConfig ShiftReplans() {
+    EplbConfig c = Dynamic(8, 2);
+    c.eplb_shift_replan = true;
+    return c;
+  }
+  std::vector<WindowSpy::Seen> seen;
+  Rig rig;
+  Placement fits_expert_0;
+};
+
 TEST(ControllerTest, APlanWhoseTrafficShiftedWhileItWasMadeIsDropped) {
   // H = 8, A = 2, heat during migration: the first plan (expert 0 hot)
   // commits at steps 11-13 while the second window (steps 9-16) collects
@@ -397,12 +417,9 @@ TEST(ControllerTest, APlanWhoseTrafficShiftedWhileItWasMadeIsDropped) {
   // step 17, so when the second plan comes due (step 18) the 2 steps since
   // show the shift: that plan is dropped and those 2 steps are handed over
   // at once, marked shifted; their plan is taken A steps later and commits.
-  EplbConfig c = Dynamic(8, 2);
-  c.eplb_shift_replan = true;
-  std::vector<WindowSpy::Seen> seen;
-  Rig rig(c, std::make_unique<WindowSpy>(&seen), false, Placement(),
-          /*lockstep=*/true);
-  for (int i = 0; i < 16; ++i) rig.Step();
+  AfterTheFirstPlan t;
+  Rig& rig = t.rig;
+  const std::vector<WindowSpy::Seen>& seen = t.seen;
   ASSERT_EQ(static_cast<int>(rig.commits.size()), kLayers);
   for (int i = 0; i < 2; ++i) rig.Step(true, /*hot=*/9);
   EXPECT_EQ(rig.controller->stats().plans_superseded, 1);
@@ -424,26 +441,6 @@ TEST(ControllerTest, APlanWhoseTrafficShiftedWhileItWasMadeIsDropped) {
   ASSERT_GT(rig.commits.size(), static_cast<size_t>(kLayers));
   EXPECT_EQ(rig.commits[kLayers].first, 18 + 2 + 1);
 }
-
-// H = 8, A = 2, shift re-plans, heat during migration, the planner's
-// windows in `seen`: after 16 steps the first plan (expert 0 hot) has
-// committed, and the next window is being collected.
-struct AfterTheFirstPlan {
-  AfterTheFirstPlan()
-      : rig(ShiftReplans(), std::make_unique<WindowSpy>(&seen), false,
-            Placement(), /*lockstep=*/true) {
-    for (int i = 0; i < 16; ++i) rig.Step();
-    fits_expert_0 = rig.controller->placement();
-  }
-  static EplbConfig ShiftReplans() {
-    EplbConfig c = Dynamic(8, 2);
-    c.eplb_shift_replan = true;
-    return c;
-  }
-  std::vector<WindowSpy::Seen> seen;
-  Rig rig;
-  Placement fits_expert_0;
-};
 
 TEST(ControllerTest, APlanMadeOnAShiftThatEndedBeforeItWasDueIsDropped) {
   // As above, but expert 9 is hot for steps 17-18 only (a burst): the plan
