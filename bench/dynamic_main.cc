@@ -568,6 +568,12 @@ int Run(const Options& opt) {
           note.append(" plans failed");
           notes.push_back(std::move(note));
         }
+        if (r->layers_aborted > 0) {
+          notes.push_back(c.name + " " + dname + " " + name + ": " +
+                          std::to_string(r->layers_aborted) +
+                          " layer migrations aborted or refused (the log "
+                          "on stderr says why)");
+        }
         rows.push_back(row);
         // The replay's own no-balancing figures, checked against ours.
         Row& none_row = rows[none_index];

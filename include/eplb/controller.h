@@ -155,6 +155,8 @@ struct ControllerStats {
   // migrated back to when it carries the newest steps better.
   int64_t shifts_reverted = 0;
   int64_t layers_committed = 0;
+  // Layers whose migration was aborted, or refused when it was to start:
+  // each kept the placement it had.
   int64_t layers_aborted = 0;
   int64_t experts_moved = 0;
   int64_t bytes_moved = 0;   // Real expert sizes.
@@ -271,6 +273,12 @@ class Controller {
   // A shift ended (a plan made on it dropped, or the placement before it
   // migrated back to): counted, and shift re-plans rest for a while.
   void OnShiftEnded();
+  // The traffic went back: the layers migrate back to went_back_from_.
+  void MigrateBack();
+  // While a plan made on a shift migrates: went_back_from_ carries the
+  // newest steps better than that plan (the shift ended). The same on every
+  // rank.
+  bool ShiftPlanOutlived();
   // Shift re-plans are on and not resting after a shift that ended.
   bool ShiftReplansOn() const {
     return options_.config.eplb_shift_replan && step_ >= quiet_until_;
@@ -355,6 +363,10 @@ class Controller {
   // [L]: what CompareCarried found of each layer (`b` as the current, `a`
   // as the plan): the migration back's predictions and order.
   std::vector<LayerPlan> went_back_layers_;
+  std::vector<int32_t> keep_slots_scratch_;
+  int64_t layers_not_started_ = 0;  // Migrations refused at their start.
+  bool migrating_shift_plan_ =
+      false;  // The migration is a shift plan's.  // [3K]: KeepSlots' scratch.
   double step_seconds_ = 0.0;     // The last step's duration.
   int64_t last_step_nanos_ = -1;  // Clock at the last AfterForward.
 };

@@ -200,6 +200,11 @@ Status ViolationsToStatus(const std::vector<Violation>& violations);
 void KeepSlots(std::span<const int32_t> current_layer,
                std::span<int32_t> plan_layer, int num_ranks,
                int slots_per_rank);
+// The same with the caller's scratch, at least 3 * slots_per_rank entries:
+// never allocates (for the serving thread).
+void KeepSlots(std::span<const int32_t> current_layer,
+               std::span<int32_t> plan_layer, int num_ranks, int slots_per_rank,
+               std::span<int32_t> scratch);
 
 // Replica count of the most replicated expert of any layer.
 int MaxReplicaCount(const Placement& placement);

@@ -199,6 +199,7 @@ StatusOr<std::unique_ptr<Controller>> Controller::Create(ControllerOptions o) {
   c->replicas_b_.assign(o.num_experts, 0);
   c->rank_heat_b_.assign(t.num_ranks, 0.0);
   c->went_back_layers_.assign(o.num_layers, LayerPlan{});
+  c->keep_slots_scratch_.assign(3 * static_cast<size_t>(t.slots_per_rank), 0);
   if (o.config.mode() == EplbMode::kRecording &&
       o.config.eplb_record_heat_path.has_value()) {
     c->run_heat_ = LoadMatrix(o.num_layers, o.num_experts);
@@ -249,7 +250,7 @@ void Controller::PublishStats() {
   ControllerStats s = stats_;
   const MigrationStats& m = migration_->stats();
   s.layers_committed = m.layers_committed;
-  s.layers_aborted = m.layers_aborted;
+  s.layers_aborted = m.layers_aborted + layers_not_started_;
   s.experts_moved = m.experts_moved;
   s.bytes_moved = m.bytes_moved;
   const auto words = std::bit_cast<std::array<uint64_t, kStatsWords>>(s);
@@ -361,19 +362,27 @@ Controller::Seen Controller::HeatShowsImbalance() {
   if (counted < kMinWarmupSteps * options_.collective->size()) {
     return Seen::kNothing;
   }
-  if (ShowsImbalance(window)) return Seen::kInWindow;
-  if (!judge_newest) return Seen::kNothing;
-  int64_t sum = 0;
-  for (int64_t total : totals) sum += total;
-  for (int64_t total : totals) {
-    if (2 * kShiftNewestSteps * total < sum) return Seen::kNothing;
+  // The newest steps count when each holds at least half its share.
+  bool newest_count = judge_newest;
+  if (judge_newest) {
+    int64_t sum = 0;
+    for (int64_t total : totals) sum += total;
+    for (int64_t total : totals) {
+      if (2 * kShiftNewestSteps * total < sum) newest_count = false;
+    }
   }
-  if (ShowsImbalance(newest)) return Seen::kInNewestSteps;
-  return went_back_armed_ && CompareCarried(newest, went_back_from_,
-                                            migration_->placement())
-                                 .a_better
-             ? Seen::kWentBack
-             : Seen::kNothing;
+  // Traffic gone back to what the placement before a shift served is met
+  // by that placement at once; a window that mixes it with the shift would
+  // also show imbalance, but a plan made on it would come later and fit
+  // less.
+  if (newest_count && went_back_armed_ &&
+      CompareCarried(newest, went_back_from_, migration_->placement())
+          .a_better) {
+    return Seen::kWentBack;
+  }
+  if (ShowsImbalance(window)) return Seen::kInWindow;
+  if (newest_count && ShowsImbalance(newest)) return Seen::kInNewestSteps;
+  return Seen::kNothing;
 }
 
 Controller::ShiftVerdict Controller::JudgeShiftPlan() {
@@ -490,13 +499,43 @@ bool Controller::EndCollectIfClear() {
       // What the shift's plans left behind fits traffic that has gone, and
       // the placement before them fits what came back: it migrates back at
       // once, with no plan to wait for. The collection runs on.
-      OnShiftEnded();
-      went_back_armed_ = false;
-      plan_ = went_back_from_;
-      StartMigration(went_back_layers_);
+      MigrateBack();
       return true;
   }
   return false;
+}
+
+bool Controller::ShiftPlanOutlived() {
+  const size_t cells =
+      static_cast<size_t>(options_.num_layers) * options_.topology.num_slots();
+  const std::span<int64_t> buffer = std::span(heat_window_).first(cells + 1);
+  const std::span<int64_t> newest = buffer.first(cells);
+  int64_t& counted = buffer[cells];
+  counted = recorder_->CopyNewest(kShiftJudgeSteps, newest);
+  if (!options_.collective->AllReduceSum(buffer).ok()) return false;
+  return counted >= kShiftJudgeSteps * options_.collective->size() &&
+         CompareCarried(newest, went_back_from_, plan_).a_better;
+}
+
+void Controller::MigrateBack() {
+  OnShiftEnded();
+  went_back_armed_ = false;
+  migrating_shift_plan_ = false;
+  // Each rank gets back the experts it held, but an expert it holds now
+  // stays in the slot it is in: a migration moves experts between ranks,
+  // never within one, and a second plan made on the shift may have put an
+  // expert back on its rank in another slot.
+  const Placement& serving = migration_->placement();
+  const Topology& t = options_.topology;
+  plan_ = went_back_from_;
+  for (int l = 0; l < options_.num_layers; ++l) {
+    KeepSlots(serving.layer(l), plan_.mutable_layer(l), t.num_ranks,
+              t.slots_per_rank, keep_slots_scratch_);
+    went_back_layers_[l].changed =
+        !std::equal(serving.layer(l).begin(), serving.layer(l).end(),
+                    plan_.layer(l).begin());
+  }
+  StartMigration(went_back_layers_);
 }
 
 bool Controller::ShowsImbalance(std::span<const int64_t> heat) {
@@ -709,6 +748,8 @@ void Controller::TakePlan() {
   }
   plan_ = std::move(plan->placement);
   StartMigration(plan->layers);
+  migrating_shift_plan_ =
+      planner_->job.shifted && went_back_armed_ && heat_during_migration_;
 }
 
 void Controller::StartMigration(std::span<const LayerPlan> layers) {
@@ -837,6 +878,7 @@ void Controller::MigrateStep(bool before) {
     for (int layer : layers_) {
       Status s = migration_->Start(layer, plan_.layer(layer));
       if (!s.ok()) {
+        ++layers_not_started_;
         Log("layer " + std::to_string(layer) +
             " not migrated: " + s.ToString());
         continue;
@@ -850,11 +892,19 @@ void Controller::MigrateStep(bool before) {
     return;
   }
   if (before) {
+    // A plan made on a shift that ended while it migrates: it stops, and
+    // the layers migrate back to the placement before the shift.
+    if (migration_->in_flight_layer() < 0 && next_layer_ > 0 &&
+        next_layer_ < layers_.size() && migrating_shift_plan_ &&
+        ShiftPlanOutlived()) {
+      MigrateBack();
+    }
     // Start the next batch unless one is still in flight.
     if (migration_->in_flight_layer() < 0 && next_layer_ < layers_.size()) {
       const std::vector<int> batch = NextBatch();
       Status s = migration_->StartLayers(batch, plan_);
       if (!s.ok()) {
+        layers_not_started_ += static_cast<int64_t>(batch.size());
         Log("layers " + std::to_string(batch.front()) +
             (batch.size() > 1
                  ? " and " + std::to_string(batch.size() - 1) + " more"
@@ -955,6 +1005,7 @@ void Controller::EndCycle() {
   phase_ = Phase::kCollect;
   cycle_step_ = 0;
   layers_.clear();
+  migrating_shift_plan_ = false;
 }
 
 }  // namespace eplb

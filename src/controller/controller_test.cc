@@ -499,6 +499,33 @@ TEST(ControllerTest, APlanMadeOnAShiftWaitsWhileTheNewestStepsAreUnclear) {
   EXPECT_EQ(rig.controller->placement().data(), t.fits_expert_0.data());
 }
 
+TEST(ControllerTest, APlanMadeOnAShiftThatEndsWhileItMigratesStops) {
+  // Expert 9 is hot for steps 17-20: the plan made on it is taken at step
+  // 20 and commits one layer a step from step 21, but from step 21 the
+  // traffic is expert 0's again. Before step 23's layer, the newest 2 steps
+  // (21-22) are carried better by the placement before the shift: the plan
+  // stops there, and the 2 layers it committed migrate back (steps 23-24).
+  AfterTheFirstPlan t;
+  Rig& rig = t.rig;
+  for (int i = 0; i < 4; ++i) rig.Step(true, /*hot=*/9);
+  ASSERT_EQ(rig.controller->stats().plans_superseded, 1);
+  const size_t plans = t.seen.size();
+  for (int i = 0; i < 2; ++i) rig.Step();
+  ASSERT_EQ(static_cast<int>(rig.commits.size()), kLayers + 2);
+  EXPECT_EQ(rig.controller->stats().shifts_reverted, 0);
+  for (int i = 0; i < 2 + kLayers; ++i) rig.Step();
+  EXPECT_EQ(rig.controller->stats().shifts_reverted, 1);
+  ASSERT_EQ(static_cast<int>(rig.commits.size()), kLayers + 4);
+  const std::vector<std::pair<int64_t, int>> commits(
+      rig.commits.begin() + kLayers, rig.commits.end());
+  EXPECT_EQ(commits[0].first, 21);
+  EXPECT_EQ(commits[1].first, 22);
+  EXPECT_EQ(commits[2].first, 23);
+  EXPECT_EQ(commits[3].first, 24);
+  EXPECT_EQ(rig.controller->placement().data(), t.fits_expert_0.data());
+  EXPECT_EQ(t.seen.size(), plans);  // Nothing planned for going back.
+}
+
 TEST(ControllerTest, TrafficGoingBackAfterAShiftMigratesBackAtOnce) {
   // Expert 9 stays hot through step 21, so the plan made on the shift
   // commits at steps 21-23 (the placement before it is kept). From step 22
@@ -522,6 +549,105 @@ TEST(ControllerTest, TrafficGoingBackAfterAShiftMigratesBackAtOnce) {
   EXPECT_EQ(rig.commits[2 * kLayers].first, 25);
   EXPECT_EQ(rig.controller->placement().data(), t.fits_expert_0.data());
   EXPECT_EQ(t.seen.size(), plans);
+}
+
+// Every layer the same [R][K] table.
+Placement EveryLayer(const std::vector<int32_t>& table) {
+  Placement p(kLayers, kRanks, kSlots, kExperts);
+  for (int l = 0; l < kLayers; ++l) {
+    std::copy(table.begin(), table.end(), p.mutable_layer(l).begin());
+  }
+  return p;
+}
+
+// Returns the given placements in turn, then what serves, each layer
+// reported as expected to meet `imbalance[i]`; records whether each window
+// was marked shifted.
+class ScriptedPolicy final : public Policy {
+ public:
+  ScriptedPolicy(std::vector<Placement> plans, std::vector<double> imbalance,
+                 std::vector<bool>* shifted)
+      : plans_(std::move(plans)),
+        imbalance_(std::move(imbalance)),
+        shifted_(shifted) {}
+  std::string_view name() const override { return "scripted"; }
+  StatusOr<Plan> Rebalance(const PolicyInput& in,
+                           const PolicyOptions&) override {
+    const size_t i = shifted_->size();
+    shifted_->push_back(in.window_shifted);
+    const Placement& cur = *in.current;
+    Plan p{i < plans_.size() ? plans_[i] : cur,
+           std::vector<LayerPlan>(cur.num_layers()),
+           {}};
+    for (int l = 0; l < cur.num_layers(); ++l) {
+      LayerPlan& info = p.layers[l];
+      info.changed = !std::equal(cur.layer(l).begin(), cur.layer(l).end(),
+                                 p.placement.layer(l).begin());
+      info.choice =
+          info.changed ? LayerChoice::kIncremental : LayerChoice::kKept;
+      info.predicted_imbalance = i < imbalance_.size() ? imbalance_[i] : 4.0;
+      info.current_imbalance = 4.0;
+    }
+    return p;
+  }
+
+ private:
+  std::vector<Placement> plans_;
+  std::vector<double> imbalance_;
+  std::vector<bool>* shifted_;
+};
+
+TEST(ControllerTest, AMigrationBackKeepsEachExpertInTheSlotItServesFrom) {
+  // Expert 0 hot (Rig::Step: 400 tokens, experts 1 and 2 100, the rest 10):
+  // the first plan serves `before` (max / mean 230 / 182.5). Expert 9 turns
+  // hot and two plans are made on the shift: the first takes expert 1 off
+  // rank 0 (swapped with expert 6 of rank 1), the second puts it back on
+  // rank 0 in slot 0, where expert 0 served. When expert 0's traffic
+  // returns, `before` carries it far better (263 / 182.5 for the second
+  // plan) and the layers migrate back at once. Expert 1 stays in slot 0 of
+  // rank 0 (a migration never moves an expert within a rank), expert 0
+  // comes back in slot 1, and every rank again holds what it held.
+  const Placement initial = EveryLayer(
+      {0, 1, 3, 4, 5, 0, 6, 7, 8, 12, 0, 2, 10, 11, 9, 0, 13, 14, 15, 1});
+  const Placement before = EveryLayer(
+      {0, 1, 3, 4, 5, 0, 6, 7, 8, 9, 0, 2, 10, 11, 12, 0, 13, 14, 15, 1});
+  const Placement first = EveryLayer(
+      {0, 6, 3, 4, 5, 0, 1, 7, 8, 9, 0, 2, 10, 11, 12, 0, 13, 14, 15, 1});
+  const Placement second = EveryLayer(
+      {1, 6, 3, 4, 5, 0, 1, 7, 8, 9, 0, 2, 10, 11, 12, 0, 13, 14, 15, 1});
+  const Placement back = EveryLayer(
+      {1, 0, 3, 4, 5, 0, 6, 7, 8, 9, 0, 2, 10, 11, 12, 0, 13, 14, 15, 1});
+  EplbConfig c = Dynamic(8, 2);
+  c.eplb_shift_replan = true;
+  c.eplb_heat_during_migration = false;  // Plans made on a shift are taken.
+  std::vector<bool> shifted;
+  // The first plan made on the shift is expected to balance it, so that the
+  // heat shows the shift again; the second to meet what it does.
+  Rig rig(c,
+          std::make_unique<ScriptedPolicy>(
+              std::vector<Placement>{before, first, second},
+              std::vector<double>{1.3, 1.0, 4.0}, &shifted),
+          false, initial, /*lockstep=*/true);
+  for (int i = 0; i < 8 + 2 + kLayers; ++i) rig.Step();
+  ASSERT_EQ(rig.controller->placement().data(), before.data());
+  int steps = 0;
+  while (rig.controller->placement().data() != second.data() && steps < 32) {
+    rig.Step(true, /*hot=*/9);
+    ++steps;
+  }
+  ASSERT_EQ(rig.controller->placement().data(), second.data());
+  ASSERT_EQ(shifted, (std::vector<bool>{false, true, true}));
+  steps = 0;
+  while (rig.controller->stats().shifts_reverted == 0 && steps < 8) {
+    rig.Step();
+    ++steps;
+  }
+  ASSERT_EQ(rig.controller->stats().shifts_reverted, 1);
+  for (int i = 0; i < kLayers; ++i) rig.Step();
+  for (const std::string& line : rig.logs) ADD_FAILURE() << line;
+  EXPECT_EQ(rig.controller->stats().layers_aborted, 0);
+  EXPECT_EQ(rig.controller->placement().data(), back.data());
+  EXPECT_EQ(shifted.size(), 3u);  // No plan for the migration back.
 }
 
 TEST(ControllerTest, WithHeatDuringMigrationAShiftIsSeenOnceTheMigrationEnds) {

@@ -522,10 +522,17 @@ Status ViolationsToStatus(const std::vector<Violation>& violations) {
 void KeepSlots(std::span<const int32_t> current_layer,
                std::span<int32_t> plan_layer, int num_ranks,
                int slots_per_rank) {
+  std::vector<int32_t> scratch(3 * static_cast<size_t>(slots_per_rank));
+  KeepSlots(current_layer, plan_layer, num_ranks, slots_per_rank, scratch);
+}
+
+void KeepSlots(std::span<const int32_t> current_layer,
+               std::span<int32_t> plan_layer, int num_ranks, int slots_per_rank,
+               std::span<int32_t> scratch) {
   const int k = slots_per_rank;
-  std::vector<int32_t> planned(k);
-  std::vector<char> placed(k);  // planned[i] already put in a slot.
-  std::vector<char> taken(k);   // Slot s already filled.
+  const std::span<int32_t> planned = scratch.first(k);
+  const std::span<int32_t> placed = scratch.subspan(k, k);  // planned[i] put.
+  const std::span<int32_t> taken = scratch.subspan(2 * k, k);  // Slot filled.
   for (int r = 0; r < num_ranks; ++r) {
     std::span<const int32_t> cur = current_layer.subspan(r * k, k);
     std::span<int32_t> out = plan_layer.subspan(r * k, k);

@@ -122,8 +122,8 @@ std::string RenderPrometheus(const MetricsInput& in) {
   w.Metric("eplb_layers_committed_total", "counter",
            "Layers whose new placement committed.", s.layers_committed);
   w.Metric("eplb_layers_aborted_total", "counter",
-           "Layers whose migration failed or did not verify; the old "
-           "placement kept serving.",
+           "Layers whose migration failed, did not verify or was refused "
+           "at its start; the old placement kept serving.",
            s.layers_aborted);
   w.Metric("eplb_experts_moved_total", "counter",
            "Experts copied onto ranks that did not hold them.",
