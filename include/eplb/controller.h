@@ -152,7 +152,8 @@ struct ControllerStats {
   // Shifts that ended (a burst), with eplb_shift_replan: a plan made on a
   // shift dropped when due because the serving placement carries the steps
   // since better, or, once such a plan serves, the placement before it
-  // migrated back to when it carries the newest steps better.
+  // migrated back to when it carries the newest steps better (during
+  // such a plan's migration, which then stops, or once it serves).
   int64_t shifts_reverted = 0;
   int64_t layers_committed = 0;
   // Layers whose migration was aborted, or refused when it was to start:
@@ -248,7 +249,8 @@ class Controller {
   // After a plan made on a shift, also whether the traffic went back: the
   // placement kept from before it carries the newest steps better.
   enum class Seen { kNothing, kInWindow, kInNewestSteps, kWentBack };
-  Seen HeatShowsImbalance();
+  // `went_back_only`: the test for traffic going back alone.
+  Seen HeatShowsImbalance(bool went_back_only = false);
   // The test on one sum of heat ([L][R*K], summed over the ranks).
   bool ShowsImbalance(std::span<const int64_t> heat);
   // The verdict on a plan made on a shift, when it is due: whether the
@@ -290,8 +292,8 @@ class Controller {
   void EndCollect(bool shifted, int newest = 0);
   // Ends the collection early when HeatShowsImbalance sees enough (marked
   // shifted after the warm-up; the newest steps alone when only they show
-  // it). Whether it did.
-  bool EndCollectIfClear();
+  // it), or migrates back when the traffic went back. Whether it did.
+  bool EndCollectIfClear(bool went_back_only = false);
   void TakePlan();
   // Starts migrating to plan_ from the serving placement; `layers` [L]:
   // what each layer is predicted to meet, and its gain (the order).

@@ -312,12 +312,18 @@ void Controller::Advance(int64_t num_tokens, double step_seconds) {
     case Phase::kCollect:
       if (collected_ >= h) {
         EndCollect(/*shifted=*/false);
-      } else if ((CommittedOnce() ? ShiftReplansOn()
-                                  : options_.config.eplb_fast_warmup) &&
-                 collected_ >= kMinWarmupSteps) {
-        // The planner sees a short window; the plan is due A steps later
-        // as usual.
-        EndCollectIfClear();
+      } else if (collected_ >= kMinWarmupSteps) {
+        if (CommittedOnce() ? ShiftReplansOn()
+                            : options_.config.eplb_fast_warmup) {
+          // The planner sees a short window; the plan is due A steps later
+          // as usual.
+          EndCollectIfClear();
+        } else if (went_back_armed_ && options_.config.eplb_shift_replan) {
+          // Resting after a shift that ended, with the placement before it
+          // still kept (a second plan made on the shift was dropped): only
+          // the test for traffic going back.
+          EndCollectIfClear(/*went_back_only=*/true);
+        }
       }
       break;
     case Phase::kPlan:
@@ -331,7 +337,7 @@ void Controller::Advance(int64_t num_tokens, double step_seconds) {
   }
 }
 
-Controller::Seen Controller::HeatShowsImbalance() {
+Controller::Seen Controller::HeatShowsImbalance(bool went_back_only) {
   // Buffers sized at Create: nothing allocates on the serving thread.
   const size_t cells =
       static_cast<size_t>(options_.num_layers) * options_.topology.num_slots();
@@ -380,6 +386,7 @@ Controller::Seen Controller::HeatShowsImbalance() {
           .a_better) {
     return Seen::kWentBack;
   }
+  if (went_back_only) return Seen::kNothing;
   if (ShowsImbalance(window)) return Seen::kInWindow;
   if (newest_count && ShowsImbalance(newest)) return Seen::kInNewestSteps;
   return Seen::kNothing;
@@ -485,8 +492,8 @@ void Controller::OnShiftEnded() {
       step_ + kQuietIntervals * options_.config.expert_heat_collection_interval;
 }
 
-bool Controller::EndCollectIfClear() {
-  switch (HeatShowsImbalance()) {
+bool Controller::EndCollectIfClear(bool went_back_only) {
+  switch (HeatShowsImbalance(went_back_only)) {
     case Seen::kNothing:
       return false;
     case Seen::kInWindow:

@@ -526,6 +526,35 @@ TEST(ControllerTest, APlanMadeOnAShiftThatEndsWhileItMigratesStops) {
   EXPECT_EQ(t.seen.size(), plans);  // Nothing planned for going back.
 }
 
+TEST(ControllerTest, WhileShiftReplansRestTheTrafficGoingBackIsStillMet) {
+  // Expert 9 is hot, three times the usual tokens, through step 23: the
+  // plan made on it commits at steps 21-23. At step 24 expert 0's traffic
+  // is back, and its one step already shows the window's imbalance: a
+  // second plan is made on the shift, and dropped when due (step 26), since
+  // the serving placement carries the steps since better. Shift re-plans
+  // then rest, but the first plan's placement still serves. At step 28 the
+  // placement before the shift carries the newest 3 steps better, and the
+  // layers migrate back to it, with no plan made.
+  AfterTheFirstPlan t;
+  Rig& rig = t.rig;
+  for (int i = 0; i < 7; ++i) rig.Step(true, /*hot=*/9, /*scale=*/3);
+  ASSERT_EQ(static_cast<int>(rig.commits.size()), 2 * kLayers);
+  for (int i = 0; i < 3; ++i) rig.Step();
+  ASSERT_EQ(rig.controller->stats().shifts_reverted, 1);
+  ASSERT_EQ(static_cast<int>(rig.commits.size()), 2 * kLayers);
+  const size_t plans = t.seen.size();
+  while (rig.controller->stats().shifts_reverted < 2 &&
+         rig.controller->step() < 31) {
+    rig.Step();
+  }
+  ASSERT_EQ(rig.controller->stats().shifts_reverted, 2);
+  EXPECT_EQ(rig.controller->step(), 28);
+  for (int i = 0; i < kLayers; ++i) rig.Step();
+  ASSERT_EQ(static_cast<int>(rig.commits.size()), 3 * kLayers);
+  EXPECT_EQ(rig.controller->placement().data(), t.fits_expert_0.data());
+  EXPECT_EQ(t.seen.size(), plans);
+}
+
 TEST(ControllerTest, TrafficGoingBackAfterAShiftMigratesBackAtOnce) {
   // Expert 9 stays hot through step 21, so the plan made on the shift
   // commits at steps 21-23 (the placement before it is kept). From step 22
