@@ -151,9 +151,9 @@ struct ControllerStats {
   int64_t plans_superseded = 0;
   // Shifts that ended (a burst), with eplb_shift_replan: a plan made on a
   // shift dropped when due because the serving placement carries the steps
-  // since better, or, once such a plan serves, the placement before it
-  // migrated back to when it carries the newest steps better (during
-  // such a plan's migration, which then stops, or once it serves).
+  // since better, or the placement before it migrated back to when it
+  // carries the newest steps better (during such a plan's migration, which
+  // then stops, or once it serves).
   int64_t shifts_reverted = 0;
   int64_t layers_committed = 0;
   // Layers whose migration was aborted, or refused when it was to start:
@@ -365,12 +365,11 @@ class Controller {
   // [L]: what CompareCarried found of each layer (`b` as the current, `a`
   // as the plan): the migration back's predictions and order.
   std::vector<LayerPlan> went_back_layers_;
-  std::vector<int32_t> keep_slots_scratch_;
-  int64_t layers_not_started_ = 0;  // Migrations refused at their start.
-  bool migrating_shift_plan_ =
-      false;  // The migration is a shift plan's.  // [3K]: KeepSlots' scratch.
-  double step_seconds_ = 0.0;     // The last step's duration.
-  int64_t last_step_nanos_ = -1;  // Clock at the last AfterForward.
+  std::vector<int32_t> keep_slots_scratch_;  // [3K]: KeepSlots' scratch.
+  int64_t layers_not_started_ = 0;     // Migrations refused at their start.
+  bool migrating_shift_plan_ = false;  // The migration is a shift plan's.
+  double step_seconds_ = 0.0;          // The last step's duration.
+  int64_t last_step_nanos_ = -1;       // Clock at the last AfterForward.
 };
 
 }  // namespace eplb

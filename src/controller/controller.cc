@@ -538,9 +538,12 @@ void Controller::MigrateBack() {
   for (int l = 0; l < options_.num_layers; ++l) {
     KeepSlots(serving.layer(l), plan_.mutable_layer(l), t.num_ranks,
               t.slots_per_rank, keep_slots_scratch_);
-    went_back_layers_[l].changed =
-        !std::equal(serving.layer(l).begin(), serving.layer(l).end(),
-                    plan_.layer(l).begin());
+    LayerPlan& info = went_back_layers_[l];
+    info.changed = !std::equal(serving.layer(l).begin(), serving.layer(l).end(),
+                               plan_.layer(l).begin());
+    // A layer already back (one a stopped plan had not reached) meets what
+    // the kept placement does, not what the plan compared against would.
+    if (!info.changed) info.current_imbalance = info.predicted_imbalance;
   }
   StartMigration(went_back_layers_);
 }
