@@ -259,6 +259,17 @@ class Controller {
   // every rank, which all make the same collective calls.
   enum class ShiftVerdict { kGoesOn, kEnded, kUnclear };
   ShiftVerdict JudgeShiftPlan();
+  // The newest `steps` steps' heat ([L][R*K]) and counted steps, each
+  // summed over the ranks, in heat_window_; with `with_last`, the newest
+  // step's heat alone too. `ok` is false when the all-reduce failed. Every
+  // rank calls it at the same point.
+  struct Newest {
+    std::span<int64_t> heat;
+    std::span<int64_t> last;
+    int64_t counted = 0;
+    bool ok = false;
+  };
+  Newest SumNewest(int steps, bool with_last);
   // Whether placement `a` would carry `heat` ([L][R*K], collected under
   // the serving placement) better than placement `b`, and whether `b`
   // would carry it better than `a`: a lower max / mean rank load in 3 of 4

@@ -318,7 +318,7 @@ void Controller::Advance(int64_t num_tokens, double step_seconds) {
           // The planner sees a short window; the plan is due A steps later
           // as usual.
           EndCollectIfClear();
-        } else if (went_back_armed_ && options_.config.eplb_shift_replan) {
+        } else if (went_back_armed_) {
           // Resting after a shift that ended, with the placement before it
           // still kept (a second plan made on the shift was dropped): only
           // the test for traffic going back.
@@ -392,33 +392,44 @@ Controller::Seen Controller::HeatShowsImbalance(bool went_back_only) {
   return Seen::kNothing;
 }
 
-Controller::ShiftVerdict Controller::JudgeShiftPlan() {
+Controller::Newest Controller::SumNewest(int steps, bool with_last) {
   const size_t cells =
       static_cast<size_t>(options_.num_layers) * options_.topology.num_slots();
   const std::span<int64_t> buffer =
-      std::span(heat_window_).first(2 * cells + 1);
-  const std::span<int64_t> newest = buffer.first(cells);
+      std::span(heat_window_).first((with_last ? 2 : 1) * cells + 1);
+  Newest n;
+  n.heat = buffer.first(cells);
   int64_t& counted = buffer[cells];
-  const std::span<int64_t> last = buffer.subspan(cells + 1, cells);
-  counted = recorder_->CopyNewest(kShiftJudgeSteps, newest);
-  recorder_->CopyNewest(1, last);
-  if (!options_.collective->AllReduceSum(buffer).ok()) {
-    return ShiftVerdict::kGoesOn;
+  counted = recorder_->CopyNewest(steps, n.heat);
+  if (with_last) {
+    n.last = buffer.subspan(cells + 1, cells);
+    recorder_->CopyNewest(1, n.last);
   }
+  n.ok = options_.collective->AllReduceSum(buffer).ok();
+  n.counted = counted;
+  return n;
+}
+
+Controller::ShiftVerdict Controller::JudgeShiftPlan() {
+  const Newest newest = SumNewest(kShiftJudgeSteps, /*with_last=*/true);
+  if (!newest.ok) return ShiftVerdict::kGoesOn;
   // The plan is ready (kDone): the serving thread may read it. Ranks whose
   // plans differ are skipped later by the hash check; the votes keep their
   // calls alike until then.
   const StatusOr<Plan>& ready = planner_->result;
   int64_t votes[2] = {0, 0};  // Ended; unclear.
-  if (ready.ok() && counted >= kMinWarmupSteps * options_.collective->size()) {
+  if (ready.ok() &&
+      newest.counted >= kMinWarmupSteps * options_.collective->size()) {
     const Placement& serving = migration_->placement();
     // The newest step alone must not favour what serves either: a burst's
     // last step can outweigh the steps after it.
-    const Carried steps = CompareCarried(newest, serving, ready->placement);
+    const Carried steps =
+        CompareCarried(newest.heat, serving, ready->placement);
     if (steps.a_better) {
       votes[0] = 1;
     } else if (!steps.b_better ||
-               CompareCarried(last, serving, ready->placement).a_better) {
+               CompareCarried(newest.last, serving, ready->placement)
+                   .a_better) {
       votes[1] = 1;
     }
   }
@@ -513,15 +524,10 @@ bool Controller::EndCollectIfClear(bool went_back_only) {
 }
 
 bool Controller::ShiftPlanOutlived() {
-  const size_t cells =
-      static_cast<size_t>(options_.num_layers) * options_.topology.num_slots();
-  const std::span<int64_t> buffer = std::span(heat_window_).first(cells + 1);
-  const std::span<int64_t> newest = buffer.first(cells);
-  int64_t& counted = buffer[cells];
-  counted = recorder_->CopyNewest(kShiftJudgeSteps, newest);
-  if (!options_.collective->AllReduceSum(buffer).ok()) return false;
-  return counted >= kShiftJudgeSteps * options_.collective->size() &&
-         CompareCarried(newest, went_back_from_, plan_).a_better;
+  const Newest newest = SumNewest(kShiftJudgeSteps, /*with_last=*/false);
+  return newest.ok &&
+         newest.counted >= kShiftJudgeSteps * options_.collective->size() &&
+         CompareCarried(newest.heat, went_back_from_, plan_).a_better;
 }
 
 void Controller::MigrateBack() {
@@ -758,8 +764,7 @@ void Controller::TakePlan() {
   }
   plan_ = std::move(plan->placement);
   StartMigration(plan->layers);
-  migrating_shift_plan_ =
-      planner_->job.shifted && went_back_armed_ && heat_during_migration_;
+  migrating_shift_plan_ = planner_->job.shifted && heat_during_migration_;
 }
 
 void Controller::StartMigration(std::span<const LayerPlan> layers) {
