@@ -509,11 +509,12 @@ TEST(ControllerTest, APlanMadeOnAShiftThatEndsWhileItMigratesStops) {
   Rig& rig = t.rig;
   for (int i = 0; i < 4; ++i) rig.Step(true, /*hot=*/9);
   ASSERT_EQ(rig.controller->stats().plans_superseded, 1);
+  rig.AwaitPlan();  // `seen` is the planner's while it plans.
   const size_t plans = t.seen.size();
   for (int i = 0; i < 2; ++i) rig.Step();
   ASSERT_EQ(static_cast<int>(rig.commits.size()), kLayers + 2);
   EXPECT_EQ(rig.controller->stats().shifts_reverted, 0);
-  for (int i = 0; i < 2 + kLayers; ++i) rig.Step();
+  for (int i = 0; i < 2; ++i) rig.Step();
   EXPECT_EQ(rig.controller->stats().shifts_reverted, 1);
   ASSERT_EQ(static_cast<int>(rig.commits.size()), kLayers + 4);
   const std::vector<std::pair<int64_t, int>> commits(
@@ -523,6 +524,7 @@ TEST(ControllerTest, APlanMadeOnAShiftThatEndsWhileItMigratesStops) {
   EXPECT_EQ(commits[2].first, 23);
   EXPECT_EQ(commits[3].first, 24);
   EXPECT_EQ(rig.controller->placement().data(), t.fits_expert_0.data());
+  rig.AwaitPlan();
   EXPECT_EQ(t.seen.size(), plans);  // Nothing planned for going back.
 }
 
@@ -542,6 +544,7 @@ TEST(ControllerTest, WhileShiftReplansRestTheTrafficGoingBackIsStillMet) {
   for (int i = 0; i < 3; ++i) rig.Step();
   ASSERT_EQ(rig.controller->stats().shifts_reverted, 1);
   ASSERT_EQ(static_cast<int>(rig.commits.size()), 2 * kLayers);
+  rig.AwaitPlan();  // `seen` is the planner's while it plans.
   const size_t plans = t.seen.size();
   while (rig.controller->stats().shifts_reverted < 2 &&
          rig.controller->step() < 31) {
@@ -552,6 +555,7 @@ TEST(ControllerTest, WhileShiftReplansRestTheTrafficGoingBackIsStillMet) {
   for (int i = 0; i < kLayers; ++i) rig.Step();
   ASSERT_EQ(static_cast<int>(rig.commits.size()), 3 * kLayers);
   EXPECT_EQ(rig.controller->placement().data(), t.fits_expert_0.data());
+  rig.AwaitPlan();
   EXPECT_EQ(t.seen.size(), plans);
 }
 
@@ -572,11 +576,13 @@ TEST(ControllerTest, TrafficGoingBackAfterAShiftMigratesBackAtOnce) {
   ASSERT_EQ(static_cast<int>(rig.commits.size()), 2 * kLayers);
   EXPECT_NE(rig.controller->placement().data(), t.fits_expert_0.data());
   EXPECT_EQ(rig.controller->stats().shifts_reverted, 1);
+  rig.AwaitPlan();  // `seen` is the planner's while it plans.
   const size_t plans = t.seen.size();
   for (int i = 0; i < kLayers; ++i) rig.StepSmall(/*hot=*/0);
   ASSERT_EQ(static_cast<int>(rig.commits.size()), 3 * kLayers);
   EXPECT_EQ(rig.commits[2 * kLayers].first, 25);
   EXPECT_EQ(rig.controller->placement().data(), t.fits_expert_0.data());
+  rig.AwaitPlan();
   EXPECT_EQ(t.seen.size(), plans);
 }
 
