@@ -11,10 +11,13 @@
 //   BM_BalancedQuotas_Dsv3_AllLayers: every layer in turn, each with its own
 //   plan and its aggregate load scaled to the step's tokens.
 // - BM_RoundRobinQuotas_Dsv3: RoundRobinQuotas on the same inputs.
-// - BM_MapTokens_*_Dsv3: MapTokens of one layer's ids; BM_Memcpy_SameIds
-//   copies the same bytes, and BM_MapVsMemcpy_* reports `map_vs_memcpy`,
-//   the fraction of memcpy throughput that mapping reaches, timed back to
-//   back in the same run (the median over iterations).
+// - BM_MapTokens_*_Dsv3: MapTokens of one layer's ids (its AVX-512 loop
+//   where the CPU has AVX-512F; `vector_loop` says which ran), and
+//   BM_MapTokensScalar_*_Dsv3 its scalar loop for reference;
+//   BM_Memcpy_SameIds copies the same bytes, and BM_MapVsMemcpy_* reports
+//   `map_vs_memcpy`, the fraction of memcpy throughput that mapping (the
+//   default loop) reaches, timed back to back in the same run (the median
+//   over iterations).
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -203,10 +206,12 @@ std::unique_ptr<eplb::BalancedDispatcher> DispatcherFor(
   return d;
 }
 
-template <typename Id>
+template <typename Id, bool kScalar = false>
 void BM_MapTokens(benchmark::State& state) {
   const std::vector<Id> ids = eplb_bench::RealTopkIds<Id>(state.range(0));
   auto dispatcher = DispatcherFor(ids);
+  if (kScalar) dispatcher->set_vector_mapping(false);
+  state.counters["vector_loop"] = dispatcher->vector_mapping() ? 1 : 0;
   std::vector<char> storage;
   const std::span<Id> out(AwayFrom<Id>(ids.data(), ids.size(), storage),
                           ids.size());
@@ -228,6 +233,14 @@ void BM_MapTokens_Int64_Dsv3(benchmark::State& state) {
   BM_MapTokens<int64_t>(state);
 }
 BENCHMARK(BM_MapTokens_Int64_Dsv3)->Apply(Tokens);
+void BM_MapTokensScalar_Int32_Dsv3(benchmark::State& state) {
+  BM_MapTokens<int32_t, true>(state);
+}
+BENCHMARK(BM_MapTokensScalar_Int32_Dsv3)->Apply(Tokens);
+void BM_MapTokensScalar_Int64_Dsv3(benchmark::State& state) {
+  BM_MapTokens<int64_t, true>(state);
+}
+BENCHMARK(BM_MapTokensScalar_Int64_Dsv3)->Apply(Tokens);
 
 // Copies tokens * kTopK * id_bytes bytes: the ids MapTokens reads.
 void BM_Memcpy_SameIds(benchmark::State& state) {

@@ -4,7 +4,7 @@
 # Usage: ./scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET ...]
 #   SECONDS_PER_TARGET  default 60 (10 CPU-minutes: 600)
 #   TARGET              a name of fuzz/NAME_fuzz.cc: expert_map config sglang
-#                       deepseek trace_csv heat quotas (default all)
+#                       deepseek trace_csv heat quotas map_tokens (default all)
 # EPLB_FUZZ_BUILD_DIR (default build-fuzz) is the build. Inputs libFuzzer
 # finds that grow coverage go to a scratch copy of the corpus, not to
 # fuzz/corpus/. A crash stops the run: its input is copied to

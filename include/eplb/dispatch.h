@@ -114,6 +114,12 @@ class BalancedDispatcher {
                  std::span<const int64_t> offsets,
                  std::span<int64_t> physical_ids);
 
+  // Whether MapTokens uses its AVX-512 loop (the same output as the scalar
+  // one, id for id). On by default where the CPU has AVX-512F; `on` is
+  // ignored where it does not. For tests and benchmarks.
+  void set_vector_mapping(bool on);
+  bool vector_mapping() const { return vector_mapping_; }
+
  private:
   template <typename Count>
   int64_t Quotas(std::span<const Count> counts, std::span<int64_t> slot_quota);
@@ -130,12 +136,28 @@ class BalancedDispatcher {
   template <typename Id>
   void Map(std::span<const Id> topk_ids, std::span<const int64_t> offsets,
            std::span<Id> physical_ids);
+  // Map's loops after StartCursors: one cursor step per id, or (AVX-512,
+  // dispatch.cc "The vector loop") table lookups of 16 ids at a time.
+  template <typename Id>
+  void MapScalar(const Id* ids, Id* out, size_t n);
+  template <typename Id>
+  void MapVector(const Id* ids, Id* out, size_t n);
+  // The vector loop after a block: settles the counts of the block's bounded
+  // ids, and re-walks those of an expert whose replica ran out in it.
+  template <typename Id>
+  void SettleBlock(size_t begin, size_t listed, Id* out);
+  template <typename Id>
+  void Rewalk(int32_t d, size_t begin, size_t listed, Id* out);
+  // The replica of bounded index d ran out: the vector loop's table moves
+  // on to the expert's next replica with a quota.
+  void AdvanceLookup(int32_t d);
 
   int num_experts_;
   int num_ranks_;
   int slots_per_rank_;
   bool has_placement_ = false;
   bool has_quotas_ = false;
+  bool vector_mapping_ = false;
 
   // --- Per placement. ---
   std::vector<int32_t> replica_begin_;  // [E+1] CSR into replicas_.
@@ -176,6 +198,26 @@ class BalancedDispatcher {
   std::vector<int64_t> reserve_;       // [E+1] kNever: unbounded.
   std::vector<int32_t> replica_at_;    // [E] index in e's replica list.
   std::vector<int32_t> last_replica_;  // [E] where e's counted tokens end.
+  // --- The vector loop's state (set by StartCursors). ---
+  // Per id x in [0, E]: the table entry of its next occurrence (dispatch.cc,
+  // kBounded). The experts whose current replica can run out are numbered
+  // 0, 1, ... in this call (their bounded index d).
+  std::vector<int32_t> lookup_;
+  std::vector<int32_t> bounded_expert_;  // [E] expert of bounded index d.
+  int32_t num_bounded_ = 0;
+  // Per bounded index: occurrences left on the current replica.
+  int32_t* remaining() { return counters_.data() + counters_at_; }
+  // Four per-index counters of one block's bounded ids (zero between
+  // blocks), and the block's list of them: bounded index << 16 | position.
+  int32_t* block_counts() { return remaining() + padded_; }
+  std::vector<uint32_t> block_list_;
+  // remaining() and block_counts() share one buffer, from counters_at_ (a
+  // 64-byte boundary where the buffer's address allows: the vector loop
+  // reads and writes them 16 at a time).
+  std::vector<int32_t> counters_;
+  size_t counters_at_ = 0;
+  size_t padded_ = 0;          // E rounded up to 16.
+  bool vector_ready_ = false;  // This call may take the vector loop.
 };
 
 // Global counts and one rank's offsets from every sending rank's per-expert

@@ -1,9 +1,15 @@
 #include "eplb/dispatch.h"
 
 #include <algorithm>
+#include <bit>
 #include <limits>
 #include <string>
 #include <type_traits>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define EPLB_DISPATCH_AVX512 1
+#endif
 
 #include "eplb/load.h"
 
@@ -88,6 +94,23 @@ constexpr int64_t kNever = std::numeric_limits<int64_t>::max();
 // A cursor word's count unit and its largest count.
 constexpr uint64_t kOne = uint64_t{1} << 32;
 constexpr int64_t kWordMax = 0xffffffff;
+// The vector loop's table entries: a slot (or -1: out of range), or, for a
+// replica that can run out, kBounded | the expert's bounded index << 16 |
+// the slot. A replica that cannot run out has kUnbounded occurrences left.
+constexpr int32_t kBounded = int32_t{1} << 30;
+constexpr int32_t kBoundedIndexBits = 0x3fff0000;
+constexpr int32_t kSlotBits = 0xffff;
+constexpr int32_t kUnbounded = std::numeric_limits<int32_t>::max();
+// Ids per block of the vector loop (its list holds positions in 16 bits).
+constexpr size_t kMapBlock = 1024;
+
+bool CpuHasAvx512() {
+#ifdef EPLB_DISPATCH_AVX512
+  return __builtin_cpu_supports("avx512f");
+#else
+  return false;
+#endif
+}
 
 }  // namespace
 
@@ -129,6 +152,20 @@ BalancedDispatcher::BalancedDispatcher(int num_experts, int num_ranks,
   reserve_.resize(e + 1);
   replica_at_.resize(e);
   last_replica_.resize(e);
+  EPLB_CHECK_MSG(num_slots() < kBounded, "BalancedDispatcher: too many slots");
+  lookup_.assign(e + 1, -1);
+  bounded_expert_.resize(e);
+  padded_ = (e + 15) / 16 * 16;
+  counters_.assign(5 * padded_ + 16, 0);
+  const auto address = reinterpret_cast<uintptr_t>(counters_.data());
+  counters_at_ = (64 - address % 64) % 64 / sizeof(int32_t);
+  // A block's list, and room for one whole vector written past it.
+  block_list_.resize(kMapBlock + 16);
+  vector_mapping_ = CpuHasAvx512();
+}
+
+void BalancedDispatcher::set_vector_mapping(bool on) {
+  vector_mapping_ = on && CpuHasAvx512();
 }
 
 void BalancedDispatcher::SetPlacement(std::span<const int32_t> layer) {
@@ -198,8 +235,10 @@ void BalancedDispatcher::SetPlacement(std::span<const int32_t> layer) {
   // Cursors of the experts with one replica: set once per placement.
   for (int32_t i = 0; i < fixed; ++i) {
     SetCursor(fixed_expert_[i], kNever, fixed_slot_[i]);
+    lookup_[fixed_expert_[i]] = fixed_slot_[i];
   }
   SetCursor(num_experts, kNever, -1);
+  lookup_[num_experts] = -1;
 
   // Edges by rank (CSR), ascending edge id; rank_parent_ is scratch here.
   std::fill(rank_edge_begin_.begin(), rank_edge_begin_.end(), 0);
@@ -404,6 +443,11 @@ void BalancedDispatcher::StartCursors(std::span<const int64_t> offsets) {
   int64_t signs = 0;
   for (int64_t offset : offsets) signs |= offset;
   EPLB_CHECK_MSG(signs >= 0, "BalancedDispatcher: negative offset");
+  // The vector loop's entries hold a slot in 16 bits and a bounded index in
+  // 14.
+  vector_ready_ = vector_mapping_ && num_slots() <= kSlotBits + 1 &&
+                  num_experts_ <= (kBoundedIndexBits >> 16) + 1;
+  num_bounded_ = 0;
   for (int n = 0; n < num_nodes_; ++n) {
     const int32_t e = node_expert_[n];
     const int32_t begin = replica_begin_[e];
@@ -422,7 +466,22 @@ void BalancedDispatcher::StartCursors(std::span<const int64_t> offsets) {
     last_replica_[e] = last;
     SetCursor(e, i == last ? kNever : quota_[replicas_[i]] - skip,
               replicas_[i]);
+    if (i == last) {
+      lookup_[e] = replicas_[i];
+    } else {
+      const int32_t d = num_bounded_++;
+      bounded_expert_[d] = e;
+      lookup_[e] = kBounded | d << 16 | replicas_[i];
+      remaining()[d] = static_cast<int32_t>(
+          std::min<int64_t>(quota_[replicas_[i]] - skip, kUnbounded));
+    }
+    // The vector loop counts in 32 bits: a replica's quota must fit.
+    for (int32_t j = i; j < last; ++j) {
+      if (quota_[replicas_[j]] >= kUnbounded) vector_ready_ = false;
+    }
   }
+  // The lanes past the last bounded index in its group of 16 never run out.
+  for (size_t d = num_bounded_; d % 16 != 0; ++d) remaining()[d] = kUnbounded;
 }
 
 void BalancedDispatcher::Advance(uint64_t* cursor, size_t x) {
@@ -452,15 +511,23 @@ void BalancedDispatcher::Map(std::span<const Id> topk_ids,
       topk_ids.size() == physical_ids.size(),
       "BalancedDispatcher: topk_ids and physical_ids differ in size");
   StartCursors(offsets);
+  if (vector_ready_) {
+    MapVector(topk_ids.data(), physical_ids.data(), topk_ids.size());
+  } else {
+    MapScalar(topk_ids.data(), physical_ids.data(), topk_ids.size());
+  }
+}
+
+template <typename Id>
+void BalancedDispatcher::MapScalar(const Id* ids_in, Id* out_in, size_t n) {
   using U = std::make_unsigned_t<Id>;
   const auto num_experts = static_cast<U>(num_experts_);
   // Restrict: the ids and the output do not overlap each other or the
   // cursors, so the compiler may keep the unrolled loads ahead of the
   // stores. Advance writes the cursors through `cursor` too.
   uint64_t* __restrict cursor = cursor_.data();
-  const Id* __restrict ids = topk_ids.data();
-  Id* __restrict out = physical_ids.data();
-  const size_t n = topk_ids.size();
+  const Id* __restrict ids = ids_in;
+  Id* __restrict out = out_in;
   // One occurrence: the slot in the word's low half, one count off the high
   // half; when the count was the last, the cursor moves on (rare: at most
   // once per replica and per 2^32 occurrences).
@@ -489,6 +556,210 @@ void BalancedDispatcher::Map(std::span<const Id> topk_ids,
   }
   for (; i < n; ++i) map_one(i);
 }
+
+// --- The vector loop ------------------------------------------------------
+//
+// The scalar loop steps a cursor for every id. Most ids belong to experts
+// whose current replica cannot run out in this call (one replica, or the
+// last replica with a quota), and for those the slot is a table lookup. So,
+// per block of kMapBlock ids:
+//  1. Sixteen ids at a time: look up each id's entry (a gather), write its
+//     slot, and list the ids whose replica can run out ("bounded"), tagged
+//     with their position in the block.
+//  2. Count the listed ids per expert (four counter arrays in turn, so that
+//     a hot expert's counts do not wait on each other).
+//  3. For every bounded expert (sixteen at a time): if the block used fewer
+//     occurrences than its replica had left, subtract; the slots written in
+//     step 1 are right. Otherwise re-walk that expert's listed ids in order,
+//     moving to its next replica with a quota where one runs out, as the
+//     cursors do. That happens at most once per replica per call.
+// The output is the scalar loop's, id for id.
+
+void BalancedDispatcher::AdvanceLookup(int32_t d) {
+  const int32_t x = bounded_expert_[d];
+  int32_t i = replica_at_[x] + 1;
+  while (quota_[replicas_[i]] == 0) ++i;
+  replica_at_[x] = i;
+  if (i == last_replica_[x]) {
+    lookup_[x] = replicas_[i];
+    remaining()[d] = kUnbounded;
+  } else {
+    lookup_[x] = kBounded | d << 16 | replicas_[i];
+    remaining()[d] = static_cast<int32_t>(quota_[replicas_[i]]);
+  }
+}
+
+#ifdef EPLB_DISPATCH_AVX512
+// GCC 12 takes the intrinsics' undefined pass-through operands for
+// uninitialized reads.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+// A lambda's body in a function with AVX-512 enabled needs the attribute
+// too.
+#define EPLB_AVX512_LAMBDA __attribute__((target("avx512f")))
+
+namespace {
+
+// Sixteen ids from `ids` (lanes not in `keep` read as 0) as table indices:
+// out-of-range ids (negative ones too, as unsigned) become E.
+__attribute__((target("avx512f"))) inline __m512i LoadIndices(
+    const int32_t* ids, __mmask16 keep, uint32_t num_experts) {
+  return _mm512_min_epu32(_mm512_maskz_loadu_epi32(keep, ids),
+                          _mm512_set1_epi32(static_cast<int32_t>(num_experts)));
+}
+__attribute__((target("avx512f"))) inline __m512i LoadIndices(
+    const int64_t* ids, __mmask16 keep, uint32_t num_experts) {
+  const __m512i e = _mm512_set1_epi64(num_experts);
+  const __m512i lo = _mm512_min_epu64(
+      _mm512_maskz_loadu_epi64(static_cast<__mmask8>(keep), ids), e);
+  const __m512i hi = _mm512_min_epu64(
+      _mm512_maskz_loadu_epi64(static_cast<__mmask8>(keep >> 8), ids + 8), e);
+  return _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(lo)),
+                            _mm512_cvtepi64_epi32(hi), 1);
+}
+
+__attribute__((target("avx512f"))) inline void StoreSlots(int32_t* out,
+                                                          __mmask16 keep,
+                                                          __m512i slots) {
+  _mm512_mask_storeu_epi32(out, keep, slots);
+}
+__attribute__((target("avx512f"))) inline void StoreSlots(int64_t* out,
+                                                          __mmask16 keep,
+                                                          __m512i slots) {
+  _mm512_mask_storeu_epi64(
+      out, static_cast<__mmask8>(keep),
+      _mm512_cvtepi32_epi64(_mm512_castsi512_si256(slots)));
+  _mm512_mask_storeu_epi64(
+      out + 8, static_cast<__mmask8>(keep >> 8),
+      _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(slots, 1)));
+}
+
+}  // namespace
+
+template <typename Id>
+__attribute__((target("avx512f"))) void BalancedDispatcher::Rewalk(
+    int32_t d, size_t begin, size_t listed, Id* out) {
+  const uint32_t* list = block_list_.data();
+  const int32_t x = bounded_expert_[d];
+  int32_t left = remaining()[d];
+  int32_t slot = lookup_[x] & kSlotBits;
+  const __m512i want = _mm512_set1_epi32(d);
+  for (size_t j = 0; j < listed; j += 16) {
+    const __mmask16 keep =
+        listed - j >= 16 ? __mmask16{0xffff}
+                         : static_cast<__mmask16>((1u << (listed - j)) - 1);
+    unsigned bits = _mm512_mask_cmpeq_epi32_mask(
+        keep, _mm512_srli_epi32(_mm512_loadu_si512(list + j), 16), want);
+    for (; bits != 0; bits &= bits - 1) {
+      if (left == 0) {
+        AdvanceLookup(d);
+        slot = lookup_[x] & kSlotBits;
+        left = remaining()[d];
+      }
+      out[begin + (list[j + std::countr_zero(bits)] & 0xffff)] =
+          static_cast<Id>(slot);
+      --left;
+    }
+  }
+  if (left == 0) {
+    AdvanceLookup(d);
+  } else {
+    remaining()[d] = left;
+  }
+}
+
+template <typename Id>
+__attribute__((target("avx512f"))) void BalancedDispatcher::SettleBlock(
+    size_t begin, size_t listed, Id* out) {
+  const uint32_t* list = block_list_.data();
+  const size_t stride = padded_;
+  int32_t* c0 = block_counts();
+  int32_t* c1 = c0 + stride;
+  int32_t* c2 = c1 + stride;
+  int32_t* c3 = c2 + stride;
+  size_t j = 0;
+  for (; j + 4 <= listed; j += 4) {
+    ++c0[list[j] >> 16];
+    ++c1[list[j + 1] >> 16];
+    ++c2[list[j + 2] >> 16];
+    ++c3[list[j + 3] >> 16];
+  }
+  for (; j < listed; ++j) ++c0[list[j] >> 16];
+  const __m512i zero = _mm512_setzero_si512();
+  int32_t* left_at = remaining();
+  for (size_t k = 0; k < static_cast<size_t>(num_bounded_); k += 16) {
+    const __m512i used = _mm512_add_epi32(
+        _mm512_add_epi32(_mm512_load_si512(c0 + k), _mm512_load_si512(c1 + k)),
+        _mm512_add_epi32(_mm512_load_si512(c2 + k), _mm512_load_si512(c3 + k)));
+    _mm512_store_si512(c0 + k, zero);
+    _mm512_store_si512(c1 + k, zero);
+    _mm512_store_si512(c2 + k, zero);
+    _mm512_store_si512(c3 + k, zero);
+    const __m512i left = _mm512_load_si512(left_at + k);
+    // Every replica that can run out has at least 1 occurrence left, so an
+    // expert with no listed id in the block is not among these.
+    const __mmask16 ran_out = _mm512_cmpge_epi32_mask(used, left);
+    _mm512_store_si512(left_at + k,
+                       _mm512_mask_sub_epi32(
+                           left, static_cast<__mmask16>(~ran_out), left, used));
+    for (unsigned bits = ran_out; bits != 0; bits &= bits - 1) {
+      Rewalk(static_cast<int32_t>(k) + std::countr_zero(bits), begin, listed,
+             out);
+    }
+  }
+}
+
+template <typename Id>
+__attribute__((target("avx512f"))) void BalancedDispatcher::MapVector(
+    const Id* ids, Id* out, size_t n) {
+  const int32_t* lookup = lookup_.data();
+  uint32_t* list = block_list_.data();
+  const auto num_experts = static_cast<uint32_t>(num_experts_);
+  const __m512i bounded = _mm512_set1_epi32(kBounded);
+  const __m512i slot_bits = _mm512_set1_epi32(kSlotBits);
+  const __m512i index_bits = _mm512_set1_epi32(kBoundedIndexBits);
+  const __m512i sixteen = _mm512_set1_epi32(16);
+  for (size_t begin = 0; begin < n; begin += kMapBlock) {
+    const size_t end = std::min(n, begin + kMapBlock);
+    size_t listed = 0;
+    // Each lane's position in the block.
+    __m512i at =
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    // One group of 16 ids (the lanes in `keep`): write every slot, list the
+    // bounded ones.
+    auto group = [&](size_t i, __mmask16 keep) EPLB_AVX512_LAMBDA {
+      const __m512i x = LoadIndices(ids + i, keep, num_experts);
+      const __m512i entry = _mm512_i32gather_epi32(x, lookup, 4);
+      const __mmask16 m = _mm512_cmpge_epi32_mask(entry, bounded) & keep;
+      StoreSlots(out + i, keep,
+                 _mm512_mask_and_epi32(entry, m, entry, slot_bits));
+      // at | (entry & index bits): the bounded index << 16 | position.
+      const __m512i tagged =
+          _mm512_ternarylogic_epi32(at, entry, index_bits, 0xf8);
+      _mm512_storeu_si512(list + listed,
+                          _mm512_maskz_compress_epi32(m, tagged));
+      listed += static_cast<size_t>(std::popcount(static_cast<unsigned>(m)));
+      at = _mm512_add_epi32(at, sixteen);
+    };
+    size_t i = begin;
+    for (; i + 16 <= end; i += 16) group(i, 0xffff);
+    if (i < end) group(i, static_cast<__mmask16>((1u << (end - i)) - 1));
+    if (listed > 0) SettleBlock(begin, listed, out);
+  }
+}
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+#else
+template <typename Id>
+void BalancedDispatcher::MapVector(const Id* ids, Id* out, size_t n) {
+  MapScalar(ids, out, n);
+}
+#endif
 
 void BalancedDispatcher::MapTokens(std::span<const int32_t> topk_ids,
                                    std::span<int32_t> physical_ids) {

@@ -659,6 +659,98 @@ TEST(BalancedDispatcherTest, MapTokensWithOffsetsHonoursTheQuotasAcrossRanks) {
   }
 }
 
+// The AVX-512 loop against the scalar one and the promised mapping, over
+// many blocks of 1024 ids: counts that match the ids, counts short of them
+// and beyond them, offsets, ids out of range, shapes past 256 experts, and
+// replicas without a quota.
+TEST(BalancedDispatcherTest, VectorLoopMapsAsTheScalarLoop) {
+  {
+    BalancedDispatcher probe(2, 1, 2);
+    if (!probe.vector_mapping()) {
+      GTEST_SKIP() << "this CPU has no AVX-512F: MapTokens runs its scalar "
+                      "loop only";
+    }
+  }
+  for (uint64_t seed = 0; seed < 30; ++seed) {
+    Rng rng(seed);
+    // Every fifth case at DeepSeek-V3's shape or past 256 experts.
+    const bool wide = seed % 5 == 0;
+    const int e = wide ? (seed % 2 == 0 ? 256 : 320) : 2 + rng.Below(40);
+    const int r = wide ? 32 : 1 + rng.Below(8);
+    const int k = std::max((e + r - 1) / r + 1 + rng.Below(3), 1);
+    if (k > e) continue;
+    SCOPED_TRACE("seed " + std::to_string(seed) + ": E=" + std::to_string(e) +
+                 " R=" + std::to_string(r) + " K=" + std::to_string(k));
+    const std::vector<int32_t> layer = RandomPlacement(rng, e, r, k);
+    std::vector<int32_t> ids =
+        RandomTopk(rng, e, 1 + rng.Below(wide ? 8192 : 700),
+                   std::min(e, 1 + rng.Below(8)));
+    std::vector<int64_t> counts = Histogram(ids, e);
+    // Miscounts: some experts counted short, some beyond their ids.
+    if (seed % 3 == 1) {
+      for (int64_t& c : counts) c = c * (1 + rng.Below(3)) / 2;
+    }
+    // Ids out of range, kept out of the counts.
+    if (seed % 4 == 2) {
+      for (int32_t& x : ids) {
+        if (rng.Below(50) == 0) x = rng.Below(2) == 0 ? -1 - rng.Below(5) : e;
+      }
+    }
+    std::vector<int64_t> offsets(e, 0);
+    if (seed % 2 == 1) {
+      for (int64_t& o : offsets) o = rng.Below(40);
+    }
+    BalancedDispatcher d(e, r, k);
+    d.SetPlacement(layer);
+    std::vector<int64_t> quota(layer.size());
+    d.ComputeQuotas(counts, quota);
+
+    const std::vector<int32_t> want =
+        ExpectedMapping(layer, quota, ids, e, offsets);
+    const std::vector<int64_t> ids64(ids.begin(), ids.end());
+    const std::vector<int64_t> want64(want.begin(), want.end());
+    for (bool vector : {true, false}) {
+      d.set_vector_mapping(vector);
+      ASSERT_EQ(d.vector_mapping(), vector);
+      std::vector<int32_t> mapped(ids.size(), -7);
+      std::vector<int64_t> mapped64(ids.size(), -7);
+      if (seed % 2 == 1) {
+        d.MapTokens(ids, offsets, mapped);
+        d.MapTokens(ids64, offsets, mapped64);
+      } else {
+        d.MapTokens(ids, mapped);
+        d.MapTokens(ids64, mapped64);
+      }
+      EXPECT_EQ(mapped, want) << (vector ? "vector" : "scalar") << " loop";
+      EXPECT_EQ(mapped64, want64) << (vector ? "vector" : "scalar") << " loop";
+    }
+  }
+}
+
+// A replica runs out exactly at the end of a block, one id before it and
+// one after: the next block starts on the right replica.
+TEST(BalancedDispatcherTest, VectorLoopCrossesAReplicaAtABlockEdge) {
+  // 2 ranks x 2: expert 0 on both ranks, expert 1 once.
+  const std::vector<int32_t> layer = {0, 1, 2, 0};
+  BalancedDispatcher d(3, 2, 2);
+  d.SetPlacement(layer);
+  for (int64_t first : {1023, 1024, 1025, 2048}) {
+    SCOPED_TRACE("first replica's quota " + std::to_string(first));
+    const std::vector<int32_t> ids(3000, 0);
+    std::vector<int64_t> quota(4);
+    // Expert 1 (rank 0) and expert 2 (rank 1) tilt the split of expert 0
+    // to `first` on rank 0: both ranks then carry 3000 + first.
+    d.ComputeQuotas(std::vector<int64_t>{3000, 3000, 2 * first}, quota);
+    ASSERT_EQ(quota[0], first);
+    std::vector<int32_t> mapped(ids.size());
+    d.MapTokens(ids, mapped);
+    for (size_t i = 0; i < ids.size(); ++i) {
+      ASSERT_EQ(mapped[i], static_cast<int64_t>(i) < first ? 0 : 3)
+          << "id " << i;
+    }
+  }
+}
+
 TEST(GlobalCountsAndOffsetsTest, SumsColumnsAndLowerRows) {
   // 3 sending ranks x 2 experts.
   const std::vector<int64_t> rank_counts = {1, 2, 3, 4, 5, 6};
