@@ -27,7 +27,8 @@ LOCKSTEP_KEYS = ["steps", "rebalances", "layers_committed", "layers_aborted",
                  "outputs_verified", "outputs_mismatched", "ranks_failed",
                  "final_ranks", "tokens_dropped", "tokens_delayed",
                  "recovery_steps", "experts_lost", "experts_reloaded",
-                 "layers_kept", "layers_incremental", "layers_full"]
+                 "layers_kept", "layers_incremental", "layers_full",
+                 "layers_reverted"]
 
 failures = []
 

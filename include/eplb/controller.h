@@ -179,6 +179,9 @@ struct ControllerStats {
   int64_t layers_incremental = 0;
   int64_t layers_full = 0;
   double predicted_gain = 0.0;
+  // Layers that migrated back to the placement before a shift that ended
+  // (no plan: counted in none of the above).
+  int64_t layers_reverted = 0;
   int64_t max_layers_per_step = 0;  // Largest batch committed in one step.
   // Plans whose hash differed between ranks (the cycle was skipped).
   int64_t plan_hash_mismatches = 0;
@@ -308,7 +311,8 @@ class Controller {
   void TakePlan();
   // Starts migrating to plan_ from the serving placement; `layers` [L]:
   // what each layer is predicted to meet, and its gain (the order).
-  void StartMigration(std::span<const LayerPlan> layers);
+  // `reverting`: a migration back (MigrateBack), counted as such.
+  void StartMigration(std::span<const LayerPlan> layers, bool reverting);
   // The layers the next migration step starts: the next in order, then more
   // while the batch fits the staging buffers and the step's byte budget.
   std::vector<int> NextBatch();

@@ -551,7 +551,7 @@ void Controller::MigrateBack() {
     // the kept placement does, not what the plan compared against would.
     if (!info.changed) info.current_imbalance = info.predicted_imbalance;
   }
-  StartMigration(went_back_layers_);
+  StartMigration(went_back_layers_, /*reverting=*/true);
 }
 
 bool Controller::ShowsImbalance(std::span<const int64_t> heat) {
@@ -763,11 +763,12 @@ void Controller::TakePlan() {
     went_back_armed_ = true;
   }
   plan_ = std::move(plan->placement);
-  StartMigration(plan->layers);
+  StartMigration(plan->layers, /*reverting=*/false);
   migrating_shift_plan_ = planner_->job.shifted && heat_during_migration_;
 }
 
-void Controller::StartMigration(std::span<const LayerPlan> layers) {
+void Controller::StartMigration(std::span<const LayerPlan> layers,
+                                bool reverting) {
   const Placement& current = migration_->placement();
   // What each layer should meet once the plan serves: the planned
   // imbalance, or the current one where the layer stays.
@@ -788,9 +789,13 @@ void Controller::StartMigration(std::span<const LayerPlan> layers) {
       continue;
     }
     layers_.push_back(l);
-    ++(info.choice == LayerChoice::kFull ? stats_.layers_full
-                                         : stats_.layers_incremental);
-    stats_.predicted_gain += info.current_score - info.predicted_score;
+    if (reverting) {
+      ++stats_.layers_reverted;
+    } else {
+      ++(info.choice == LayerChoice::kFull ? stats_.layers_full
+                                           : stats_.layers_incremental);
+      stats_.predicted_gain += info.current_score - info.predicted_score;
+    }
     // Experts new to each rank: what its staging buffers receive.
     for (int r = 0; r < t.num_ranks; ++r) {
       const std::span<const int32_t> had = current.layer(l).subspan(

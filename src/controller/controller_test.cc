@@ -514,8 +514,15 @@ TEST(ControllerTest, APlanMadeOnAShiftThatEndsWhileItMigratesStops) {
   for (int i = 0; i < 2; ++i) rig.Step();
   ASSERT_EQ(static_cast<int>(rig.commits.size()), kLayers + 2);
   EXPECT_EQ(rig.controller->stats().shifts_reverted, 0);
+  const ControllerStats before = rig.controller->stats();
   for (int i = 0; i < 2; ++i) rig.Step();
   EXPECT_EQ(rig.controller->stats().shifts_reverted, 1);
+  // The 2 layers going back are counted as such, not as a policy's choice.
+  EXPECT_EQ(rig.controller->stats().layers_reverted, 2);
+  EXPECT_EQ(rig.controller->stats().layers_incremental,
+            before.layers_incremental);
+  EXPECT_EQ(rig.controller->stats().layers_full, before.layers_full);
+  EXPECT_EQ(rig.controller->stats().predicted_gain, before.predicted_gain);
   ASSERT_EQ(static_cast<int>(rig.commits.size()), kLayers + 4);
   const std::vector<std::pair<int64_t, int>> commits(
       rig.commits.begin() + kLayers, rig.commits.end());
@@ -572,6 +579,7 @@ TEST(ControllerTest, TrafficGoingBackAfterAShiftMigratesBackAtOnce) {
   Rig& rig = t.rig;
   for (int i = 0; i < 5; ++i) rig.Step(true, /*hot=*/9);
   ASSERT_EQ(rig.controller->stats().plans_superseded, 1);
+  EXPECT_EQ(rig.controller->stats().layers_reverted, 0);
   for (int i = 0; i < 3; ++i) rig.StepSmall(/*hot=*/0);
   ASSERT_EQ(static_cast<int>(rig.commits.size()), 2 * kLayers);
   EXPECT_NE(rig.controller->placement().data(), t.fits_expert_0.data());
@@ -580,6 +588,7 @@ TEST(ControllerTest, TrafficGoingBackAfterAShiftMigratesBackAtOnce) {
   const size_t plans = t.seen.size();
   for (int i = 0; i < kLayers; ++i) rig.StepSmall(/*hot=*/0);
   ASSERT_EQ(static_cast<int>(rig.commits.size()), 3 * kLayers);
+  EXPECT_EQ(rig.controller->stats().layers_reverted, kLayers);
   EXPECT_EQ(rig.commits[2 * kLayers].first, 25);
   EXPECT_EQ(rig.controller->placement().data(), t.fits_expert_0.data());
   rig.AwaitPlan();

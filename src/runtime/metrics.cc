@@ -116,6 +116,9 @@ std::string RenderPrometheus(const MetricsInput& in) {
            "Shifts that ended (a burst): the plan made on one dropped when "
            "due, or the placement before it migrated back to at once.",
            s.shifts_reverted);
+  w.Metric("eplb_layers_reverted_total", "counter",
+           "Layers migrated back to the placement before a shift that ended.",
+           s.layers_reverted);
   w.Metric("eplb_plan_hash_mismatches_total", "counter",
            "Cycles skipped because the ranks' plans differed.",
            s.plan_hash_mismatches);

@@ -517,6 +517,7 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
     sum->layers_incremental += s.layers_incremental;
     sum->layers_full += s.layers_full;
     sum->predicted_gain += s.predicted_gain;
+    sum->layers_reverted += s.layers_reverted;
     sum->max_layers_per_step =
         std::max(sum->max_layers_per_step, s.max_layers_per_step);
     sum->plan_hash_mismatches += s.plan_hash_mismatches;
@@ -903,6 +904,7 @@ StatusOr<ReplayResult> RunReplay(const LoadTrace& trace,
   result.layers_incremental = cs.layers_incremental;
   result.layers_full = cs.layers_full;
   result.predicted_gain = cs.predicted_gain;
+  result.layers_reverted = cs.layers_reverted;
   result.max_layers_per_step = cs.max_layers_per_step;
   result.warmup_steps = cs.warmup_steps;
   result.plan_hash_mismatches = cs.plan_hash_mismatches;

@@ -408,6 +408,8 @@ int RunReplayCommand(const ReplayFlags& f) {
                std::to_string(r->layers_incremental) + " / " +
                std::to_string(r->layers_full))
                   .c_str());
+  std::printf("%-28s %14s %14lld\n", "layers migrated back", "-",
+              static_cast<long long>(r->layers_reverted));
   std::printf("%-28s %14s %14s\n", "plans late (steps waited)", "-",
               (std::to_string(r->cycles_late) + " (" +
                std::to_string(r->plan_late_steps) + ")")

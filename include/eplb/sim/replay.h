@@ -160,6 +160,7 @@ struct ReplayResult {
   int64_t layers_incremental = 0;
   int64_t layers_full = 0;
   double predicted_gain = 0.0;
+  int64_t layers_reverted = 0;  // Migrated back after a shift that ended.
   int64_t max_layers_per_step = 0;
   int64_t warmup_steps = -1;  // Steps before the first plan fully committed.
   int processes = 1;          // Processes the ranks ran in.
