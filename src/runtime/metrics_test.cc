@@ -29,6 +29,7 @@ TEST(MetricsTest, CountersGaugesAndAHistogram) {
   s.steps = 12;
   s.rebalances = 3;
   s.bytes_moved = 4096;
+  s.layers_reverted = 7;
   s.total_stall_nanos = 1'500'000'000;
   s.plan_time_buckets[0] = 1;                     // <= 1 ms
   s.plan_time_buckets[2] = 2;                     // <= 5 ms
@@ -42,6 +43,7 @@ TEST(MetricsTest, CountersGaugesAndAHistogram) {
   EXPECT_TRUE(Has(text, "eplb_rebalances_total 3"));
   EXPECT_TRUE(Has(text, "eplb_steps_total 12"));
   EXPECT_TRUE(Has(text, "eplb_moved_bytes_total 4096"));
+  EXPECT_TRUE(Has(text, "eplb_layers_reverted_total 7"));
   EXPECT_TRUE(Has(text, "eplb_stall_seconds_total 1.5"));
   EXPECT_TRUE(Has(text, "# TYPE eplb_plan_duration_seconds histogram"));
   // Cumulative buckets, the last one +Inf, equal to the count.
