@@ -106,6 +106,9 @@ constexpr size_t kMapBlock = 1024;
 
 bool CpuHasAvx512() {
 #ifdef EPLB_DISPATCH_AVX512
+  // Also right when a dispatcher is built by a static initializer, before
+  // the runtime's own CPU detection has run.
+  __builtin_cpu_init();
   return __builtin_cpu_supports("avx512f");
 #else
   return false;
