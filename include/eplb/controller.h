@@ -287,10 +287,13 @@ class Controller {
   Carried CompareCarried(std::span<const int64_t> heat, const Placement& a,
                          const Placement& b);
   // A shift ended (a plan made on it dropped, or the placement before it
-  // migrated back to): counted, and shift re-plans rest for a while.
-  void OnShiftEnded();
+  // migrated back to), seen on the newest `back_steps` steps: counted, shift
+  // re-plans rest for a while, and the shift's steps are forgotten (the
+  // next job tells the planner).
+  void OnShiftEnded(int back_steps);
   // The traffic went back: the layers migrate back to went_back_from_.
-  void MigrateBack();
+  // `back_steps`: the newest steps that showed the traffic going back.
+  void MigrateBack(int back_steps);
   // While a plan made on a shift migrates: went_back_from_ carries the
   // newest steps better than that plan (the shift ended). The same on every
   // rank.
@@ -369,6 +372,13 @@ class Controller {
   // against it while went_back_armed_.
   Placement went_back_from_;
   bool went_back_armed_ = false;
+  // The first step of the shift cut since the last regular plan (-1: none),
+  // and the steps of shifts that ended, for the planner to forget: served
+  // steps [forget_from_, forget_to_] (none while forget_from_ >
+  // forget_to_).
+  int64_t shift_from_ = -1;
+  int64_t forget_from_ = 1;
+  int64_t forget_to_ = 0;
   // No shift re-plan before this step (after a shift that ended).
   int64_t quiet_until_ = 0;
   // CompareCarried's scratch: [E] logical tokens, [E] replica counts of

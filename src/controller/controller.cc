@@ -60,6 +60,12 @@ struct Controller::Planner {
     // > 0: the window is only the newest `newest` steps of `window` (the
     // older steps join the history).
     int newest = 0;
+    // The served step of the window's newest sample, and served steps
+    // [forget_from, forget_to] (none when forget_from > forget_to): a shift
+    // that ended, left out of the history and of a regular window.
+    int64_t last_step = 0;
+    int64_t forget_from = 1;
+    int64_t forget_to = 0;
   };
 
   Policy* policy = nullptr;
@@ -74,33 +80,88 @@ struct Controller::Planner {
   int64_t result_id = 0;
   int64_t plan_nanos = 0;
   std::thread thread;
-  // Planner thread only: the newest `keep` collected steps, [steps][L][E].
+  // Planner thread only: the newest `keep` collected steps, [steps][L][E],
+  // and the served step of each.
   int keep = 0;
   std::vector<double> history;
+  std::vector<int64_t> history_step;
   int history_steps = 0;
+  std::vector<int64_t> window_step;  // TakeWindow's: the job's steps.
   LoadTrace samples;
   int window_steps = 0;  // Steps of the newest window in `samples`.
 
-  // Appends the job's window to the history (keeping the newest `keep`
-  // steps) and copies it into `samples`.
+  // Forgets the steps of a shift that ended, appends the job's window to
+  // the history (keeping the newest `keep` steps) and copies it into
+  // `samples`.
   void TakeWindow() {
-    const int steps = job.window.num_steps();
-    window_steps = job.newest > 0 ? std::min(job.newest, steps) : steps;
     const size_t cells =
         static_cast<size_t>(job.load.num_layers()) * job.load.num_experts();
+    window_step.clear();
+    for (int j = 0; j < job.window.num_steps(); ++j) {
+      window_step.push_back(job.last_step - (job.window.num_steps() - 1 - j));
+    }
+    if (job.forget_from <= job.forget_to) Forget(cells);
+    const int steps = job.window.num_steps();
+    window_steps = job.newest > 0 ? std::min(job.newest, steps) : steps;
     history.insert(history.end(), job.window.data().begin(),
                    job.window.data().end());
+    history_step.insert(history_step.end(), window_step.begin(),
+                        window_step.end());
     history_steps += steps;
     job.window = LoadTrace();
     if (history_steps > keep) {
+      const int drop = history_steps - keep;
       history.erase(history.begin(),
-                    history.begin() +
-                        static_cast<ptrdiff_t>((history_steps - keep) * cells));
+                    history.begin() + static_cast<ptrdiff_t>(drop * cells));
+      history_step.erase(history_step.begin(), history_step.begin() + drop);
       history_steps = keep;
     }
     samples =
         LoadTrace(history_steps, job.load.num_layers(), job.load.num_experts());
     std::copy(history.begin(), history.end(), samples.mutable_data().begin());
+  }
+
+  // A burst that ended would otherwise stay in the samples the policy
+  // scores on for `keep` steps, and in the next regular window: its experts
+  // would keep replicas the traffic no longer needs. Its steps leave the
+  // history, and a regular window (not one cut by a shift) that still holds
+  // some of them plans on the rest. Steps are identified by the served step
+  // of each sample: exact when every step is counted (the default heat
+  // stage); with a stage filter, an approximation every rank makes alike.
+  void Forget(size_t cells) {
+    auto gone = [&](int64_t step) {
+      return step >= job.forget_from && step <= job.forget_to;
+    };
+    int kept = 0;
+    for (int j = 0; j < history_steps; ++j) {
+      if (gone(history_step[j])) continue;
+      std::copy_n(history.begin() + static_cast<ptrdiff_t>(j * cells), cells,
+                  history.begin() + static_cast<ptrdiff_t>(kept * cells));
+      history_step[kept] = history_step[j];
+      ++kept;
+    }
+    history.resize(static_cast<size_t>(kept) * cells);
+    history_step.resize(kept);
+    history_steps = kept;
+    const int steps = job.window.num_steps();
+    if (job.newest > 0) return;
+    std::vector<int> stay;
+    for (int j = 0; j < steps; ++j) {
+      if (!gone(window_step[j])) stay.push_back(j);
+    }
+    if (stay.empty() || static_cast<int>(stay.size()) == steps) return;
+    LoadTrace window(static_cast<int>(stay.size()), job.window.num_layers(),
+                     job.window.num_experts());
+    for (size_t j = 0; j < stay.size(); ++j) {
+      std::copy_n(
+          job.window.data().begin() + static_cast<ptrdiff_t>(stay[j] * cells),
+          cells,
+          window.mutable_data().begin() + static_cast<ptrdiff_t>(j * cells));
+      window_step[j] = window_step[stay[j]];
+    }
+    window_step.resize(stay.size());
+    job.window = std::move(window);
+    job.load = job.window.Aggregate();
   }
 
   void Run() {
@@ -497,8 +558,22 @@ Controller::Carried Controller::CompareCarried(std::span<const int64_t> heat,
                              -gain >= kWentBackGain * loaded};
 }
 
-void Controller::OnShiftEnded() {
+void Controller::OnShiftEnded(int back_steps) {
   ++stats_.shifts_reverted;
+  // Its steps, up to the ones that showed the traffic going back, are
+  // forgotten (Planner::Forget), with those of any earlier shift that
+  // ended since the last job.
+  if (shift_from_ >= 0) {
+    const int64_t to = step_ - back_steps;
+    if (forget_from_ > forget_to_) {
+      forget_from_ = shift_from_;
+      forget_to_ = to;
+    } else {
+      forget_from_ = std::min(forget_from_, shift_from_);
+      forget_to_ = std::max(forget_to_, to);
+    }
+    shift_from_ = -1;
+  }
   quiet_until_ =
       step_ + kQuietIntervals * options_.config.expert_heat_collection_interval;
 }
@@ -517,7 +592,7 @@ bool Controller::EndCollectIfClear(bool went_back_only) {
       // What the shift's plans left behind fits traffic that has gone, and
       // the placement before them fits what came back: it migrates back at
       // once, with no plan to wait for. The collection runs on.
-      MigrateBack();
+      MigrateBack(kShiftNewestSteps);
       return true;
   }
   return false;
@@ -530,8 +605,8 @@ bool Controller::ShiftPlanOutlived() {
          CompareCarried(newest.heat, went_back_from_, plan_).a_better;
 }
 
-void Controller::MigrateBack() {
-  OnShiftEnded();
+void Controller::MigrateBack(int back_steps) {
+  OnShiftEnded(back_steps);
   went_back_armed_ = false;
   migrating_shift_plan_ = false;
   // Each rank gets back the experts it held, but an expert it holds now
@@ -635,6 +710,15 @@ void Controller::EndCollect(bool shifted, int newest) {
     job.load = job.window.Aggregate(steps - newest, steps);
   }
   job.shifted = shifted;
+  job.last_step = step_;
+  job.forget_from = forget_from_;
+  job.forget_to = forget_to_;
+  forget_from_ = 1;
+  forget_to_ = 0;
+  // A shift's traffic starts at the newest steps that showed it.
+  if (shifted && shift_from_ < 0) {
+    shift_from_ = step_ - (newest > 0 ? newest : kShiftNewestSteps) + 1;
+  }
   planner_->state.store(Planner::kRunning, std::memory_order_release);
   planner_->wake.release();
   phase_ = Phase::kPlan;
@@ -714,8 +798,12 @@ void Controller::TakePlan() {
     EndCycle();
     return;
   }
-  // A regular plan ends the watch for traffic going back.
-  if (!planner_->job.shifted) went_back_armed_ = false;
+  // A regular plan ends the watch for traffic going back, and a shift
+  // still open becomes the traffic it plans for.
+  if (!planner_->job.shifted) {
+    went_back_armed_ = false;
+    shift_from_ = -1;
+  }
   // A shift while the plan was made: its window ended before the traffic
   // moved, so it fits traffic that has gone. The steps collected since the
   // window was handed over (heat during migration) are judged as a
@@ -752,7 +840,7 @@ void Controller::TakePlan() {
   // better than the plan would. Dropped, and the placement that fits the
   // traffic serves on.
   if (verdict == ShiftVerdict::kEnded) {
-    OnShiftEnded();
+    OnShiftEnded(kShiftJudgeSteps);
     EndCycle();
     return;
   }
@@ -917,7 +1005,7 @@ void Controller::MigrateStep(bool before) {
     if (migration_->in_flight_layer() < 0 && next_layer_ > 0 &&
         next_layer_ < layers_.size() && migrating_shift_plan_ &&
         ShiftPlanOutlived()) {
-      MigrateBack();
+      MigrateBack(kShiftJudgeSteps);
     }
     // Start the next batch unless one is still in flight.
     if (migration_->in_flight_layer() < 0 && next_layer_ < layers_.size()) {

@@ -348,14 +348,16 @@ class WindowSpy final : public Policy {
   struct Seen {
     int window_steps;
     bool shifted;
-    LoadMatrix load;  // The window's.
+    LoadMatrix load;    // The window's.
+    LoadTrace samples;  // The history and the window, oldest first.
   };
   explicit WindowSpy(std::vector<Seen>* seen)
       : seen_(seen), inner_(*CreatePolicy("default")) {}
   std::string_view name() const override { return "window-spy"; }
   StatusOr<Plan> Rebalance(const PolicyInput& in,
                            const PolicyOptions& options) override {
-    seen_->push_back({in.window_steps, in.window_shifted, *in.load});
+    seen_->push_back(
+        {in.window_steps, in.window_shifted, *in.load, *in.samples});
     return inner_->Rebalance(in, options);
   }
 
@@ -593,6 +595,45 @@ TEST(ControllerTest, TrafficGoingBackAfterAShiftMigratesBackAtOnce) {
   EXPECT_EQ(rig.controller->placement().data(), t.fits_expert_0.data());
   rig.AwaitPlan();
   EXPECT_EQ(t.seen.size(), plans);
+}
+
+TEST(ControllerTest, TheStepsOfAShiftThatEndedLeaveTheSamples) {
+  // The burst of the test above (expert 9, steps 17-21) migrates back at
+  // step 24. The next plan scores on samples without those steps: neither
+  // the history nor its window holds a step where expert 9 is the hot one,
+  // so its replicas do not outlast the burst.
+  AfterTheFirstPlan t;
+  Rig& rig = t.rig;
+  for (int i = 0; i < 5; ++i) rig.Step(true, /*hot=*/9);
+  rig.AwaitPlan();  // `seen` is the planner's while it plans.
+  ASSERT_GE(t.seen.size(), 2u);
+  // The plan made on the burst saw it.
+  const LoadTrace& during = t.seen.back().samples;
+  EXPECT_GT(during.at(during.num_steps() - 1, 0, 9),
+            during.at(during.num_steps() - 1, 0, 0));
+  for (int i = 0; i < 3; ++i) rig.StepSmall(/*hot=*/0);
+  ASSERT_EQ(rig.controller->stats().shifts_reverted, 1);
+  rig.AwaitPlan();
+  const size_t plans = t.seen.size();
+  while (rig.controller->step() < 60) {
+    rig.StepSmall(/*hot=*/0);
+    rig.AwaitPlan();
+    if (t.seen.size() > plans) break;
+  }
+  ASSERT_GT(t.seen.size(), plans) << "no plan after the migration back";
+  const WindowSpy::Seen& next = t.seen[plans];
+  EXPECT_FALSE(next.shifted);
+  const LoadTrace& s = next.samples;
+  ASSERT_GT(s.num_steps(), 0);
+  for (int j = 0; j < s.num_steps(); ++j) {
+    for (int l = 0; l < kLayers; ++l) {
+      EXPECT_LE(s.at(j, l, 9), s.at(j, l, 0))
+          << "sample " << j << " of " << s.num_steps() << ", layer " << l;
+    }
+  }
+  for (int l = 0; l < kLayers; ++l) {
+    EXPECT_LE(next.load.at(l, 9), next.load.at(l, 0)) << "layer " << l;
+  }
 }
 
 // Every layer the same [R][K] table.
