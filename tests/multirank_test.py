@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """eplb replay with one process per rank (mpirun), checked from its JSON.
 
-Usage: multirank_test.py MPIEXEC EPLB NP CASE
+Usage: multirank_test.py MPIEXEC EPLB NP CASE [GEN_TRACE]
 CASE:
   serve     the shipped trace with --verify-outputs: every step served, at
             least one rebalance, bytes moved, no output mismatch, no plan-hash
@@ -13,11 +13,18 @@ CASE:
             figures of the same replay in one process;
   corrupt   --corrupt-every 7: layers abort, outputs stay exact; with
             --forge-checksums the corruption commits and --verify-outputs
-            must catch it (outputs_mismatched > 0).
+            must catch it (outputs_mismatched > 0);
+  burst     a generated `burst` trace (GEN_TRACE: eplb_gen_trace), --no-pace,
+            Swift under balanced dispatch: shifts end and are forgotten, their
+            layers migrate back, and the job over MPI gives the figures of the
+            same replay in one process, with no plan-hash mismatch (every rank
+            forgets the same steps).
 Prints what it checked; exits 1 on any failure. Stdlib only."""
 import json
+import os
 import subprocess
 import sys
+import tempfile
 
 MPI_FLAGS = ["--allow-run-as-root", "--oversubscribe"]
 FAIL = ["--fail-rank", "2", "--fail-at-step", "30", "--rank-timeout-ms", "2000"]
@@ -52,10 +59,42 @@ def replay(cmd, extra):
     return json.loads(lines[0])
 
 
+def burst(mpiexec, eplb, np, gen_trace):
+    with tempfile.TemporaryDirectory() as tmp:
+        trace = os.path.join(tmp, "burst.csv")
+        subprocess.run([gen_trace, "--family", "burst", "--seed", "11",
+                        "--out", trace], check=True, capture_output=True,
+                       timeout=300)
+        common = ["--trace", trace, "--ranks", str(np), "--redundant", str(np),
+                  "--heat-interval", "16", "--algo-interval", "2",
+                  "--policy", "swift", "--dispatch", "balanced", "--no-pace"]
+        a = replay([mpiexec] + MPI_FLAGS + ["-np", str(np), eplb],
+                   common + ["--transport", "mpi"])
+        b = replay([eplb], common)
+    keys = LOCKSTEP_KEYS[:8] + ["layers_kept", "layers_incremental",
+                                "layers_full", "layers_reverted",
+                                "shifts_reverted", "plans_superseded"]
+    diff = [k for k in keys if a[k] != b[k]]
+    check("MPI job == one process", not diff,
+          ", ".join(f"{k}: {a[k]} vs {b[k]}" for k in diff))
+    check("shifts ended", b["shifts_reverted"] > 0, str(b["shifts_reverted"]))
+    check("layers migrated back", b["layers_reverted"] > 0,
+          str(b["layers_reverted"]))
+    check("no plan-hash mismatch", a["plan_hash_mismatches"] == 0,
+          str(a["plan_hash_mismatches"]))
+    check("one process per rank", a["processes"] == np, str(a["processes"]))
+
+
 def main():
-    if len(sys.argv) != 5:
+    if len(sys.argv) not in (5, 6):
         raise SystemExit(__doc__)
     mpiexec, eplb, np, case = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    if case == "burst":
+        if len(sys.argv) != 6:
+            raise SystemExit(__doc__)
+        burst(mpiexec, eplb, np, sys.argv[5])
+        print(f"{len(failures)} failed")
+        return 1 if failures else 0
     mpi = [mpiexec] + MPI_FLAGS + ["-np", str(np), eplb]
     local = [eplb]
     common = ["--ranks", str(np), "--redundant", str(np), "--verify-outputs"]
