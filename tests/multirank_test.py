@@ -71,9 +71,10 @@ def burst(mpiexec, eplb, np, gen_trace):
         a = replay([mpiexec] + MPI_FLAGS + ["-np", str(np), eplb],
                    common + ["--transport", "mpi"])
         b = replay([eplb], common)
-    keys = LOCKSTEP_KEYS[:8] + ["layers_kept", "layers_incremental",
-                                "layers_full", "layers_reverted",
-                                "shifts_reverted", "plans_superseded"]
+    keys = ["steps", "rebalances", "layers_committed", "layers_aborted",
+            "experts_moved", "bytes_moved", "imbalance", "imbalance_steady",
+            "layers_kept", "layers_incremental", "layers_full",
+            "layers_reverted", "shifts_reverted", "plans_superseded"]
     diff = [k for k in keys if a[k] != b[k]]
     check("MPI job == one process", not diff,
           ", ".join(f"{k}: {a[k]} vs {b[k]}" for k in diff))

@@ -70,6 +70,7 @@
 #include <cstdint>
 #include <functional>
 #include <iterator>
+#include <limits>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -372,13 +373,16 @@ class Controller {
   // against it while went_back_armed_.
   Placement went_back_from_;
   bool went_back_armed_ = false;
+  // An empty range of served steps [kNoStep, -kNoStep]: widening it by any
+  // range with std::min / std::max gives that range.
+  static constexpr int64_t kNoStep = std::numeric_limits<int64_t>::max();
   // The first step of the shift cut since the last regular plan (-1: none),
   // and the steps of shifts that ended, for the planner to forget: served
   // steps [forget_from_, forget_to_] (none while forget_from_ >
   // forget_to_).
   int64_t shift_from_ = -1;
-  int64_t forget_from_ = 1;
-  int64_t forget_to_ = 0;
+  int64_t forget_from_ = kNoStep;
+  int64_t forget_to_ = -kNoStep;
   // No shift re-plan before this step (after a shift that ended).
   int64_t quiet_until_ = 0;
   // CompareCarried's scratch: [E] logical tokens, [E] replica counts of

@@ -115,8 +115,9 @@ class BalancedDispatcher {
                  std::span<int64_t> physical_ids);
 
   // Whether MapTokens uses its AVX-512 loop (the same output as the scalar
-  // one, id for id). On by default where the CPU has AVX-512F; `on` is
-  // ignored where it does not. For tests and benchmarks.
+  // one, id for id). On by default where the CPU has AVX-512F and the shape
+  // fits it (at most 2^16 slots and 16,384 experts); `on` is ignored where
+  // they do not. For tests and benchmarks.
   void set_vector_mapping(bool on);
   bool vector_mapping() const { return vector_mapping_; }
 
@@ -130,6 +131,9 @@ class BalancedDispatcher {
   // Sets cursor x to `left` occurrences (kNever: unbounded) on `slot`.
   void SetCursor(size_t x, int64_t left, int32_t slot);
   void StartCursors(std::span<const int64_t> offsets);
+  // Moves expert x to its next replica with a quota (one follows: the last
+  // with a quota is never left); returns its index in replicas_.
+  int32_t NextReplica(size_t x);
   // Cursor x ran out: refill it from its reserve, or move to the expert's
   // next replica with a quota. `cursor` is cursor_.data().
   void Advance(uint64_t* cursor, size_t x);

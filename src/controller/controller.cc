@@ -64,8 +64,8 @@ struct Controller::Planner {
     // [forget_from, forget_to] (none when forget_from > forget_to): a shift
     // that ended, left out of the history and of a regular window.
     int64_t last_step = 0;
-    int64_t forget_from = 1;
-    int64_t forget_to = 0;
+    int64_t forget_from = kNoStep;
+    int64_t forget_to = -kNoStep;
   };
 
   Policy* policy = nullptr;
@@ -564,14 +564,8 @@ void Controller::OnShiftEnded(int back_steps) {
   // forgotten (Planner::Forget), with those of any earlier shift that
   // ended since the last job.
   if (shift_from_ >= 0) {
-    const int64_t to = step_ - back_steps;
-    if (forget_from_ > forget_to_) {
-      forget_from_ = shift_from_;
-      forget_to_ = to;
-    } else {
-      forget_from_ = std::min(forget_from_, shift_from_);
-      forget_to_ = std::max(forget_to_, to);
-    }
+    forget_from_ = std::min(forget_from_, shift_from_);
+    forget_to_ = std::max(forget_to_, step_ - back_steps);
     shift_from_ = -1;
   }
   quiet_until_ =
@@ -713,8 +707,8 @@ void Controller::EndCollect(bool shifted, int newest) {
   job.last_step = step_;
   job.forget_from = forget_from_;
   job.forget_to = forget_to_;
-  forget_from_ = 1;
-  forget_to_ = 0;
+  forget_from_ = kNoStep;
+  forget_to_ = -kNoStep;
   // A shift's traffic starts at the newest steps that showed it.
   if (shifted && shift_from_ < 0) {
     shift_from_ = step_ - (newest > 0 ? newest : kShiftNewestSteps) + 1;

@@ -164,11 +164,14 @@ BalancedDispatcher::BalancedDispatcher(int num_experts, int num_ranks,
   counters_at_ = (64 - address % 64) % 64 / sizeof(int32_t);
   // A block's list, and room for one whole vector written past it.
   block_list_.resize(kMapBlock + 16);
-  vector_mapping_ = CpuHasAvx512();
+  set_vector_mapping(true);
 }
 
 void BalancedDispatcher::set_vector_mapping(bool on) {
-  vector_mapping_ = on && CpuHasAvx512();
+  // The vector loop's entries hold a slot in 16 bits and a bounded index in
+  // 14.
+  vector_mapping_ = on && CpuHasAvx512() && num_slots() <= kSlotBits + 1 &&
+                    num_experts_ <= (kBoundedIndexBits >> 16) + 1;
 }
 
 void BalancedDispatcher::SetPlacement(std::span<const int32_t> layer) {
@@ -446,10 +449,7 @@ void BalancedDispatcher::StartCursors(std::span<const int64_t> offsets) {
   int64_t signs = 0;
   for (int64_t offset : offsets) signs |= offset;
   EPLB_CHECK_MSG(signs >= 0, "BalancedDispatcher: negative offset");
-  // The vector loop's entries hold a slot in 16 bits and a bounded index in
-  // 14.
-  vector_ready_ = vector_mapping_ && num_slots() <= kSlotBits + 1 &&
-                  num_experts_ <= (kBoundedIndexBits >> 16) + 1;
+  vector_ready_ = vector_mapping_;
   num_bounded_ = 0;
   for (int n = 0; n < num_nodes_; ++n) {
     const int32_t e = node_expert_[n];
@@ -487,15 +487,20 @@ void BalancedDispatcher::StartCursors(std::span<const int64_t> offsets) {
   for (size_t d = num_bounded_; d % 16 != 0; ++d) remaining()[d] = kUnbounded;
 }
 
+int32_t BalancedDispatcher::NextReplica(size_t x) {
+  int32_t i = replica_at_[x] + 1;
+  while (quota_[replicas_[i]] == 0) ++i;
+  replica_at_[x] = i;
+  return i;
+}
+
 void BalancedDispatcher::Advance(uint64_t* cursor, size_t x) {
   const auto slot = static_cast<int32_t>(static_cast<uint32_t>(cursor[x]));
   int64_t left = reserve_[x];
   if (left == 0) {
     // Moves on: a replica with a quota follows, since the last one has an
     // unbounded reserve.
-    int32_t i = replica_at_[x] + 1;
-    while (quota_[replicas_[i]] == 0) ++i;
-    replica_at_[x] = i;
+    const int32_t i = NextReplica(x);
     left = i == last_replica_[x] ? kNever : quota_[replicas_[i]];
     cursor[x] = static_cast<uint32_t>(replicas_[i]);
   } else {
@@ -580,9 +585,7 @@ void BalancedDispatcher::MapScalar(const Id* ids_in, Id* out_in, size_t n) {
 
 void BalancedDispatcher::AdvanceLookup(int32_t d) {
   const int32_t x = bounded_expert_[d];
-  int32_t i = replica_at_[x] + 1;
-  while (quota_[replicas_[i]] == 0) ++i;
-  replica_at_[x] = i;
+  const int32_t i = NextReplica(x);
   if (i == last_replica_[x]) {
     lookup_[x] = replicas_[i];
     remaining()[d] = kUnbounded;
@@ -605,6 +608,11 @@ void BalancedDispatcher::AdvanceLookup(int32_t d) {
 #define EPLB_AVX512_LAMBDA __attribute__((target("avx512f")))
 
 namespace {
+
+// The first min(n, 16) lanes.
+inline __mmask16 FirstLanes(size_t n) {
+  return n >= 16 ? __mmask16{0xffff} : static_cast<__mmask16>((1u << n) - 1);
+}
 
 // Sixteen ids from `ids` (lanes not in `keep` read as 0) as table indices:
 // out-of-range ids (negative ones too, as unsigned) become E.
@@ -651,9 +659,7 @@ __attribute__((target("avx512f"))) void BalancedDispatcher::Rewalk(
   int32_t slot = lookup_[x] & kSlotBits;
   const __m512i want = _mm512_set1_epi32(d);
   for (size_t j = 0; j < listed; j += 16) {
-    const __mmask16 keep =
-        listed - j >= 16 ? __mmask16{0xffff}
-                         : static_cast<__mmask16>((1u << (listed - j)) - 1);
+    const __mmask16 keep = FirstLanes(listed - j);
     unsigned bits = _mm512_mask_cmpeq_epi32_mask(
         keep, _mm512_srli_epi32(_mm512_loadu_si512(list + j), 16), want);
     for (; bits != 0; bits &= bits - 1) {
@@ -749,7 +755,7 @@ __attribute__((target("avx512f"))) void BalancedDispatcher::MapVector(
     };
     size_t i = begin;
     for (; i + 16 <= end; i += 16) group(i, 0xffff);
-    if (i < end) group(i, static_cast<__mmask16>((1u << (end - i)) - 1));
+    if (i < end) group(i, FirstLanes(end - i));
     if (listed > 0) SettleBlock(begin, listed, out);
   }
 }
